@@ -1,0 +1,387 @@
+//! The Gateway actor: takes client jobs (HTTP), checks them (signature, model, expiry, fee,
+//! nonce, balance), routes them to an inference node that advertises the model (this node's own
+//! Inference actor first) and returns result and record. Tracks jobs until a block settles them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::fut::LocalBoxActorFuture;
+use actix::prelude::*;
+use alloy::primitives::keccak256;
+use chain::{Address, B256, Genesis, InferenceRecord, JobId, SignedJobRequest};
+use libp2p::PeerId;
+
+use crate::inference::{Inference, RunJob};
+use crate::mempool::Committed;
+use crate::metrics::METRICS;
+use crate::network::{GossipCapability, Network, SendJob};
+use crate::protocol::{Capability, JobCall, JobReply};
+use crate::settlement::{GetAccount, NonceUsed, Settlement};
+
+/// A capability older than this is ignored when routing.
+const CAPABILITY_TTL: Duration = Duration::from_secs(10);
+
+/// A refused or failed job, with the HTTP status it maps to.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct GatewayError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl GatewayError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        METRICS.jobs_refused.with_label_values(&[code]).inc();
+        GatewayError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a client gets back for an executed job.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub job_id: JobId,
+    pub output: String,
+    pub record: InferenceRecord,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<JobResult, GatewayError>")]
+pub struct SubmitJob {
+    pub job: SignedJobRequest,
+    pub input: String,
+}
+
+/// A job this gateway took that no block has settled yet: (output hash, executor) once executed.
+#[derive(Message)]
+#[rtype(result = "Option<Option<(B256, Address)>>")]
+pub struct PendingJob(pub JobId);
+
+struct Pending {
+    client: Address,
+    nonce: u64,
+    price: u128,
+    /// The request's expiry (unix seconds): past it no block may include the job.
+    expiry: u64,
+    executed: Option<(B256, Address)>,
+}
+
+pub struct Gateway {
+    genesis: Arc<Genesis>,
+    network: Addr<Network>,
+    settlement: Addr<Settlement>,
+    inference: Option<Addr<Inference>>,
+    local_models: Vec<kernels::ModelId>,
+    capabilities: HashMap<PeerId, (Capability, Instant)>,
+    pending: HashMap<JobId, Pending>,
+    next: usize,
+}
+
+impl Gateway {
+    pub fn new(
+        genesis: Arc<Genesis>,
+        network: Addr<Network>,
+        settlement: Addr<Settlement>,
+        inference: Option<(Addr<Inference>, Vec<kernels::ModelId>)>,
+    ) -> Self {
+        let (inference, local_models) = match inference {
+            Some((a, m)) => (Some(a), m),
+            None => (None, Vec::new()),
+        };
+        Gateway {
+            genesis,
+            network,
+            settlement,
+            inference,
+            local_models,
+            capabilities: HashMap::new(),
+            pending: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Balance already promised to this client's jobs in flight.
+    fn reserved(&self, client: &Address) -> u128 {
+        self.pending
+            .values()
+            .filter(|p| p.client == *client)
+            .map(|p| p.price)
+            .sum()
+    }
+
+    /// Remote inference nodes advertising `model`, freshest capability first.
+    fn executors(&self, model: &kernels::ModelId) -> Vec<PeerId> {
+        let mut v: Vec<(PeerId, u32)> = self
+            .capabilities
+            .iter()
+            .filter(|(_, (c, at))| at.elapsed() < CAPABILITY_TTL && c.models.contains(model))
+            .map(|(p, (c, _))| (*p, c.load))
+            .collect();
+        v.sort_by_key(|(p, load)| (*load, p.to_bytes()));
+        v.into_iter().map(|(p, _)| p).collect()
+    }
+
+    fn stateless_checks(&self, msg: &SubmitJob) -> Result<(JobId, u128), GatewayError> {
+        let req = &msg.job.request;
+        if msg.input.len() > chain::record::MAX_INPUT_BYTES {
+            return Err(GatewayError::new(
+                413,
+                "input_too_large",
+                format!(
+                    "input has {} bytes, the limit is {}",
+                    msg.input.len(),
+                    chain::record::MAX_INPUT_BYTES
+                ),
+            ));
+        }
+        if keccak256(msg.input.as_bytes()) != req.input_hash {
+            return Err(GatewayError::new(
+                400,
+                "bad_input_hash",
+                "keccak256(input) differs from request.input_hash",
+            ));
+        }
+        let id = msg.job.verify(self.genesis.chain_id).map_err(|e| {
+            GatewayError::new(401, "bad_signature", format!("job signature invalid: {e}"))
+        })?;
+        let model = self.genesis.model(&req.model_id).ok_or_else(|| {
+            GatewayError::new(
+                404,
+                "unknown_model",
+                format!(
+                    "model {} is not registered (see GET /v1/models)",
+                    req.model_id
+                ),
+            )
+        })?;
+        let now_s = chain::types::now_ms() / 1000;
+        if req.expiry <= now_s {
+            return Err(GatewayError::new(
+                400,
+                "expired",
+                format!("job expired at {} (now {now_s})", req.expiry),
+            ));
+        }
+        if model.price > req.max_fee {
+            return Err(GatewayError::new(
+                402,
+                "fee_too_low",
+                format!(
+                    "model price is {} base units, max_fee is {}",
+                    model.price, req.max_fee
+                ),
+            ));
+        }
+        if self.pending.contains_key(&id) {
+            return Err(GatewayError::new(
+                409,
+                "duplicate",
+                format!("job {id} is already in flight"),
+            ));
+        }
+        if self
+            .pending
+            .values()
+            .any(|p| p.client == req.client && p.nonce == req.nonce)
+        {
+            return Err(GatewayError::new(
+                409,
+                "nonce_used",
+                format!("nonce {} is in use by another job", req.nonce),
+            ));
+        }
+        Ok((id, model.price))
+    }
+}
+
+impl Actor for Gateway {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(30), |act, _| {
+            act.capabilities
+                .retain(|_, (_, at)| at.elapsed() < CAPABILITY_TTL * 6);
+            // Jobs no block settled by their expiry (a vanished executor, a rejected record)
+            // can no longer be settled: forget them and release the client's reservation.
+            let now_s = chain::types::now_ms() / 1000;
+            let before = act.pending.len();
+            act.pending.retain(|_, p| p.expiry >= now_s);
+            if act.pending.len() < before {
+                tracing::info!(
+                    expired = before - act.pending.len(),
+                    "pending jobs expired unsettled"
+                );
+            }
+        });
+    }
+}
+
+impl Handler<SubmitJob> for Gateway {
+    type Result = ResponseActFuture<Self, Result<JobResult, GatewayError>>;
+
+    fn handle(&mut self, msg: SubmitJob, _: &mut Self::Context) -> Self::Result {
+        let (id, price) = match self.stateless_checks(&msg) {
+            Ok(v) => v,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let req = msg.job.request.clone();
+        let settlement = self.settlement.clone();
+        let span = tracing::info_span!("job", job = %id);
+        let started = Instant::now();
+        let checks = async move {
+            let used = settlement
+                .send(NonceUsed {
+                    client: req.client,
+                    nonce: req.nonce,
+                })
+                .await;
+            let account = settlement.send(GetAccount(req.client)).await;
+            (used, account)
+        };
+        Box::pin(
+            checks
+                .into_actor(self)
+                .then(move |(used, account), act, _| {
+                    let gate = (|| {
+                        match used {
+                            Ok(Some(prev)) if prev == id => {
+                                return Err(GatewayError::new(409, "duplicate", format!("job {id} is already settled")));
+                            }
+                            Ok(Some(prev)) => {
+                                return Err(GatewayError::new(409, "nonce_used", format!(
+                                    "nonce {} was used by job {prev}",
+                                    msg.job.request.nonce
+                                )));
+                            }
+                            Ok(None) => {}
+                            Err(e) => return Err(GatewayError::new(503, "unavailable", e.to_string())),
+                        }
+                        let balance = account.map_err(|e| GatewayError::new(503, "unavailable", e.to_string()))?.balance;
+                        let reserved = act.reserved(&msg.job.request.client);
+                        if balance < reserved.saturating_add(price) {
+                            return Err(GatewayError::new(402, "insufficient_balance", format!(
+                                "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
+                            )));
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = gate {
+                        return Box::pin(actix::fut::ready(Err(e))) as LocalBoxActorFuture<Gateway, _>;
+                    }
+                    act.pending.insert(id, Pending {
+                        client: msg.job.request.client,
+                        nonce: msg.job.request.nonce,
+                        price,
+                        expiry: msg.job.request.expiry,
+                        executed: None,
+                    });
+                    METRICS.jobs_submitted.inc();
+                    let call = JobCall { job: msg.job, input: msg.input };
+                    let model = call.job.request.model_id;
+                    let route: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JobReply, GatewayError>>>> =
+                        if let (Some(inf), true) = (act.inference.clone(), act.local_models.contains(&model)) {
+                            Box::pin(async move {
+                                inf.send(RunJob(call)).await.map_err(|e| GatewayError::new(503, "unavailable", e.to_string()))
+                            })
+                        } else {
+                            let peers = act.executors(&model);
+                            if peers.is_empty() {
+                                act.pending.remove(&id);
+                                return Box::pin(actix::fut::ready(Err(GatewayError::new(
+                                    503,
+                                    "no_executor",
+                                    format!("no inference node currently serves model {model}"),
+                                ))));
+                            }
+                            act.next = act.next.wrapping_add(1);
+                            let first = act.next % peers.len();
+                            let network = act.network.clone();
+                            Box::pin(async move {
+                                // Try each advertising node once, starting from a rotating one.
+                                let mut last = GatewayError::new(503, "no_executor", "no inference node answered");
+                                for i in 0..peers.len() {
+                                    let peer = peers[(first + i) % peers.len()];
+                                    match network.send(SendJob { peer, call: call.clone() }).await {
+                                        Ok(Ok(reply)) => return Ok(reply),
+                                        Ok(Err(e)) => {
+                                            tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
+                                            last = GatewayError::new(502, "executor_failed", e.to_string());
+                                        }
+                                        Err(e) => return Err(GatewayError::new(503, "unavailable", e.to_string())),
+                                    }
+                                }
+                                Err(last)
+                            })
+                        };
+                    Box::pin(route.into_actor(act).map(move |reply, act, _| {
+                        let result = match reply {
+                            Ok(JobReply::Done { record, output }) => {
+                                if record.job_id(act.genesis.chain_id) != id {
+                                    Err(GatewayError::new(502, "executor_failed", "record is for another job"))
+                                } else if let Err(e) = record.verify_signatures(act.genesis.chain_id) {
+                                    Err(GatewayError::new(502, "executor_failed", format!("record invalid: {e}")))
+                                } else {
+                                    Ok(JobResult { job_id: id, output, record: *record })
+                                }
+                            }
+                            Ok(JobReply::Refused { code, message }) => {
+                                Err(GatewayError::new(502, "executor_refused", format!("{code}: {message}")))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match &result {
+                            Ok(r) => {
+                                if let Some(p) = act.pending.get_mut(&id) {
+                                    p.executed = Some((r.record.output_hash, r.record.executor));
+                                }
+                                METRICS.job_latency.observe(started.elapsed().as_secs_f64());
+                                tracing::info!(executor = %r.record.executor, "job executed");
+                            }
+                            Err(e) => {
+                                act.pending.remove(&id);
+                                tracing::warn!(error = %e, "job failed");
+                            }
+                        }
+                        result
+                    }))
+                })
+                .map(move |r, _, _| {
+                    let _enter = span.enter();
+                    r
+                }),
+        )
+    }
+}
+
+impl Handler<GossipCapability> for Gateway {
+    type Result = ();
+    fn handle(&mut self, msg: GossipCapability, _: &mut Self::Context) {
+        if self.genesis.is_inference_node(&msg.capability.address) {
+            self.capabilities
+                .insert(msg.peer, (msg.capability, Instant::now()));
+        } else {
+            tracing::debug!(peer = %msg.peer, address = %msg.capability.address, "capability from an unregistered node ignored");
+        }
+    }
+}
+
+impl Handler<Committed> for Gateway {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+        for id in &msg.jobs {
+            self.pending.remove(id);
+        }
+    }
+}
+
+impl Handler<PendingJob> for Gateway {
+    type Result = Option<Option<(B256, Address)>>;
+    fn handle(&mut self, msg: PendingJob, _: &mut Self::Context) -> Self::Result {
+        self.pending.get(&msg.0).map(|p| p.executed)
+    }
+}

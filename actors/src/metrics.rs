@@ -1,0 +1,133 @@
+//! Prometheus metrics of every actor, in one process-wide registry served at `GET /metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub peers: IntGauge,
+    pub gossip_received: IntCounterVec,
+    pub gossip_rejected: IntCounterVec,
+    pub rpc_rejected: IntCounterVec,
+    pub jobs_submitted: IntCounter,
+    pub jobs_refused: IntCounterVec,
+    pub jobs_executed: IntCounter,
+    pub job_latency: Histogram,
+    pub records_verified: IntCounter,
+    pub records_rejected: IntCounterVec,
+    pub fraud_detected: IntCounter,
+    pub reexec_seconds: Histogram,
+    pub mempool_records: IntGauge,
+    pub mempool_txs: IntGauge,
+    pub height: IntGauge,
+    pub blocks_committed: IntCounter,
+    pub consensus_rounds: IntCounter,
+    pub sync_blocks: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let c = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
+/// The process-wide metrics. Names are constants, so construction cannot fail at run time.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new_custom(Some("proofmesh".into()), None).unwrap_or_default();
+    let lat = vec![
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    Metrics {
+        peers: gauge(&r, "peers", "connected peers"),
+        gossip_received: counter_vec(
+            &r,
+            "gossip_received_total",
+            "gossip messages received",
+            &["topic"],
+        ),
+        gossip_rejected: counter_vec(
+            &r,
+            "gossip_rejected_total",
+            "gossip messages rejected",
+            &["topic", "reason"],
+        ),
+        rpc_rejected: counter_vec(
+            &r,
+            "rpc_rejected_total",
+            "request-response messages refused",
+            &["protocol", "reason"],
+        ),
+        jobs_submitted: counter(&r, "jobs_submitted_total", "jobs accepted by this gateway"),
+        jobs_refused: counter_vec(
+            &r,
+            "jobs_refused_total",
+            "jobs refused by this gateway",
+            &["reason"],
+        ),
+        jobs_executed: counter(
+            &r,
+            "jobs_executed_total",
+            "jobs executed by this inference node",
+        ),
+        job_latency: histogram(&r, "job_seconds", "gateway submit to result", lat.clone()),
+        records_verified: counter(
+            &r,
+            "records_verified_total",
+            "records verified and accepted",
+        ),
+        records_rejected: counter_vec(
+            &r,
+            "records_rejected_total",
+            "records rejected",
+            &["reason"],
+        ),
+        fraud_detected: counter(
+            &r,
+            "fraud_detected_total",
+            "re-executions whose output hash differed",
+        ),
+        reexec_seconds: histogram(&r, "reexec_seconds", "re-execution time per record", lat),
+        mempool_records: gauge(&r, "mempool_records", "records waiting for a block"),
+        mempool_txs: gauge(&r, "mempool_txs", "transactions waiting for a block"),
+        height: gauge(&r, "height", "committed height"),
+        blocks_committed: counter(&r, "blocks_committed_total", "blocks committed"),
+        consensus_rounds: counter(
+            &r,
+            "consensus_round_changes_total",
+            "rounds started after round 0",
+        ),
+        sync_blocks: counter(&r, "sync_blocks_total", "blocks applied from sync"),
+        registry: r,
+    }
+});
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,989 @@
+//! The Network actor: owns the libp2p Swarm (TCP + noise + yamux, identify, ping, gossipsub,
+//! Kademlia, request-response for jobs and sync) and routes what arrives to the other actors.
+//!
+//! The Swarm is driven by one task that the actor spawns and alone holds (the rust-libp2p
+//! `select!` loop): commands come in over a channel, events go out over another into this actor,
+//! which decodes them, reports gossip validation and dispatches typed messages. Nobody else
+//! touches the Swarm.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, identity, kad, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::METRICS;
+use crate::protocol::{
+    self, Capability, ConsensusMsg, JobCall, JobReply, SyncReply, SyncRequest, topics,
+};
+
+/// Network failures reported to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("libp2p setup: {0}")]
+    Setup(String),
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Wire(#[from] protocol::WireError),
+}
+
+/// Where decoded network input goes. Set once all actors exist (they refer to each other).
+#[derive(Clone)]
+pub struct Routes {
+    pub records: Recipient<GossipRecord>,
+    pub txs: Recipient<GossipTx>,
+    pub consensus: Recipient<GossipConsensus>,
+    pub capabilities: Recipient<GossipCapability>,
+    /// Inbound job calls; `None` when this node runs no inference.
+    pub jobs: Option<Recipient<InboundJob>>,
+    pub sync: Recipient<InboundSync>,
+}
+
+// ---- messages the Network actor handles ----
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRoutes(pub Routes);
+
+/// Publish `data` (already encoded) on `topic`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub topic: &'static str,
+    pub data: Vec<u8>,
+}
+
+/// The outcome of validating a gossip message that was handed out with its id.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportValidation {
+    pub id: MessageId,
+    pub source: PeerId,
+    pub acceptance: MessageAcceptance,
+}
+
+/// Send a job to an inference node and wait for its reply.
+#[derive(Message)]
+#[rtype(result = "Result<JobReply, NetError>")]
+pub struct SendJob {
+    pub peer: PeerId,
+    pub call: JobCall,
+}
+
+/// Ask a peer for finalized blocks.
+#[derive(Message)]
+#[rtype(result = "Result<SyncReply, NetError>")]
+pub struct SendSync {
+    pub peer: PeerId,
+    pub request: SyncRequest,
+}
+
+/// Connected peers.
+#[derive(Message)]
+#[rtype(result = "Vec<PeerId>")]
+pub struct GetPeers;
+
+// ---- messages the Network actor sends ----
+
+/// A record from gossip: the receiver validates it and answers with [`ReportValidation`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GossipRecord {
+    pub record: chain::InferenceRecord,
+    pub id: MessageId,
+    pub source: PeerId,
+}
+
+/// A transaction from gossip, signature already checked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GossipTx(pub chain::Tx);
+
+/// A consensus message from gossip (signatures are checked by the Consensus actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GossipConsensus {
+    pub msg: ConsensusMsg,
+    /// The peer that relayed it to us.
+    pub source: PeerId,
+    /// The peer that published it (gossipsub signed messages name their author).
+    pub origin: PeerId,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GossipCapability {
+    pub capability: Capability,
+    pub peer: PeerId,
+}
+
+/// A job call from a gateway; answer with the reply (the actor sends it back over the stream).
+#[derive(Message)]
+#[rtype(result = "JobReply")]
+pub struct InboundJob {
+    pub call: JobCall,
+    pub peer: PeerId,
+}
+
+/// A sync request from a peer.
+#[derive(Message)]
+#[rtype(result = "SyncReply")]
+pub struct InboundSync {
+    pub request: SyncRequest,
+    pub peer: PeerId,
+}
+
+// ---- the Swarm ----
+
+/// Length-prefixed byte frames with a size limit; the envelope is decoded by the actor, which
+/// knows the peer and can penalise it.
+#[derive(Clone)]
+pub struct FrameCodec {
+    max_request: usize,
+    max_response: usize,
+}
+
+impl FrameCodec {
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        FrameCodec {
+            max_request,
+            max_response,
+        }
+    }
+}
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    data: Vec<u8>,
+) -> std::io::Result<()> {
+    use futures::AsyncWriteExt;
+    let len = u32::try_from(data.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&data).await?;
+    io.close().await
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, self.max_request).await
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        read_frame(io, self.max_response).await
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, req).await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()> {
+        write_frame(io, res).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    job: request_response::Behaviour<FrameCodec>,
+    sync: request_response::Behaviour<FrameCodec>,
+}
+
+/// Network settings.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    pub listen: Vec<Multiaddr>,
+    /// `/ip4/…/tcp/…/p2p/<peer id>` addresses to dial and seed Kademlia with.
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+enum Command {
+    Publish {
+        topic: &'static str,
+        data: Vec<u8>,
+    },
+    Validation {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Job {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    RespondJob {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Sync {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    RespondSync {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Penalise {
+        peer: PeerId,
+        reason: &'static str,
+    },
+}
+
+enum Event {
+    Gossip {
+        topic: TopicHash,
+        data: Vec<u8>,
+        id: MessageId,
+        source: PeerId,
+        origin: Option<PeerId>,
+    },
+    JobRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    SyncRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    Peers(Vec<PeerId>),
+    Listening(Multiaddr),
+}
+
+/// Penalty points after which a peer is disconnected and refused for [`BAN_TIME`].
+const BAN_THRESHOLD: u32 = 20;
+const BAN_TIME: Duration = Duration::from_secs(60);
+
+fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| {
+            let gs_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(protocol::MAX_CONSENSUS_BYTES)
+                .mesh_n_low(2)
+                .mesh_n(4)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    // Content-addressed ids: the same payload is one message, whoever relays it.
+                    let mut h = m.topic.as_str().as_bytes().to_vec();
+                    h.extend_from_slice(&m.data);
+                    MessageId::from(chain::B256::from(alloy::primitives::keccak256(&h)).to_vec())
+                })
+                .build()
+                .map_err(|e| format!("gossipsub config: {e}"))?;
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gs_config,
+            )?;
+            let mut params = gossipsub::PeerScoreParams::default();
+            for t in topics::ALL {
+                let tp = gossipsub::TopicScoreParams {
+                    invalid_message_deliveries_weight: -10.0,
+                    invalid_message_deliveries_decay: 0.9,
+                    ..Default::default()
+                };
+                params.topics.insert(IdentTopic::new(t).hash(), tp);
+            }
+            gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(protocol::KAD_PROTOCOL));
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let rr = |proto: &'static str, max_request, max_response, timeout| {
+                request_response::Behaviour::with_codec(
+                    FrameCodec {
+                        max_request,
+                        max_response,
+                    },
+                    [(StreamProtocol::new(proto), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(timeout),
+                )
+            };
+            Ok(Behaviour {
+                gossipsub,
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/proofmesh/id/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                job: rr(
+                    protocol::JOB_PROTOCOL,
+                    protocol::MAX_JOB_BYTES,
+                    protocol::MAX_JOB_BYTES,
+                    Duration::from_secs(60),
+                ),
+                sync: rr(
+                    protocol::SYNC_PROTOCOL,
+                    1024,
+                    protocol::MAX_SYNC_RESPONSE_BYTES,
+                    Duration::from_secs(30),
+                ),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+struct SwarmTask {
+    swarm: libp2p::Swarm<Behaviour>,
+    events: mpsc::UnboundedSender<Event>,
+    pending_out:
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    next_inbound: u64,
+    penalties: HashMap<PeerId, u32>,
+    banned: HashMap<PeerId, Instant>,
+    bootstrap: Vec<Multiaddr>,
+}
+
+impl SwarmTask {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+    }
+
+    fn maintain(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        if connected.is_empty() {
+            for addr in self.bootstrap.clone() {
+                let _ = self.swarm.dial(addr);
+            }
+        }
+        if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+            tracing::trace!("kademlia bootstrap: no known peers yet");
+        }
+        self.banned.retain(|_, until| *until > Instant::now());
+    }
+
+    fn penalise(&mut self, peer: PeerId, reason: &'static str) {
+        let points = self.penalties.entry(peer).or_default();
+        *points += 5;
+        tracing::warn!(%peer, reason, points = *points, "peer misbehaved");
+        if *points >= BAN_THRESHOLD {
+            tracing::warn!(%peer, "disconnecting and banning peer for {}s", BAN_TIME.as_secs());
+            self.banned.insert(peer, Instant::now() + BAN_TIME);
+            self.penalties.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Publish { topic, data } => {
+                if let Err(e) = b.gossipsub.publish(IdentTopic::new(topic), data) {
+                    tracing::debug!(topic, error = %e, "publish failed");
+                }
+            }
+            Command::Validation {
+                id,
+                source,
+                acceptance,
+            } => {
+                b.gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Job { peer, data, reply } => {
+                let id = b.job.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::Sync { peer, data, reply } => {
+                let id = b.sync.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::RespondJob { id, data } => {
+                if let Some(ch) = self.job_channels.remove(&id) {
+                    let _ = b.job.send_response(ch, data);
+                }
+            }
+            Command::RespondSync { id, data } => {
+                if let Some(ch) = self.sync_channels.remove(&id) {
+                    let _ = b.sync.send_response(ch, data);
+                }
+            }
+            Command::Penalise { peer, reason } => self.penalise(peer, reason),
+        }
+    }
+
+    fn rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>, is_job: bool) {
+        use request_response::{Event as E, Message as M};
+        match ev {
+            E::Message {
+                peer,
+                message: M::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                self.next_inbound += 1;
+                let id = self.next_inbound;
+                if is_job {
+                    self.job_channels.insert(id, channel);
+                    let _ = self.events.send(Event::JobRequest {
+                        id,
+                        peer,
+                        data: request,
+                    });
+                } else {
+                    self.sync_channels.insert(id, channel);
+                    let _ = self.events.send(Event::SyncRequest {
+                        id,
+                        peer,
+                        data: request,
+                    });
+                }
+            }
+            E::Message {
+                message:
+                    M::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_out.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            E::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(tx) = self.pending_out.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            E::InboundFailure { peer, error, .. } => {
+                let proto = if is_job {
+                    protocol::JOB_PROTOCOL
+                } else {
+                    protocol::SYNC_PROTOCOL
+                };
+                tracing::warn!(%peer, protocol = proto, %error, "inbound request failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    METRICS
+                        .rpc_rejected
+                        .with_label_values(&[proto, "malformed"])
+                        .inc();
+                    self.penalise(peer, "malformed request frame");
+                }
+            }
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                let _ = self.events.send(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if self.banned.contains_key(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                tracing::debug!(%peer_id, "connected");
+                self.peers_changed();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::debug!(%peer_id, "disconnected");
+                }
+                self.peers_changed();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let _ = self.events.send(Event::Gossip {
+                    origin: message.source,
+                    topic: message.topic,
+                    data: message.data,
+                    id: message_id,
+                    source: propagation_source,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            // Small networks: connect to everyone we learn about, so gossip meshes fill.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) if !self.swarm.is_connected(&peer) && !self.banned.contains_key(&peer) => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Job(ev)) => self.rr_event(ev, true),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.rr_event(ev, false),
+            _ => {}
+        }
+    }
+
+    fn peers_changed(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        METRICS.peers.set(peers.len() as i64);
+        let _ = self.events.send(Event::Peers(peers));
+    }
+}
+
+/// The Network actor.
+pub struct Network {
+    commands: mpsc::UnboundedSender<Command>,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    routes: Option<Routes>,
+    peers: Vec<PeerId>,
+    listen_tx: Option<oneshot::Sender<Multiaddr>>,
+}
+
+/// What [`Network::start`] returns: the actor, our peer id and the first listen address.
+pub struct Started {
+    pub addr: Addr<Network>,
+    pub peer_id: PeerId,
+    pub listen: oneshot::Receiver<Multiaddr>,
+}
+
+impl Network {
+    /// Builds the Swarm, starts listening and dialing, and starts the actor. Must run inside an
+    /// actix system.
+    pub fn start(key: identity::Keypair, config: NetworkConfig) -> Result<Started, NetError> {
+        let peer_id = key.public().to_peer_id();
+        let mut swarm = build_swarm(key)?;
+        for t in topics::ALL {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&IdentTopic::new(t))
+                .map_err(|e| NetError::Setup(e.to_string()))?;
+        }
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Setup(format!("listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                if peer == peer_id {
+                    continue;
+                }
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let task = SwarmTask {
+            swarm,
+            events: ev_tx,
+            pending_out: HashMap::new(),
+            job_channels: HashMap::new(),
+            sync_channels: HashMap::new(),
+            next_inbound: 0,
+            penalties: HashMap::new(),
+            banned: HashMap::new(),
+            bootstrap: config.bootstrap,
+        };
+        actix::spawn(task.run(cmd_rx));
+        let (listen_tx, listen_rx) = oneshot::channel();
+        let addr = Network {
+            commands: cmd_tx,
+            events: Some(ev_rx),
+            routes: None,
+            peers: Vec::new(),
+            listen_tx: Some(listen_tx),
+        }
+        .start();
+        Ok(Started {
+            addr,
+            peer_id,
+            listen: listen_rx,
+        })
+    }
+
+    fn reject(&self, topic: &str, reason: &str, id: MessageId, source: PeerId) {
+        METRICS
+            .gossip_rejected
+            .with_label_values(&[topic, reason])
+            .inc();
+        tracing::warn!(topic, reason, %source, "gossip message rejected");
+        let _ = self.commands.send(Command::Validation {
+            id,
+            source,
+            acceptance: MessageAcceptance::Reject,
+        });
+    }
+
+    fn accept(&self, id: MessageId, source: PeerId) {
+        let _ = self.commands.send(Command::Validation {
+            id,
+            source,
+            acceptance: MessageAcceptance::Accept,
+        });
+    }
+
+    fn on_gossip(
+        &mut self,
+        topic: TopicHash,
+        data: Vec<u8>,
+        id: MessageId,
+        source: PeerId,
+        origin: Option<PeerId>,
+    ) {
+        let Some(routes) = self.routes.clone() else {
+            let _ = self.commands.send(Command::Validation {
+                id,
+                source,
+                acceptance: MessageAcceptance::Ignore,
+            });
+            return;
+        };
+        let t = topic.as_str();
+        METRICS.gossip_received.with_label_values(&[t]).inc();
+        match t {
+            topics::RECORDS => match protocol::decode_record(&data) {
+                Ok(record) => routes.records.do_send(GossipRecord { record, id, source }),
+                Err(e) => self.reject(topics::RECORDS, &short(&e), id, source),
+            },
+            topics::TXS => match protocol::decode_tx(&data) {
+                Ok(tx) => {
+                    // Signature check needs the chain id, which the mempool knows: it verifies.
+                    self.accept(id, source);
+                    routes.txs.do_send(GossipTx(tx));
+                }
+                Err(e) => self.reject(topics::TXS, &short(&e), id, source),
+            },
+            topics::CONSENSUS => match protocol::decode_consensus(&data) {
+                Ok(msg) => {
+                    self.accept(id, source);
+                    routes.consensus.do_send(GossipConsensus {
+                        msg,
+                        source,
+                        origin: origin.unwrap_or(source),
+                    });
+                }
+                Err(e) => self.reject(topics::CONSENSUS, &short(&e), id, source),
+            },
+            topics::CAPABILITIES => match protocol::decode_capability(&data) {
+                Ok(capability) => {
+                    self.accept(id, source);
+                    routes.capabilities.do_send(GossipCapability {
+                        capability,
+                        peer: source,
+                    });
+                }
+                Err(e) => self.reject(topics::CAPABILITIES, &short(&e), id, source),
+            },
+            _ => {
+                let _ = self.commands.send(Command::Validation {
+                    id,
+                    source,
+                    acceptance: MessageAcceptance::Ignore,
+                });
+            }
+        }
+    }
+}
+
+fn short(e: &protocol::WireError) -> String {
+    match e {
+        protocol::WireError::Version(_) => "version".into(),
+        protocol::WireError::Codec(chain::Error::TooLarge { .. }) => "oversized".into(),
+        _ => "malformed".into(),
+    }
+}
+
+impl Actor for Network {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(mut rx) = self.events.take() {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        }
+    }
+}
+
+impl StreamHandler<Event> for Network {
+    fn handle(&mut self, ev: Event, ctx: &mut Self::Context) {
+        match ev {
+            Event::Gossip {
+                topic,
+                data,
+                id,
+                source,
+                origin,
+            } => self.on_gossip(topic, data, id, source, origin),
+            Event::Peers(p) => self.peers = p,
+            Event::Listening(a) => {
+                if let Some(tx) = self.listen_tx.take() {
+                    let _ = tx.send(a);
+                }
+            }
+            Event::JobRequest { id, peer, data } => {
+                let commands = self.commands.clone();
+                let reply = match protocol::decode::<JobCall>(&data, protocol::MAX_JOB_BYTES) {
+                    Err(e) => {
+                        METRICS
+                            .rpc_rejected
+                            .with_label_values(&[protocol::JOB_PROTOCOL, &short(&e)])
+                            .inc();
+                        tracing::warn!(%peer, error = %e, "malformed job request");
+                        let _ = commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed job request",
+                        });
+                        let _ = commands.send(Command::RespondJob {
+                            id,
+                            data: protocol::encode(&JobReply::Refused {
+                                code: "bad_request".into(),
+                                message: e.to_string(),
+                            }),
+                        });
+                        return;
+                    }
+                    Ok(call) => call,
+                };
+                let Some(jobs) = self.routes.as_ref().and_then(|r| r.jobs.clone()) else {
+                    let _ = commands.send(Command::RespondJob {
+                        id,
+                        data: protocol::encode(&JobReply::Refused {
+                            code: "not_inference".into(),
+                            message: "this node runs no inference".into(),
+                        }),
+                    });
+                    return;
+                };
+                ctx.spawn(
+                    async move {
+                        let reply = jobs
+                            .send(InboundJob { call: reply, peer })
+                            .await
+                            .unwrap_or_else(|e| JobReply::Refused {
+                                code: "unavailable".into(),
+                                message: e.to_string(),
+                            });
+                        let _ = commands.send(Command::RespondJob {
+                            id,
+                            data: protocol::encode(&reply),
+                        });
+                    }
+                    .into_actor(self),
+                );
+            }
+            Event::SyncRequest { id, peer, data } => {
+                let commands = self.commands.clone();
+                let request = match protocol::decode::<SyncRequest>(&data, 1024) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        METRICS
+                            .rpc_rejected
+                            .with_label_values(&[protocol::SYNC_PROTOCOL, &short(&e)])
+                            .inc();
+                        tracing::warn!(%peer, error = %e, "malformed sync request");
+                        let _ = commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed sync request",
+                        });
+                        let _ = commands.send(Command::RespondSync {
+                            id,
+                            data: protocol::encode(&SyncReply::Error(e.to_string())),
+                        });
+                        return;
+                    }
+                };
+                let Some(sync) = self.routes.as_ref().map(|r| r.sync.clone()) else {
+                    return;
+                };
+                ctx.spawn(
+                    async move {
+                        let reply = sync
+                            .send(InboundSync { request, peer })
+                            .await
+                            .unwrap_or_else(|e| SyncReply::Error(e.to_string()));
+                        let _ = commands.send(Command::RespondSync {
+                            id,
+                            data: protocol::encode(&reply),
+                        });
+                    }
+                    .into_actor(self),
+                );
+            }
+        }
+    }
+}
+
+impl Handler<SetRoutes> for Network {
+    type Result = ();
+    fn handle(&mut self, msg: SetRoutes, _: &mut Self::Context) {
+        self.routes = Some(msg.0);
+    }
+}
+
+impl Handler<Publish> for Network {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
+        let _ = self.commands.send(Command::Publish {
+            topic: msg.topic,
+            data: msg.data,
+        });
+    }
+}
+
+impl Handler<ReportValidation> for Network {
+    type Result = ();
+    fn handle(&mut self, msg: ReportValidation, _: &mut Self::Context) {
+        let _ = self.commands.send(Command::Validation {
+            id: msg.id,
+            source: msg.source,
+            acceptance: msg.acceptance,
+        });
+    }
+}
+
+impl Handler<GetPeers> for Network {
+    type Result = Vec<PeerId>;
+    fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> Vec<PeerId> {
+        self.peers.clone()
+    }
+}
+
+async fn request(
+    commands: mpsc::UnboundedSender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<Vec<u8>, String>>) -> Command,
+    peer: PeerId,
+) -> Result<Vec<u8>, NetError> {
+    let (tx, rx) = oneshot::channel();
+    commands.send(make(tx)).map_err(|_| NetError::Stopped)?;
+    rx.await
+        .map_err(|_| NetError::Stopped)?
+        .map_err(|reason| NetError::Request { peer, reason })
+}
+
+impl Handler<SendJob> for Network {
+    type Result = ResponseFuture<Result<JobReply, NetError>>;
+    fn handle(&mut self, msg: SendJob, _: &mut Self::Context) -> Self::Result {
+        let commands = self.commands.clone();
+        let data = protocol::encode(&msg.call);
+        let peer = msg.peer;
+        Box::pin(async move {
+            let bytes = request(commands, |reply| Command::Job { peer, data, reply }, peer).await?;
+            Ok(protocol::decode::<JobReply>(
+                &bytes,
+                protocol::MAX_JOB_BYTES,
+            )?)
+        })
+    }
+}
+
+impl Handler<SendSync> for Network {
+    type Result = ResponseFuture<Result<SyncReply, NetError>>;
+    fn handle(&mut self, msg: SendSync, _: &mut Self::Context) -> Self::Result {
+        let commands = self.commands.clone();
+        let data = protocol::encode(&msg.request);
+        let peer = msg.peer;
+        Box::pin(async move {
+            let bytes =
+                request(commands, |reply| Command::Sync { peer, data, reply }, peer).await?;
+            Ok(protocol::decode::<SyncReply>(
+                &bytes,
+                protocol::MAX_SYNC_RESPONSE_BYTES,
+            )?)
+        })
+    }
+}

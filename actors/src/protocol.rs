@@ -1,0 +1,221 @@
+//! Everything that crosses the wire between nodes: gossip topics, request-response protocol
+//! names, message types, and the versioned, size-limited envelope they travel in.
+//!
+//! Every decoder returns `Err` on malformed, oversized or wrong-version input, never panics.
+
+use chain::codec;
+use chain::{
+    Address, Block, CommitCertificate, Height, InferenceRecord, ModelId, SignedJobRequest,
+    SignedProposal, SignedVote, Tx,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Version of the envelope and of every message inside it.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Gossipsub topics.
+pub mod topics {
+    pub const RECORDS: &str = "/proofmesh/1/records";
+    pub const TXS: &str = "/proofmesh/1/txs";
+    pub const CONSENSUS: &str = "/proofmesh/1/consensus";
+    pub const CAPABILITIES: &str = "/proofmesh/1/capabilities";
+    pub const ALL: [&str; 4] = [RECORDS, TXS, CONSENSUS, CAPABILITIES];
+}
+
+/// Request-response protocol names.
+pub const JOB_PROTOCOL: &str = "/proofmesh/job/1";
+pub const SYNC_PROTOCOL: &str = "/proofmesh/sync/1";
+/// Kademlia protocol name (our own DHT, not the public IPFS one).
+pub const KAD_PROTOCOL: &str = "/proofmesh/kad/1.0.0";
+
+/// Size limits per message kind (bytes, encoded).
+pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
+pub const MAX_CONSENSUS_BYTES: usize = chain::block::MAX_BLOCK_BYTES;
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+pub const MAX_SYNC_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Blocks per sync response at most.
+pub const MAX_SYNC_BLOCKS: u64 = 64;
+
+/// Wire decode failure.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("wire version {0} is not supported (this node speaks {WIRE_VERSION})")]
+    Version(u16),
+    #[error(transparent)]
+    Codec(#[from] chain::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u16,
+    body: T,
+}
+
+/// Encodes `body` in the versioned envelope.
+pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    codec::encode(&Envelope {
+        version: WIRE_VERSION,
+        body,
+    })
+}
+
+/// Decodes an envelope of at most `limit` bytes; checks the version before the body.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+    if bytes.len() > limit {
+        return Err(chain::Error::TooLarge {
+            size: bytes.len(),
+            limit,
+        }
+        .into());
+    }
+    if bytes.len() < 2 {
+        return Err(chain::Error::Decode("envelope shorter than its version".into()).into());
+    }
+    let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let env: Envelope<T> = codec::decode(bytes, limit)?;
+    Ok(env.body)
+}
+
+/// On `/proofmesh/1/consensus`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ConsensusMsg {
+    /// A signed proposal and the block it proposes.
+    Proposal {
+        proposal: SignedProposal,
+        block: Box<Block>,
+    },
+    Vote(SignedVote),
+    /// Periodic announcement of a node's committed height, so laggards notice and sync.
+    Status {
+        height: Height,
+    },
+}
+
+/// On `/proofmesh/1/capabilities`: which models an inference node serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capability {
+    /// The node's account (executor address).
+    pub address: Address,
+    pub models: Vec<ModelId>,
+    /// Jobs in flight on the node.
+    pub load: u32,
+}
+
+/// `/proofmesh/job/1` request: gateway → inference node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobCall {
+    pub job: SignedJobRequest,
+    pub input: String,
+}
+
+/// `/proofmesh/job/1` response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum JobReply {
+    Done {
+        record: Box<InferenceRecord>,
+        /// The model output as JSON text.
+        output: String,
+    },
+    Refused {
+        code: String,
+        message: String,
+    },
+}
+
+/// `/proofmesh/sync/1` request: finalized blocks `from..=to`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub from: Height,
+    pub to: Height,
+}
+
+/// `/proofmesh/sync/1` response: blocks with their commit certificates, in height order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncReply {
+    Blocks(Vec<(Block, CommitCertificate)>),
+    Error(String),
+}
+
+/// Decodes a record gossip payload.
+pub fn decode_record(bytes: &[u8]) -> Result<InferenceRecord, WireError> {
+    decode(bytes, MAX_GOSSIP_BYTES)
+}
+
+pub fn decode_tx(bytes: &[u8]) -> Result<Tx, WireError> {
+    decode(bytes, MAX_GOSSIP_BYTES)
+}
+
+pub fn decode_consensus(bytes: &[u8]) -> Result<ConsensusMsg, WireError> {
+    decode(bytes, MAX_CONSENSUS_BYTES)
+}
+
+pub fn decode_capability(bytes: &[u8]) -> Result<Capability, WireError> {
+    decode(bytes, MAX_GOSSIP_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_and_version() {
+        let c = Capability {
+            address: Address::ZERO,
+            models: vec![ModelId([1; 32])],
+            load: 3,
+        };
+        let bytes = encode(&c);
+        assert_eq!(decode_capability(&bytes).unwrap(), c);
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert!(matches!(
+            decode_capability(&other),
+            Err(WireError::Version(9))
+        ));
+        assert!(decode_capability(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_capability(&[]).is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused_by_every_decoder() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for len in [0usize, 1, 2, 3, 17, 64, 1000, 70_000] {
+            for _ in 0..20 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let mut versioned = bytes.clone();
+                if versioned.len() >= 2 {
+                    versioned[0] = 1;
+                    versioned[1] = 0;
+                }
+                for b in [&bytes, &versioned] {
+                    assert!(decode_record(b).is_err());
+                    assert!(decode_tx(b).is_err());
+                    assert!(decode_consensus(b).is_err());
+                    assert!(decode::<JobCall>(b, MAX_JOB_BYTES).is_err());
+                    assert!(decode::<JobReply>(b, MAX_JOB_BYTES).is_err());
+                    assert!(decode::<SyncRequest>(b, 1024).is_err() || b.len() == 18);
+                    assert!(decode::<SyncReply>(b, MAX_SYNC_RESPONSE_BYTES).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        let big = vec![0u8; MAX_GOSSIP_BYTES + 1];
+        assert!(matches!(
+            decode_record(&big),
+            Err(WireError::Codec(chain::Error::TooLarge { .. }))
+        ));
+    }
+}

@@ -1,0 +1,274 @@
+//! The Settlement actor: owns the ledger and the RocksDB store. Validates and builds blocks,
+//! applies finalized blocks atomically, answers state queries and serves sync requests.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chain::{
+    Account, Address, Block, CommitCertificate, Genesis, Height, InferenceRecord, JobEntry, JobId,
+    Ledger, Store, Tip, Tx,
+};
+
+use crate::mempool::Committed;
+use crate::metrics::METRICS;
+use crate::network::InboundSync;
+use crate::protocol::{MAX_SYNC_BLOCKS, SyncReply};
+
+#[derive(Message)]
+#[rtype(result = "Account")]
+pub struct GetAccount(pub Address);
+
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobEntry>, String>")]
+pub struct GetJob(pub JobId);
+
+#[derive(Message)]
+#[rtype(result = "Result<Option<(Block, Option<CommitCertificate>)>, String>")]
+pub struct GetBlock(pub Height);
+
+#[derive(Message)]
+#[rtype(result = "Tip")]
+pub struct GetTip;
+
+/// Total of all balances and stakes.
+#[derive(Message)]
+#[rtype(result = "u128")]
+pub struct GetSupply;
+
+/// Which job used this (client, nonce), if any.
+#[derive(Message)]
+#[rtype(result = "Option<JobId>")]
+pub struct NonceUsed {
+    pub client: Address,
+    pub nonce: u64,
+}
+
+/// Checks a proposed block against the ledger rules (not re-execution: that is the Verifier's).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ValidateBlock(pub Arc<Block>);
+
+#[derive(Message)]
+#[rtype(result = "Block")]
+pub struct BuildBlock {
+    pub proposer: Address,
+    pub timestamp_ms: u64,
+    pub records: Vec<InferenceRecord>,
+    pub txs: Vec<Tx>,
+}
+
+/// Applies a finalized block with its certificate.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct CommitBlock {
+    pub block: Arc<Block>,
+    pub certificate: CommitCertificate,
+}
+
+/// Subscribe to commits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<Committed>);
+
+pub struct Settlement {
+    store: Arc<Store>,
+    ledger: Ledger,
+    genesis: Arc<Genesis>,
+    subscribers: Vec<Recipient<Committed>>,
+}
+
+impl Settlement {
+    /// Loads the ledger at the store's tip (writing genesis on first start).
+    pub fn open(store: Arc<Store>, genesis: Arc<Genesis>) -> chain::Result<Settlement> {
+        store.init_genesis(&genesis)?;
+        let ledger = store.load_ledger()?;
+        if ledger.total_supply() != chain::TOTAL_SUPPLY {
+            return Err(chain::Error::Corrupt(format!(
+                "stored accounts sum to {}, not the supply {}",
+                ledger.total_supply(),
+                chain::TOTAL_SUPPLY
+            )));
+        }
+        METRICS.height.set(ledger.height as i64);
+        tracing::info!(height = ledger.height, tip = %ledger.tip_hash, "ledger loaded");
+        Ok(Settlement {
+            store,
+            ledger,
+            genesis,
+            subscribers: Vec::new(),
+        })
+    }
+
+    pub fn height(&self) -> Height {
+        self.ledger.height
+    }
+}
+
+impl Actor for Settlement {
+    type Context = Context<Self>;
+}
+
+impl Handler<GetAccount> for Settlement {
+    type Result = MessageResult<GetAccount>;
+    fn handle(&mut self, msg: GetAccount, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.ledger.account(&msg.0))
+    }
+}
+
+impl Handler<GetJob> for Settlement {
+    type Result = Result<Option<JobEntry>, String>;
+    fn handle(&mut self, msg: GetJob, _: &mut Self::Context) -> Self::Result {
+        self.store.job(&msg.0).map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<GetBlock> for Settlement {
+    type Result = Result<Option<(Block, Option<CommitCertificate>)>, String>;
+    fn handle(&mut self, msg: GetBlock, _: &mut Self::Context) -> Self::Result {
+        let block = self.store.block(msg.0).map_err(|e| e.to_string())?;
+        match block {
+            None => Ok(None),
+            Some(b) => Ok(Some((
+                b,
+                self.store.certificate(msg.0).map_err(|e| e.to_string())?,
+            ))),
+        }
+    }
+}
+
+impl Handler<GetTip> for Settlement {
+    type Result = MessageResult<GetTip>;
+    fn handle(&mut self, _: GetTip, _: &mut Self::Context) -> Self::Result {
+        MessageResult(Tip {
+            height: self.ledger.height,
+            hash: self.ledger.tip_hash,
+            timestamp_ms: self.ledger.tip_time_ms,
+        })
+    }
+}
+
+impl Handler<GetSupply> for Settlement {
+    type Result = MessageResult<GetSupply>;
+    fn handle(&mut self, _: GetSupply, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.ledger.total_supply())
+    }
+}
+
+impl Handler<NonceUsed> for Settlement {
+    type Result = Option<JobId>;
+    fn handle(&mut self, msg: NonceUsed, _: &mut Self::Context) -> Self::Result {
+        self.ledger.nonce_used(&msg.client, msg.nonce)
+    }
+}
+
+impl Handler<ValidateBlock> for Settlement {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: ValidateBlock, _: &mut Self::Context) -> Self::Result {
+        self.ledger
+            .validate(&self.genesis, &msg.0)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<BuildBlock> for Settlement {
+    type Result = MessageResult<BuildBlock>;
+    fn handle(&mut self, msg: BuildBlock, _: &mut Self::Context) -> Self::Result {
+        let (block, _) = self.ledger.build_block(
+            &self.genesis,
+            msg.proposer,
+            msg.timestamp_ms,
+            msg.records,
+            msg.txs,
+        );
+        MessageResult(block)
+    }
+}
+
+impl Handler<CommitBlock> for Settlement {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: CommitBlock, _: &mut Self::Context) -> Self::Result {
+        let block = &msg.block;
+        if block.header.height <= self.ledger.height {
+            return Ok(()); // already applied (sync and consensus can race)
+        }
+        msg.certificate
+            .verify(&self.genesis.validator_powers(), self.genesis.chain_id)
+            .map_err(|e| e.to_string())?;
+        if msg.certificate.block_hash != block.hash()
+            || msg.certificate.height != block.header.height
+        {
+            return Err("certificate is for another block".into());
+        }
+        let changes = self
+            .ledger
+            .validate(&self.genesis, block)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .commit_block(block, &msg.certificate, &changes)
+            .map_err(|e| format!("store: {e}"))?;
+        self.ledger.commit(&changes);
+        METRICS.height.set(self.ledger.height as i64);
+        METRICS.blocks_committed.inc();
+        let failed = changes
+            .jobs
+            .iter()
+            .filter(|j| j.status == chain::JobStatus::Failed)
+            .count();
+        tracing::info!(
+            height = block.header.height,
+            hash = %changes.block_hash,
+            records = block.records.len(),
+            failed,
+            txs = block.txs.len(),
+            "block committed"
+        );
+        let note = Committed {
+            height: block.header.height,
+            block_hash: changes.block_hash,
+            jobs: changes.jobs.iter().map(|j| j.job_id).collect(),
+            txs: changes.txs.iter().map(|t| t.hash).collect(),
+        };
+        self.subscribers.retain(|s| s.connected());
+        for s in &self.subscribers {
+            s.do_send(note.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Subscribe> for Settlement {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.subscribers.push(msg.0);
+    }
+}
+
+impl Handler<InboundSync> for Settlement {
+    type Result = MessageResult<InboundSync>;
+    fn handle(&mut self, msg: InboundSync, _: &mut Self::Context) -> Self::Result {
+        let r = msg.request;
+        if r.from == 0 || r.to < r.from {
+            return MessageResult(SyncReply::Error(format!("bad range {}..={}", r.from, r.to)));
+        }
+        let to =
+            r.to.min(r.from + MAX_SYNC_BLOCKS - 1)
+                .min(self.ledger.height);
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for h in r.from..=to {
+            match (self.store.block(h), self.store.certificate(h)) {
+                (Ok(Some(b)), Ok(Some(c))) => {
+                    size += chain::codec::encode(&b).len();
+                    out.push((b, c));
+                    if size > crate::protocol::MAX_SYNC_RESPONSE_BYTES / 2 {
+                        break;
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => return MessageResult(SyncReply::Error(e.to_string())),
+                _ => break,
+            }
+        }
+        MessageResult(SyncReply::Blocks(out))
+    }
+}

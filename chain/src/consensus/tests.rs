@@ -1,0 +1,889 @@
+//! The consensus core on a deterministic simulated network: virtual time, seeded message
+//! delays and reordering, crashed and equivocating validators, dropped messages.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+
+use super::*;
+
+type V = u8;
+type Val = u64;
+type Core = Consensus<V, Val>;
+/// (delivery time, sequence, to, from, input)
+type Event = Reverse<(u64, u64, usize, usize, Wrapped)>;
+/// (who saw it, first vote, second vote)
+type Evidence = (usize, Vote<V, Val>, Vote<V, Val>);
+/// Whether to drop a message (from, to, input).
+type DropRule = Box<dyn Fn(usize, usize, &Input<V, Val>) -> bool>;
+
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig {
+        propose: Duration::from_millis(100),
+        prevote: Duration::from_millis(50),
+        precommit: Duration::from_millis(50),
+        delta: Duration::from_millis(50),
+    }
+}
+
+/// A tiny deterministic PRNG (splitmix64) so every run of a seed is the same.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Honest,
+    Crashed,
+    /// Also sends a conflicting vote to the odd-numbered nodes.
+    Equivocating,
+}
+
+struct Sim {
+    nodes: Vec<Core>,
+    behaviour: Vec<Behaviour>,
+    /// (time, seq) → (to, from, input)
+    queue: BinaryHeap<Event>,
+    now: u64,
+    seq: u64,
+    rng: Rng,
+    max_delay: u64,
+    height: Height,
+    decisions: BTreeMap<usize, (Round, Val)>,
+    equivocations: Vec<Evidence>,
+    invalid: HashSet<Val>,
+    /// Drops a message from → to when it returns true.
+    drop: DropRule,
+    delivered: u64,
+    /// Every proposal and vote broadcast, for re-gossip after a partition heals.
+    sent: Vec<(usize, Input<V, Val>)>,
+}
+
+/// `Input` wrapped with a total order so it can sit in the heap (ties broken by `seq`).
+#[derive(Clone, PartialEq, Eq)]
+struct Wrapped(Input<V, Val>);
+impl PartialOrd for Wrapped {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Wrapped {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Sim {
+    fn new(powers: &[u64], behaviour: Vec<Behaviour>, seed: u64) -> Sim {
+        let set = ValidatorSet::new(
+            powers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as V, *p))
+                .collect(),
+        );
+        let nodes = (0..powers.len())
+            .map(|i| Core::new(Some(i as V), set.clone(), timeouts()))
+            .collect();
+        Sim {
+            nodes,
+            behaviour,
+            queue: BinaryHeap::new(),
+            now: 0,
+            seq: 0,
+            rng: Rng(seed),
+            max_delay: 20,
+            height: 1,
+            decisions: BTreeMap::new(),
+            equivocations: Vec::new(),
+            invalid: HashSet::new(),
+            drop: Box::new(|_, _, _| false),
+            delivered: 0,
+            sent: Vec::new(),
+        }
+    }
+
+    fn honest(n: usize) -> Sim {
+        Sim::new(&vec![1; n], vec![Behaviour::Honest; n], 7)
+    }
+
+    fn value(height: Height, round: Round, proposer: usize) -> Val {
+        height * 10_000 + u64::from(round) * 100 + proposer as u64
+    }
+
+    fn push(&mut self, at: u64, from: usize, to: usize, input: Input<V, Val>) {
+        if (self.drop)(from, to, &input) {
+            return;
+        }
+        self.seq += 1;
+        self.queue
+            .push(Reverse((at, self.seq, to, from, Wrapped(input))));
+    }
+
+    fn broadcast(&mut self, from: usize, make: impl Fn(usize) -> Input<V, Val>) {
+        self.sent.push((from, make(0)));
+        for to in 0..self.nodes.len() {
+            if to != from {
+                let delay = 1 + self.rng.below(self.max_delay);
+                self.push(self.now + delay, from, to, make(to));
+            }
+        }
+    }
+
+    fn apply(&mut self, i: usize, outs: Vec<Output<V, Val>>) {
+        for out in outs {
+            match out {
+                Output::RequestValue { height, round } => {
+                    let value = Sim::value(height, round, i);
+                    self.push(
+                        self.now + 1,
+                        i,
+                        i,
+                        Input::ProposeValue {
+                            height,
+                            round,
+                            value,
+                        },
+                    );
+                }
+                Output::Proposal(p) => {
+                    let valid = !self.invalid.contains(&p.value);
+                    self.broadcast(i, |_| Input::Proposal {
+                        proposal: p.clone(),
+                        valid,
+                    });
+                }
+                Output::Vote(v) => {
+                    if self.behaviour[i] == Behaviour::Equivocating {
+                        let other = Vote {
+                            value: Some(v.value.map_or(1, |x| x + 1)),
+                            ..v.clone()
+                        };
+                        // Everyone gets the real vote; the odd-numbered nodes also get the other.
+                        self.broadcast(i, |_| Input::Vote(v.clone()));
+                        let (n, delay) = (self.nodes.len(), 1 + self.rng.below(self.max_delay));
+                        for to in (1..n).step_by(2).filter(|to| *to != i) {
+                            self.push(self.now + delay, i, to, Input::Vote(other.clone()));
+                        }
+                    } else {
+                        self.broadcast(i, |_| Input::Vote(v.clone()));
+                    }
+                }
+                Output::ScheduleTimeout {
+                    height,
+                    round,
+                    step,
+                    duration,
+                } => {
+                    let at = self.now + duration.as_millis() as u64;
+                    self.push(
+                        at,
+                        i,
+                        i,
+                        Input::Timeout {
+                            height,
+                            round,
+                            step,
+                        },
+                    );
+                }
+                Output::Decide {
+                    round,
+                    value,
+                    commits,
+                    height,
+                } => {
+                    assert_eq!(height, self.height);
+                    assert!(
+                        self.nodes[i].validators().is_quorum(
+                            commits
+                                .iter()
+                                .map(|c| u128::from(
+                                    self.nodes[i].validators().power(&c.validator).unwrap_or(0)
+                                ))
+                                .sum()
+                        )
+                    );
+                    assert!(
+                        commits
+                            .iter()
+                            .all(|c| c.value == Some(value) && c.round == round)
+                    );
+                    self.decisions.insert(i, (round, value));
+                }
+                Output::Equivocation { first, second } => {
+                    self.equivocations.push((i, first, second))
+                }
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.behaviour[i] != Behaviour::Crashed {
+                let outs = self.nodes[i].handle(Input::StartHeight(self.height));
+                self.apply(i, outs);
+            }
+        }
+    }
+
+    /// Runs until every non-crashed node decided or virtual time passes `until` ms.
+    fn run(&mut self, until: u64) {
+        while let Some(Reverse((at, _, to, _, Wrapped(input)))) = self.queue.pop() {
+            if at > until {
+                break;
+            }
+            self.now = at;
+            if self.behaviour[to] == Behaviour::Crashed {
+                continue;
+            }
+            self.delivered += 1;
+            let outs = self.nodes[to].handle(input);
+            self.apply(to, outs);
+            let live = (0..self.nodes.len()).filter(|i| self.behaviour[*i] != Behaviour::Crashed);
+            if live.clone().all(|i| self.decisions.contains_key(&i)) {
+                break;
+            }
+        }
+    }
+
+    /// Delivers whatever is still in flight, decided or not (bounded by `until` ms).
+    fn drain(&mut self, until: u64) {
+        while let Some(Reverse((at, _, to, _, Wrapped(input)))) = self.queue.pop() {
+            if at > until {
+                break;
+            }
+            self.now = at;
+            if self.behaviour[to] != Behaviour::Crashed {
+                let outs = self.nodes[to].handle(input);
+                self.apply(to, outs);
+            }
+        }
+    }
+
+    /// Gossip's anti-entropy: every message ever sent reaches everyone again.
+    fn resend_all(&mut self) {
+        for (from, input) in std::mem::take(&mut self.sent) {
+            self.broadcast(from, |_| input.clone());
+        }
+    }
+
+    /// Agreement: every node that decided, decided the same value.
+    fn agreed(&self) -> Option<Val> {
+        let values: HashSet<Val> = self.decisions.values().map(|(_, v)| *v).collect();
+        assert!(
+            values.len() <= 1,
+            "two values decided at one height: {values:?}"
+        );
+        values.into_iter().next()
+    }
+}
+
+#[test]
+fn four_honest_validators_decide_the_first_proposal_in_round_zero() {
+    let mut sim = Sim::honest(4);
+    sim.start();
+    sim.run(10_000);
+    assert_eq!(sim.decisions.len(), 4);
+    let proposer = *sim.nodes[0].validators().proposer(1, 0).unwrap() as usize;
+    assert_eq!(sim.agreed(), Some(Sim::value(1, 0, proposer)));
+    assert!(sim.decisions.values().all(|(r, _)| *r == 0));
+}
+
+#[test]
+fn a_crashed_proposer_costs_one_round() {
+    let mut behaviour = vec![Behaviour::Honest; 4];
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let p0 = *set.proposer(1, 0).unwrap() as usize;
+    behaviour[p0] = Behaviour::Crashed;
+    let mut sim = Sim::new(&[1, 1, 1, 1], behaviour, 11);
+    sim.start();
+    sim.run(10_000);
+    assert_eq!(sim.decisions.len(), 3);
+    let p1 = *set.proposer(1, 1).unwrap() as usize;
+    assert_ne!(p0, p1);
+    assert_eq!(sim.agreed(), Some(Sim::value(1, 1, p1)));
+}
+
+#[test]
+fn two_of_four_crashed_is_safe_but_not_live() {
+    let mut behaviour = vec![Behaviour::Honest; 4];
+    behaviour[1] = Behaviour::Crashed;
+    behaviour[2] = Behaviour::Crashed;
+    let mut sim = Sim::new(&[1, 1, 1, 1], behaviour, 3);
+    sim.start();
+    sim.run(20_000);
+    assert!(sim.decisions.is_empty());
+    // Without more than 2/3 of any vote no timeout past the propose one is armed: the survivors
+    // prevoted nil and wait, rather than spinning through rounds nobody can complete.
+    assert_eq!(sim.nodes[0].step(), Step::Prevote);
+    assert!(sim.queue.is_empty());
+}
+
+#[test]
+fn an_invalid_proposal_gets_nil_prevotes_and_the_next_round_decides() {
+    let mut sim = Sim::honest(4);
+    let p0 = *sim.nodes[0].validators().proposer(1, 0).unwrap() as usize;
+    sim.invalid.insert(Sim::value(1, 0, p0));
+    sim.start();
+    sim.run(10_000);
+    assert_eq!(sim.decisions.len(), 4);
+    let p1 = *sim.nodes[0].validators().proposer(1, 1).unwrap() as usize;
+    assert_eq!(sim.agreed(), Some(Sim::value(1, 1, p1)));
+}
+
+#[test]
+fn a_locked_value_is_carried_into_the_next_round() {
+    // We lock on round 0's value through its prevotes, but round 0 ends without a decision
+    // (the others precommitted nil). As round 1's proposer we must re-propose the locked value
+    // with its proof-of-lock round, not ask for a new one.
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = *set.proposer(1, 1).unwrap();
+    let p0 = *set.proposer(1, 0).unwrap();
+    assert_ne!(me, p0);
+    let mut c = Core::new(Some(me), set.clone(), timeouts());
+    c.handle(Input::StartHeight(1));
+    c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 0,
+            value: 7,
+            pol_round: None,
+            proposer: p0,
+        },
+        valid: true,
+    });
+    let others: Vec<u8> = (0..4u8).filter(|v| *v != me).collect();
+    for v in &others[..2] {
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: Some(7),
+            validator: *v,
+        }));
+    }
+    assert_eq!(c.snapshot().locked_value, Some(7));
+    let mut outs = Vec::new();
+    for v in &others[..2] {
+        outs.extend(c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 0,
+            vote_type: VoteType::Precommit,
+            value: None,
+            validator: *v,
+        })));
+    }
+    assert!(
+        outs.iter().any(|o| matches!(
+            o,
+            Output::ScheduleTimeout {
+                step: Step::Precommit,
+                round: 0,
+                ..
+            }
+        )),
+        "{outs:?}"
+    );
+    assert!(c.decided().is_none());
+    let outs = c.handle(Input::Timeout {
+        height: 1,
+        round: 0,
+        step: Step::Precommit,
+    });
+    assert_eq!(c.round(), 1);
+    assert!(
+        outs.iter()
+            .all(|o| !matches!(o, Output::RequestValue { .. })),
+        "{outs:?}"
+    );
+    assert!(
+        outs.contains(&Output::Proposal(Proposal {
+            height: 1,
+            round: 1,
+            value: 7,
+            pol_round: Some(0),
+            proposer: me
+        })),
+        "{outs:?}"
+    );
+    // And we prevote our own re-proposal.
+    assert!(outs.iter().any(|o| matches!(o, Output::Vote(v) if v.round == 1 && v.vote_type == VoteType::Prevote && v.value == Some(7))));
+}
+
+#[test]
+fn a_proof_of_lock_from_a_later_round_unlocks() {
+    // Locked on 7 at round 0; round 2's proposal re-proposes 8 with a polka for 8 at round 1,
+    // newer than our lock: we prevote 8 (rule 28).
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = (0..4u8)
+        .find(|v| Some(v) != set.proposer(1, 0) && Some(v) != set.proposer(1, 2))
+        .unwrap();
+    let mut c = Core::new(Some(me), set.clone(), timeouts());
+    c.handle(Input::StartHeight(1));
+    c.restore(
+        1,
+        RestoreState {
+            locked_value: Some(7),
+            locked_round: Some(0),
+            valid_value: Some(7),
+            valid_round: Some(0),
+            signed: vec![],
+        },
+    );
+    c.handle(Input::Timeout {
+        height: 1,
+        round: 0,
+        step: Step::Propose,
+    });
+    let others: Vec<u8> = (0..4u8).filter(|v| *v != me).collect();
+    for v in &others {
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 1,
+            vote_type: VoteType::Prevote,
+            value: Some(8),
+            validator: *v,
+        }));
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 2,
+            vote_type: VoteType::Precommit,
+            value: None,
+            validator: *v,
+        }));
+    }
+    assert_eq!(c.round(), 2);
+    let p2 = *set.proposer(1, 2).unwrap();
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 2,
+            value: 8,
+            pol_round: Some(1),
+            proposer: p2,
+        },
+        valid: true,
+    });
+    assert!(outs.iter().any(|o| matches!(o, Output::Vote(v) if v.round == 2 && v.vote_type == VoteType::Prevote && v.value == Some(8))), "{outs:?}");
+}
+
+#[test]
+fn a_node_locked_on_a_value_prevotes_nil_for_another_without_a_newer_polka() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = (0..4u8)
+        .find(|v| Some(v) != set.proposer(1, 0) && Some(v) != set.proposer(1, 1))
+        .unwrap();
+    let mut c = Core::new(Some(me), set.clone(), timeouts());
+    c.handle(Input::StartHeight(1));
+    let p0 = *set.proposer(1, 0).unwrap();
+    c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 0,
+            value: 7,
+            pol_round: None,
+            proposer: p0,
+        },
+        valid: true,
+    });
+    let mut outs = Vec::new();
+    for v in (0..4u8).filter(|v| *v != me) {
+        outs.extend(c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: Some(7),
+            validator: v,
+        })));
+    }
+    assert!(outs.iter().any(
+        |o| matches!(o, Output::Vote(v) if v.vote_type == VoteType::Precommit && v.value == Some(7))
+    ));
+    // Round 1 (after the precommit timeout) brings another value without a proof of lock.
+    c.handle(Input::Timeout {
+        height: 1,
+        round: 0,
+        step: Step::Precommit,
+    });
+    assert_eq!(c.round(), 1);
+    let p1 = *set.proposer(1, 1).unwrap();
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 1,
+            value: 8,
+            pol_round: None,
+            proposer: p1,
+        },
+        valid: true,
+    });
+    assert!(outs.iter().any(|o| matches!(o, Output::Vote(v) if v.round == 1 && v.vote_type == VoteType::Prevote && v.value.is_none())), "{outs:?}");
+}
+
+#[test]
+fn one_equivocating_validator_of_four_cannot_break_agreement_or_liveness() {
+    for seed in 0..60 {
+        let mut behaviour = vec![Behaviour::Honest; 4];
+        behaviour[(seed % 4) as usize] = Behaviour::Equivocating;
+        let mut sim = Sim::new(&[1, 1, 1, 1], behaviour, seed);
+        sim.max_delay = 1 + seed % 90;
+        sim.start();
+        sim.run(60_000);
+        let honest = (0..4).filter(|i| sim.behaviour[*i] == Behaviour::Honest);
+        assert!(
+            honest.clone().all(|i| sim.decisions.contains_key(&i)),
+            "seed {seed}: {:?}",
+            sim.decisions
+        );
+        sim.agreed();
+        sim.drain(120_000);
+        assert!(
+            !sim.equivocations.is_empty(),
+            "seed {seed}: equivocation went unnoticed"
+        );
+        let bad = (seed % 4) as V;
+        assert!(
+            sim.equivocations
+                .iter()
+                .all(|(_, a, b)| a.validator == bad && b.validator == bad && a.value != b.value)
+        );
+    }
+}
+
+#[test]
+fn random_delays_and_losses_never_break_agreement() {
+    for seed in 0..100 {
+        let n = 4 + (seed % 4) as usize;
+        let mut sim = Sim::new(&vec![1; n], vec![Behaviour::Honest; n], seed);
+        sim.max_delay = 1 + seed * 7 % 200;
+        // Lose one message in eight during the first two seconds.
+        let lossy = std::cell::Cell::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        sim.drop = Box::new(move |from, to, _| {
+            if from == to {
+                return false;
+            }
+            let x = lossy
+                .get()
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lossy.set(x);
+            (x >> 33) % 8 == 0
+        });
+        sim.start();
+        sim.run(2_000);
+        sim.agreed();
+        // Losses can make rounds fail, not the height: once the network heals and gossip
+        // re-sends what was lost, every node decides, and all decide the same value.
+        sim.drop = Box::new(|_, _, _| false);
+        sim.resend_all();
+        sim.run(200_000);
+        sim.agreed();
+        assert_eq!(
+            sim.decisions.len(),
+            n,
+            "seed {seed}: only {:?} decided",
+            sim.decisions
+        );
+    }
+}
+
+#[test]
+fn stake_weighted_quorums() {
+    // Validator 0 holds 3 of 6: it plus any one other is not enough (4 of 6), plus two is.
+    let set = ValidatorSet::new(vec![(0u8, 3), (1, 1), (2, 1), (3, 1)]);
+    assert_eq!(set.total_power(), 6);
+    assert_eq!(set.quorum(), 5);
+    assert!(!set.is_quorum(4));
+    assert!(set.is_quorum(5));
+    assert!(set.is_one_third(3));
+    assert!(!set.is_one_third(2));
+    // Three small validators (3 of 6) cannot decide without 0; 0 with two of them can.
+    let mut behaviour = vec![Behaviour::Honest; 4];
+    behaviour[0] = Behaviour::Crashed;
+    let mut sim = Sim::new(&[3, 1, 1, 1], behaviour, 5);
+    sim.start();
+    sim.run(20_000);
+    assert!(sim.decisions.is_empty());
+    let mut behaviour = vec![Behaviour::Honest; 4];
+    behaviour[3] = Behaviour::Crashed;
+    let mut sim = Sim::new(&[3, 1, 1, 1], behaviour, 5);
+    sim.start();
+    sim.run(20_000);
+    assert_eq!(sim.decisions.len(), 3);
+    sim.agreed();
+}
+
+#[test]
+fn proposer_schedule_is_a_stake_weighted_round_robin() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 5)).collect());
+    let seq: Vec<u8> = (0..8).map(|h| *set.proposer(h, 0).unwrap()).collect();
+    assert_eq!(seq, vec![0, 1, 2, 3, 0, 1, 2, 3]);
+    // A failed round moves to the next proposer.
+    assert_ne!(set.proposer(5, 0), set.proposer(5, 1));
+    let set = ValidatorSet::new(vec![(9u8, 3), (4, 1)]);
+    let seq: Vec<u8> = (0..4).map(|h| *set.proposer(h, 0).unwrap()).collect();
+    assert_eq!(seq.iter().filter(|v| **v == 9).count(), 3);
+    // Huge, coprime stakes still give a bounded schedule in proportion.
+    let set = ValidatorSet::new(vec![(1u8, 1_000_000_007), (2, 2_000_000_011)]);
+    let n = 3 * MAX_SCHEDULE as u64;
+    let twos = (0..n)
+        .filter(|h| *set.proposer(*h, 0).unwrap() == 2)
+        .count() as f64;
+    assert!((twos / n as f64 - 2.0 / 3.0).abs() < 0.01);
+    assert!(ValidatorSet::<u8>::new(vec![]).proposer(1, 0).is_none());
+    assert!(ValidatorSet::new(vec![(1u8, 0)]).is_empty());
+}
+
+#[test]
+fn an_observer_follows_and_decides_without_voting() {
+    let mut sim = Sim::honest(4);
+    let set = sim.nodes[0].validators().clone();
+    let mut observer = Core::new(None, set, timeouts());
+    let outs = observer.handle(Input::StartHeight(1));
+    assert!(
+        outs.iter()
+            .all(|o| matches!(o, Output::ScheduleTimeout { .. }))
+    );
+    sim.start();
+    // Record every message the validators send and replay them to the observer.
+    let mut log = Vec::new();
+    while let Some(Reverse((at, _, to, from, Wrapped(input)))) = sim.queue.pop() {
+        sim.now = at;
+        if to != from && to == 0 {
+            log.push(input.clone());
+        }
+        let outs = sim.nodes[to].handle(input);
+        sim.apply(to, outs);
+        if sim.decisions.len() == 4 {
+            break;
+        }
+    }
+    // What was still on its way to node 0 when the validators had decided.
+    while let Some(Reverse((_, _, to, from, Wrapped(input)))) = sim.queue.pop() {
+        if to != from && to == 0 {
+            log.push(input);
+        }
+    }
+    // Node 0's own messages never reach itself through the queue: add them from its view.
+    let mut decided = None;
+    for input in log {
+        for out in observer.handle(input) {
+            assert!(!matches!(
+                out,
+                Output::Vote(_) | Output::Proposal(_) | Output::RequestValue { .. }
+            ));
+            if let Output::Decide { value, .. } = out {
+                decided = Some(value);
+            }
+        }
+    }
+    // Node 0 voted too; the observer saw the other three's votes, which are a quorum.
+    assert_eq!(decided, sim.agreed());
+}
+
+#[test]
+fn a_restored_validator_never_signs_a_conflicting_vote() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = (0..4u8).find(|v| Some(v) != set.proposer(1, 0)).unwrap();
+    let p0 = *set.proposer(1, 0).unwrap();
+    let mut c = Core::new(Some(me), set.clone(), timeouts());
+    c.handle(Input::StartHeight(1));
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 0,
+            value: 42,
+            pol_round: None,
+            proposer: p0,
+        },
+        valid: true,
+    });
+    assert!(outs.contains(&Output::Vote(Vote {
+        height: 1,
+        round: 0,
+        vote_type: VoteType::Prevote,
+        value: Some(42),
+        validator: me
+    })));
+    let saved = c.snapshot();
+    assert_eq!(saved.signed, vec![(0, VoteType::Prevote, Some(42))]);
+
+    // The process restarts and the proposal is gone: the propose timeout would prevote nil,
+    // but the restored core re-sends its earlier prevote instead.
+    let mut c = Core::new(Some(me), set, timeouts());
+    c.handle(Input::StartHeight(1));
+    let outs = c.restore(1, saved);
+    assert!(outs.contains(&Output::Vote(Vote {
+        height: 1,
+        round: 0,
+        vote_type: VoteType::Prevote,
+        value: Some(42),
+        validator: me
+    })));
+    assert_eq!(c.step(), Step::Prevote);
+    let outs = c.handle(Input::Timeout {
+        height: 1,
+        round: 0,
+        step: Step::Propose,
+    });
+    assert!(outs.iter().all(
+        |o| !matches!(o, Output::Vote(v) if v.vote_type == VoteType::Prevote && v.value != Some(42))
+    ));
+    // A restore for another height is ignored.
+    assert!(c.restore(2, RestoreState::default()).is_empty());
+}
+
+#[test]
+fn a_restored_validator_resumes_in_its_last_round_with_its_lock() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = 0u8;
+    let mut c = Core::new(Some(me), set, timeouts());
+    c.handle(Input::StartHeight(3));
+    let state = RestoreState {
+        locked_value: Some(9),
+        locked_round: Some(2),
+        valid_value: Some(9),
+        valid_round: Some(2),
+        signed: vec![
+            (2, VoteType::Prevote, Some(9)),
+            (2, VoteType::Precommit, Some(9)),
+        ],
+    };
+    c.restore(3, state.clone());
+    assert_eq!(c.round(), 2);
+    assert_eq!(c.step(), Step::Precommit);
+    assert_eq!(c.snapshot(), state);
+}
+
+#[test]
+fn messages_of_other_heights_and_strangers_are_ignored() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let mut c = Core::new(Some(0), set.clone(), timeouts());
+    // Before StartHeight nothing happens.
+    assert!(
+        c.handle(Input::Vote(Vote {
+            height: 0,
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: None,
+            validator: 1
+        }))
+        .is_empty()
+    );
+    c.handle(Input::StartHeight(5));
+    for h in [4, 6] {
+        for v in 1..4u8 {
+            let outs = c.handle(Input::Vote(Vote {
+                height: h,
+                round: 0,
+                vote_type: VoteType::Prevote,
+                value: None,
+                validator: v,
+            }));
+            assert!(outs.is_empty());
+        }
+    }
+    assert_eq!(c.step(), Step::Propose);
+    // A vote from a validator outside the set, and a proposal from the wrong proposer.
+    assert!(
+        c.handle(Input::Vote(Vote {
+            height: 5,
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: None,
+            validator: 77
+        }))
+        .is_empty()
+    );
+    let wrong = (0..4u8).find(|v| Some(v) != set.proposer(5, 0)).unwrap();
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 5,
+            round: 0,
+            value: 1,
+            pol_round: None,
+            proposer: wrong,
+        },
+        valid: true,
+    });
+    assert!(outs.iter().all(|o| !matches!(o, Output::Vote(_))));
+    // A proposal whose proof-of-lock round is not earlier than its round.
+    let right = *set.proposer(5, 0).unwrap();
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 5,
+            round: 0,
+            value: 1,
+            pol_round: Some(0),
+            proposer: right,
+        },
+        valid: true,
+    });
+    assert!(outs.iter().all(|o| !matches!(o, Output::Vote(_))));
+}
+
+#[test]
+fn f_plus_one_in_a_later_round_pulls_a_node_forward() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let mut c = Core::new(Some(0), set, timeouts());
+    c.handle(Input::StartHeight(1));
+    c.handle(Input::Vote(Vote {
+        height: 1,
+        round: 7,
+        vote_type: VoteType::Prevote,
+        value: None,
+        validator: 1,
+    }));
+    assert_eq!(c.round(), 0, "one validator of four is not enough");
+    c.handle(Input::Vote(Vote {
+        height: 1,
+        round: 7,
+        vote_type: VoteType::Precommit,
+        value: None,
+        validator: 2,
+    }));
+    assert_eq!(c.round(), 7);
+}
+
+#[test]
+fn a_faulty_validator_cannot_make_us_keep_unbounded_future_rounds() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let mut c = Core::new(Some(0), set, timeouts());
+    c.handle(Input::StartHeight(1));
+    for r in 1..10_000 {
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: r,
+            vote_type: VoteType::Prevote,
+            value: None,
+            validator: 3,
+        }));
+    }
+    assert!(
+        c.rounds.len() <= MAX_FUTURE_ROUNDS_PER_VALIDATOR + 1,
+        "{} rounds kept",
+        c.rounds.len()
+    );
+    assert_eq!(c.round(), 0);
+}
+
+#[test]
+fn timeouts_grow_by_delta_per_round() {
+    let t = timeouts();
+    assert_eq!(t.duration(Step::Propose, 0), Duration::from_millis(100));
+    assert_eq!(t.duration(Step::Propose, 3), Duration::from_millis(250));
+    assert_eq!(
+        t.duration(Step::Prevote, u32::MAX),
+        Duration::from_millis(50).saturating_add(Duration::from_millis(50) * u32::MAX)
+    );
+}

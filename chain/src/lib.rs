@@ -1,0 +1,31 @@
+//! Chain rules of proofmesh: identifiers, EIP-712 signed job requests and transfers, inference
+//! records, blocks and commit certificates, genesis, the deterministic ledger state machine, the
+//! Tendermint consensus core, Merkle trees, the wire/storage codec and the RocksDB store.
+//!
+//! Everything here but [`store`] is plain Rust with no I/O: the `actors` crate feeds it inputs
+//! and carries out its outputs.
+
+pub mod block;
+pub mod codec;
+pub mod consensus;
+pub mod error;
+pub mod genesis;
+pub mod merkle;
+pub mod record;
+pub mod signing;
+pub mod state;
+pub mod store;
+pub mod types;
+
+pub use block::{
+    Block, BlockHeader, CommitCertificate, Proposal, SignedProposal, SignedVote, Vote, VoteKind,
+};
+pub use error::{Error, Result};
+pub use genesis::{Genesis, ModelEntry, Params, VerificationMode};
+pub use record::{
+    InferenceRecord, JobRequest, Proof, SignedJobRequest, SignedTransfer, Transfer, Tx,
+};
+pub use signing::PrivateKeySigner;
+pub use state::{Account, Changes, JobEntry, JobStatus, Ledger};
+pub use store::{Store, Tip};
+pub use types::{Address, B256, Height, JobId, ModelId, Sig, TOTAL_SUPPLY};

@@ -1,0 +1,326 @@
+//! Job requests, inference records and transactions: the signed objects that enter blocks.
+
+use alloy::primitives::{Address, B256, keccak256};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::signing::{self, PrivateKeySigner, typed};
+use crate::types::{JobId, ModelId, Sig, amount};
+
+/// Largest job input (bytes) a record may carry.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// What a client signs to buy one inference (EIP-712 struct `JobRequest`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub client: Address,
+    pub model_id: ModelId,
+    /// keccak256 of the input bytes.
+    pub input_hash: B256,
+    /// The most the client pays, in OPG base units; the model's price is charged.
+    #[serde(with = "amount")]
+    pub max_fee: u128,
+    /// Any value not used before by this client (unordered nonces, as EIP-3009), so jobs sent
+    /// concurrently through different gateways do not race.
+    pub nonce: u64,
+    /// Unix seconds after which the job may not be included.
+    pub expiry: u64,
+}
+
+impl JobRequest {
+    fn typed(&self) -> typed::JobRequest {
+        typed::JobRequest {
+            client: self.client,
+            modelId: B256::from(self.model_id.0),
+            inputHash: self.input_hash,
+            maxFee: self.max_fee,
+            nonce: self.nonce,
+            expiry: self.expiry,
+        }
+    }
+
+    /// The job id: the EIP-712 signing hash.
+    pub fn id(&self, chain_id: u64) -> JobId {
+        JobId(signing::signing_hash(&self.typed(), chain_id))
+    }
+
+    /// Signs the request with the client's key.
+    pub fn sign(self, key: &PrivateKeySigner, chain_id: u64) -> Result<SignedJobRequest> {
+        let signature = signing::sign(key, &self.id(chain_id).0)?;
+        Ok(SignedJobRequest {
+            request: self,
+            signature,
+        })
+    }
+}
+
+/// A job request with the client's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedJobRequest {
+    pub request: JobRequest,
+    pub signature: Sig,
+}
+
+impl SignedJobRequest {
+    /// Checks the client's signature and returns the job id.
+    pub fn verify(&self, chain_id: u64) -> Result<JobId> {
+        let id = self.request.id(chain_id);
+        signing::verify(&self.signature, &id.0, self.request.client)?;
+        Ok(id)
+    }
+}
+
+/// How a record proves its output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proof {
+    /// Output hash commitment; validators re-execute (deterministic kernels) and compare.
+    Reexec,
+}
+
+/// A proven inference: the signed request, the input, the output commitment and the executor's
+/// signature over the result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceRecord {
+    pub job: SignedJobRequest,
+    /// The job input (UTF-8, usually JSON), needed by validators to re-execute.
+    pub input: String,
+    pub output_hash: B256,
+    pub executor: Address,
+    pub proof: Proof,
+    /// The executor's signature over the EIP-712 `InferenceResult`.
+    pub signature: Sig,
+}
+
+impl InferenceRecord {
+    fn result(&self, chain_id: u64) -> typed::InferenceResult {
+        typed::InferenceResult {
+            jobId: self.job.request.id(chain_id).0,
+            modelId: B256::from(self.job.request.model_id.0),
+            inputHash: self.job.request.input_hash,
+            outputHash: self.output_hash,
+            executor: self.executor,
+        }
+    }
+
+    /// Builds and signs a record on the inference node.
+    pub fn create(
+        job: SignedJobRequest,
+        input: String,
+        output_hash: B256,
+        proof: Proof,
+        key: &PrivateKeySigner,
+        chain_id: u64,
+    ) -> Result<Self> {
+        let mut record = InferenceRecord {
+            job,
+            input,
+            output_hash,
+            executor: key.address(),
+            proof,
+            signature: Sig([0; 65]),
+        };
+        record.signature = signing::sign(
+            key,
+            &signing::signing_hash(&record.result(chain_id), chain_id),
+        )?;
+        Ok(record)
+    }
+
+    pub fn job_id(&self, chain_id: u64) -> JobId {
+        self.job.request.id(chain_id)
+    }
+
+    /// The Merkle leaf of this record:
+    /// `keccak(job_id ‖ model_id ‖ input_hash ‖ output_hash ‖ executor)`.
+    pub fn leaf(&self, chain_id: u64) -> B256 {
+        let mut buf = Vec::with_capacity(32 * 4 + 20);
+        buf.extend_from_slice(self.job_id(chain_id).0.as_slice());
+        buf.extend_from_slice(&self.job.request.model_id.0);
+        buf.extend_from_slice(self.job.request.input_hash.as_slice());
+        buf.extend_from_slice(self.output_hash.as_slice());
+        buf.extend_from_slice(self.executor.as_slice());
+        keccak256(&buf)
+    }
+
+    /// Stateless checks: input size and hash, the client's and the executor's signatures.
+    /// Returns the job id.
+    pub fn verify_signatures(&self, chain_id: u64) -> Result<JobId> {
+        if self.input.len() > MAX_INPUT_BYTES {
+            return Err(Error::TooLarge {
+                size: self.input.len(),
+                limit: MAX_INPUT_BYTES,
+            });
+        }
+        if keccak256(self.input.as_bytes()) != self.job.request.input_hash {
+            return Err(Error::Invalid {
+                field: "input",
+                reason: "keccak256(input) differs from the request's input_hash".into(),
+            });
+        }
+        let id = self.job.verify(chain_id)?;
+        let digest = signing::signing_hash(&self.result(chain_id), chain_id);
+        signing::verify(&self.signature, &digest, self.executor)?;
+        Ok(id)
+    }
+}
+
+/// A token transfer (EIP-712 struct `Transfer`), with the sender's sequential account nonce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub from: Address,
+    pub to: Address,
+    #[serde(with = "amount")]
+    pub amount: u128,
+    pub nonce: u64,
+}
+
+impl Transfer {
+    pub fn signing_hash(&self, chain_id: u64) -> B256 {
+        signing::signing_hash(
+            &typed::Transfer {
+                from: self.from,
+                to: self.to,
+                amount: self.amount,
+                nonce: self.nonce,
+            },
+            chain_id,
+        )
+    }
+
+    pub fn sign(self, key: &PrivateKeySigner, chain_id: u64) -> Result<SignedTransfer> {
+        let signature = signing::sign(key, &self.signing_hash(chain_id))?;
+        Ok(SignedTransfer {
+            transfer: self,
+            signature,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTransfer {
+    pub transfer: Transfer,
+    pub signature: Sig,
+}
+
+/// A transaction: anything but an inference record that changes state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Tx {
+    Transfer(SignedTransfer),
+}
+
+impl Tx {
+    /// Checks the signature; returns the transaction hash.
+    pub fn verify(&self, chain_id: u64) -> Result<B256> {
+        match self {
+            Tx::Transfer(t) => {
+                let digest = t.transfer.signing_hash(chain_id);
+                signing::verify(&t.signature, &digest, t.transfer.from)?;
+                Ok(digest)
+            }
+        }
+    }
+
+    pub fn hash(&self, chain_id: u64) -> B256 {
+        match self {
+            Tx::Transfer(t) => t.transfer.signing_hash(chain_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::seeded_key;
+
+    pub(crate) fn sample_record(chain_id: u64) -> InferenceRecord {
+        let client = seeded_key(1, 1);
+        let exec = seeded_key(1, 2);
+        let input = "{\"inputs\":[[1.0]]}".to_string();
+        let req = JobRequest {
+            client: client.address(),
+            model_id: ModelId([5; 32]),
+            input_hash: keccak256(input.as_bytes()),
+            max_fee: 10,
+            nonce: 1,
+            expiry: 2_000_000_000,
+        };
+        let job = req.sign(&client, chain_id).unwrap();
+        InferenceRecord::create(
+            job,
+            input,
+            B256::repeat_byte(9),
+            Proof::Reexec,
+            &exec,
+            chain_id,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn record_verifies_and_tampering_is_caught() {
+        let r = sample_record(7);
+        assert_eq!(r.verify_signatures(7).unwrap(), r.job_id(7));
+        // other chain: the client's signature no longer matches
+        assert!(r.verify_signatures(8).is_err());
+        let mut t = r.clone();
+        t.output_hash = B256::repeat_byte(1);
+        assert!(matches!(
+            t.verify_signatures(7),
+            Err(Error::WrongSigner { .. })
+        ));
+        let mut t = r.clone();
+        t.input.push(' ');
+        assert!(matches!(t.verify_signatures(7), Err(Error::Invalid { .. })));
+        let mut t = r.clone();
+        t.job.request.max_fee = 11;
+        assert!(t.verify_signatures(7).is_err());
+        let mut t = r;
+        t.input = "x".repeat(MAX_INPUT_BYTES + 1);
+        assert!(matches!(
+            t.verify_signatures(7),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let r = sample_record(7);
+        let v = serde_json::to_value(&r.job).unwrap();
+        assert!(v["request"]["max_fee"].is_string());
+        assert!(v["signature"].as_str().unwrap().starts_with("0x"));
+        let back: SignedJobRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r.job);
+    }
+
+    #[test]
+    fn transfer_signature() {
+        let k = seeded_key(2, 0);
+        let t = Transfer {
+            from: k.address(),
+            to: Address::ZERO,
+            amount: 5,
+            nonce: 0,
+        };
+        let tx = Tx::Transfer(t.clone().sign(&k, 1).unwrap());
+        tx.verify(1).unwrap();
+        let other = seeded_key(2, 1);
+        let forged = Tx::Transfer(SignedTransfer {
+            transfer: t,
+            signature: match Tx::Transfer(
+                Transfer {
+                    from: k.address(),
+                    to: Address::ZERO,
+                    amount: 5,
+                    nonce: 0,
+                }
+                .sign(&other, 1)
+                .unwrap(),
+            ) {
+                Tx::Transfer(s) => s.signature,
+            },
+        });
+        assert!(forged.verify(1).is_err());
+    }
+}

@@ -1,0 +1,570 @@
+//! The CPU reference backend.
+//!
+//! GEMM runs a 4×16 register tile (4 rows of `a` against 16 columns of `b`), accumulating the
+//! whole `k` dimension in order for every element, so tiling, batching and threading change only
+//! which elements are computed together, never the arithmetic of one element. The tile is
+//! compiled twice from one body: once with the `fma` target feature (chosen at run time when the
+//! CPU has it, where `mul_add` is one instruction) and once portable (where `mul_add` is the
+//! correctly rounded software routine); both produce identical bits.
+
+use crate::backend::Backend;
+use crate::math;
+
+/// Rows of `a` per register tile.
+const MR: usize = 4;
+/// Columns of `b` per register tile (two 256-bit vectors per row).
+const NR: usize = 16;
+/// GEMMs with more multiply-adds than this (m·n·k) are split over threads by rows. Measured on
+/// the 2-core dev machine: at 1.6M a second thread costs more than it saves, at 9.4M it saves 35%.
+const PARALLEL_WORK: usize = 1 << 22;
+
+/// Pure-Rust backend; the reference every other backend must match bit for bit.
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    /// Use the `fma` target-feature kernel (detected at construction).
+    fma: bool,
+    /// Threads for large GEMMs.
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// Detects FMA support and the number of cores.
+    pub fn new() -> Self {
+        let fma = fma_available();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tracing::debug!(fma, threads, "cpu backend ready");
+        CpuBackend { fma, threads }
+    }
+
+    /// The portable kernel (no target features), for comparing against the FMA kernel.
+    #[cfg(test)]
+    pub(crate) fn portable() -> Self {
+        CpuBackend {
+            fma: false,
+            threads: 1,
+        }
+    }
+
+    /// Whether this backend runs the FMA kernel.
+    #[cfg(test)]
+    pub(crate) fn uses_fma(&self) -> bool {
+        self.fma
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn gemm_bias(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let work = m.saturating_mul(n).saturating_mul(k);
+        let threads = if work > PARALLEL_WORK {
+            self.threads
+        } else {
+            1
+        };
+        gemm(a, b, bias, m, k, n, self.fma, threads)
+    }
+
+    fn gelu(&self, x: &mut [f32]) {
+        for v in x {
+            *v = math::gelu(*v);
+        }
+    }
+
+    fn softmax_rows(&self, x: &mut [f32], cols: usize) {
+        if x.is_empty() {
+            return;
+        }
+        assert!(
+            cols > 0 && x.len().is_multiple_of(cols),
+            "softmax_rows: {} values do not form rows of {cols}",
+            x.len()
+        );
+        for row in x.chunks_exact_mut(cols) {
+            math::softmax_row(row);
+        }
+    }
+}
+
+fn fma_available() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// GEMM with an explicit kernel choice and thread count (see [`Backend::gemm_bias`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    fma: bool,
+    threads: usize,
+) -> Vec<f32> {
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm_bias: a has {} values, expected m·k = {m}·{k}",
+        a.len()
+    );
+    assert_eq!(
+        b.len(),
+        k * n,
+        "gemm_bias: b has {} values, expected k·n = {k}·{n}",
+        b.len()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_bias: bias has {} values, expected n = {n}",
+            bias.len()
+        );
+    }
+    let mut out = vec![0.0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let threads = threads.clamp(1, m.div_ceil(MR));
+    if threads == 1 {
+        rows(a, b, bias, k, n, &mut out, fma);
+        return out;
+    }
+    // Whole tiles per thread; every element is computed the same way whichever thread owns it.
+    let rows_per = m.div_ceil(threads).next_multiple_of(MR);
+    std::thread::scope(|s| {
+        let mut chunks = out.chunks_mut(rows_per * n).enumerate();
+        let first = chunks.next();
+        for (c, out_chunk) in chunks {
+            let r0 = c * rows_per;
+            let a_chunk = &a[r0 * k..(r0 + out_chunk.len() / n) * k];
+            s.spawn(move || rows(a_chunk, b, bias, k, n, out_chunk, fma));
+        }
+        if let Some((_, out_chunk)) = first {
+            rows(&a[..out_chunk.len() / n * k], b, bias, k, n, out_chunk, fma);
+        }
+    });
+    out
+}
+
+/// Computes `out` (some rows × n) from the matching rows of `a`.
+fn rows(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+    fma: bool,
+) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if fma {
+        // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
+        unsafe { rows_fma(a, b, bias, k, n, out) };
+        return;
+    }
+    let _ = fma;
+    rows_body(a, b, bias, k, n, out);
+}
+
+/// [`rows_body`] compiled with FMA (and the AVX it implies), so `mul_add` is `vfmadd`.
+///
+/// # Safety
+///
+/// The CPU must support AVX and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "fma")]
+unsafe fn rows_fma(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    rows_body(a, b, bias, k, n, out);
+}
+
+/// The one GEMM body, inlined into each kernel variant so each gets its own code generation.
+#[inline(always)]
+fn rows_body(a: &[f32], b: &[f32], bias: Option<&[f32]>, k: usize, n: usize, out: &mut [f32]) {
+    let m = out.len() / n;
+    let row = |i: usize| &a[i * k..(i + 1) * k];
+    // Each 16-column panel of `b` is copied into a contiguous k×16 buffer (zero-padded past
+    // column n), so the tile loop reads it with no stride and no bounds checks. Padding lanes are
+    // computed and dropped; the real lanes do exactly the documented operations.
+    let mut panel = vec![[0.0f32; NR]; k];
+    for j0 in (0..n).step_by(NR) {
+        let width = NR.min(n - j0);
+        for (p, dst) in panel.iter_mut().enumerate() {
+            dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
+            dst[width..].fill(0.0);
+        }
+        let mut i0 = 0;
+        while i0 + MR <= m {
+            let acc = tile([row(i0), row(i0 + 1), row(i0 + 2), row(i0 + 3)], &panel);
+            store(&acc, bias, out, n, i0, j0, width);
+            i0 += MR;
+        }
+        while i0 < m {
+            let acc = tile([row(i0)], &panel);
+            store(&acc, bias, out, n, i0, j0, width);
+            i0 += 1;
+        }
+    }
+}
+
+/// `R` rows of `a` (each of length k) against a k×16 panel of `b`, accumulating `p = 0..k` in
+/// order with one fused multiply-add per step.
+#[inline(always)]
+fn tile<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; R] {
+    let k = panel.len();
+    // Slicing to exactly k lets the compiler drop the bounds checks inside the loop.
+    let arows = arows.map(|r| &r[..k]);
+    let mut acc = [[0.0f32; NR]; R];
+    for (p, brow) in panel.iter().enumerate() {
+        for (acc_row, arow) in acc.iter_mut().zip(&arows) {
+            let av = arow[p];
+            for (c, bv) in acc_row.iter_mut().zip(brow) {
+                *c = av.mul_add(*bv, *c);
+            }
+        }
+    }
+    acc
+}
+
+/// Writes the first `width` columns of a tile at (`i0`, `j0`), adding the bias (one rounding).
+#[inline(always)]
+fn store<const R: usize>(
+    acc: &[[f32; NR]; R],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    n: usize,
+    i0: usize,
+    j0: usize,
+    width: usize,
+) {
+    for (r, acc_row) in acc.iter().enumerate() {
+        let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + width];
+        match bias {
+            Some(bias) => {
+                for ((d, &v), &b) in dst.iter_mut().zip(acc_row).zip(&bias[j0..j0 + width]) {
+                    *d = v + b;
+                }
+            }
+            None => dst.copy_from_slice(&acc_row[..width]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::tests::uniform_vec as random;
+
+    /// Reference: the same element order in f64 with no rounding worth counting.
+    fn gemm_f64(
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                let mut mag = 0.0f64;
+                for p in 0..k {
+                    let t = a[i * k + p] as f64 * b[p * n + j] as f64;
+                    s += t;
+                    mag += t.abs();
+                }
+                if let Some(bias) = bias {
+                    s += bias[j] as f64;
+                    mag += (bias[j] as f64).abs();
+                }
+                out.push((s, mag));
+            }
+        }
+        out
+    }
+
+    /// Each output is within (k+1)·u·(Σ|a·b| + |bias|) of the exact value, u = 2^-24: k fused
+    /// steps and one bias addition, each with relative error at most u on the running sum
+    /// (first-order bound; the factor 1.01 covers the higher-order terms for k ≤ 1000).
+    #[test]
+    fn gemm_matches_f64_reference_within_rounding_bound() {
+        let cpu = CpuBackend::new();
+        for (seed, m, k, n) in [
+            (1, 1, 1, 1),
+            (2, 5, 7, 3),
+            (3, 9, 64, 33),
+            (4, 17, 300, 48),
+            (5, 4, 1000, 16),
+        ] {
+            let a = random(seed, m * k);
+            let b = random(seed + 100, k * n);
+            let bias = random(seed + 200, n);
+            let got = cpu.gemm_bias(&a, &b, Some(&bias), m, k, n);
+            let want = gemm_f64(&a, &b, Some(&bias), m, k, n);
+            let u = f64::powi(2.0, -24);
+            for (idx, (&g, &(w, mag))) in got.iter().zip(&want).enumerate() {
+                let bound = 1.01 * (k as f64 + 1.0) * u * mag;
+                assert!(
+                    (g as f64 - w).abs() <= bound,
+                    "m={m} k={k} n={n} element {idx}: got {g:e}, want {w:e}, bound {bound:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_matches_scalar_definition_bit_for_bit() {
+        // The documented per-element sequence, written as plainly as possible.
+        let (m, k, n) = (7, 45, 37);
+        let a = random(11, m * k);
+        let b = random(12, k * n);
+        let bias = random(13, n);
+        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+            let got = cpu.gemm_bias(&a, &b, Some(&bias), m, k, n);
+            let no_bias = cpu.gemm_bias(&a, &b, None, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = 0.0f32;
+                    for p in 0..k {
+                        acc = a[i * k + p].mul_add(b[p * n + j], acc);
+                    }
+                    assert_eq!(no_bias[i * n + j].to_bits(), acc.to_bits(), "({i},{j})");
+                    assert_eq!(
+                        got[i * n + j].to_bits(),
+                        (acc + bias[j]).to_bits(),
+                        "({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn gemm_rows_are_batch_invariant() {
+        let (m, k, n) = (13, 37, 29);
+        let a = random(21, m * k);
+        let b = random(22, k * n);
+        let bias = random(23, n);
+        let cpu = CpuBackend::new();
+        let full = bits(&cpu.gemm_bias(&a, &b, Some(&bias), m, k, n));
+        for size in 1..=m {
+            for start in 0..=m - size {
+                let sub = &a[start * k..(start + size) * k];
+                let got = bits(&cpu.gemm_bias(sub, &b, Some(&bias), size, k, n));
+                assert_eq!(
+                    got,
+                    full[start * n..(start + size) * n],
+                    "batch of {size} rows at row {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_fma_and_portable_kernels_agree() {
+        let cpu = CpuBackend::new();
+        if !cpu.uses_fma() {
+            eprintln!("this CPU has no FMA: only the portable kernel runs here");
+        }
+        for (seed, m, k, n) in [
+            (31, 1, 1, 1),
+            (32, 6, 33, 17),
+            (33, 21, 130, 70),
+            (34, 4, 8, 16),
+        ] {
+            let a = random(seed, m * k);
+            let b = random(seed + 1, k * n);
+            let bias = random(seed + 2, n);
+            let fast = gemm(&a, &b, Some(&bias), m, k, n, cpu.uses_fma(), 1);
+            let slow = gemm(&a, &b, Some(&bias), m, k, n, false, 1);
+            assert_eq!(bits(&fast), bits(&slow), "m={m} k={k} n={n}");
+        }
+    }
+
+    #[test]
+    fn gemm_is_independent_of_thread_count() {
+        let (m, k, n) = (70, 160, 100);
+        let a = random(41, m * k);
+        let b = random(42, k * n);
+        let bias = random(43, n);
+        let fma = CpuBackend::new().uses_fma();
+        let one = bits(&gemm(&a, &b, Some(&bias), m, k, n, fma, 1));
+        for threads in [2, 3, 5, 64] {
+            assert_eq!(
+                bits(&gemm(&a, &b, Some(&bias), m, k, n, fma, threads)),
+                one,
+                "{threads} threads"
+            );
+        }
+        // Above the threshold the backend itself goes parallel; same bits.
+        let (m, k, n) = (64, 256, 320);
+        let a = random(44, m * k);
+        let b = random(45, k * n);
+        let cpu = CpuBackend::new();
+        assert!(m * k * n > PARALLEL_WORK);
+        assert_eq!(
+            bits(&cpu.gemm_bias(&a, &b, None, m, k, n)),
+            bits(&gemm(&a, &b, None, m, k, n, fma, 1))
+        );
+    }
+
+    #[test]
+    fn gemm_degenerate_shapes() {
+        let cpu = CpuBackend::new();
+        assert_eq!(
+            cpu.gemm_bias(&[], &[], Some(&[1.5, -2.0]), 3, 0, 2),
+            vec![1.5, -2.0, 1.5, -2.0, 1.5, -2.0]
+        );
+        assert!(cpu.gemm_bias(&[], &[1.0; 6], None, 0, 3, 2).is_empty());
+        assert!(cpu.gemm_bias(&[1.0; 3], &[], None, 1, 3, 0).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm_bias: a has")]
+    fn gemm_rejects_wrong_lengths() {
+        CpuBackend::new().gemm_bias(&[1.0; 5], &[1.0; 6], None, 2, 3, 2);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_match_f64() {
+        let cpu = CpuBackend::new();
+        let cols = 37;
+        let mut x: Vec<f32> = random(51, cols * 40).iter().map(|v| v * 30.0).collect();
+        // Rows with a huge spread and with equal values.
+        x[..cols]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 * 5.0 - 90.0);
+        x[cols..2 * cols].fill(3.0);
+        let orig = x.clone();
+        cpu.softmax_rows(&mut x, cols);
+        for (row, src) in x.chunks_exact(cols).zip(orig.chunks_exact(cols)) {
+            let max = src.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let exps: Vec<f64> = src.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            let u = f64::powi(2.0, -24);
+            for ((&got, e), &v) in row.iter().zip(&exps).zip(src) {
+                let want = e / total;
+                // Relative error, first order in u = 2^-24: rounding `v - max` moves the exp
+                // argument by up to |v - max|·u; exp adds 2u (1 ulp), the sum of `cols` terms
+                // up to cols·u, the division u. Doubled for margin.
+                let bound = 2.0 * u * ((v as f64 - max).abs() + 3.0 + cols as f64) * want;
+                assert!(
+                    (got as f64 - want).abs() <= bound + 1e-38,
+                    "{got:e} vs {want:e}"
+                );
+            }
+            let sum: f64 = row.iter().map(|&v| v as f64).sum();
+            assert!((sum - 1.0).abs() <= 1e-6, "row sums to {sum}");
+        }
+        assert!(x[cols..2 * cols].iter().all(|&v| v == x[cols]));
+    }
+
+    #[test]
+    fn gelu_backend_matches_scalar() {
+        let cpu = CpuBackend::new();
+        let src = random(61, 1000);
+        let mut x = src.clone();
+        cpu.gelu(&mut x);
+        for (g, s) in x.iter().zip(&src) {
+            assert_eq!(g.to_bits(), math::gelu(*s).to_bits());
+        }
+    }
+
+    fn hash_bits(v: &[f32]) -> String {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        crate::id::hex32(&crate::keccak256(&bytes))
+    }
+
+    /// Pins the exact-mode arithmetic of every op: one changed rounding anywhere in GEMM, GELU,
+    /// `exp` or softmax changes one of these hashes. Every backend must reproduce them; update
+    /// them only on purpose (it changes every output hash on the network).
+    #[test]
+    fn golden_kernel_bits() {
+        let (m, k, n) = (19, 150, 45);
+        let a = random(81, m * k);
+        let b = random(82, k * n);
+        let bias = random(83, n);
+        let xs: Vec<f32> = random(84, 4000).iter().map(|v| v * 12.0).collect();
+        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+            let y = cpu.gemm_bias(&a, &b, Some(&bias), m, k, n);
+            assert_eq!(
+                hash_bits(&y),
+                "0x9a16447d6efe0becf33c0aa91d3494f6b27858cc28ac56295633593d1611b906",
+                "gemm, fma={}",
+                cpu.fma
+            );
+            let mut g = xs.clone();
+            cpu.gelu(&mut g);
+            assert_eq!(
+                hash_bits(&g),
+                "0xaee7a31e57bf32695b7bf9ad9c8130f31bc6aa1e6c96df3cd9e12c984a3fbf17",
+                "gelu"
+            );
+            let mut s = xs.clone();
+            cpu.softmax_rows(&mut s, 40);
+            assert_eq!(
+                hash_bits(&s),
+                "0x01bca85b42c280386d02ad2bb68d3cbe1f6e3cd3161a02f9a5a14aa1d3fa54ed",
+                "softmax"
+            );
+        }
+    }
+
+    /// Throughput check, not a correctness test:
+    /// `cargo test -p kernels --release gemm_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemm_throughput() {
+        let (m, k, n) = (256, 384, 1536);
+        let a = random(71, m * k);
+        let b = random(72, k * n);
+        let cpu = CpuBackend::new();
+        for threads in [1, cpu.threads] {
+            let start = std::time::Instant::now();
+            let reps = 10;
+            for _ in 0..reps {
+                std::hint::black_box(gemm(&a, &b, None, m, k, n, cpu.fma, threads));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let gflops = 2.0 * (m * k * n * reps) as f64 / secs / 1e9;
+            eprintln!("fma={} threads={threads}: {gflops:.1} GFLOP/s", cpu.fma);
+        }
+    }
+}

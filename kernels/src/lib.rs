@@ -1,0 +1,33 @@
+//! Deterministic inference for proofmesh.
+//!
+//! A job's output hash is a commitment: inference nodes sign it and validators re-execute the job
+//! and compare. This crate makes that comparison meaningful by computing every output bit the
+//! same way on every machine, for any batch, at any position in the batch:
+//!
+//! - [`Backend`] is the op interface (GEMM + bias, GELU, softmax). Its documentation fixes the
+//!   order of every floating-point operation; [`CpuBackend`] is the reference implementation
+//!   (a later CUDA backend must match it bit for bit). `exp` and `erf` are our own polynomials,
+//!   never the platform's libm.
+//! - [`Model`] is a content-addressed model directory (`config.json` + `model.safetensors`),
+//!   identified by [`ModelId`], the keccak of its [`manifest`]. [`Model::run`] takes JSON input
+//!   and returns an [`Output`] whose [`Output::hash`] is the commitment.
+//! - [`write_seeded_mlp`] creates a demo MLP classifier whose files, and so whose id, depend only
+//!   on its arguments.
+//!
+//! This crate does no networking, signing or scheduling, and holds no state beyond loaded
+//! weights. Supported architecture today: `mlp` (GELU hidden layers, softmax output).
+
+mod backend;
+mod error;
+mod id;
+mod math;
+mod mlp;
+mod model;
+mod rng;
+mod weights;
+
+pub use backend::{Backend, CpuBackend};
+pub use error::Error;
+pub use id::{ModelId, keccak256};
+pub use mlp::{MlpSpec, write_seeded_mlp};
+pub use model::{MAX_CONFIG_BYTES, MAX_ROWS, MAX_WEIGHTS_BYTES, Model, Output, manifest};

@@ -1,0 +1,244 @@
+//! `node.toml`: the node's configuration. Every field has a default; paths are relative to the
+//! node's home directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What this node does. Every node is a gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Stakes, verifies records, runs consensus.
+    Validator,
+    /// Serves models and proves runs.
+    Inference,
+    /// Takes client jobs only.
+    Gateway,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Human-readable node name, used in logs.
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Account key (secp256k1, hex), the node's on-chain identity.
+    pub account_key: PathBuf,
+    /// libp2p identity (ed25519, protobuf encoding).
+    pub p2p_key: PathBuf,
+    pub genesis: PathBuf,
+    /// RocksDB directory.
+    pub data_dir: PathBuf,
+    pub network: NetworkSection,
+    pub http: HttpSection,
+    pub inference: InferenceSection,
+    pub consensus: ConsensusSection,
+    /// `tracing` filter, e.g. "info" or "info,actors=debug".
+    pub log: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Multiaddrs to listen on; port 0 picks a free port.
+    pub listen: Vec<String>,
+    /// Peers to dial first: `/ip4/…/tcp/…/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the HTTP API; port 0 picks a free port.
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceSection {
+    /// Directory with one subdirectory per model. Validators need it to re-execute.
+    pub models_dir: PathBuf,
+    /// Testnet fault injection: sign wrong output hashes. Never set this on a real node.
+    pub faulty: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsensusSection {
+    pub timeout_propose_ms: u64,
+    pub timeout_prevote_ms: u64,
+    pub timeout_precommit_ms: u64,
+    /// Added to each timeout per round.
+    pub timeout_delta_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "proofmesh".into(),
+            roles: vec![Role::Gateway],
+            account_key: "account.key".into(),
+            p2p_key: "p2p.key".into(),
+            genesis: "genesis.json".into(),
+            data_dir: "data".into(),
+            network: NetworkSection::default(),
+            http: HttpSection::default(),
+            inference: InferenceSection::default(),
+            consensus: ConsensusSection::default(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            listen: vec!["/ip4/0.0.0.0/tcp/7400".into()],
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:7480".into(),
+        }
+    }
+}
+
+impl Default for InferenceSection {
+    fn default() -> Self {
+        InferenceSection {
+            models_dir: "models".into(),
+            faulty: false,
+        }
+    }
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        ConsensusSection {
+            timeout_propose_ms: 1000,
+            timeout_prevote_ms: 500,
+            timeout_precommit_ms: 500,
+            timeout_delta_ms: 500,
+        }
+    }
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid node config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn path(home: &Path) -> PathBuf {
+        home.join("node.toml")
+    }
+
+    /// Reads and checks `HOME/node.toml`.
+    pub fn load(home: &Path) -> Result<Config, ConfigError> {
+        let path = Self::path(home);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .check()
+            .map_err(|message| ConfigError::Invalid { path, message })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.roles.is_empty() {
+            return Err(
+                "roles is empty: give at least one of validator, inference, gateway".into(),
+            );
+        }
+        for a in self.network.listen.iter().chain(&self.network.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| format!("{a:?} is not a multiaddr: {e}"))?;
+        }
+        self.http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("http.listen {:?} is not host:port: {e}", self.http.listen))?;
+        let c = &self.consensus;
+        if c.timeout_propose_ms == 0 || c.timeout_prevote_ms == 0 || c.timeout_precommit_ms == 0 {
+            return Err("consensus timeouts must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) {
+        std::fs::write(dir.join("node.toml"), text).unwrap();
+    }
+
+    #[test]
+    fn default_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            roles: vec![Role::Validator, Role::Inference],
+            ..Config::default()
+        };
+        write(dir.path(), &c.to_toml());
+        assert_eq!(Config::load(dir.path()).unwrap(), c);
+    }
+
+    #[test]
+    fn malformed_configs_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Config::load(dir.path()),
+            Err(ConfigError::Read { .. })
+        ));
+        for (text, needle) in [
+            (
+                "roles = [\"validator\"\nname = 1",
+                "not a valid node config",
+            ),
+            ("roles = [\"wizard\"]", "wizard"),
+            ("colour = \"blue\"", "colour"),
+            ("roles = []", "roles is empty"),
+            (
+                "[network]\nlisten = [\"not an address\"]",
+                "not a multiaddr",
+            ),
+            ("[http]\nlisten = \"localhost\"", "http.listen"),
+            ("[consensus]\ntimeout_propose_ms = 0", "positive"),
+            ("\u{0}\u{1}garbage", "not a valid node config"),
+        ] {
+            write(dir.path(), text);
+            let err = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}

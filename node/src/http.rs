@@ -1,0 +1,380 @@
+//! The HTTP API every node serves (actix-web): jobs, blocks, accounts, supply, models,
+//! transactions, status, Prometheus metrics and a small explorer page. Errors are
+//! `{"error": {"code", "message"}}` with a fitting status.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use actors::gateway::{Gateway, GatewayError, PendingJob, SubmitJob};
+use actors::mempool::{AddTx, Mempool, PendingRecord};
+use actors::network::{GetPeers, Network, Publish};
+use actors::protocol::{self, topics};
+use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
+use chain::{Address, Genesis, JobId, JobStatus, SignedJobRequest, Tx};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What the handlers reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Addr<Gateway>,
+    pub settlement: Addr<Settlement>,
+    pub mempool: Addr<Mempool>,
+    pub network: Addr<Network>,
+    pub genesis: Arc<Genesis>,
+    pub peer_id: String,
+    pub address: Address,
+    pub roles: Vec<String>,
+    pub served: Vec<kernels::ModelId>,
+}
+
+type S = web::Data<AppState>;
+
+/// The JSON error every failure returns.
+pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status)
+        .json(json!({"error": {"code": code, "message": message.to_string()}}))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
+    error(
+        503,
+        "unavailable",
+        format!("node component unavailable: {e}"),
+    )
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(1024 * 1024)
+            .error_handler(|err, _| {
+                let msg = err.to_string();
+                actix_web::error::InternalError::from_response(err, error(400, "bad_request", msg))
+                    .into()
+            }),
+    )
+    .route("/", web::get().to(explorer))
+    .route("/metrics", web::get().to(metrics))
+    .route("/v1/status", web::get().to(status))
+    .route("/v1/jobs", web::post().to(submit_job))
+    .route("/v1/jobs/{id}", web::get().to(get_job))
+    .route("/v1/receipts/{id}", web::get().to(get_receipt))
+    .route("/v1/blocks/{height}", web::get().to(get_block))
+    .route("/v1/accounts/{address}", web::get().to(get_account))
+    .route("/v1/supply", web::get().to(supply))
+    .route("/v1/models", web::get().to(models))
+    .route("/v1/txs", web::post().to(submit_tx))
+    .default_service(web::to(|| async {
+        error(404, "not_found", "no such endpoint; see GET /v1/status")
+    }));
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(actors::metrics::render())
+}
+
+async fn status(s: S) -> HttpResponse {
+    let tip = match s.settlement.send(GetTip).await {
+        Ok(t) => t,
+        Err(e) => return unavailable(e),
+    };
+    let peers = s.network.send(GetPeers).await.unwrap_or_default();
+    HttpResponse::Ok().json(json!({
+        "height": tip.height,
+        "tip_hash": tip.hash,
+        "peer_id": s.peer_id,
+        "role": s.roles.first().cloned().unwrap_or_default(),
+        "roles": s.roles,
+        "address": s.address,
+        "peers": peers.len(),
+        "chain_id": s.genesis.chain_id,
+        "served_models": s.served,
+    }))
+}
+
+#[derive(Deserialize)]
+struct JobBody {
+    job: SignedJobRequest,
+    input: String,
+}
+
+async fn submit_job(s: S, body: web::Json<JobBody>) -> HttpResponse {
+    let body = body.into_inner();
+    match s
+        .gateway
+        .send(SubmitJob {
+            job: body.job,
+            input: body.input,
+        })
+        .await
+    {
+        Ok(Ok(r)) => {
+            let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::String(r.output));
+            HttpResponse::Ok().json(json!({
+                "job_id": r.job_id,
+                "status": "executed",
+                "output": output,
+                "output_hash": r.record.output_hash,
+                "executed_by": r.record.executor,
+                "model_id": r.record.job.request.model_id,
+            }))
+        }
+        Ok(Err(GatewayError {
+            status,
+            code,
+            message,
+        })) => error(status, code, message),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn get_job(s: S, path: web::Path<String>) -> HttpResponse {
+    let id = match path.parse::<JobId>() {
+        Ok(id) => id,
+        Err(e) => return error(400, "bad_job_id", e),
+    };
+    match s.settlement.send(GetJob(id)).await {
+        Ok(Ok(Some(e))) => {
+            return HttpResponse::Ok().json(json!({
+                "job_id": id,
+                "status": match e.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },
+                "height": e.height,
+                "output_hash": e.output_hash,
+                "executed_by": e.executed_by,
+                "client": e.client,
+                "model_id": e.model_id,
+                "fee": e.fee.to_string(),
+                "reason": e.reason,
+            }));
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    }
+    if let Ok(Some((hash, executor))) = s.mempool.send(PendingRecord(id)).await {
+        return HttpResponse::Ok().json(json!({
+            "job_id": id, "status": "executed", "height": null, "output_hash": hash, "executed_by": executor,
+        }));
+    }
+    match s.gateway.send(PendingJob(id)).await {
+        Ok(Some(Some((hash, executor)))) => HttpResponse::Ok().json(json!({
+            "job_id": id, "status": "executed", "height": null, "output_hash": hash, "executed_by": executor,
+        })),
+        Ok(Some(None)) => HttpResponse::Ok().json(json!({
+            "job_id": id, "status": "pending", "height": null, "output_hash": null, "executed_by": null,
+        })),
+        _ => error(404, "not_found", format!("job {id} is not known to this node")),
+    }
+}
+
+async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
+    let id = match path.parse::<JobId>() {
+        Ok(id) => id,
+        Err(e) => return error(400, "bad_job_id", e),
+    };
+    let entry = match s.settlement.send(GetJob(id)).await {
+        Ok(Ok(Some(e))) => e,
+        Ok(Ok(None)) => {
+            return error(
+                404,
+                "not_found",
+                format!("job {id} is not in a block (yet)"),
+            );
+        }
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    };
+    let (block, cert) = match s.settlement.send(GetBlock(entry.height)).await {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return error(500, "storage", format!("block {} missing", entry.height)),
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    };
+    let chain_id = s.genesis.chain_id;
+    let leaves: Vec<chain::B256> = block.records.iter().map(|r| r.leaf(chain_id)).collect();
+    let Some(index) = block.records.iter().position(|r| r.job_id(chain_id) == id) else {
+        return error(500, "storage", "job index names a block without the record");
+    };
+    let record = &block.records[index];
+    HttpResponse::Ok().json(json!({
+        "job_id": id,
+        "status": match entry.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },
+        "chain_id": chain_id,
+        "height": entry.height,
+        "block_hash": block.hash(),
+        "records_root": block.header.records_root,
+        "leaf": leaves[index],
+        "proof": chain::merkle::proof(&leaves, index).unwrap_or_default(),
+        "record": {
+            "model_id": record.job.request.model_id,
+            "input_hash": record.job.request.input_hash,
+            "output_hash": record.output_hash,
+            "executor": record.executor,
+            "client": record.job.request.client,
+        },
+        "certificate": cert.map(|c| json!({
+            "round": c.round,
+            "signers": c.votes.iter().map(|v| v.vote.validator).collect::<Vec<_>>(),
+        })),
+    }))
+}
+
+async fn get_block(s: S, path: web::Path<String>) -> HttpResponse {
+    let height: u64 = match path.parse() {
+        Ok(h) => h,
+        Err(_) => {
+            return error(
+                400,
+                "bad_height",
+                format!("{:?} is not a block height", path.as_str()),
+            );
+        }
+    };
+    let chain_id = s.genesis.chain_id;
+    match s.settlement.send(GetBlock(height)).await {
+        Ok(Ok(Some((b, cert)))) => HttpResponse::Ok().json(json!({
+            "height": b.header.height,
+            "hash": b.hash(),
+            "parent": b.header.parent,
+            "proposer": b.header.proposer,
+            "timestamp_ms": b.header.timestamp_ms,
+            "records_root": b.header.records_root,
+            "txs_root": b.header.txs_root,
+            "state_root": b.header.state_root,
+            "records": b.records.iter().map(|r| json!({
+                "job_id": r.job_id(chain_id),
+                "model_id": r.job.request.model_id,
+                "client": r.job.request.client,
+                "executor": r.executor,
+                "output_hash": r.output_hash,
+            })).collect::<Vec<_>>(),
+            "txs": b.txs,
+            "certificate": cert.map(|c| json!({
+                "round": c.round,
+                "signers": c.votes.iter().map(|v| v.vote.validator).collect::<Vec<_>>(),
+            })),
+        })),
+        Ok(Ok(None)) => error(404, "not_found", format!("no block at height {height}")),
+        Ok(Err(e)) => error(500, "storage", e),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn get_account(s: S, path: web::Path<String>) -> HttpResponse {
+    let address: Address = match path.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            return error(
+                400,
+                "bad_address",
+                format!("{:?} is not a 0x-prefixed 20-byte address", path.as_str()),
+            );
+        }
+    };
+    match s.settlement.send(GetAccount(address)).await {
+        Ok(a) => HttpResponse::Ok().json(json!({
+            "address": address,
+            "balance": a.balance.to_string(),
+            "stake": a.stake.to_string(),
+            "nonce": a.nonce,
+        })),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn supply(s: S) -> HttpResponse {
+    match s.settlement.send(GetSupply).await {
+        Ok(total) => HttpResponse::Ok()
+            .json(json!({"total": total.to_string(), "genesis": chain::TOTAL_SUPPLY.to_string()})),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn models(s: S) -> HttpResponse {
+    let list: Vec<Value> = s
+        .genesis
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "name": m.name, "owner": m.owner, "price": m.price.to_string(),
+                "mode": m.mode, "served_here": s.served.contains(&m.id),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"models": list}))
+}
+
+async fn submit_tx(s: S, body: web::Json<Tx>) -> HttpResponse {
+    let tx = body.into_inner();
+    // Refuse what cannot apply now instead of carrying it to a block where it would fail.
+    let Tx::Transfer(t) = &tx;
+    let t = &t.transfer;
+    let account = match s.settlement.send(GetAccount(t.from)).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(e),
+    };
+    if t.nonce < account.nonce {
+        return error(
+            409,
+            "nonce_used",
+            format!(
+                "nonce {} is spent; the account is at {}",
+                t.nonce, account.nonce
+            ),
+        );
+    }
+    if t.amount > account.balance {
+        return error(
+            402,
+            "insufficient_balance",
+            format!(
+                "transfer of {} exceeds the balance {}",
+                t.amount, account.balance
+            ),
+        );
+    }
+    match s.mempool.send(AddTx(tx.clone())).await {
+        Ok(Ok(hash)) => {
+            s.network.do_send(Publish {
+                topic: topics::TXS,
+                data: protocol::encode(&tx),
+            });
+            HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"}))
+        }
+        Ok(Err(e)) => error(400, "bad_transaction", e),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn explorer() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(EXPLORER)
+}
+
+const EXPLORER: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>proofmesh explorer</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}td,th{padding:2px 10px;text-align:left}
+code{font-size:12px}h1{font-size:20px}</style></head>
+<body><h1>proofmesh node</h1><div id="status">loading…</div><h2>Latest blocks</h2>
+<table><thead><tr><th>height</th><th>hash</th><th>proposer</th><th>records</th><th>txs</th></tr></thead><tbody id="blocks"></tbody></table>
+<script>
+async function refresh(){
+ const s=await (await fetch('/v1/status')).json();
+ document.getElementById('status').innerHTML=`height <b>${s.height}</b> · peers ${s.peers} · roles ${s.roles.join(', ')} · chain ${s.chain_id}<br><code>${s.peer_id}</code>`;
+ let rows='';
+ for(let h=s.height;h>0&&h>s.height-15;h--){
+  const b=await (await fetch('/v1/blocks/'+h)).json();
+  rows+=`<tr><td>${b.height}</td><td><code>${b.hash.slice(0,18)}…</code></td><td><code>${b.proposer.slice(0,10)}…</code></td><td>${b.records.length}</td><td>${b.txs.length}</td></tr>`;
+ }
+ document.getElementById('blocks').innerHTML=rows;
+}
+refresh();setInterval(refresh,2000);
+</script></body></html>"#;

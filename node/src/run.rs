@@ -1,0 +1,214 @@
+//! `proofmesh run`: loads the home directory, starts every actor, the HTTP API, and writes
+//! `HOME/run.json` (pid, HTTP URL, p2p address) once listening.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{App, HttpServer, web};
+use actors::consensus::{Consensus, ConsensusConfig};
+use actors::gateway::Gateway;
+use actors::inference::Inference;
+use actors::mempool::Mempool;
+use actors::models::Models;
+use actors::network::{Network, NetworkConfig, Routes, SetRoutes};
+use actors::settlement::{Settlement, Subscribe};
+use actors::verifier::Verifier;
+use anyhow::{Context, Result};
+use chain::consensus::TimeoutConfig;
+use chain::{Genesis, Store};
+use kernels::Backend;
+
+use crate::config::{Config, Role};
+use crate::http::{self, AppState};
+
+pub fn run(home: &Path) -> Result<()> {
+    let config = Config::load(home)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .with_context(|| format!("log filter {:?} in node.toml", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let genesis = Arc::new(Genesis::load(&home.join(&config.genesis)).context("loading genesis")?);
+    let account = chain::signing::load_key(&home.join(&config.account_key))
+        .context("loading the account key")?;
+    let p2p_bytes = std::fs::read(home.join(&config.p2p_key)).context("reading the libp2p key")?;
+    let p2p = libp2p::identity::Keypair::from_protobuf_encoding(&p2p_bytes)
+        .context("decoding the libp2p key")?;
+    let store =
+        Arc::new(Store::open(&home.join(&config.data_dir)).context("opening the data directory")?);
+    let models_dir = home.join(&config.inference.models_dir);
+    let need_models = config.has(Role::Validator) || config.has(Role::Inference);
+    let models = if need_models {
+        Models::load_dir(&models_dir).context("loading models")?
+    } else {
+        Models::default()
+    };
+    for m in &genesis.models {
+        if need_models && models.get(&m.id).is_none() {
+            tracing::warn!(model = %m.id, name = %m.name, dir = %models_dir.display(), "registered model not found on disk");
+        }
+    }
+    let network_config = NetworkConfig {
+        listen: config
+            .network
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        bootstrap: config
+            .network
+            .bootstrap
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+    };
+    let is_validator = config.has(Role::Validator);
+    if is_validator
+        && genesis
+            .validators
+            .iter()
+            .all(|v| v.address != account.address())
+    {
+        tracing::warn!(address = %account.address(), "role validator, but this account is not in the genesis validator set: observing only");
+    }
+    tracing::info!(name = %config.name, address = %account.address(), peer_id = %p2p.public().to_peer_id(), "starting");
+
+    let system = actix::System::new();
+    let home = home.to_path_buf();
+    system.block_on(async move {
+        let backend: Arc<dyn Backend> = Arc::new(kernels::CpuBackend::new());
+        let started = Network::start(p2p, network_config).context("starting the network")?;
+        let network = started.addr.clone();
+        let mempool = Mempool::new(genesis.chain_id).start();
+        let settlement = Settlement::open(store.clone(), genesis.clone())
+            .context("loading the ledger")?
+            .start();
+        let verifier = Verifier::new(
+            genesis.clone(),
+            models.clone(),
+            backend.clone(),
+            is_validator,
+            network.clone(),
+            mempool.clone(),
+        )
+        .start();
+        let inference = if config.has(Role::Inference) {
+            let addr = Inference::new(
+                genesis.clone(),
+                models.clone(),
+                backend.clone(),
+                account.clone(),
+                network.clone(),
+                mempool.clone(),
+                config.inference.faulty,
+            )
+            .start();
+            Some((addr, models.ids()))
+        } else {
+            None
+        };
+        let gateway = Gateway::new(
+            genesis.clone(),
+            network.clone(),
+            settlement.clone(),
+            inference.clone(),
+        )
+        .start();
+        let c = &config.consensus;
+        let timeouts = TimeoutConfig {
+            propose: Duration::from_millis(c.timeout_propose_ms),
+            prevote: Duration::from_millis(c.timeout_prevote_ms),
+            precommit: Duration::from_millis(c.timeout_precommit_ms),
+            delta: Duration::from_millis(c.timeout_delta_ms),
+        };
+        let consensus = Consensus::new(
+            genesis.clone(),
+            is_validator.then(|| account.clone()),
+            ConsensusConfig { timeouts },
+            store.clone(),
+            network.clone(),
+            settlement.clone(),
+            mempool.clone(),
+            is_validator.then(|| verifier.clone()),
+        )
+        .start();
+        settlement.do_send(Subscribe(mempool.clone().recipient()));
+        settlement.do_send(Subscribe(gateway.clone().recipient()));
+        network.do_send(SetRoutes(Routes {
+            records: verifier.clone().recipient(),
+            txs: mempool.clone().recipient(),
+            consensus: consensus.clone().recipient(),
+            capabilities: gateway.clone().recipient(),
+            jobs: inference.as_ref().map(|(a, _)| a.clone().recipient()),
+            sync: settlement.clone().recipient(),
+        }));
+
+        let state = AppState {
+            gateway,
+            settlement,
+            mempool,
+            network,
+            genesis: genesis.clone(),
+            peer_id: started.peer_id.to_string(),
+            address: account.address(),
+            roles: config
+                .roles
+                .iter()
+                .map(|r| format!("{r:?}").to_lowercase())
+                .collect(),
+            served: inference
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default(),
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .configure(http::configure)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(&config.http.listen)
+        .with_context(|| format!("binding the HTTP API on {}", config.http.listen))?;
+        let http_addr = server
+            .addrs()
+            .first()
+            .copied()
+            .context("HTTP server has no address")?;
+        let server = server.run();
+        let handle = server.handle();
+        actix::spawn(server);
+
+        let p2p_addr = tokio::time::timeout(Duration::from_secs(10), started.listen)
+            .await
+            .context("libp2p did not start listening")?
+            .context("network stopped")?;
+        let p2p_full = format!("{p2p_addr}/p2p/{}", started.peer_id);
+        let run_info = serde_json::json!({
+            "pid": std::process::id(),
+            "http": format!("http://{http_addr}"),
+            "p2p": p2p_full,
+            "peer_id": started.peer_id.to_string(),
+            "address": account.address(),
+        });
+        std::fs::write(home.join("run.json"), run_info.to_string()).context("writing run.json")?;
+        tracing::info!(http = %format!("http://{http_addr}"), p2p = %p2p_full, "node running");
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+        actix::System::current().stop();
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Client commands: `submit` (sign and send a job, print result JSON) and `transfer`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::keccak256;
+use anyhow::{Context, Result, anyhow, bail};
+use chain::{Address, JobRequest, ModelId, Transfer, Tx};
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// Any node's HTTP URL, e.g. http://127.0.0.1:7480
+    #[arg(long)]
+    node: String,
+    /// Client private key file (hex).
+    #[arg(long)]
+    key: PathBuf,
+    /// Model id (0x…), as in GET /v1/models.
+    #[arg(long)]
+    model: String,
+    /// Input file, or - for standard input.
+    #[arg(long)]
+    input: String,
+    /// Most to pay, base units (default: the model's price).
+    #[arg(long)]
+    max_fee: Option<u128>,
+    /// Job nonce (default: random).
+    #[arg(long)]
+    nonce: Option<u64>,
+    /// Seconds until the job expires.
+    #[arg(long, default_value_t = 600)]
+    expires_in: u64,
+    /// Wait until a block settles the job and print its final status.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(clap::Args)]
+pub struct TransferArgs {
+    #[arg(long)]
+    node: String,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    to: Address,
+    /// Amount in base units.
+    #[arg(long)]
+    amount: u128,
+}
+
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// GET returning (status, JSON body).
+pub(crate) fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, Value)> {
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_json::<Value>()
+        .with_context(|| format!("GET {url}: body is not JSON"))?;
+    Ok((status, body))
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<(u16, Value)> {
+    let mut resp = agent
+        .post(url)
+        .send_json(body)
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_json::<Value>()
+        .with_context(|| format!("POST {url}: body is not JSON"))?;
+    Ok((status, body))
+}
+
+fn api_error(status: u16, body: &Value) -> anyhow::Error {
+    let code = body["error"]["code"].as_str().unwrap_or("error");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    anyhow!("node answered {status} {code}: {message}")
+}
+
+fn random_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut buf = t.to_be_bytes().to_vec();
+    buf.extend_from_slice(&std::process::id().to_be_bytes());
+    let h = keccak256(&buf);
+    // Keep nonces below 2^53 so JavaScript clients read them exactly.
+    u64::from_be_bytes([0, h[1] & 0x1f, h[2], h[3], h[4], h[5], h[6], h[7]])
+}
+
+pub fn submit(a: SubmitArgs) -> Result<()> {
+    let agent = agent();
+    let node = a.node.trim_end_matches('/');
+    let key = chain::signing::load_key(&a.key)?;
+    let model: ModelId = a
+        .model
+        .parse()
+        .map_err(|e| anyhow!("--model {:?}: {e}", a.model))?;
+    let input = if a.input == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input))?
+    };
+    let (st, status) = get(&agent, &format!("{node}/v1/status"))?;
+    if st != 200 {
+        return Err(api_error(st, &status));
+    }
+    let chain_id = status["chain_id"]
+        .as_u64()
+        .context("status has no chain_id")?;
+    let max_fee = match a.max_fee {
+        Some(f) => f,
+        None => {
+            let (st, models) = get(&agent, &format!("{node}/v1/models"))?;
+            if st != 200 {
+                return Err(api_error(st, &models));
+            }
+            let list = models["models"].as_array().cloned().unwrap_or_default();
+            let entry = list
+                .iter()
+                .find(|m| m["id"].as_str() == Some(&model.to_string()))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "model {model} is not registered on this network (see {node}/v1/models)"
+                    )
+                })?;
+            entry["price"]
+                .as_str()
+                .and_then(|p| p.parse().ok())
+                .context("model has no price")?
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let request = JobRequest {
+        client: key.address(),
+        model_id: model,
+        input_hash: keccak256(input.as_bytes()),
+        max_fee,
+        nonce: a.nonce.unwrap_or_else(random_nonce),
+        expiry: now + a.expires_in,
+    };
+    let job = request.sign(&key, chain_id)?;
+    let (st, mut body) = post(
+        &agent,
+        &format!("{node}/v1/jobs"),
+        &json!({"job": job, "input": input}),
+    )?;
+    if st != 200 {
+        return Err(api_error(st, &body));
+    }
+    if a.wait {
+        let id = body["job_id"]
+            .as_str()
+            .context("reply has no job_id")?
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(a.timeout);
+        loop {
+            let (st, s) = get(&agent, &format!("{node}/v1/jobs/{id}"))?;
+            if st == 200 && matches!(s["status"].as_str(), Some("finalized" | "failed")) {
+                body["status"] = s["status"].clone();
+                body["height"] = s["height"].clone();
+                if let Some(r) = s.get("reason") {
+                    body["reason"] = r.clone();
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {id} not settled after {} s (last status {})",
+                    a.timeout,
+                    s["status"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("{body}");
+    Ok(())
+}
+
+pub fn transfer(a: TransferArgs) -> Result<()> {
+    let agent = agent();
+    let node = a.node.trim_end_matches('/');
+    let key = chain::signing::load_key(&a.key)?;
+    let (st, status) = get(&agent, &format!("{node}/v1/status"))?;
+    if st != 200 {
+        return Err(api_error(st, &status));
+    }
+    let chain_id = status["chain_id"]
+        .as_u64()
+        .context("status has no chain_id")?;
+    let (st, acct) = get(&agent, &format!("{node}/v1/accounts/{}", key.address()))?;
+    if st != 200 {
+        return Err(api_error(st, &acct));
+    }
+    let nonce = acct["nonce"].as_u64().context("account has no nonce")?;
+    let tx = Tx::Transfer(
+        Transfer {
+            from: key.address(),
+            to: a.to,
+            amount: a.amount,
+            nonce,
+        }
+        .sign(&key, chain_id)?,
+    );
+    let (st, body) = post(
+        &agent,
+        &format!("{node}/v1/txs"),
+        &serde_json::to_value(&tx)?,
+    )?;
+    if st != 200 {
+        return Err(api_error(st, &body));
+    }
+    println!("{body}");
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Load generation: submit jobs through every node with bounded concurrency, measure
+//! submit→result and submit→finalized latency and throughput.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::client::{Client, signed_job};
+use crate::net::Testnet;
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Some(Percentiles {
+        p50_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub jobs: usize,
+    pub concurrency: usize,
+    pub nodes: usize,
+    pub finalized: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub wall_s: f64,
+    /// Finalized jobs per second over the whole run (submission to last finalization).
+    pub jobs_per_s: f64,
+    pub submit_to_result: Option<Percentiles>,
+    pub submit_to_finalized: Option<Percentiles>,
+}
+
+/// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
+/// then waits for its job to be final on the same node.
+pub fn run(net: &Testnet, jobs: usize, concurrency: usize, seed: u64) -> Result<BenchReport> {
+    let key = net.client_key()?;
+    let model = net.models.first().context("testnet has no model")?;
+    let model_id: kernels::ModelId = model
+        .id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("model id: {e}"))?;
+    let price: u128 = model.price.parse()?;
+    let input = std::fs::read_to_string(&model.example_input)?;
+    let urls: Vec<String> = net.nodes.iter().map(|n| n.http.clone()).collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let base_nonce =
+        seed.wrapping_mul(1_000_003) % (1 << 40) + (chain::types::now_ms() % (1 << 20)) * (1 << 20);
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (next, results, urls, key, input) = (
+                next.clone(),
+                results.clone(),
+                urls.clone(),
+                key.clone(),
+                input.clone(),
+            );
+            let chain_id = net.chain_id;
+            std::thread::spawn(move || {
+                let client = Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= jobs {
+                        break;
+                    }
+                    let node = &urls[i % urls.len()];
+                    // Vary the input a little so jobs differ; the model ignores whitespace.
+                    let text = format!("{input}{}", " ".repeat(i % 7));
+                    let t0 = Instant::now();
+                    let outcome = (|| -> Result<(f64, f64, bool)> {
+                        let body = signed_job(
+                            &key,
+                            chain_id,
+                            model_id,
+                            &text,
+                            price,
+                            base_nonce + i as u64,
+                        )?;
+                        let reply = client.post(&format!("{node}/v1/jobs"), &body)?.ok()?;
+                        let t_result = t0.elapsed().as_secs_f64() * 1000.0;
+                        let id = reply["job_id"].as_str().context("no job_id")?.to_string();
+                        let fin = client.wait_job(node, &id, Duration::from_secs(120))?;
+                        let t_final = t0.elapsed().as_secs_f64() * 1000.0;
+                        Ok((t_result, t_final, fin["status"] == "finalized"))
+                    })();
+                    results
+                        .lock()
+                        .map(|mut r| r.push(outcome.map_err(|e| format!("{e:#}"))))
+                        .ok();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let results = std::mem::take(
+        &mut *results
+            .lock()
+            .map_err(|_| anyhow::anyhow!("worker panicked"))?,
+    );
+    let mut to_result = Vec::new();
+    let mut to_final = Vec::new();
+    let (mut finalized, mut failed, mut errors, mut first_error) = (0, 0, 0, None);
+    for r in results {
+        match r {
+            Ok((a, b, ok)) => {
+                to_result.push(a);
+                to_final.push(b);
+                if ok { finalized += 1 } else { failed += 1 }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Ok(BenchReport {
+        jobs,
+        concurrency,
+        nodes: urls.len(),
+        finalized,
+        failed,
+        errors,
+        first_error,
+        wall_s: wall,
+        jobs_per_s: finalized as f64 / wall,
+        submit_to_result: percentiles(to_result),
+        submit_to_finalized: percentiles(to_final),
+    })
+}

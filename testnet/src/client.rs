@@ -1,0 +1,139 @@
+//! A small blocking HTTP client for the node API, and job signing for load and tests.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::keccak256;
+use anyhow::{Context, Result, anyhow};
+use chain::{JobRequest, ModelId, PrivateKeySigner};
+use serde_json::{Value, json};
+
+/// A reply: HTTP status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn ok(self) -> Result<Value> {
+        if self.status == 200 {
+            Ok(self.body)
+        } else {
+            Err(anyhow!("HTTP {}: {}", self.status, self.body))
+        }
+    }
+
+    /// The `error.code` of an error reply.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client { agent }
+    }
+
+    pub fn get(&self, url: &str) -> Result<Reply> {
+        let mut r = self
+            .agent
+            .get(url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
+    /// GET a text body (e.g. `/metrics`).
+    pub fn get_text(&self, url: &str) -> Result<String> {
+        let mut r = self
+            .agent
+            .get(url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        Ok(r.body_mut().read_to_string()?)
+    }
+
+    pub fn post(&self, url: &str, body: &Value) -> Result<Reply> {
+        let mut r = self
+            .agent
+            .post(url)
+            .send_json(body)
+            .with_context(|| format!("POST {url}"))?;
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
+    pub fn post_raw(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Reply> {
+        let mut r = self
+            .agent
+            .post(url)
+            .header("content-type", content_type)
+            .send(body)
+            .with_context(|| format!("POST {url}"))?;
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
+    /// Polls `GET /v1/jobs/{id}` on `node` until the status is final or `timeout` passes.
+    pub fn wait_job(&self, node: &str, job_id: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(&format!("{node}/v1/jobs/{job_id}"))?;
+            if r.status == 200 && matches!(r.body["status"].as_str(), Some("finalized" | "failed"))
+            {
+                return Ok(r.body);
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "job {job_id} on {node} not final after {timeout:?}: {}",
+                    r.body
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Signs a job request; returns the JSON body for `POST /v1/jobs`.
+pub fn signed_job(
+    key: &PrivateKeySigner,
+    chain_id: u64,
+    model: ModelId,
+    input: &str,
+    max_fee: u128,
+    nonce: u64,
+) -> Result<Value> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let req = JobRequest {
+        client: key.address(),
+        model_id: model,
+        input_hash: keccak256(input.as_bytes()),
+        max_fee,
+        nonce,
+        expiry: now + 600,
+    };
+    let job = req.sign(key, chain_id)?;
+    Ok(json!({"job": job, "input": input}))
+}

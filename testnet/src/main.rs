@@ -1,0 +1,132 @@
+//! `proofmesh-testnet`: local testnets of real `proofmesh` processes on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use testnet::{Testnet, UpOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "proofmesh-testnet",
+    version,
+    about = "Local proofmesh testnets: up, down, bench, scenario"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make keys, genesis and the demo model; start the nodes; wait until they finalize blocks.
+    Up {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long, default_value_t = 2)]
+        inference: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seed of the demo model's weights (and chain id).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The `proofmesh` binary (default: next to this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Make inference node I (0-based) sign wrong outputs (repeatable).
+        #[arg(long = "faulty-inference")]
+        faulty_inference: Vec<usize>,
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
+    /// Stop every node of the testnet in DIR (by pid).
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Submit N jobs with C concurrent clients across all nodes; print a JSON report.
+    Bench {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        jobs: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Fault scenarios: `kill` (crash a validator, keep finalizing, restart, catch up),
+    /// `garbage` (a hostile peer sends malformed messages to every node).
+    Scenario {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Up {
+            validators,
+            inference,
+            dir,
+            seed,
+            bin,
+            faulty_inference,
+            timeout,
+        } => {
+            let opts = UpOptions {
+                dir,
+                validators,
+                inference,
+                seed,
+                bin: bin.unwrap_or_else(testnet::net::default_bin),
+                faulty_inference,
+                ready_timeout: Duration::from_secs(timeout),
+            };
+            let net = Testnet::up(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&net)?);
+            Ok(())
+        }
+        Cmd::Down { dir } => {
+            let net = Testnet::load(&dir)?;
+            net.down();
+            std::fs::remove_file(dir.join("testnet.json")).context("removing testnet.json")?;
+            eprintln!("stopped {} nodes", net.nodes.len());
+            Ok(())
+        }
+        Cmd::Bench {
+            dir,
+            jobs,
+            concurrency,
+            seed,
+        } => {
+            let net = Testnet::load(&dir)?;
+            let report = testnet::bench::run(&net, jobs, concurrency, seed)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Cmd::Scenario { name, dir } => {
+            let mut net = Testnet::load(&dir)?;
+            let report = match name.as_str() {
+                "kill" => testnet::scenario::kill(&mut net)?,
+                "garbage" => testnet::scenario::garbage(&net)?,
+                other => bail!("unknown scenario {other:?}; known: kill, garbage"),
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}

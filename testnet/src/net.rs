@@ -1,0 +1,494 @@
+//! Creating, starting, stopping and describing a local testnet (`DIR/testnet.json`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chain::genesis::{GenesisAccount, GenesisValidator, ModelEntry, Params, VerificationMode};
+use chain::{Address, Genesis, TOTAL_SUPPLY};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Client;
+
+const OPG: u128 = 1_000_000_000_000_000_000;
+
+/// One node of a testnet, as `testnet.json` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub role: String,
+    pub http: String,
+    pub p2p: String,
+    pub peer_id: String,
+    pub address: Address,
+    pub pid: u32,
+    pub home: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub name: String,
+    pub example_input: PathBuf,
+    pub price: String,
+}
+
+/// `DIR/testnet.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Testnet {
+    pub dir: PathBuf,
+    pub chain_id: u64,
+    pub nodes: Vec<NodeInfo>,
+    pub client_key: PathBuf,
+    pub client_address: Address,
+    pub models: Vec<ModelInfo>,
+    /// The `proofmesh` binary the nodes run.
+    pub bin: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub validators: usize,
+    pub inference: usize,
+    pub seed: u64,
+    pub bin: PathBuf,
+    /// Inference nodes (by index among inference nodes) that sign wrong outputs.
+    pub faulty_inference: Vec<usize>,
+    pub ready_timeout: Duration,
+}
+
+/// The `proofmesh` binary next to the running executable (cargo puts both in target/<profile>),
+/// or `PROOFMESH_BIN`.
+pub fn default_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROOFMESH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("proofmesh")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn run_init(
+    bin: &Path,
+    home: &Path,
+    role: &str,
+    http: u16,
+    p2p: u16,
+    models: &Path,
+) -> Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .arg("init")
+        .arg("--home")
+        .arg(home)
+        .args([
+            "--role",
+            role,
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--listen",
+            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
+        ])
+        .arg("--models-dir")
+        .arg(models)
+        .output()
+        .with_context(|| format!("running {} init", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "proofmesh init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Starts `proofmesh run` on `home` in its own session (it outlives `up`), logging to
+/// `home/node.log`. Returns the pid.
+pub fn start_node(bin: &Path, home: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let _ = std::fs::remove_file(home.join("run.json"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("node.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(child.id())
+}
+
+/// Whether `pid` is a live `proofmesh` process (guards against pid reuse).
+pub fn is_ours(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .map(|s| s.trim_start().starts_with('Z'))
+        .unwrap_or(true);
+    !zombie && String::from_utf8_lossy(&cmdline).contains("proofmesh")
+}
+
+/// Sends `signal` to `pid` if it is one of our nodes.
+pub fn signal(pid: u32, signal: i32) -> bool {
+    if !is_ours(pid) {
+        return false;
+    }
+    // SAFETY: kill(2) with a pid we started.
+    unsafe { libc::kill(pid as i32, signal) == 0 }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+pub fn stop_pid(pid: u32, grace: Duration) {
+    if !signal(pid, libc::SIGTERM) {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while is_ours(pid) && Instant::now() < deadline {
+        reap(pid);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(pid, libc::SIGKILL);
+    reap(pid);
+}
+
+fn reap(pid: u32) {
+    // SAFETY: non-blocking waitpid on a child pid; harmless if it is not our child.
+    unsafe {
+        let mut status = 0;
+        libc::waitpid(pid as i32, &mut status, libc::WNOHANG);
+    }
+}
+
+impl Testnet {
+    pub fn load(dir: &Path) -> Result<Testnet> {
+        let path = dir.join("testnet.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a testnet description", path.display()))
+    }
+
+    pub fn save(&self) -> Result<()> {
+        std::fs::write(
+            self.dir.join("testnet.json"),
+            serde_json::to_string_pretty(self)?,
+        )?;
+        Ok(())
+    }
+
+    pub fn validators(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.iter().filter(|n| n.role == "validator")
+    }
+
+    pub fn inference(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.iter().filter(|n| n.role == "inference")
+    }
+
+    pub fn client_key(&self) -> Result<chain::PrivateKeySigner> {
+        Ok(chain::signing::load_key(&self.client_key)?)
+    }
+
+    /// Creates keys, genesis and the demo model, starts every node and waits until they are
+    /// connected and finalizing blocks.
+    pub fn up(o: &UpOptions) -> Result<Testnet> {
+        if o.validators == 0 {
+            bail!("a testnet needs at least one validator");
+        }
+        if o.dir.join("testnet.json").exists() {
+            bail!(
+                "{} already holds a testnet; run `down` first or use another --dir",
+                o.dir.display()
+            );
+        }
+        if !o.bin.is_file() {
+            bail!(
+                "node binary {} not found; build it with `cargo build --bin proofmesh` or pass --bin",
+                o.bin.display()
+            );
+        }
+        std::fs::create_dir_all(&o.dir)?;
+        let dir = std::fs::canonicalize(&o.dir)?;
+        let models_dir = dir.join("models");
+        let spec = kernels::MlpSpec {
+            input_dim: 16,
+            hidden_dims: vec![64, 64],
+            num_classes: 8,
+        };
+        let model_dir = models_dir.join("mlp-demo");
+        let model_id = kernels::write_seeded_mlp(&model_dir, "mlp-demo", o.seed, &spec)?;
+        let model = kernels::Model::load(&model_dir)?;
+        let example = dir.join("mlp-demo.input.json");
+        std::fs::write(&example, model.example_input())?;
+
+        let mut nodes = Vec::new();
+        let roles = std::iter::repeat_n("validator", o.validators)
+            .chain(std::iter::repeat_n("inference", o.inference));
+        let (mut vi, mut ii) = (0, 0);
+        for role in roles {
+            let name = if role == "validator" {
+                vi += 1;
+                format!("validator-{}", vi - 1)
+            } else {
+                ii += 1;
+                format!("inference-{}", ii - 1)
+            };
+            let home = dir.join("nodes").join(&name);
+            let (http, p2p) = (free_port()?, free_port()?);
+            let init = run_init(&o.bin, &home, role, http, p2p, &models_dir)?;
+            let address: Address = init["address"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .context("init printed no address")?;
+            let peer_id = init["peer_id"].as_str().unwrap_or_default().to_string();
+            nodes.push(NodeInfo {
+                name,
+                role: role.into(),
+                http: format!("http://127.0.0.1:{http}"),
+                p2p: format!("/ip4/127.0.0.1/tcp/{p2p}/p2p/{peer_id}"),
+                peer_id,
+                address,
+                pid: 0,
+                home,
+            });
+        }
+
+        let client = chain::PrivateKeySigner::random();
+        let client_key = dir.join("client.key");
+        chain::signing::write_key(&client_key, &client)?;
+        let ecosystem = chain::PrivateKeySigner::random();
+        chain::signing::write_key(&dir.join("ecosystem.key"), &ecosystem)?;
+        let chain_id = 1337 + (o.seed % 1000);
+        let price = OPG / 100;
+        let genesis = make_genesis(
+            chain_id,
+            &nodes,
+            client.address(),
+            ecosystem.address(),
+            model_id,
+            price,
+        )?;
+        let genesis_json = genesis.to_json();
+        std::fs::write(dir.join("genesis.json"), &genesis_json)?;
+
+        let bootstrap: Vec<String> = nodes.iter().map(|n| n.p2p.clone()).collect();
+        let mut inference_index = 0;
+        for n in &nodes {
+            std::fs::write(n.home.join("genesis.json"), &genesis_json)?;
+            let path = n.home.join("node.toml");
+            let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+            let others: Vec<toml::Value> = bootstrap
+                .iter()
+                .filter(|b| **b != n.p2p)
+                .map(|b| toml::Value::String(b.clone()))
+                .collect();
+            if let Some(net) = cfg.get_mut("network").and_then(|v| v.as_table_mut()) {
+                net.insert("bootstrap".into(), toml::Value::Array(others));
+            }
+            if n.role == "inference" {
+                if o.faulty_inference.contains(&inference_index)
+                    && let Some(inf) = cfg.get_mut("inference").and_then(|v| v.as_table_mut())
+                {
+                    inf.insert("faulty".into(), toml::Value::Boolean(true));
+                }
+                inference_index += 1;
+            }
+            std::fs::write(&path, toml::to_string_pretty(&cfg)?)?;
+        }
+
+        let mut net = Testnet {
+            dir: dir.clone(),
+            chain_id,
+            nodes,
+            client_key,
+            client_address: client.address(),
+            models: vec![ModelInfo {
+                id: model_id.to_string(),
+                name: "mlp-demo".into(),
+                example_input: example,
+                price: price.to_string(),
+            }],
+            bin: o.bin.clone(),
+        };
+        for i in 0..net.nodes.len() {
+            net.nodes[i].pid = start_node(&o.bin, &net.nodes[i].home)?;
+        }
+        net.save()?;
+        if let Err(e) = net.wait_ready(o.ready_timeout, 2) {
+            let logs = net.log_tails(20);
+            net.down();
+            return Err(e.context(logs));
+        }
+        Ok(net)
+    }
+
+    /// Waits until every running node answers, sees a peer, and validators reach `min_height`.
+    pub fn wait_ready(&self, timeout: Duration, min_height: u64) -> Result<()> {
+        let client = Client::new();
+        let deadline = Instant::now() + timeout;
+        for n in &self.nodes {
+            loop {
+                let ok = client
+                    .get(&format!("{}/v1/status", n.http))
+                    .ok()
+                    .filter(|r| r.status == 200)
+                    .map(|r| {
+                        r.body["peers"].as_u64().unwrap_or(0) >= 1
+                            && r.body["height"].as_u64().unwrap_or(0) >= min_height
+                    })
+                    .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                if !is_ours(n.pid) {
+                    bail!(
+                        "node {} (pid {}) exited; see {}/node.log",
+                        n.name,
+                        n.pid,
+                        n.home.display()
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {} not ready (connected, height ≥ {min_height}) after {timeout:?}",
+                        n.name
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Last `n` lines of every node's log, for error reports.
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(node.home.join("node.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {} ---\n", node.name));
+            for l in &lines[lines.len().saturating_sub(n)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Stops every node by pid.
+    pub fn down(&self) {
+        for n in &self.nodes {
+            let _ = signal(n.pid, libc::SIGTERM);
+        }
+        for n in &self.nodes {
+            stop_pid(n.pid, Duration::from_secs(10));
+        }
+    }
+
+    /// SIGKILLs node `i` (a crash).
+    pub fn kill(&self, i: usize) {
+        signal(self.nodes[i].pid, libc::SIGKILL);
+        reap(self.nodes[i].pid);
+    }
+
+    /// Restarts node `i` on its home dir.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let pid = start_node(&self.bin, &self.nodes[i].home)?;
+        self.nodes[i].pid = pid;
+        self.save()
+    }
+}
+
+fn make_genesis(
+    chain_id: u64,
+    nodes: &[NodeInfo],
+    client: Address,
+    ecosystem: Address,
+    model: kernels::ModelId,
+    price: u128,
+) -> Result<Genesis> {
+    let stake = 1_000_000 * OPG;
+    let client_balance = 1_000_000 * OPG;
+    let mut accounts = Vec::new();
+    let mut validators = Vec::new();
+    let mut inference = Vec::new();
+    for n in nodes {
+        if n.role == "validator" {
+            accounts.push(GenesisAccount {
+                address: n.address,
+                balance: 0,
+                stake,
+                label: format!("{} stake", n.name),
+            });
+            validators.push(GenesisValidator {
+                address: n.address,
+                peer_id: n.peer_id.clone(),
+            });
+        } else {
+            accounts.push(GenesisAccount {
+                address: n.address,
+                balance: 0,
+                stake: 0,
+                label: n.name.clone(),
+            });
+            inference.push(n.address);
+        }
+    }
+    accounts.push(GenesisAccount {
+        address: client,
+        balance: client_balance,
+        stake: 0,
+        label: "testnet client".into(),
+    });
+    let allocated: u128 = accounts.iter().map(|a| a.balance + a.stake).sum();
+    let rest = TOTAL_SUPPLY
+        .checked_sub(allocated)
+        .ok_or_else(|| anyhow!("allocations exceed the supply"))?;
+    accounts.push(GenesisAccount {
+        address: ecosystem,
+        balance: rest,
+        stake: 0,
+        label: "ecosystem and treasury".into(),
+    });
+    let genesis = Genesis {
+        chain_id,
+        genesis_time_ms: chain::types::now_ms(),
+        accounts,
+        validators,
+        inference_nodes: inference,
+        models: vec![ModelEntry {
+            id: model,
+            name: "mlp-demo".into(),
+            owner: ecosystem,
+            price,
+            mode: VerificationMode::Reexec,
+        }],
+        params: Params::default(),
+    };
+    genesis.validate()?;
+    Ok(genesis)
+}

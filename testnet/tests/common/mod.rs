@@ -1,0 +1,100 @@
+//! Shared pieces of the multi-process tests: a testnet that is always torn down.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use testnet::client::Client;
+use testnet::{Testnet, UpOptions};
+
+/// A running testnet in a temporary directory; dropping it stops every node (by pid) and removes
+/// the directory, also when the test fails.
+pub struct Running {
+    net: Option<Testnet>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    pub fn up(validators: usize, inference: usize, faulty_inference: Vec<usize>) -> Running {
+        let bin = testnet::net::default_bin();
+        assert!(
+            bin.is_file(),
+            "build the node first: cargo build --bin proofmesh ({} missing)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("proofmesh-test-")
+            .tempdir()
+            .unwrap();
+        let opts = UpOptions {
+            dir: dir.path().join("net"),
+            validators,
+            inference,
+            seed: 7,
+            bin,
+            faulty_inference,
+            ready_timeout: Duration::from_secs(120),
+        };
+        let net = Testnet::up(&opts).unwrap_or_else(|e| panic!("testnet did not come up: {e:#}"));
+        Running {
+            net: Some(net),
+            dir: Some(dir),
+        }
+    }
+
+    pub fn net(&self) -> &Testnet {
+        self.net.as_ref().expect("testnet is up")
+    }
+
+    pub fn net_mut(&mut self) -> &mut Testnet {
+        self.net.as_mut().expect("testnet is up")
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.net
+            .as_ref()
+            .map(|n| n.log_tails(30))
+            .unwrap_or_default()
+    }
+
+    pub fn down(&mut self) {
+        if let Some(net) = self.net.take() {
+            net.down();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+            if std::env::var_os("PROOFMESH_KEEP_FAILED").is_some()
+                && let Some(dir) = self.dir.take()
+            {
+                eprintln!("keeping {}", dir.keep().display());
+            }
+        }
+        self.down();
+    }
+}
+
+/// The balance of `address` as `node` reports it.
+pub fn balance(client: &Client, node: &str, address: &str) -> u128 {
+    let r = client
+        .get(&format!("{node}/v1/accounts/{address}"))
+        .unwrap()
+        .ok()
+        .unwrap();
+    r["balance"].as_str().unwrap().parse().unwrap()
+}
+
+/// A job nonce no earlier test or run used (nonces are unordered, per client).
+pub fn fresh_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    chain::types::now_ms() * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
+}

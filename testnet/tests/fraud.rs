@@ -1,0 +1,112 @@
+//! Proof by re-execution on real processes: an inference node that signs wrong outputs has its
+//! records rejected by every validator (logged and counted as fraud), its client is not charged,
+//! and honest jobs keep finalizing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chain::ModelId;
+use common::{Running, balance, fresh_nonce};
+use testnet::client::{Client, signed_job};
+
+#[test]
+fn a_faulty_inference_node_is_caught_by_re_execution() {
+    // inference-1 (node 5) flips its output hash before signing.
+    let run = Running::up(4, 2, vec![1]);
+    let net = run.net();
+    let client = Client::new();
+    let model = &net.models[0];
+    let model_id: ModelId = model.id.parse().unwrap();
+    let price: u128 = model.price.parse().unwrap();
+    let input = std::fs::read_to_string(&model.example_input).unwrap();
+    let key = net.client_key().unwrap();
+    let (honest, faulty) = (&net.nodes[4], &net.nodes[5]);
+    assert_eq!(faulty.name, "inference-1");
+    let v0 = &net.nodes[0].http;
+    let paid_before = balance(&client, v0, &net.client_address.to_string());
+
+    // Submitted at the faulty node, the job runs there (local first) and gets a wrong result.
+    let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+    let reply = client
+        .post(&format!("{}/v1/jobs", faulty.http), &body)
+        .unwrap()
+        .ok()
+        .unwrap();
+    let bad_job = reply["job_id"].as_str().unwrap().to_string();
+
+    // An honest job submitted afterwards finalizes...
+    let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+    let reply = client
+        .post(&format!("{}/v1/jobs", honest.http), &body)
+        .unwrap()
+        .ok()
+        .unwrap();
+    let good_job = reply["job_id"].as_str().unwrap().to_string();
+    let st = client
+        .wait_job(v0, &good_job, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+    assert_eq!(st["status"], "finalized");
+    assert_eq!(
+        st["executed_by"].as_str().unwrap().to_lowercase(),
+        honest.address.to_string().to_lowercase()
+    );
+
+    // ...while every validator re-executed the faulty record, saw another output hash and
+    // refused it: it never reaches a block, and it is logged and counted as fraud.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for v in net.validators() {
+        loop {
+            let metrics = client.get_text(&format!("{}/metrics", v.http)).unwrap();
+            let fraud = metrics
+                .lines()
+                .find(|l| l.starts_with("proofmesh_fraud_detected_total "))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if fraud >= 1.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} counted no fraud:\n{metrics}",
+                v.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(v.home.join("node.log")).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("fraud") && l.contains(&bad_job)),
+            "{} logged no fraud line for {bad_job}",
+            v.name
+        );
+    }
+    let height = client.get(&format!("{v0}/v1/status")).unwrap().body["height"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(&format!("{v0}/v1/status")).unwrap().body["height"]
+        .as_u64()
+        .unwrap()
+        < height + 3
+    {
+        assert!(Instant::now() < deadline, "chain stalled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for v in net.validators() {
+        let st = client
+            .get(&format!("{}/v1/jobs/{bad_job}", v.http))
+            .unwrap();
+        assert!(
+            st.status == 404 || st.body["status"] != "finalized",
+            "{} settled a fraudulent job: {}",
+            v.name,
+            st.body
+        );
+    }
+    // Only the honest job was charged.
+    let paid = paid_before - balance(&client, v0, &net.client_address.to_string());
+    assert_eq!(paid, price);
+    // The faulty node earned nothing.
+    assert_eq!(balance(&client, v0, &faulty.address.to_string()), 0);
+}
