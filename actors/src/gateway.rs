@@ -62,6 +62,11 @@ pub struct SubmitJob {
 #[rtype(result = "Option<Option<(B256, Address)>>")]
 pub struct PendingJob(pub JobId);
 
+/// How many inference nodes this gateway can route jobs for `model` to (itself included).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct KnownExecutors(pub kernels::ModelId);
+
 struct Pending {
     client: Address,
     nonce: u64,
@@ -361,7 +366,10 @@ impl Handler<SubmitJob> for Gateway {
 impl Handler<GossipCapability> for Gateway {
     type Result = ();
     fn handle(&mut self, msg: GossipCapability, _: &mut Self::Context) {
-        if self.genesis.is_inference_node(&msg.capability.address) {
+        let age_ms = chain::types::now_ms().abs_diff(msg.capability.issued_ms);
+        if age_ms > CAPABILITY_TTL.as_millis() as u64 {
+            tracing::debug!(peer = %msg.peer, age_ms, "stale capability ignored");
+        } else if self.genesis.is_inference_node(&msg.capability.address) {
             self.capabilities
                 .insert(msg.peer, (msg.capability, Instant::now()));
         } else {
@@ -376,6 +384,14 @@ impl Handler<Committed> for Gateway {
         for id in &msg.jobs {
             self.pending.remove(id);
         }
+    }
+}
+
+impl Handler<KnownExecutors> for Gateway {
+    type Result = usize;
+    fn handle(&mut self, msg: KnownExecutors, _: &mut Self::Context) -> usize {
+        let local = usize::from(self.inference.is_some() && self.local_models.contains(&msg.0));
+        local + self.executors(&msg.0).len()
     }
 }
 

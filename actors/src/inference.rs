@@ -68,6 +68,7 @@ impl Inference {
             address: self.key.address(),
             models: self.models.ids(),
             load: self.in_flight,
+            issued_ms: chain::types::now_ms(),
         };
         self.network.do_send(Publish {
             topic: topics::CAPABILITIES,

@@ -327,8 +327,11 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                 .mesh_n_high(8)
                 .mesh_outbound_min(1)
                 .message_id_fn(|m: &gossipsub::Message| {
-                    // Content-addressed ids: the same payload is one message, whoever relays it.
+                    // Content-addressed ids over (topic, author, payload): one message however
+                    // many peers relay it, while two nodes saying the same thing (a status at the
+                    // same height) stay two messages.
                     let mut h = m.topic.as_str().as_bytes().to_vec();
+                    h.extend_from_slice(&m.source.map(|p| p.to_bytes()).unwrap_or_default());
                     h.extend_from_slice(&m.data);
                     MessageId::from(chain::B256::from(alloy::primitives::keccak256(&h)).to_vec())
                 })
@@ -405,14 +408,25 @@ struct SwarmTask {
     next_inbound: u64,
     penalties: HashMap<PeerId, u32>,
     banned: HashMap<PeerId, Instant>,
+    /// Banned peers to disconnect once the answers already queued for them are flushed.
+    to_disconnect: Vec<(PeerId, Instant)>,
     bootstrap: Vec<Multiaddr>,
 }
 
 impl SwarmTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut flush = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
+                _ = flush.tick(), if !self.to_disconnect.is_empty() => {
+                    let now = Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) = self.to_disconnect.drain(..).partition(|(_, at)| *at <= now);
+                    self.to_disconnect = later;
+                    for (peer, _) in due {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => break,
@@ -444,7 +458,9 @@ impl SwarmTask {
             tracing::warn!(%peer, "disconnecting and banning peer for {}s", BAN_TIME.as_secs());
             self.banned.insert(peer, Instant::now() + BAN_TIME);
             self.penalties.remove(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
+            // The refusals already queued for it go out first; new requests are dropped.
+            self.to_disconnect
+                .push((peer, Instant::now() + Duration::from_millis(500)));
         }
     }
 
@@ -496,6 +512,11 @@ impl SwarmTask {
                 },
                 ..
             } => {
+                if self.banned.contains_key(&peer) {
+                    // Dropping the channel closes the stream: banned peers get no answers.
+                    drop(channel);
+                    return;
+                }
                 self.next_inbound += 1;
                 let id = self.next_inbound;
                 if is_job {
@@ -678,6 +699,7 @@ impl Network {
             next_inbound: 0,
             penalties: HashMap::new(),
             banned: HashMap::new(),
+            to_disconnect: Vec::new(),
             bootstrap: config.bootstrap,
         };
         actix::spawn(task.run(cmd_rx));
@@ -763,10 +785,13 @@ impl Network {
             topics::CAPABILITIES => match protocol::decode_capability(&data) {
                 Ok(capability) => {
                     self.accept(id, source);
-                    routes.capabilities.do_send(GossipCapability {
-                        capability,
-                        peer: source,
-                    });
+                    // The author (signed gossip), not the peer that relayed it, serves the jobs.
+                    match origin {
+                        Some(peer) => routes
+                            .capabilities
+                            .do_send(GossipCapability { capability, peer }),
+                        None => tracing::debug!(%source, "capability without an author ignored"),
+                    }
                 }
                 Err(e) => self.reject(topics::CAPABILITIES, &short(&e), id, source),
             },
@@ -824,16 +849,16 @@ impl StreamHandler<Event> for Network {
                             .with_label_values(&[protocol::JOB_PROTOCOL, &short(&e)])
                             .inc();
                         tracing::warn!(%peer, error = %e, "malformed job request");
-                        let _ = commands.send(Command::Penalise {
-                            peer,
-                            reason: "malformed job request",
-                        });
                         let _ = commands.send(Command::RespondJob {
                             id,
                             data: protocol::encode(&JobReply::Refused {
                                 code: "bad_request".into(),
                                 message: e.to_string(),
                             }),
+                        });
+                        let _ = commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed job request",
                         });
                         return;
                     }
@@ -876,13 +901,13 @@ impl StreamHandler<Event> for Network {
                             .with_label_values(&[protocol::SYNC_PROTOCOL, &short(&e)])
                             .inc();
                         tracing::warn!(%peer, error = %e, "malformed sync request");
-                        let _ = commands.send(Command::Penalise {
-                            peer,
-                            reason: "malformed sync request",
-                        });
                         let _ = commands.send(Command::RespondSync {
                             id,
                             data: protocol::encode(&SyncReply::Error(e.to_string())),
+                        });
+                        let _ = commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed sync request",
                         });
                         return;
                     }

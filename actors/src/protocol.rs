@@ -102,6 +102,9 @@ pub struct Capability {
     pub models: Vec<ModelId>,
     /// Jobs in flight on the node.
     pub load: u32,
+    /// When it was issued (unix ms). Message ids are content hashes, so without it a repeated
+    /// advertisement would be dropped as a duplicate; it also lets gateways ignore stale ones.
+    pub issued_ms: u64,
 }
 
 /// `/proofmesh/job/1` request: gateway → inference node.
@@ -166,6 +169,7 @@ mod tests {
             address: Address::ZERO,
             models: vec![ModelId([1; 32])],
             load: 3,
+            issued_ms: 5,
         };
         let bytes = encode(&c);
         assert_eq!(decode_capability(&bytes).unwrap(), c);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use actors::gateway::{Gateway, GatewayError, PendingJob, SubmitJob};
+use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, SubmitJob};
 use actors::mempool::{AddTx, Mempool, PendingRecord};
 use actors::network::{GetPeers, Network, Publish};
 use actors::protocol::{self, topics};
@@ -297,17 +297,14 @@ async fn supply(s: S) -> HttpResponse {
 }
 
 async fn models(s: S) -> HttpResponse {
-    let list: Vec<Value> = s
-        .genesis
-        .models
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.id, "name": m.name, "owner": m.owner, "price": m.price.to_string(),
-                "mode": m.mode, "served_here": s.served.contains(&m.id),
-            })
-        })
-        .collect();
+    let mut list: Vec<Value> = Vec::new();
+    for m in &s.genesis.models {
+        let executors = s.gateway.send(KnownExecutors(m.id)).await.unwrap_or(0);
+        list.push(json!({
+            "id": m.id, "name": m.name, "owner": m.owner, "price": m.price.to_string(),
+            "mode": m.mode, "served_here": s.served.contains(&m.id), "executors": executors,
+        }));
+    }
     HttpResponse::Ok().json(json!({"models": list}))
 }
 

@@ -74,8 +74,16 @@ pub fn default_bin() -> PathBuf {
     dir.join("proofmesh")
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Free ports on 127.0.0.1, distinct from each other: every listener stays open until all are
+/// picked (a port released at once could be handed out again by the next bind).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 fn run_init(
@@ -244,6 +252,7 @@ impl Testnet {
         let example = dir.join("mlp-demo.input.json");
         std::fs::write(&example, model.example_input())?;
 
+        let ports = free_ports(2 * (o.validators + o.inference))?;
         let mut nodes = Vec::new();
         let roles = std::iter::repeat_n("validator", o.validators)
             .chain(std::iter::repeat_n("inference", o.inference));
@@ -257,7 +266,7 @@ impl Testnet {
                 format!("inference-{}", ii - 1)
             };
             let home = dir.join("nodes").join(&name);
-            let (http, p2p) = (free_port()?, free_port()?);
+            let (http, p2p) = (ports[2 * nodes.len()], ports[2 * nodes.len() + 1]);
             let init = run_init(&o.bin, &home, role, http, p2p, &models_dir)?;
             let address: Address = init["address"]
                 .as_str()
@@ -346,10 +355,15 @@ impl Testnet {
         Ok(net)
     }
 
-    /// Waits until every running node answers, sees a peer, and validators reach `min_height`.
+    /// Waits until every running node answers, sees a peer, reaches `min_height` and (when the
+    /// testnet has inference nodes) can route jobs for every model.
     pub fn wait_ready(&self, timeout: Duration, min_height: u64) -> Result<()> {
         let client = Client::new();
         let deadline = Instant::now() + timeout;
+        let has_inference = self
+            .nodes
+            .iter()
+            .any(|n| n.role == "inference" && is_ours(n.pid));
         for n in &self.nodes {
             loop {
                 let ok = client
@@ -360,7 +374,8 @@ impl Testnet {
                         r.body["peers"].as_u64().unwrap_or(0) >= 1
                             && r.body["height"].as_u64().unwrap_or(0) >= min_height
                     })
-                    .unwrap_or(false);
+                    .unwrap_or(false)
+                    && (!has_inference || self.routes_jobs(&client, &n.http));
                 if ok {
                     break;
                 }
@@ -382,6 +397,16 @@ impl Testnet {
             }
         }
         Ok(())
+    }
+
+    /// Whether the node at `http` knows an inference node for every model.
+    fn routes_jobs(&self, client: &Client, http: &str) -> bool {
+        let Ok(r) = client.get(&format!("{http}/v1/models")) else {
+            return false;
+        };
+        r.body["models"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().all(|m| m["executors"].as_u64().unwrap_or(0) >= 1))
     }
 
     /// Last `n` lines of every node's log, for error reports.

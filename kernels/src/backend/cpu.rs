@@ -546,25 +546,4 @@ mod tests {
             );
         }
     }
-
-    /// Throughput check, not a correctness test:
-    /// `cargo test -p kernels --release gemm_throughput -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn gemm_throughput() {
-        let (m, k, n) = (256, 384, 1536);
-        let a = random(71, m * k);
-        let b = random(72, k * n);
-        let cpu = CpuBackend::new();
-        for threads in [1, cpu.threads] {
-            let start = std::time::Instant::now();
-            let reps = 10;
-            for _ in 0..reps {
-                std::hint::black_box(gemm(&a, &b, None, m, k, n, cpu.fma, threads));
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let gflops = 2.0 * (m * k * n * reps) as f64 / secs / 1e9;
-            eprintln!("fma={} threads={threads}: {gflops:.1} GFLOP/s", cpu.fma);
-        }
-    }
 }
