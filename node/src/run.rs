@@ -173,6 +173,9 @@ pub fn run(home: &Path) -> Result<()> {
                 .configure(http::configure)
         })
         .workers(2)
+        // Longer than clients keep idle connections (ureq: 15 s), so a client never reuses a
+        // connection the server is closing at that moment.
+        .keep_alive(Duration::from_secs(75))
         .disable_signals()
         .bind(&config.http.listen)
         .with_context(|| format!("binding the HTTP API on {}", config.http.listen))?;

@@ -304,7 +304,9 @@ impl Testnet {
         let genesis_json = genesis.to_json();
         std::fs::write(dir.join("genesis.json"), &genesis_json)?;
 
-        let bootstrap: Vec<String> = nodes.iter().map(|n| n.p2p.clone()).collect();
+        // Like a real network: every node knows two bootstrap peers (the first two validators)
+        // and finds the rest through Kademlia.
+        let bootstrap: Vec<String> = nodes.iter().take(2).map(|n| n.p2p.clone()).collect();
         let mut inference_index = 0;
         for n in &nodes {
             std::fs::write(n.home.join("genesis.json"), &genesis_json)?;

@@ -30,6 +30,29 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
     let n = net.nodes.len();
     let v0 = net.nodes[0].http.clone();
 
+    // Each node was given two bootstrap peers; Kademlia finds the rest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for node in &net.nodes {
+        loop {
+            let peers = client
+                .get(&format!("{}/v1/status", node.http))
+                .unwrap()
+                .body["peers"]
+                .as_u64()
+                .unwrap_or(0);
+            if peers as usize == n - 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} found only {peers} of {} peers",
+                node.name,
+                n - 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     let supply_before = client
         .get(&format!("{v0}/v1/supply"))
         .unwrap()
