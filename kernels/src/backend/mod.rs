@@ -10,6 +10,7 @@
 //! FMA where the documentation says two roundings, no flush-to-zero, no fast-math).
 
 mod cpu;
+mod ops;
 
 pub use cpu::CpuBackend;
 
@@ -52,4 +53,60 @@ pub trait Backend: Send + Sync {
     ///
     /// If `x` is not empty and `cols` is 0 or does not divide `x.len()`.
     fn softmax_rows(&self, x: &mut [f32], cols: usize);
+
+    /// In-place layer normalisation of each row of `cols` values: `mean = (Σ x) / cols` left to
+    /// right from `0.0`; `d = x − mean`; `var = (Σ d.mul_add(d, ·)) / cols`;
+    /// `inv = 1 / sqrt(var + eps)`; `y = (d · inv).mul_add(gamma, beta)`.
+    fn layernorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+        ops::layernorm_rows(x, cols, gamma, beta, eps);
+    }
+
+    /// The rows of `table` (`vocab × dim`) for `ids`, concatenated; an id outside the table is
+    /// an error.
+    fn embedding_gather(
+        &self,
+        table: &[f32],
+        dim: usize,
+        ids: &[u32],
+    ) -> Result<Vec<f32>, crate::Error> {
+        ops::embedding_gather(table, dim, ids)
+    }
+
+    /// Residual add, `x[i] += y[i]`, one rounding each.
+    fn add_inplace(&self, x: &mut [f32], y: &[f32]) {
+        ops::add_inplace(x, y);
+    }
+
+    /// Multi-head scaled-dot-product attention with a padding mask; `q`, `k`, `v` and the result
+    /// are `[batch][seq][heads·head_dim]`, `mask` is `[batch][seq]` (1 = token). Per unmasked
+    /// query, over unmasked keys in increasing order: `s_j = (Σ_d q.mul_add(k, ·)) · scale`, the
+    /// softmax of [`Backend::softmax_rows`], then `out[d] = Σ_j p_j.mul_add(v[j][d], ·)`.
+    /// Padded keys are skipped (never weighted), padded queries give zeros: the bits of a
+    /// sequence do not depend on its batch or padding.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        ops::attention(q, k, v, mask, batch, seq, heads, head_dim, scale)
+    }
+
+    /// Mean over each sequence's unmasked tokens (`x` is `[batch][seq][cols]`): summed in token
+    /// order from `0.0`, divided by the token count (at least 1).
+    fn mean_pool(&self, x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
+        ops::mean_pool(x, mask, batch, seq, cols)
+    }
+
+    /// Each row divided by `max(sqrt(Σ x.mul_add(x, ·)), 1e-12)`.
+    fn l2_normalize_rows(&self, x: &mut [f32], cols: usize) {
+        ops::l2_normalize_rows(x, cols);
+    }
 }

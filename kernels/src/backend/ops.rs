@@ -1,0 +1,370 @@
+//! Encoder ops in exact mode: the scalar definitions every backend must reproduce bit for bit.
+//!
+//! Each function fixes the order and rounding of every floating-point operation; the docs of the
+//! matching [`Backend`](super::Backend) methods repeat it. Padding never enters a sum: masked
+//! positions are skipped, not zeroed, so a sequence gives the same bits alone or inside a padded
+//! batch (batch invariance).
+
+use crate::error::Error;
+use crate::math;
+
+/// Layer normalisation of each row of `cols` values, in place.
+///
+/// `mean = (Σ x) / cols` (left to right from `0.0`); `d = x − mean`;
+/// `var = (Σ d.mul_add(d, ·)) / cols`; `inv = 1 / sqrt(var + eps)`;
+/// `y = (d · inv).mul_add(gamma, beta)`.
+pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    assert!(
+        gamma.len() == cols && beta.len() == cols,
+        "layernorm: gamma/beta are not {cols} long"
+    );
+    if x.is_empty() {
+        return;
+    }
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols),
+        "layernorm: {} values do not form rows of {cols}",
+        x.len()
+    );
+    let n = cols as f32;
+    for row in x.chunks_exact_mut(cols) {
+        let mut sum = 0.0f32;
+        for &v in row.iter() {
+            sum += v;
+        }
+        let mean = sum / n;
+        let mut acc = 0.0f32;
+        for &v in row.iter() {
+            let d = v - mean;
+            acc = d.mul_add(d, acc);
+        }
+        let inv = 1.0 / (acc / n + eps).sqrt();
+        for (j, v) in row.iter_mut().enumerate() {
+            let d = *v - mean;
+            *v = (d * inv).mul_add(gamma[j], beta[j]);
+        }
+    }
+}
+
+/// Rows of `table` (`vocab × dim`) for each id, concatenated.
+pub(crate) fn embedding_gather(table: &[f32], dim: usize, ids: &[u32]) -> Result<Vec<f32>, Error> {
+    let vocab = table.len().checked_div(dim).unwrap_or(0);
+    let mut out = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        let i = id as usize;
+        if i >= vocab {
+            return Err(Error::BadInput {
+                reason: format!("token id {id} outside the vocabulary of {vocab}"),
+            });
+        }
+        out.extend_from_slice(&table[i * dim..(i + 1) * dim]);
+    }
+    Ok(out)
+}
+
+/// `x[i] = x[i] + y[i]` (one rounding each).
+pub(crate) fn add_inplace(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "add: lengths differ");
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}
+
+/// Multi-head scaled-dot-product attention over `batch` sequences of `seq` tokens, with
+/// `q`, `k`, `v` and the result laid out `[batch][seq][heads·head_dim]` (BERT's hidden layout)
+/// and `mask[batch][seq]` (1 = token, 0 = padding).
+///
+/// For each (sequence, head, query i) with `mask[i] = 1`: over the unmasked keys j in increasing
+/// order, `s_j = (Σ_d q[i][d].mul_add(k[j][d], ·)) · scale`; softmax over those `s_j` as
+/// [`math::softmax_row`] does; then for each d, `out[i][d] = Σ_j p_j.mul_add(v[j][d], ·)` in
+/// increasing j from `0.0`. Padded queries give zeros; padded keys are skipped, never weighted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[u8],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let len = batch * seq * hidden;
+    assert!(
+        q.len() == len && k.len() == len && v.len() == len,
+        "attention: q/k/v are not {len} long"
+    );
+    assert_eq!(
+        mask.len(),
+        batch * seq,
+        "attention: mask is not batch × seq"
+    );
+    let mut out = vec![0.0f32; len];
+    let mut scores = Vec::with_capacity(seq);
+    let mut keys = Vec::with_capacity(seq);
+    for b in 0..batch {
+        let m = &mask[b * seq..(b + 1) * seq];
+        keys.clear();
+        keys.extend((0..seq).filter(|j| m[*j] != 0));
+        if keys.is_empty() {
+            continue;
+        }
+        let row = |t: usize, h: usize| (b * seq + t) * hidden + h * head_dim;
+        for h in 0..heads {
+            for i in (0..seq).filter(|i| m[*i] != 0) {
+                let qi = &q[row(i, h)..row(i, h) + head_dim];
+                scores.clear();
+                for &j in &keys {
+                    let kj = &k[row(j, h)..row(j, h) + head_dim];
+                    let mut acc = 0.0f32;
+                    for d in 0..head_dim {
+                        acc = qi[d].mul_add(kj[d], acc);
+                    }
+                    scores.push(acc * scale);
+                }
+                math::softmax_row(&mut scores);
+                let o = row(i, h);
+                for d in 0..head_dim {
+                    let mut acc = 0.0f32;
+                    for (p, &j) in scores.iter().zip(&keys) {
+                        acc = p.mul_add(v[row(j, h) + d], acc);
+                    }
+                    out[o + d] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Mean over the unmasked tokens of each sequence (`x` is `[batch][seq][cols]`): sum in
+/// increasing token order from `0.0`, then divide by the token count (`max(count, 1)`).
+pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        batch * seq * cols,
+        "mean_pool: x is not batch × seq × cols"
+    );
+    assert_eq!(
+        mask.len(),
+        batch * seq,
+        "mean_pool: mask is not batch × seq"
+    );
+    let mut out = vec![0.0f32; batch * cols];
+    for b in 0..batch {
+        let m = &mask[b * seq..(b + 1) * seq];
+        let count = m.iter().filter(|v| **v != 0).count().max(1) as f32;
+        let o = &mut out[b * cols..(b + 1) * cols];
+        for t in (0..seq).filter(|t| m[*t] != 0) {
+            let row = &x[(b * seq + t) * cols..(b * seq + t + 1) * cols];
+            for (acc, v) in o.iter_mut().zip(row) {
+                *acc += *v;
+            }
+        }
+        for acc in o.iter_mut() {
+            *acc /= count;
+        }
+    }
+    out
+}
+
+/// Each row divided by its L2 norm: `n = sqrt(Σ x.mul_add(x, ·))` left to right from `0.0`,
+/// then `x / max(n, 1e-12)` (as `torch.nn.functional.normalize`).
+pub(crate) fn l2_normalize_rows(x: &mut [f32], cols: usize) {
+    if x.is_empty() {
+        return;
+    }
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols),
+        "l2_normalize: {} values do not form rows of {cols}",
+        x.len()
+    );
+    for row in x.chunks_exact_mut(cols) {
+        let mut acc = 0.0f32;
+        for &v in row.iter() {
+            acc = v.mul_add(v, acc);
+        }
+        let n = acc.sqrt().max(1e-12);
+        for v in row.iter_mut() {
+            *v /= n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::tests::uniform_vec as random;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Largest |got − want| / max(|want|, floor).
+    fn worst(got: &[f32], want: &[f64], floor: f64) -> f64 {
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (*g as f64 - w).abs() / w.abs().max(floor))
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn layernorm_matches_f64_within_1e_5_relative() {
+        let (rows, cols) = (7, 384);
+        let mut x = random(1, rows * cols);
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = *v * 3.0 + (i % 5) as f32;
+        }
+        let gamma = random(2, cols);
+        let beta = random(3, cols);
+        let mut want = Vec::new();
+        for row in x.chunks(cols) {
+            let mean = row.iter().map(|v| *v as f64).sum::<f64>() / cols as f64;
+            let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (var + 1e-12).sqrt();
+            want.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, v)| (*v as f64 - mean) * inv * gamma[j] as f64 + beta[j] as f64),
+            );
+        }
+        layernorm_rows(&mut x, cols, &gamma, &beta, 1e-12);
+        // Bound: outputs are O(1); f32 sums over 384 terms lose ~1e-6 relative.
+        let err = worst(&x, &want, 1.0);
+        assert!(err < 1e-5, "layernorm error {err:e}");
+    }
+
+    #[test]
+    fn attention_matches_f64_within_1e_5_and_ignores_padding() {
+        let (heads, head_dim, seq) = (2, 8, 6);
+        let hidden = heads * head_dim;
+        let (q, k, v) = (
+            random(4, seq * hidden),
+            random(5, seq * hidden),
+            random(6, seq * hidden),
+        );
+        let valid = 4;
+        let mask: Vec<u8> = (0..seq).map(|t| u8::from(t < valid)).collect();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let got = attention(&q, &k, &v, &mask, 1, seq, heads, head_dim, scale);
+        let mut want = vec![0.0f64; seq * hidden];
+        for h in 0..heads {
+            for i in 0..valid {
+                let s: Vec<f64> = (0..valid)
+                    .map(|j| {
+                        (0..head_dim)
+                            .map(|d| {
+                                q[i * hidden + h * head_dim + d] as f64
+                                    * k[j * hidden + h * head_dim + d] as f64
+                            })
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..head_dim {
+                    want[i * hidden + h * head_dim + d] = (0..valid)
+                        .map(|j| e[j] / z * v[j * hidden + h * head_dim + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        // Bound: softmax weights carry ~1 ulp from exp and the division; sums of ≤ 6 terms.
+        let err = worst(&got, &want, 1.0);
+        assert!(err < 1e-5, "attention error {err:e}");
+        assert!(
+            got[valid * hidden..].iter().all(|x| *x == 0.0),
+            "padded queries must be zero"
+        );
+    }
+
+    #[test]
+    fn attention_is_batch_invariant_under_padding_and_position() {
+        let (heads, head_dim, hidden) = (2, 4, 8);
+        let len = 3;
+        let (q, k, v) = (
+            random(7, len * hidden),
+            random(8, len * hidden),
+            random(9, len * hidden),
+        );
+        let scale = 0.5;
+        let alone = attention(&q, &k, &v, &[1; 3], 1, len, heads, head_dim, scale);
+        // The same sequence in slot 1 of a batch of 3, padded to 5, among other sequences.
+        let (batch, seq) = (3, 5);
+        let mut bq = random(10, batch * seq * hidden);
+        let mut bk = random(11, batch * seq * hidden);
+        let mut bv = random(12, batch * seq * hidden);
+        let slot = seq * hidden;
+        bq[slot..slot + len * hidden].copy_from_slice(&q);
+        bk[slot..slot + len * hidden].copy_from_slice(&k);
+        bv[slot..slot + len * hidden].copy_from_slice(&v);
+        let mut mask = vec![1u8; batch * seq];
+        mask[seq + len..2 * seq].fill(0);
+        let batched = attention(&bq, &bk, &bv, &mask, batch, seq, heads, head_dim, scale);
+        assert_eq!(bits(&batched[slot..slot + len * hidden]), bits(&alone));
+    }
+
+    #[test]
+    fn mean_pool_and_l2_normalize_match_f64() {
+        let (batch, seq, cols) = (2, 5, 16);
+        let x = random(13, batch * seq * cols);
+        let mask = [1, 1, 1, 0, 0, 1, 1, 1, 1, 1];
+        let mut pooled = mean_pool(&x, &mask, batch, seq, cols);
+        for b in 0..batch {
+            let n = mask[b * seq..(b + 1) * seq]
+                .iter()
+                .filter(|m| **m != 0)
+                .count();
+            for c in 0..cols {
+                let want: f64 = (0..seq)
+                    .filter(|t| mask[b * seq + t] != 0)
+                    .map(|t| x[(b * seq + t) * cols + c] as f64)
+                    .sum::<f64>()
+                    / n as f64;
+                assert!(
+                    (pooled[b * cols + c] as f64 - want).abs() < 1e-6,
+                    "pool {b} {c}"
+                );
+            }
+        }
+        let before = pooled.clone();
+        l2_normalize_rows(&mut pooled, cols);
+        for (row, orig) in pooled.chunks(cols).zip(before.chunks(cols)) {
+            let norm: f64 = orig.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            for (g, o) in row.iter().zip(orig) {
+                assert!((*g as f64 - *o as f64 / norm).abs() < 1e-6);
+            }
+            let len: f64 = row.iter().map(|v| (*v as f64).powi(2)).sum();
+            assert!((len - 1.0).abs() < 1e-6);
+        }
+        // A zero row stays zero instead of dividing by zero.
+        let mut zero = vec![0.0f32; cols];
+        l2_normalize_rows(&mut zero, cols);
+        assert!(zero.iter().all(|v| *v == 0.0));
+        // A fully padded sequence pools to zeros.
+        assert!(
+            mean_pool(&x[..seq * cols], &[0; 5], 1, seq, cols)
+                .iter()
+                .all(|v| *v == 0.0)
+        );
+    }
+
+    #[test]
+    fn embedding_gather_checks_ids() {
+        let table: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(
+            embedding_gather(&table, 4, &[2, 0]).unwrap(),
+            vec![8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]
+        );
+        let err = embedding_gather(&table, 4, &[3]).unwrap_err().to_string();
+        assert!(err.contains("token id 3"), "{err}");
+        assert!(embedding_gather(&table, 0, &[0]).is_err());
+        let mut x = vec![1.0f32, 2.0];
+        add_inplace(&mut x, &[0.5, -2.0]);
+        assert_eq!(x, vec![1.5, 0.0]);
+    }
+}
