@@ -105,7 +105,8 @@ pub trait Backend: Send + Sync {
         ops::mean_pool(x, mask, batch, seq, cols)
     }
 
-    /// Each row divided by `max(sqrt(Σ x.mul_add(x, ·)), 1e-12)`.
+    /// Each row divided by `max(sqrt(Σ x.mul_add(x, ·)), 1e-12)`, the sum left to right from
+    /// `0.0` (as `torch.nn.functional.normalize`).
     fn l2_normalize_rows(&self, x: &mut [f32], cols: usize) {
         ops::l2_normalize_rows(x, cols);
     }

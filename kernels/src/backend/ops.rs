@@ -8,24 +8,28 @@
 use crate::error::Error;
 use crate::math;
 
-/// Layer normalisation of each row of `cols` values, in place.
-///
-/// `mean = (Σ x) / cols` (left to right from `0.0`); `d = x − mean`;
-/// `var = (Σ d.mul_add(d, ·)) / cols`; `inv = 1 / sqrt(var + eps)`;
-/// `y = (d · inv).mul_add(gamma, beta)`.
+/// Checks that `len` values form whole rows of `cols` (a caller bug otherwise, hence a panic);
+/// `false` for no values at all, which every row op leaves alone.
+pub(crate) fn has_rows(op: &str, len: usize, cols: usize) -> bool {
+    if len == 0 {
+        return false;
+    }
+    assert!(
+        cols > 0 && len.is_multiple_of(cols),
+        "{op}: {len} values do not form rows of {cols}"
+    );
+    true
+}
+
+/// See [`Backend::layernorm_rows`](super::Backend::layernorm_rows).
 pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     assert!(
         gamma.len() == cols && beta.len() == cols,
         "layernorm: gamma/beta are not {cols} long"
     );
-    if x.is_empty() {
+    if !has_rows("layernorm", x.len(), cols) {
         return;
     }
-    assert!(
-        cols > 0 && x.len().is_multiple_of(cols),
-        "layernorm: {} values do not form rows of {cols}",
-        x.len()
-    );
     let n = cols as f32;
     for row in x.chunks_exact_mut(cols) {
         let mut sum = 0.0f32;
@@ -46,7 +50,7 @@ pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[
     }
 }
 
-/// Rows of `table` (`vocab × dim`) for each id, concatenated.
+/// See [`Backend::embedding_gather`](super::Backend::embedding_gather).
 pub(crate) fn embedding_gather(table: &[f32], dim: usize, ids: &[u32]) -> Result<Vec<f32>, Error> {
     let vocab = table.len().checked_div(dim).unwrap_or(0);
     let mut out = Vec::with_capacity(ids.len() * dim);
@@ -62,7 +66,7 @@ pub(crate) fn embedding_gather(table: &[f32], dim: usize, ids: &[u32]) -> Result
     Ok(out)
 }
 
-/// `x[i] = x[i] + y[i]` (one rounding each).
+/// See [`Backend::add_inplace`](super::Backend::add_inplace).
 pub(crate) fn add_inplace(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "add: lengths differ");
     for (a, b) in x.iter_mut().zip(y) {
@@ -70,14 +74,7 @@ pub(crate) fn add_inplace(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Multi-head scaled-dot-product attention over `batch` sequences of `seq` tokens, with
-/// `q`, `k`, `v` and the result laid out `[batch][seq][heads·head_dim]` (BERT's hidden layout)
-/// and `mask[batch][seq]` (1 = token, 0 = padding).
-///
-/// For each (sequence, head, query i) with `mask[i] = 1`: over the unmasked keys j in increasing
-/// order, `s_j = (Σ_d q[i][d].mul_add(k[j][d], ·)) · scale`; softmax over those `s_j` as
-/// [`math::softmax_row`] does; then for each d, `out[i][d] = Σ_j p_j.mul_add(v[j][d], ·)` in
-/// increasing j from `0.0`. Padded queries give zeros; padded keys are skipped, never weighted.
+/// See [`Backend::attention`](super::Backend::attention).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     q: &[f32],
@@ -139,8 +136,7 @@ pub(crate) fn attention(
     out
 }
 
-/// Mean over the unmasked tokens of each sequence (`x` is `[batch][seq][cols]`): sum in
-/// increasing token order from `0.0`, then divide by the token count (`max(count, 1)`).
+/// See [`Backend::mean_pool`](super::Backend::mean_pool).
 pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
     assert_eq!(
         x.len(),
@@ -170,17 +166,11 @@ pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: 
     out
 }
 
-/// Each row divided by its L2 norm: `n = sqrt(Σ x.mul_add(x, ·))` left to right from `0.0`,
-/// then `x / max(n, 1e-12)` (as `torch.nn.functional.normalize`).
+/// See [`Backend::l2_normalize_rows`](super::Backend::l2_normalize_rows).
 pub(crate) fn l2_normalize_rows(x: &mut [f32], cols: usize) {
-    if x.is_empty() {
+    if !has_rows("l2_normalize", x.len(), cols) {
         return;
     }
-    assert!(
-        cols > 0 && x.len().is_multiple_of(cols),
-        "l2_normalize: {} values do not form rows of {cols}",
-        x.len()
-    );
     for row in x.chunks_exact_mut(cols) {
         let mut acc = 0.0f32;
         for &v in row.iter() {
