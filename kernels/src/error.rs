@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file the model directory must contain is not there.
-    #[error("missing model file {path}: a model directory needs config.json and model.safetensors")]
+    #[error("missing model file {path}")]
     MissingFile { path: PathBuf },
 
     /// A file exists but could not be read (permissions, I/O error, not a regular file).
@@ -31,7 +31,9 @@ pub enum Error {
     BadConfig { reason: String },
 
     /// `config.json` names an architecture this build cannot run.
-    #[error("unsupported architecture {architecture:?} in config.json; this build runs: mlp")]
+    #[error(
+        "unsupported architecture {architecture:?} in config.json; this build runs: mlp (our format), bert (model_type)"
+    )]
     UnsupportedArchitecture { architecture: String },
 
     /// `config.json` names an activation this architecture does not support.
@@ -70,8 +72,9 @@ pub enum Error {
     #[error("tensor {name} holds a non-finite value at flat index {index}")]
     NonFiniteWeight { name: String, index: usize },
 
-    /// The input is not JSON of the form `{"inputs": [[numbers...], ...]}`.
-    #[error("input must be JSON of the form {{\"inputs\": [[numbers...], ...]}}: {reason}")]
+    /// The input is not of the form the model takes (`{"inputs": [[numbers...], ...]}` for an
+    /// MLP, `{"texts": ["...", ...]}` for a sentence encoder).
+    #[error("bad input: {reason}")]
     BadInput { reason: String },
 
     /// An input row has the wrong number of values.
@@ -83,7 +86,7 @@ pub enum Error {
     },
 
     /// The input has no rows or more than the limit.
-    #[error("input has {rows} rows; send between 1 and {max}")]
+    #[error("input has {rows} rows (texts); send between 1 and {max}")]
     RowCount { rows: usize, max: usize },
 
     /// An input value is not a finite f32 (JSON has no NaN, but 1e39 overflows f32).
@@ -93,6 +96,18 @@ pub enum Error {
     /// An intermediate or final value overflowed; the input is too large in magnitude.
     #[error("layer {layer} produced a non-finite value (input magnitude too large)")]
     NonFiniteOutput { layer: usize },
+
+    /// `tokenizer.json` is not valid or describes a tokenizer this build cannot run.
+    #[error("tokenizer.json is invalid or unsupported: {reason}")]
+    BadTokenizer { reason: String },
+
+    /// An input text is longer than the limit.
+    #[error("text {index} is {bytes} bytes; the limit is {max} bytes")]
+    TextTooLong {
+        index: usize,
+        bytes: usize,
+        max: usize,
+    },
 
     /// A model id string is not "0x" followed by 64 hex digits.
     #[error("invalid model id {input:?}: expected 0x followed by 64 hex digits")]

@@ -18,16 +18,28 @@
 //! weights. Supported architecture today: `mlp` (GELU hidden layers, softmax output).
 
 mod backend;
+mod bert;
 mod error;
 mod id;
 mod math;
 mod mlp;
 mod model;
 mod rng;
+#[cfg(test)]
+mod testing;
+mod tokenizer;
 mod weights;
 
-pub use backend::{Backend, CpuBackend};
+pub use backend::{
+    Backend, Comparison, CpuBackend, CudaBackend, CudaError, GemmTiming, Probe, UnknownBackend,
+    select,
+};
+pub use bert::{BertSpec, MAX_TEXT_BYTES, write_seeded_bert};
 pub use error::Error;
 pub use id::{ModelId, keccak256};
 pub use mlp::{MlpSpec, write_seeded_mlp};
-pub use model::{MAX_CONFIG_BYTES, MAX_ROWS, MAX_WEIGHTS_BYTES, Model, Output, manifest};
+pub use model::{
+    MAX_CONFIG_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES, Model, Output, OutputKind,
+    manifest,
+};
+pub use tokenizer::Tokenizer;

@@ -12,21 +12,21 @@
 //! 1.5e-7·max(1, |x|) absolute (worst 1.1e-7).
 
 /// `log2(e)`, rounded to f32.
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// High part of `ln 2` with 8 trailing zero bits, so `n * LN2_HI` is exact for |n| < 2^8.
-const LN2_HI: f32 = 0.693_145_75;
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
 /// `ln 2 - LN2_HI`, rounded to f32.
-const LN2_LO: f32 = 1.428_606_8e-6;
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
 /// 1.5 · 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest integer.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 /// Above this, `exp` overflows to +inf.
-const EXP_HI: f32 = 89.0;
+pub(crate) const EXP_HI: f32 = 89.0;
 /// Below this, `exp` is 0 (the smallest subnormal is about e^-103.3).
-const EXP_LO: f32 = -104.0;
+pub(crate) const EXP_LO: f32 = -104.0;
 
 /// Taylor coefficients 1/k! for k = 7 down to 2, rounded to f32 (Horner order). On the reduced
 /// range |r| <= ln(2)/2 the truncation error of the degree-7 polynomial is below 6e-9 relative.
-const EXP_POLY: [f32; 6] = [
+pub(crate) const EXP_POLY: [f32; 6] = [
     1.984_127e-4,
     1.388_888_9e-3,
     8.333_334e-3,
@@ -72,12 +72,12 @@ fn pow2(n: i32) -> f32 {
 }
 
 /// Below this |x|, `erf(x) = x + x·Q(x²)`; at or above it, `erf(x) = 1 - exp(P(|x|))`.
-const ERF_SPLIT: f32 = 1.0;
+pub(crate) const ERF_SPLIT: f32 = 1.0;
 /// Above this |x|, `erfc(|x|) < 2^-25`, so `erf` rounds to ±1.
-const ERF_CLAMP: f32 = 4.0;
+pub(crate) const ERF_CLAMP: f32 = 4.0;
 /// Near-minimax (Chebyshev) fit of `erf(x)/x - 1` in `s = x²` on [0, 1], degree 6, Horner
 /// order; fit error 1.3e-9.
-const ERF_SMALL: [f32; 7] = [
+pub(crate) const ERF_SMALL: [f32; 7] = [
     7.875_875e-5,
     -8.016_864_3e-4,
     5.189_087_2e-3,
@@ -88,7 +88,7 @@ const ERF_SMALL: [f32; 7] = [
 ];
 /// Near-minimax (Chebyshev) fit of `ln(erfc(t))` on [1, 4], degree 10, Horner order; fit error
 /// 2.2e-9.
-const ERF_LARGE: [f32; 11] = [
+pub(crate) const ERF_LARGE: [f32; 11] = [
     -3.834_714_2e-8,
     8.925_321_7e-7,
     -7.467_047_5e-6,
@@ -128,7 +128,7 @@ pub(crate) fn erf(x: f32) -> f32 {
 }
 
 /// `1/√2`, rounded to f32.
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+pub(crate) const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// GELU, erf form: `0.5·x·(1 + erf(x/√2))`, evaluated as `(0.5·x)·(1 + erf(x·(1/√2)))`.
 #[inline]

@@ -4,7 +4,6 @@
 //! `i = 0..=hidden_dims.len()`. Forward: every layer is GEMM + bias; GELU follows every layer but
 //! the last, softmax follows the last.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::model::{CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, manifest_of, write_file};
 use crate::rng::SplitMix64;
-use crate::weights::{self, Tensor};
+use crate::weights::{self, Tensor, take};
 use crate::{Error, ModelId};
 
 /// Largest width of any layer (input, hidden or classes).
@@ -188,25 +187,6 @@ impl Mlp {
         }
         Ok(x)
     }
-}
-
-/// Removes tensor `name` from `tensors`, checking its shape.
-fn take(
-    tensors: &mut BTreeMap<String, Tensor>,
-    name: String,
-    expected: Vec<usize>,
-) -> Result<Vec<f32>, Error> {
-    let Some(t) = tensors.remove(&name) else {
-        return Err(Error::MissingTensor { name });
-    };
-    if t.shape != expected {
-        return Err(Error::ShapeMismatch {
-            name,
-            expected,
-            actual: t.shape,
-        });
-    }
-    Ok(t.data)
 }
 
 /// Writes a complete MLP model directory (`config.json` and `model.safetensors`) with weights

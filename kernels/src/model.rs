@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::bert::{Bert, SentenceFiles};
 use crate::id::hex32;
 use crate::mlp::Mlp;
 use crate::{Error, ModelId, keccak256};
@@ -15,6 +16,14 @@ use crate::{Error, ModelId, keccak256};
 pub(crate) const CONFIG_FILE: &str = "config.json";
 /// The model's weights file in a model directory.
 pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+/// A text model's tokenizer.
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
+/// A sentence-transformers model's pooling config (optional).
+pub(crate) const POOLING_FILE: &str = "1_Pooling/config.json";
+/// A sentence-transformers model's `max_seq_length` (optional).
+pub(crate) const SENTENCE_FILE: &str = "sentence_bert_config.json";
+/// Largest `tokenizer.json` accepted.
+pub const MAX_TOKENIZER_BYTES: u64 = 16 << 20;
 /// Largest `config.json` accepted.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Largest `model.safetensors` accepted.
@@ -25,15 +34,28 @@ pub const MAX_ROWS: usize = 256;
 /// The result of running a model: a row-major tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Dimensions, outermost first (`[rows, num_classes]` for a classifier).
+    /// Dimensions, outermost first (`[rows, num_classes]` for a classifier, `[texts, dim]` for
+    /// an encoder).
     pub shape: Vec<usize>,
     /// Values, row-major; `shape.iter().product()` of them.
     pub data: Vec<f32>,
+    /// What the values are; decides the JSON form, not the hash.
+    pub kind: OutputKind,
+}
+
+/// What an [`Output`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Class probabilities, one row per input.
+    Probabilities,
+    /// Unit-length embeddings, one row per text.
+    Embeddings,
 }
 
 impl Output {
     /// The commitment an executor signs and a validator recomputes:
-    /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`.
+    /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`, every NaN
+    /// written as the canonical quiet NaN `0x7fc00000` (payloads are not portable).
     pub fn hash(&self) -> [u8; 32] {
         use tiny_keccak::{Hasher, Keccak};
         let mut h = Keccak::v256();
@@ -46,6 +68,8 @@ impl Output {
         for chunk in self.data.chunks(1024) {
             buf.clear();
             for v in chunk {
+                // NaN payloads differ between CPUs and GPUs; every NaN hashes as one.
+                let v = if v.is_nan() { f32::NAN } else { *v };
                 buf.extend_from_slice(&v.to_le_bytes());
             }
             h.update(&buf);
@@ -55,13 +79,18 @@ impl Output {
         out
     }
 
-    /// `{"shape": [..], "data": [..]}`, and for a 2-D output also `"argmax": [..]`, the index of
-    /// the largest value in each row (the predicted class; the first one on ties). Each value is
-    /// written as the shortest decimal that reads back as the same f32.
+    /// Probabilities: `{"shape": [..], "data": [..]}`, and for a 2-D output also
+    /// `"argmax": [..]`, the index of the largest value in each row (the predicted class; the
+    /// first one on ties). Embeddings: `{"shape": [texts, dim], "embeddings": [[..], ..]}`. Each
+    /// value is written as the shortest decimal that reads back as the same f32.
     pub fn to_json(&self) -> serde_json::Value {
-        let data: Vec<serde_json::Value> = self.data.iter().map(|&v| f32_json(v)).collect();
         let mut obj = serde_json::Map::new();
         obj.insert("shape".into(), self.shape.clone().into());
+        if self.kind == OutputKind::Embeddings {
+            obj.insert("embeddings".into(), self.rows_json());
+            return serde_json::Value::Object(obj);
+        }
+        let data: Vec<serde_json::Value> = self.data.iter().map(|&v| f32_json(v)).collect();
         obj.insert("data".into(), data.into());
         if let [_, cols] = self.shape[..]
             && cols > 0
@@ -70,6 +99,18 @@ impl Output {
             obj.insert("argmax".into(), argmax.into());
         }
         serde_json::Value::Object(obj)
+    }
+}
+
+impl Output {
+    /// The values as a JSON array of rows (the last dimension), shortest round-trip decimals.
+    pub fn rows_json(&self) -> serde_json::Value {
+        let cols = self.shape.last().copied().unwrap_or(0).max(1);
+        self.data
+            .chunks(cols)
+            .map(|row| row.iter().map(|&v| f32_json(v)).collect::<Vec<_>>().into())
+            .collect::<Vec<serde_json::Value>>()
+            .into()
     }
 }
 
@@ -96,6 +137,7 @@ fn argmax(row: &[f32]) -> usize {
 /// The network inside a model, by architecture.
 enum Network {
     Mlp(Mlp),
+    Bert(Box<Bert>),
 }
 
 /// A loaded, validated model, immutable and shareable across threads.
@@ -107,9 +149,7 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let arch = match self.net {
-            Network::Mlp(_) => "mlp",
-        };
+        let arch = self.architecture();
         f.debug_struct("Model")
             .field("id", &self.id)
             .field("name", &self.name)
@@ -118,10 +158,71 @@ impl fmt::Debug for Model {
     }
 }
 
-/// The architecture named in a config, read before the architecture's own config type.
+/// The architecture named in a config, read before the architecture's own config type: ours
+/// (`"architecture": "mlp"`) or Hugging Face's (`"model_type": "bert"`).
 #[derive(Deserialize)]
 struct ConfigHead {
-    architecture: String,
+    architecture: Option<String>,
+    model_type: Option<String>,
+    name: Option<String>,
+}
+
+/// The input format of a sentence encoder.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextsJson {
+    texts: Vec<String>,
+}
+
+/// The bytes of every file a model directory's id covers; optional files may be absent.
+struct ModelFiles {
+    /// `(name, bytes)` sorted by name: the manifest's order.
+    files: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl ModelFiles {
+    fn read(dir: &Path) -> Result<ModelFiles, Error> {
+        let mut files = Vec::new();
+        for (name, limit, required) in [
+            (POOLING_FILE, MAX_CONFIG_BYTES, false),
+            (CONFIG_FILE, MAX_CONFIG_BYTES, true),
+            (WEIGHTS_FILE, MAX_WEIGHTS_BYTES, true),
+            (SENTENCE_FILE, MAX_CONFIG_BYTES, false),
+            (TOKENIZER_FILE, MAX_TOKENIZER_BYTES, false),
+        ] {
+            match read_file(&dir.join(name), limit) {
+                Ok(bytes) => files.push((name, bytes)),
+                Err(Error::MissingFile { .. }) if !required => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ModelFiles { files })
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+
+    fn require(&self, dir: &Path, name: &str) -> Result<&[u8], Error> {
+        self.get(name).ok_or_else(|| Error::MissingFile {
+            path: dir.join(name),
+        })
+    }
+
+    fn manifest(&self) -> (Vec<u8>, ModelId) {
+        let entries = self
+            .files
+            .iter()
+            .map(|(name, bytes)| ManifestEntry {
+                name,
+                keccak: hex32(&keccak256(bytes)),
+            })
+            .collect();
+        manifest_bytes(entries)
+    }
 }
 
 /// The input format of [`Model::run`].
@@ -135,31 +236,73 @@ impl Model {
     /// Loads `dir/config.json` and `dir/model.safetensors`, checking the config, every tensor's
     /// name, dtype (F32), shape and finiteness, and the file size limits. The id is computed from
     /// the very bytes that were parsed. Bad files give an error, never a panic.
+    ///
+    /// A BERT directory (`"model_type": "bert"`) also needs `tokenizer.json`, and may hold the
+    /// sentence-transformers files `1_Pooling/config.json` (mean pooling only) and
+    /// `sentence_bert_config.json` (`max_seq_length`, the truncation length).
     pub fn load(dir: &Path) -> Result<Model, Error> {
-        let config = read_file(&dir.join(CONFIG_FILE), MAX_CONFIG_BYTES)?;
-        let weights = read_file(&dir.join(WEIGHTS_FILE), MAX_WEIGHTS_BYTES)?;
-        let (_, id) = manifest_of(&config, &weights);
-        let model = Model::from_bytes(id, &config, &weights)?;
+        let files = ModelFiles::read(dir)?;
+        let (_, id) = files.manifest();
+        let config = files.require(dir, CONFIG_FILE)?;
+        let weights = files.require(dir, WEIGHTS_FILE)?;
+        let head: ConfigHead = serde_json::from_slice(config).map_err(|e| Error::BadConfig {
+            reason: e.to_string(),
+        })?;
+        let model = match (head.architecture.as_deref(), head.model_type.as_deref()) {
+            (Some("mlp"), _) => {
+                let (mlp, name) = Mlp::from_bytes(config, weights)?;
+                Model {
+                    id,
+                    name,
+                    net: Network::Mlp(mlp),
+                }
+            }
+            (None, Some("bert")) => {
+                let tokenizer = files.require(dir, TOKENIZER_FILE)?;
+                let extra = SentenceFiles {
+                    pooling: files.get(POOLING_FILE),
+                    sentence_bert: files.get(SENTENCE_FILE),
+                };
+                let bert = Bert::from_bytes(config, weights, tokenizer, extra)?;
+                let name = head
+                    .name
+                    .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "bert".into());
+                Model {
+                    id,
+                    name,
+                    net: Network::Bert(Box::new(bert)),
+                }
+            }
+            (None, None) => {
+                return Err(Error::BadConfig {
+                    reason: "names no architecture (\"architecture\" or \"model_type\")".into(),
+                });
+            }
+            (arch, model_type) => {
+                return Err(Error::UnsupportedArchitecture {
+                    architecture: arch.or(model_type).unwrap_or_default().to_string(),
+                });
+            }
+        };
         tracing::debug!(model = %id, name = %model.name, path = %dir.display(), "model loaded");
         Ok(model)
     }
 
-    fn from_bytes(id: ModelId, config: &[u8], weights: &[u8]) -> Result<Model, Error> {
-        let head: ConfigHead = serde_json::from_slice(config).map_err(|e| Error::BadConfig {
-            reason: e.to_string(),
-        })?;
-        match head.architecture.as_str() {
-            "mlp" => {
-                let (mlp, name) = Mlp::from_bytes(config, weights)?;
-                Ok(Model {
-                    id,
-                    name,
-                    net: Network::Mlp(mlp),
-                })
-            }
-            _ => Err(Error::UnsupportedArchitecture {
-                architecture: head.architecture,
-            }),
+    /// `"mlp"` or `"bert"`.
+    pub fn architecture(&self) -> &'static str {
+        match self.net {
+            Network::Mlp(_) => "mlp",
+            Network::Bert(_) => "bert",
+        }
+    }
+
+    /// A text model's token ids for `text` (`[CLS] … [SEP]`, truncated as [`Model::run`]
+    /// truncates); `None` for a model that takes no text.
+    pub fn tokenize(&self, text: &str) -> Option<Vec<u32>> {
+        match &self.net {
+            Network::Bert(bert) => Some(bert.tokenize(text)),
+            Network::Mlp(_) => None,
         }
     }
 
@@ -173,8 +316,13 @@ impl Model {
         &self.name
     }
 
-    /// Runs the model on `input`, JSON `{"inputs": [[f32; input_dim], ...]}` with 1 to
-    /// [`MAX_ROWS`] rows, and returns class probabilities of shape `[rows, num_classes]`.
+    /// Runs the model on `input` and returns its output:
+    ///
+    /// - MLP: JSON `{"inputs": [[f32; input_dim], ...]}` with 1 to [`MAX_ROWS`] rows → class
+    ///   probabilities `[rows, num_classes]`.
+    /// - BERT: JSON `{"texts": ["...", ...]}` with 1 to [`MAX_ROWS`] texts of at most
+    ///   [`MAX_TEXT_BYTES`](crate::MAX_TEXT_BYTES) bytes each, truncated to the model's `max_seq_length` tokens →
+    ///   unit-length embeddings `[texts, hidden]`.
     ///
     /// Deterministic: the same model, input and backend contract give the same bits on any
     /// machine, and each row's output does not depend on the other rows in the call.
@@ -187,6 +335,27 @@ impl Model {
                 Ok(Output {
                     shape: vec![rows, mlp.spec().num_classes],
                     data,
+                    kind: OutputKind::Probabilities,
+                })
+            }
+            Network::Bert(bert) => {
+                let parsed: TextsJson =
+                    serde_json::from_slice(input).map_err(|e| Error::BadInput {
+                        reason: format!("expected {{\"texts\": [\"...\", ...]}}: {e}"),
+                    })?;
+                let rows = parsed.texts.len();
+                if rows == 0 || rows > MAX_ROWS {
+                    return Err(Error::RowCount {
+                        rows,
+                        max: MAX_ROWS,
+                    });
+                }
+                let texts: Vec<&str> = parsed.texts.iter().map(String::as_str).collect();
+                let data = bert.embed(backend, &texts)?;
+                Ok(Output {
+                    shape: vec![rows, bert.dim()],
+                    data,
+                    kind: OutputKind::Embeddings,
                 })
             }
         }
@@ -197,6 +366,12 @@ impl Model {
     pub fn example_input(&self) -> Vec<u8> {
         let dims = match &self.net {
             Network::Mlp(mlp) => mlp.spec().input_dim,
+            Network::Bert(_) => {
+                let texts = ["A man is eating food.", "A man is eating a piece of bread."];
+                return serde_json::json!({ "texts": texts })
+                    .to_string()
+                    .into_bytes();
+            }
         };
         // Multiples of 1/8 in [-1, 1]: short decimals that are exact in f32.
         let inputs = (0..2)
@@ -213,7 +388,7 @@ impl Model {
 /// Parses and checks `{"inputs": [[..], ..]}`: returns the row count and the row-major values.
 fn parse_input(input: &[u8], dims: usize) -> Result<(usize, Vec<f32>), Error> {
     let parsed: InputJson<f64> = serde_json::from_slice(input).map_err(|e| Error::BadInput {
-        reason: e.to_string(),
+        reason: format!("expected {{\"inputs\": [[numbers...], ...]}}: {e}"),
     })?;
     let rows = parsed.inputs.len();
     if rows == 0 || rows > MAX_ROWS {
@@ -296,10 +471,10 @@ struct ManifestEntry<'a> {
     keccak: String,
 }
 
-/// The manifest of a model's files, given their contents, and its id.
+/// The manifest of an MLP's two files, given their contents, and its id.
 pub(crate) fn manifest_of(config: &[u8], weights: &[u8]) -> (Vec<u8>, ModelId) {
     // Sorted by name; CONFIG_FILE < WEIGHTS_FILE.
-    let files = vec![
+    manifest_bytes(vec![
         ManifestEntry {
             name: CONFIG_FILE,
             keccak: hex32(&keccak256(config)),
@@ -308,7 +483,10 @@ pub(crate) fn manifest_of(config: &[u8], weights: &[u8]) -> (Vec<u8>, ModelId) {
             name: WEIGHTS_FILE,
             keccak: hex32(&keccak256(weights)),
         },
-    ];
+    ])
+}
+
+fn manifest_bytes(files: Vec<ManifestEntry<'_>>) -> (Vec<u8>, ModelId) {
     // Serialising a struct of strings cannot fail; an empty manifest would still hash.
     let bytes = serde_json::to_vec(&ManifestJson { files }).unwrap_or_default();
     let id = ModelId(keccak256(&bytes));
@@ -317,15 +495,15 @@ pub(crate) fn manifest_of(config: &[u8], weights: &[u8]) -> (Vec<u8>, ModelId) {
 
 /// The canonical manifest of the model in `dir` and the [`ModelId`] it defines.
 ///
-/// The manifest is compact JSON listing each model file (`config.json`, `model.safetensors`)
-/// with the keccak256 of its bytes, sorted by name:
+/// The manifest is compact JSON listing each model file that is present — `config.json` and
+/// `model.safetensors` always, `tokenizer.json`, `sentence_bert_config.json` and
+/// `1_Pooling/config.json` when there — with the keccak256 of its bytes, sorted by name:
 /// `{"files":[{"name":"config.json","keccak":"0x…"},{"name":"model.safetensors","keccak":"0x…"}]}`;
-/// the id is keccak256 of those bytes. Only the files are read, not validated: an id can be
-/// computed for a model this build cannot run.
+/// the id is keccak256 of those bytes. Every file that can change an output is covered; other
+/// files in the directory (README, vocab.txt) are not. Only the files are read, not validated:
+/// an id can be computed for a model this build cannot run.
 pub fn manifest(dir: &Path) -> Result<(Vec<u8>, ModelId), Error> {
-    let config = read_file(&dir.join(CONFIG_FILE), MAX_CONFIG_BYTES)?;
-    let weights = read_file(&dir.join(WEIGHTS_FILE), MAX_WEIGHTS_BYTES)?;
-    Ok(manifest_of(&config, &weights))
+    Ok(ModelFiles::read(dir)?.manifest())
 }
 
 #[cfg(test)]

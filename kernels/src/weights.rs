@@ -15,11 +15,23 @@ pub(crate) struct Tensor {
 
 /// Parses a safetensors buffer, requiring every tensor to be F32 with finite values.
 pub(crate) fn read_f32(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, Error> {
+    read_f32_except(bytes, |_| false)
+}
+
+/// [`read_f32`], but tensors whose name `skip` accepts are left out unread, whatever their
+/// dtype (buffers such as BERT's integer `position_ids`, or weights a model does not use).
+pub(crate) fn read_f32_except(
+    bytes: &[u8],
+    skip: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Tensor>, Error> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::BadSafetensors {
         reason: e.to_string(),
     })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.iter() {
+        if skip(name) {
+            continue;
+        }
         if view.dtype() != Dtype::F32 {
             return Err(Error::BadDtype {
                 name: name.to_string(),
@@ -46,6 +58,25 @@ pub(crate) fn read_f32(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, Error> 
         );
     }
     Ok(out)
+}
+
+/// Removes tensor `name` from `tensors`, checking its shape.
+pub(crate) fn take(
+    tensors: &mut BTreeMap<String, Tensor>,
+    name: String,
+    expected: Vec<usize>,
+) -> Result<Vec<f32>, Error> {
+    let Some(t) = tensors.remove(&name) else {
+        return Err(Error::MissingTensor { name });
+    };
+    if t.shape != expected {
+        return Err(Error::ShapeMismatch {
+            name,
+            expected,
+            actual: t.shape,
+        });
+    }
+    Ok(t.data)
 }
 
 /// Serialises F32 tensors in the given order. The header is written by hand (not through a JSON

@@ -1,4 +1,4 @@
-//! The op interface every backend implements, and the CPU reference backend.
+//! The op interface every backend implements: the CPU reference backend and the CUDA backend.
 //!
 //! # Exact mode
 //!
@@ -10,9 +10,40 @@
 //! FMA where the documentation says two roundings, no flush-to-zero, no fast-math).
 
 mod cpu;
+mod cuda;
 mod ops;
 
+use std::sync::Arc;
+
 pub use cpu::CpuBackend;
+pub use cuda::{Comparison, CudaBackend, CudaError, GemmTiming, Probe};
+
+/// A backend name [`select`] does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown backend {name:?}; the backends are \"cpu\" and \"cuda\"")]
+pub struct UnknownBackend {
+    /// The name asked for.
+    pub name: String,
+}
+
+/// The backend called `name`: `"cpu"`, or `"cuda"`, which falls back to the CPU (with one
+/// warning saying why) when there is no usable GPU, driver or NVRTC. Read
+/// [`Backend::name`] of the result to know which one runs.
+pub fn select(name: &str) -> Result<Arc<dyn Backend>, UnknownBackend> {
+    match name {
+        "cpu" => Ok(Arc::new(CpuBackend::new())),
+        "cuda" => match CudaBackend::new() {
+            Ok(cuda) => Ok(Arc::new(cuda)),
+            Err(err) => {
+                tracing::warn!("cuda backend unavailable, using cpu: {err}");
+                Ok(Arc::new(CpuBackend::new()))
+            }
+        },
+        _ => Err(UnknownBackend {
+            name: name.to_string(),
+        }),
+    }
+}
 
 /// Deterministic tensor ops on row-major `f32` slices.
 ///
