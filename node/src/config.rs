@@ -59,6 +59,9 @@ pub struct HttpSection {
 pub struct InferenceSection {
     /// Directory with one subdirectory per model. Validators need it to re-execute.
     pub models_dir: PathBuf,
+    /// Where models run: `"cpu"` or `"cuda"` (falls back to the CPU, with a warning, when no
+    /// GPU is usable). Outputs are bit-identical either way.
+    pub backend: String,
     /// Testnet fault injection: sign wrong output hashes. Never set this on a real node.
     pub faulty: bool,
 }
@@ -112,6 +115,7 @@ impl Default for InferenceSection {
     fn default() -> Self {
         InferenceSection {
             models_dir: "models".into(),
+            backend: "cpu".into(),
             faulty: false,
         }
     }

@@ -1,8 +1,10 @@
 //! `proofmesh`: the node binary. `init` makes keys and a config, `run` starts the node (actors,
-//! libp2p, HTTP API), `submit` sends a signed job to any node and prints the result.
+//! libp2p, HTTP API), `submit` sends a signed job to any node and prints the result, `infer`
+//! runs a model locally.
 
 mod config;
 mod http;
+mod infer;
 mod run;
 mod submit;
 
@@ -58,6 +60,8 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Send OPG to another account.
     Transfer(submit::TransferArgs),
+    /// Run a model locally (no network) and print its output, output hash and model id.
+    Infer(infer::InferArgs),
 }
 
 fn main() {
@@ -75,6 +79,7 @@ fn main() {
         Command::Run { home } => run::run(&home),
         Command::Submit(args) => submit::submit(args),
         Command::Transfer(args) => submit::transfer(args),
+        Command::Infer(args) => infer::infer(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -82,7 +82,9 @@ pub fn run(home: &Path) -> Result<()> {
     let system = actix::System::new();
     let home = home.to_path_buf();
     system.block_on(async move {
-        let backend: Arc<dyn Backend> = Arc::new(kernels::CpuBackend::new());
+        let backend: Arc<dyn Backend> = kernels::select(&config.inference.backend)
+            .context("[inference] backend in node.toml")?;
+        tracing::info!(backend = backend.name(), "inference backend ready");
         let started = Network::start(p2p, network_config).context("starting the network")?;
         let network = started.addr.clone();
         let mempool = Mempool::new(genesis.chain_id).start();

@@ -51,9 +51,16 @@ pub struct BenchReport {
 
 /// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
 /// then waits for its job to be final on the same node.
-pub fn run(net: &Testnet, jobs: usize, concurrency: usize, seed: u64) -> Result<BenchReport> {
+/// `model` names one of the testnet's models; `None` is the first (the default model).
+pub fn run(
+    net: &Testnet,
+    model: Option<&str>,
+    jobs: usize,
+    concurrency: usize,
+    seed: u64,
+) -> Result<BenchReport> {
     let key = net.client_key()?;
-    let model = net.models.first().context("testnet has no model")?;
+    let model = net.model(model)?;
     let model_id: kernels::ModelId = model
         .id
         .parse()

@@ -39,6 +39,13 @@ enum Cmd {
         faulty_inference: Vec<usize>,
         #[arg(long, default_value_t = 90)]
         timeout: u64,
+        /// all-MiniLM-L6-v2 to serve as the default model (default: where scripts/fetch-minilm
+        /// puts it).
+        #[arg(long)]
+        minilm_dir: Option<PathBuf>,
+        /// Serve only the seeded demo MLP.
+        #[arg(long, conflicts_with = "minilm_dir")]
+        no_minilm: bool,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -55,6 +62,9 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Model name (default: the testnet's first model).
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Fault scenarios: `kill` (crash a validator, keep finalizing, restart, catch up),
     /// `garbage` (a hostile peer sends malformed messages to every node).
@@ -86,6 +96,8 @@ fn run(cli: Cli) -> Result<()> {
             bin,
             faulty_inference,
             timeout,
+            minilm_dir,
+            no_minilm,
         } => {
             let opts = UpOptions {
                 dir,
@@ -95,6 +107,8 @@ fn run(cli: Cli) -> Result<()> {
                 bin: bin.unwrap_or_else(testnet::net::default_bin),
                 faulty_inference,
                 ready_timeout: Duration::from_secs(timeout),
+                minilm_dir: (!no_minilm)
+                    .then(|| minilm_dir.unwrap_or_else(testnet::net::default_minilm_dir)),
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);
@@ -112,9 +126,10 @@ fn run(cli: Cli) -> Result<()> {
             jobs,
             concurrency,
             seed,
+            model,
         } => {
             let net = Testnet::load(&dir)?;
-            let report = testnet::bench::run(&net, jobs, concurrency, seed)?;
+            let report = testnet::bench::run(&net, model.as_deref(), jobs, concurrency, seed)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -58,6 +58,51 @@ pub struct UpOptions {
     /// Inference nodes (by index among inference nodes) that sign wrong outputs.
     pub faulty_inference: Vec<usize>,
     pub ready_timeout: Duration,
+    /// An all-MiniLM-L6-v2 directory (from `scripts/fetch-minilm`) to serve as the first, default
+    /// model; `None` serves only the seeded demo MLP.
+    pub minilm_dir: Option<PathBuf>,
+}
+
+/// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
+/// `~/.cache/proofmesh/models`, then `all-minilm-l6-v2`.
+pub fn default_minilm_dir() -> PathBuf {
+    let cache = match std::env::var_os("PROOFMESH_MODEL_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/proofmesh/models"),
+    };
+    cache.join(MINILM)
+}
+
+/// The name the testnet serves all-MiniLM-L6-v2 under.
+pub const MINILM: &str = "all-minilm-l6-v2";
+
+/// Files of a sentence-transformers directory the model id covers (others are not copied).
+const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+];
+
+/// Links (or, across file systems, copies) a model's files from `src` into `dst`.
+fn install_model(src: &Path, dst: &Path) -> Result<()> {
+    for f in MODEL_FILES {
+        let from = src.join(f);
+        if !from.is_file() {
+            continue;
+        }
+        let to = dst.join(f);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The `proofmesh` binary next to the running executable (cargo puts both in target/<profile>),
@@ -246,11 +291,39 @@ impl Testnet {
             hidden_dims: vec![64, 64],
             num_classes: 8,
         };
-        let model_dir = models_dir.join("mlp-demo");
-        let model_id = kernels::write_seeded_mlp(&model_dir, "mlp-demo", o.seed, &spec)?;
-        let model = kernels::Model::load(&model_dir)?;
-        let example = dir.join("mlp-demo.input.json");
-        std::fs::write(&example, model.example_input())?;
+        let price = OPG / 100;
+        let mut models = Vec::new();
+        if let Some(src) = &o.minilm_dir {
+            if !src.join("model.safetensors").is_file() {
+                bail!(
+                    "no all-MiniLM-L6-v2 in {}: run scripts/fetch-minilm, pass --minilm-dir, or \
+                     --no-minilm",
+                    src.display()
+                );
+            }
+            install_model(src, &models_dir.join(MINILM))?;
+        } else {
+            std::fs::create_dir_all(&models_dir)?;
+        }
+        let mlp_dir = models_dir.join("mlp-demo");
+        kernels::write_seeded_mlp(&mlp_dir, "mlp-demo", o.seed, &spec)?;
+        let names: &[&str] = if o.minilm_dir.is_some() {
+            &[MINILM, "mlp-demo"]
+        } else {
+            &["mlp-demo"]
+        };
+        for name in names {
+            let model = kernels::Model::load(&models_dir.join(name))
+                .with_context(|| format!("loading model {name}"))?;
+            let example = dir.join(format!("{name}.input.json"));
+            std::fs::write(&example, model.example_input())?;
+            models.push(ModelInfo {
+                id: model.id().to_string(),
+                name: name.to_string(),
+                example_input: example,
+                price: price.to_string(),
+            });
+        }
 
         let ports = free_ports(2 * (o.validators + o.inference))?;
         let mut nodes = Vec::new();
@@ -292,14 +365,12 @@ impl Testnet {
         let ecosystem = chain::PrivateKeySigner::random();
         chain::signing::write_key(&dir.join("ecosystem.key"), &ecosystem)?;
         let chain_id = 1337 + (o.seed % 1000);
-        let price = OPG / 100;
         let genesis = make_genesis(
             chain_id,
             &nodes,
             client.address(),
             ecosystem.address(),
-            model_id,
-            price,
+            &models,
         )?;
         let genesis_json = genesis.to_json();
         std::fs::write(dir.join("genesis.json"), &genesis_json)?;
@@ -337,12 +408,7 @@ impl Testnet {
             nodes,
             client_key,
             client_address: client.address(),
-            models: vec![ModelInfo {
-                id: model_id.to_string(),
-                name: "mlp-demo".into(),
-                example_input: example,
-                price: price.to_string(),
-            }],
+            models,
             bin: o.bin.clone(),
         };
         for i in 0..net.nodes.len() {
@@ -355,6 +421,17 @@ impl Testnet {
             return Err(e.context(logs));
         }
         Ok(net)
+    }
+
+    /// The model called `name`, or the first (default) model for `None`.
+    pub fn model(&self, name: Option<&str>) -> Result<&ModelInfo> {
+        match name {
+            None => self.models.first().context("testnet has no model"),
+            Some(n) => self.models.iter().find(|m| m.name == n).with_context(|| {
+                let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                format!("no model {n:?} in this testnet; it serves {names:?}")
+            }),
+        }
     }
 
     /// Waits until every running node answers, sees a peer, reaches `min_height` and (when the
@@ -455,8 +532,7 @@ fn make_genesis(
     nodes: &[NodeInfo],
     client: Address,
     ecosystem: Address,
-    model: kernels::ModelId,
-    price: u128,
+    models: &[ModelInfo],
 ) -> Result<Genesis> {
     let stake = 1_000_000 * OPG;
     let client_balance = 1_000_000 * OPG;
@@ -507,13 +583,21 @@ fn make_genesis(
         accounts,
         validators,
         inference_nodes: inference,
-        models: vec![ModelEntry {
-            id: model,
-            name: "mlp-demo".into(),
-            owner: ecosystem,
-            price,
-            mode: VerificationMode::Reexec,
-        }],
+        models: models
+            .iter()
+            .map(|m| {
+                Ok(ModelEntry {
+                    id: m
+                        .id
+                        .parse()
+                        .map_err(|e| anyhow!("model id {}: {e}", m.id))?,
+                    name: m.name.clone(),
+                    owner: ecosystem,
+                    price: m.price.parse()?,
+                    mode: VerificationMode::Reexec,
+                })
+            })
+            .collect::<Result<_>>()?,
         params: Params::default(),
     };
     genesis.validate()?;

@@ -17,6 +17,29 @@ use testnet::{garbage, scenario};
 
 const FINAL: Duration = Duration::from_secs(60);
 
+/// The default model is the real all-MiniLM-L6-v2: the network's embeddings of the example
+/// pair have the published cosine similarity, and its output hash is the one a local run gives.
+fn check_minilm_output(model: &testnet::net::ModelInfo, body: &Value, output_hash: &str) {
+    assert_eq!(model.name, testnet::net::MINILM);
+    let rows = body["output"]["embeddings"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{body}");
+    let row = |r: &Value| -> Vec<f64> {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (row(&rows[0]), row(&rows[1]));
+    assert_eq!(a.len(), 384);
+    let cosine: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!((cosine - 0.7553).abs() <= 0.0005, "cosine {cosine}");
+    let local = kernels::Model::load(&common::minilm_dir()).unwrap();
+    let input = std::fs::read(&model.example_input).unwrap();
+    let out = local.run(&kernels::CpuBackend::new(), &input).unwrap();
+    assert_eq!(output_hash, format!("0x{}", hex::encode(out.hash())));
+}
+
 #[test]
 fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
     let mut run = Running::up(4, 2, vec![]);
@@ -92,6 +115,9 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         );
         let id = reply.body["job_id"].as_str().unwrap().to_string();
         let output_hash = reply.body["output_hash"].as_str().unwrap().to_string();
+        if i == 0 {
+            check_minilm_output(&model, &reply.body, &output_hash);
+        }
         let st = client
             .wait_job(&node.http, &id, FINAL)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
@@ -196,7 +222,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         // Input that is not what was signed.
         let mut swapped =
             signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
-        swapped["input"] = json!(input.replace('0', "1"));
+        swapped["input"] = json!(input.replacen('{', "{ ", 1));
         bad(node, &swapped, 400, "bad_input_hash");
         // Not JSON at all.
         let r = client

@@ -14,6 +14,17 @@ pub struct Running {
     dir: Option<tempfile::TempDir>,
 }
 
+/// all-MiniLM-L6-v2, fetched once per machine by `scripts/fetch-minilm` (idempotent, locked).
+pub fn minilm_dir() -> std::path::PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm");
+    let out = std::process::Command::new(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed: {}", out.status);
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 impl Running {
     pub fn up(validators: usize, inference: usize, faulty_inference: Vec<usize>) -> Running {
         let bin = testnet::net::default_bin();
@@ -34,8 +45,17 @@ impl Running {
             bin,
             faulty_inference,
             ready_timeout: Duration::from_secs(120),
+            minilm_dir: Some(minilm_dir()),
         };
-        let net = Testnet::up(&opts).unwrap_or_else(|e| panic!("testnet did not come up: {e:#}"));
+        let net = match Testnet::up(&opts) {
+            Ok(net) => net,
+            Err(e) => {
+                if std::env::var_os("PROOFMESH_KEEP_FAILED").is_some() {
+                    eprintln!("keeping {}", dir.keep().display());
+                }
+                panic!("testnet did not come up: {e:#}");
+            }
+        };
         Running {
             net: Some(net),
             dir: Some(dir),

@@ -1,0 +1,112 @@
+//! `proofmesh infer` as a user runs it: the real all-MiniLM-L6-v2, a JSON input file, one JSON
+//! object out; bad input gives a message and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn minilm_dir() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm");
+    let out = Command::new(script).output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn infer(model: &Path, input: &Path, backend: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_proofmesh"))
+        .args(["infer", "--model-dir"])
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .args(["--backend", backend])
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn infer_prints_embeddings_hash_backend_and_model_id() {
+    let model = minilm_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.json",
+        r#"{"texts": ["A man is eating food.", "A man is eating a piece of bread."]}"#,
+    );
+    let out = infer(&model, &input, "cpu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["backend"], "cpu");
+    let expected_id = kernels::manifest(&model).unwrap().1.to_string();
+    assert_eq!(json["model_id"], expected_id.as_str());
+    let rows = json["embeddings"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let row = |i: usize| -> Vec<f64> {
+        rows[i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let cosine: f64 = row(0).iter().zip(row(1)).map(|(a, b)| a * b).sum();
+    assert!((cosine - 0.7553).abs() <= 0.0005, "cosine {cosine}");
+    let hash = json["output_hash"].as_str().unwrap();
+    assert!(hash.starts_with("0x") && hash.len() == 66, "{hash}");
+
+    // `--backend cuda` on a machine without a GPU says so and runs on the CPU, same bits;
+    // with a GPU it runs there, and the bits must still be the same.
+    let out = infer(&model, &input, "cuda");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cuda: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cuda["output_hash"], json["output_hash"]);
+    if cuda["backend"] == "cpu" {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cuda backend unavailable"), "{stderr}");
+    }
+}
+
+#[test]
+fn infer_refuses_bad_input_with_a_message() {
+    let model = minilm_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("not json", "bad input"),
+        (r#"{"texts": []}"#, "0 rows"),
+        (r#"{"inputs": [[1.0]]}"#, "texts"),
+    ];
+    for (body, want) in cases {
+        let input = write(tmp.path(), "bad.json", body);
+        let out = infer(&model, &input, "cpu");
+        assert!(!out.status.success(), "{body} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{body}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let good = write(tmp.path(), "good.json", r#"{"texts": ["x"]}"#);
+    // A directory that is not a model.
+    let out = infer(tmp.path(), &good, "cpu");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing model file"));
+    // An input file that does not exist.
+    let out = infer(&model, &tmp.path().join("nope.json"), "cpu");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("opening the input"));
+    // An unknown backend is a usage error.
+    let out = infer(&model, &good, "tpu");
+    assert!(!out.status.success());
+}
