@@ -4,18 +4,21 @@
 //! and compare. This crate makes that comparison meaningful by computing every output bit the
 //! same way on every machine, for any batch, at any position in the batch:
 //!
-//! - [`Backend`] is the op interface (GEMM + bias, GELU, softmax). Its documentation fixes the
-//!   order of every floating-point operation; [`CpuBackend`] is the reference implementation
-//!   (a later CUDA backend must match it bit for bit). `exp` and `erf` are our own polynomials,
-//!   never the platform's libm.
-//! - [`Model`] is a content-addressed model directory (`config.json` + `model.safetensors`),
-//!   identified by [`ModelId`], the keccak of its [`manifest`]. [`Model::run`] takes JSON input
-//!   and returns an [`Output`] whose [`Output::hash`] is the commitment.
-//! - [`write_seeded_mlp`] creates a demo MLP classifier whose files, and so whose id, depend only
-//!   on its arguments.
+//! - [`Backend`] is the op interface (GEMM + bias, GELU, softmax, layernorm, masked attention,
+//!   embedding gather, residual add, mean pooling, L2 normalisation). Its documentation fixes
+//!   the order of every floating-point operation; [`CpuBackend`] is the reference and
+//!   [`CudaBackend`] reproduces it bit for bit ([`select`] picks one, falling back to the CPU
+//!   without a GPU). `exp` and `erf` are our own polynomials, never the platform's libm.
+//! - [`Model`] is a content-addressed model directory, identified by [`ModelId`], the keccak of
+//!   its [`manifest`]. [`Model::run`] takes JSON input and returns an [`Output`] whose
+//!   [`Output::hash`] is the commitment. Architectures: `mlp` (our demo classifier) and `bert`
+//!   sentence encoders such as all-MiniLM-L6-v2 ([`Tokenizer`] gives the ids of the model's
+//!   `tokenizer.json`; mean pooling and L2 normalisation as sentence-transformers).
+//! - [`write_seeded_mlp`] and [`write_seeded_bert`] create models whose files, and so whose id,
+//!   depend only on their arguments (demos, tests, GPU checks without the real weights).
 //!
 //! This crate does no networking, signing or scheduling, and holds no state beyond loaded
-//! weights. Supported architecture today: `mlp` (GELU hidden layers, softmax output).
+//! weights (and, for CUDA, compiled kernels).
 
 mod backend;
 mod bert;
