@@ -31,6 +31,8 @@ const WAL_KEY: &str = "consensus_wal";
 const MAX_BUFFERED: usize = 2_000;
 /// Without a commit for this long, ask a peer for blocks.
 const STALL: Duration = Duration::from_secs(4);
+/// How often a node announces its height (and sends votes of a slow height again).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 type Core = core::Consensus<Address, B256>;
 
@@ -389,10 +391,15 @@ impl Consensus {
     fn on_message(&mut self, msg: ConsensusMsg, origin: PeerId, ctx: &mut Context<Self>) {
         let chain_id = self.chain_id();
         match msg {
-            ConsensusMsg::Status { height } => {
+            ConsensusMsg::Status { height, votes, .. } => {
                 self.peer_heights.insert(origin, height);
                 if height >= self.height && self.height > 0 {
                     self.sync(ctx);
+                }
+                // Votes its author signed before and sends again while its height is slow: the
+                // ones we missed are what our round is waiting for.
+                for v in votes {
+                    self.on_message(ConsensusMsg::Vote(v), origin, ctx);
                 }
             }
             ConsensusMsg::Vote(sv) => {
@@ -479,7 +486,50 @@ impl Consensus {
         }
     }
 
+    /// Every [`HEARTBEAT`]: announce our height, with the votes the core wants sent again while
+    /// the height is slow, and sync when stalled.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.height > 0 {
+            let votes: Vec<SignedVote> = self
+                .core
+                .heartbeat()
+                .into_iter()
+                .filter_map(|v| {
+                    self.votes
+                        .get(&(v.round, kind(v.vote_type), v.validator))
+                        .cloned()
+                })
+                .collect();
+            if !votes.is_empty() {
+                METRICS.consensus_rebroadcasts.inc_by(votes.len() as u64);
+                tracing::debug!(
+                    height = self.height,
+                    round = self.core.round(),
+                    votes = votes.len(),
+                    "height is slow: sending our votes again"
+                );
+            }
+            self.publish(&ConsensusMsg::Status {
+                height: self.height - 1,
+                votes,
+                issued_ms: chain::types::now_ms(),
+            });
+        }
+        if self.last_commit.elapsed() > STALL && !self.committing {
+            self.sync(ctx);
+        }
+    }
+
     fn buffer(&mut self, msg: ConsensusMsg, origin: PeerId) {
+        // Heartbeats repeat votes every second: keep one copy.
+        if let ConsensusMsg::Vote(v) = &msg
+            && self
+                .future
+                .iter()
+                .any(|(m, _)| matches!(m, ConsensusMsg::Vote(w) if w == v))
+        {
+            return;
+        }
         if self.future.len() < MAX_BUFFERED {
             self.future.push((msg, origin));
         }
@@ -592,16 +642,7 @@ impl Actor for Consensus {
                     }
                 }),
         );
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            if act.height > 0 {
-                act.publish(&ConsensusMsg::Status {
-                    height: act.height - 1,
-                });
-            }
-            if act.last_commit.elapsed() > STALL && !act.committing {
-                act.sync(ctx);
-            }
-        });
+        ctx.run_interval(HEARTBEAT, |act, ctx| act.heartbeat(ctx));
     }
 }
 

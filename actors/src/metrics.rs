@@ -26,6 +26,7 @@ pub struct Metrics {
     pub height: IntGauge,
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
+    pub consensus_rebroadcasts: IntCounter,
     pub sync_blocks: IntCounter,
 }
 
@@ -119,6 +120,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "consensus_round_changes_total",
             "rounds started after round 0",
+        ),
+        consensus_rebroadcasts: counter(
+            &r,
+            "consensus_votes_resent_total",
+            "own votes sent again in heartbeats while a height was slow",
         ),
         sync_blocks: counter(&r, "sync_blocks_total", "blocks applied from sync"),
         registry: r,

@@ -411,11 +411,22 @@ struct SwarmTask {
     /// Banned peers to disconnect once the answers already queued for them are flushed.
     to_disconnect: Vec<(PeerId, Instant)>,
     bootstrap: Vec<Multiaddr>,
+    /// Per bootstrap peer we are not connected to: the redial tick to dial it at next and the
+    /// backoff (in ticks) after that.
+    redial: HashMap<PeerId, (u64, u64)>,
+    /// Redial ticks so far.
+    redial_ticks: u64,
 }
+
+/// How often unreachable bootstrap peers are considered for a redial, and the longest backoff
+/// between two dials of one of them.
+const REDIAL_TICK: Duration = Duration::from_secs(1);
+const REDIAL_MAX_TICKS: u64 = 30;
 
 impl SwarmTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut redial = tokio::time::interval(REDIAL_TICK);
         let mut flush = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -433,15 +444,61 @@ impl SwarmTask {
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
                 _ = tick.tick() => self.maintain(),
+                _ = redial.tick() => self.redial_bootstrap(),
             }
+        }
+    }
+
+    /// Dials every bootstrap peer we are not connected to, backing off per peer from one
+    /// [`REDIAL_TICK`] to [`REDIAL_MAX_TICKS`]. Nodes start in any order: a peer that was not
+    /// listening yet when we first dialed it is reached about a second after it is, not at the
+    /// next [`SwarmTask::maintain`], and not only when we have no connection at all.
+    fn redial_bootstrap(&mut self) {
+        self.redial_ticks += 1;
+        let tick = self.redial_ticks;
+        let me = *self.swarm.local_peer_id();
+        for addr in self.bootstrap.clone() {
+            let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() else {
+                continue;
+            };
+            if peer == me || self.banned.contains_key(&peer) {
+                continue;
+            }
+            if self.swarm.is_connected(&peer) {
+                self.redial.remove(&peer);
+                continue;
+            }
+            let (next, backoff) = *self.redial.entry(peer).or_insert((tick, 1));
+            if next > tick {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let entry = match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(%peer, "dialing bootstrap peer");
+                    (tick + backoff, (backoff * 2).min(REDIAL_MAX_TICKS))
+                }
+                // Refused while a dial to it is still in flight: look again at the next tick.
+                Err(_) => (tick + 1, backoff),
+            };
+            self.redial.insert(peer, entry);
         }
     }
 
     fn maintain(&mut self) {
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         if connected.is_empty() {
+            // Bootstrap addresses without a peer id (the others are redialed per peer).
             for addr in self.bootstrap.clone() {
-                let _ = self.swarm.dial(addr);
+                if !matches!(
+                    addr.iter().last(),
+                    Some(libp2p::multiaddr::Protocol::P2p(_))
+                ) {
+                    let _ = self.swarm.dial(addr);
+                }
             }
         }
         if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
@@ -701,6 +758,8 @@ impl Network {
             banned: HashMap::new(),
             to_disconnect: Vec::new(),
             bootstrap: config.bootstrap,
+            redial: HashMap::new(),
+            redial_ticks: 0,
         };
         actix::spawn(task.run(cmd_rx));
         let (listen_tx, listen_rx) = oneshot::channel();

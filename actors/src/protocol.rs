@@ -88,11 +88,23 @@ pub enum ConsensusMsg {
         block: Box<Block>,
     },
     Vote(SignedVote),
-    /// Periodic announcement of a node's committed height, so laggards notice and sync.
+    /// A node's heartbeat, every second: its committed height, so laggards notice and sync, and
+    /// while its current height is slow, votes it already signed at it, again (see
+    /// `chain::consensus::Consensus::heartbeat`). Gossip is fire-and-forget: a vote published
+    /// before the peers were connected reaches no one, and consensus waits for it forever.
     Status {
         height: Height,
+        /// At most [`MAX_STATUS_VOTES`].
+        votes: Vec<SignedVote>,
+        /// When it was issued (unix ms). Message ids are content hashes: without it an unchanged
+        /// status would be a duplicate, which gossipsub refuses to publish again.
+        issued_ms: u64,
     },
 }
+
+/// Votes a [`ConsensusMsg::Status`] carries at most: a prevote and a precommit of the current
+/// round and the prevote of a proof-of-lock round.
+pub const MAX_STATUS_VOTES: usize = 3;
 
 /// On `/proofmesh/1/capabilities`: which models an inference node serves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,7 +164,17 @@ pub fn decode_tx(bytes: &[u8]) -> Result<Tx, WireError> {
 }
 
 pub fn decode_consensus(bytes: &[u8]) -> Result<ConsensusMsg, WireError> {
-    decode(bytes, MAX_CONSENSUS_BYTES)
+    let msg = decode(bytes, MAX_CONSENSUS_BYTES)?;
+    if let ConsensusMsg::Status { votes, .. } = &msg
+        && votes.len() > MAX_STATUS_VOTES
+    {
+        return Err(chain::Error::Decode(format!(
+            "status with {} votes (at most {MAX_STATUS_VOTES})",
+            votes.len()
+        ))
+        .into());
+    }
+    Ok(msg)
 }
 
 pub fn decode_capability(bytes: &[u8]) -> Result<Capability, WireError> {
@@ -181,6 +203,48 @@ mod tests {
         ));
         assert!(decode_capability(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_capability(&[]).is_err());
+    }
+
+    #[test]
+    fn a_status_carries_at_most_three_votes() {
+        let key = chain::PrivateKeySigner::random();
+        let vote = |round| {
+            SignedVote::sign(
+                chain::Vote {
+                    height: 4,
+                    round,
+                    kind: chain::VoteKind::Prevote,
+                    block: None,
+                    validator: key.address(),
+                },
+                &key,
+                1,
+            )
+            .unwrap()
+        };
+        let status = |n: u32| {
+            encode(&ConsensusMsg::Status {
+                height: 3,
+                votes: (0..n).map(vote).collect(),
+                issued_ms: 9,
+            })
+        };
+        match decode_consensus(&status(MAX_STATUS_VOTES as u32)).unwrap() {
+            ConsensusMsg::Status {
+                height: 3,
+                votes,
+                issued_ms: 9,
+            } => assert_eq!(votes, (0..3).map(vote).collect::<Vec<_>>()),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_consensus(&status(MAX_STATUS_VOTES as u32 + 1)).is_err());
+        // Two heartbeats at one height are two messages (gossip ids are content hashes).
+        let again = encode(&ConsensusMsg::Status {
+            height: 3,
+            votes: Vec::new(),
+            issued_ms: 10,
+        });
+        assert_ne!(status(0), again);
     }
 
     #[test]

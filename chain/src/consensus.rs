@@ -13,6 +13,12 @@
 //! own proposal and votes as soon as it emits them. A node with no key (`me = None`) runs the
 //! same rules as an observer: it follows rounds and decides, but never proposes or votes.
 //!
+//! Liveness needs every vote of a correct validator to reach every correct validator eventually:
+//! the prevote and precommit timeouts are only armed once more than 2/3 of the votes of a step
+//! arrived, so a vote lost for good (gossip is fire-and-forget: one published before the peers
+//! were connected reaches no one) can leave every node waiting in that step forever. The caller
+//! therefore calls [`Consensus::heartbeat`] periodically and re-broadcasts the votes it returns.
+//!
 //! Rule numbers in comments refer to the lines of Algorithm 1 in the paper.
 
 use std::collections::{BTreeMap, HashMap};
@@ -359,6 +365,8 @@ pub struct Consensus<V, H> {
     rounds: BTreeMap<Round, RoundState<V, H>>,
     /// Every vote we signed at this height.
     signed: HashMap<(Round, VoteType), Option<H>>,
+    /// The height at the last [`Consensus::heartbeat`].
+    last_heartbeat: Option<Height>,
 }
 
 impl<V, H> Consensus<V, H>
@@ -384,6 +392,7 @@ where
             awaiting_value: None,
             rounds: BTreeMap::new(),
             signed: HashMap::new(),
+            last_heartbeat: None,
         }
     }
 
@@ -411,6 +420,39 @@ where
     pub fn set_validators(&mut self, validators: ValidatorSet<V>) {
         self.me = self.me.filter(|m| validators.power(m).is_some());
         self.validators = validators;
+    }
+
+    /// Call periodically (a node does every second). While the height has not been decided
+    /// since the previous call, returns votes we already signed for the caller to broadcast
+    /// again: our prevote and precommit of the current round, and our prevote in the
+    /// proof-of-lock round of the current round's proposal (a node without that polka cannot
+    /// prevote a re-proposed locked value, and the locked nodes prevote nothing else). Every
+    /// correct validator doing so makes the votes the rules wait for arrive eventually, whatever
+    /// the network lost. Nothing new is signed: there is nothing to persist.
+    pub fn heartbeat(&mut self) -> Vec<Vote<V, H>> {
+        let slow =
+            self.started && self.decided.is_none() && self.last_heartbeat == Some(self.height);
+        self.last_heartbeat = Some(self.height);
+        let Some(me) = self.me.filter(|_| slow) else {
+            return Vec::new();
+        };
+        let pol_round = self
+            .rounds
+            .get(&self.round)
+            .and_then(|rs| rs.proposal.as_ref())
+            .and_then(|(p, _)| p.pol_round);
+        [
+            (Some(self.round), VoteType::Prevote),
+            (Some(self.round), VoteType::Precommit),
+            (pol_round, VoteType::Prevote),
+        ]
+        .into_iter()
+        .filter_map(|(round, t)| {
+            let round = round?;
+            let value = *self.signed.get(&(round, t))?;
+            Some(self.vote(round, t, value, me))
+        })
+        .collect()
     }
 
     /// The state to persist before any vote leaves the node.

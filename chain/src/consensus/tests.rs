@@ -13,8 +13,8 @@ type Core = Consensus<V, Val>;
 type Event = Reverse<(u64, u64, usize, usize, Wrapped)>;
 /// (who saw it, first vote, second vote)
 type Evidence = (usize, Vote<V, Val>, Vote<V, Val>);
-/// Whether to drop a message (from, to, input).
-type DropRule = Box<dyn Fn(usize, usize, &Input<V, Val>) -> bool>;
+/// Whether to drop a message (time sent, from, to, input).
+type DropRule = Box<dyn Fn(u64, usize, usize, &Input<V, Val>) -> bool>;
 
 fn timeouts() -> TimeoutConfig {
     TimeoutConfig {
@@ -66,6 +66,8 @@ struct Sim {
     delivered: u64,
     /// Every proposal and vote broadcast, for re-gossip after a partition heals.
     sent: Vec<(usize, Input<V, Val>)>,
+    /// Nodes that took the decision from a peer (sync) rather than deciding it themselves.
+    synced: HashSet<usize>,
 }
 
 /// `Input` wrapped with a total order so it can sit in the heap (ties broken by `seq`).
@@ -106,9 +108,10 @@ impl Sim {
             decisions: BTreeMap::new(),
             equivocations: Vec::new(),
             invalid: HashSet::new(),
-            drop: Box::new(|_, _, _| false),
+            drop: Box::new(|_, _, _, _| false),
             delivered: 0,
             sent: Vec::new(),
+            synced: HashSet::new(),
         }
     }
 
@@ -121,7 +124,7 @@ impl Sim {
     }
 
     fn push(&mut self, at: u64, from: usize, to: usize, input: Input<V, Val>) {
-        if (self.drop)(from, to, &input) {
+        if (self.drop)(self.now, from, to, &input) {
             return;
         }
         self.seq += 1;
@@ -236,12 +239,28 @@ impl Sim {
         }
     }
 
+    /// The next event due by `until` ms, if any; later ones stay queued.
+    fn next_by(&mut self, until: u64) -> Option<(u64, usize, Input<V, Val>)> {
+        if self
+            .queue
+            .peek()
+            .is_none_or(|Reverse((at, ..))| *at > until)
+        {
+            return None;
+        }
+        let Reverse((at, _, to, _, Wrapped(input))) = self.queue.pop()?;
+        Some((at, to, input))
+    }
+
+    fn all_live_decided(&self) -> bool {
+        (0..self.nodes.len())
+            .filter(|i| self.behaviour[*i] != Behaviour::Crashed)
+            .all(|i| self.decisions.contains_key(&i))
+    }
+
     /// Runs until every non-crashed node decided or virtual time passes `until` ms.
     fn run(&mut self, until: u64) {
-        while let Some(Reverse((at, _, to, _, Wrapped(input)))) = self.queue.pop() {
-            if at > until {
-                break;
-            }
+        while let Some((at, to, input)) = self.next_by(until) {
             self.now = at;
             if self.behaviour[to] == Behaviour::Crashed {
                 continue;
@@ -249,19 +268,47 @@ impl Sim {
             self.delivered += 1;
             let outs = self.nodes[to].handle(input);
             self.apply(to, outs);
-            let live = (0..self.nodes.len()).filter(|i| self.behaviour[*i] != Behaviour::Crashed);
-            if live.clone().all(|i| self.decisions.contains_key(&i)) {
+            if self.all_live_decided() {
                 break;
             }
         }
     }
 
-    /// Delivers whatever is still in flight, decided or not (bounded by `until` ms).
-    fn drain(&mut self, until: u64) {
-        while let Some(Reverse((at, _, to, _, Wrapped(input)))) = self.queue.pop() {
-            if at > until {
+    /// Like [`Sim::run`], with the node's heartbeat: every `every` ms each live node calls
+    /// [`Consensus::heartbeat`] and broadcasts the votes it returns again. A node that has not
+    /// decided when another has syncs the decision from it, as the node does when a peer's
+    /// status shows a higher height (deciders move on and stop voting at this height).
+    fn run_with_heartbeat(&mut self, until: u64, every: u64) {
+        let mut next = (self.now / every + 1) * every;
+        while !self.all_live_decided() && next <= until {
+            self.run(next);
+            if self.all_live_decided() {
                 break;
             }
+            self.now = next;
+            let decided = self.decisions.values().next().copied();
+            for i in 0..self.nodes.len() {
+                if self.behaviour[i] == Behaviour::Crashed {
+                    continue;
+                }
+                if let Some(d) = decided
+                    && !self.decisions.contains_key(&i)
+                {
+                    self.decisions.insert(i, d);
+                    self.synced.insert(i);
+                } else {
+                    for v in self.nodes[i].heartbeat() {
+                        self.broadcast(i, |_| Input::Vote(v.clone()));
+                    }
+                }
+            }
+            next += every;
+        }
+    }
+
+    /// Delivers whatever is still in flight, decided or not (bounded by `until` ms).
+    fn drain(&mut self, until: u64) {
+        while let Some((at, to, input)) = self.next_by(until) {
             self.now = at;
             if self.behaviour[to] != Behaviour::Crashed {
                 let outs = self.nodes[to].handle(input);
@@ -568,7 +615,7 @@ fn random_delays_and_losses_never_break_agreement() {
         sim.max_delay = 1 + seed * 7 % 200;
         // Lose one message in eight during the first two seconds.
         let lossy = std::cell::Cell::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        sim.drop = Box::new(move |from, to, _| {
+        sim.drop = Box::new(move |_, from, to, _| {
             if from == to {
                 return false;
             }
@@ -584,7 +631,7 @@ fn random_delays_and_losses_never_break_agreement() {
         sim.agreed();
         // Losses can make rounds fail, not the height: once the network heals and gossip
         // re-sends what was lost, every node decides, and all decide the same value.
-        sim.drop = Box::new(|_, _, _| false);
+        sim.drop = Box::new(|_, _, _, _| false);
         sim.resend_all();
         sim.run(200_000);
         sim.agreed();
@@ -595,6 +642,173 @@ fn random_delays_and_losses_never_break_agreement() {
             sim.decisions
         );
     }
+}
+
+/// The testnet's startup stall: validators came up at different moments, and for their first
+/// seconds the round-0 proposer and one other validator were connected to nobody, the other two
+/// only to each other. Gossip dropped what they published meanwhile (no subscribed peer), so
+/// after the network healed each node held at most two prevotes of round 0, fewer than the
+/// 2/3 that arms the prevote timeout, and nothing was ever sent again.
+fn startup_partition(heal_at: u64) -> DropRule {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let proposer = *set.proposer(1, 0).unwrap() as usize;
+    let lonely = (proposer + 1) % 4;
+    let group = move |i: usize| {
+        if i == proposer || i == lonely { i } else { 4 }
+    };
+    Box::new(move |at, from, to, _| at < heal_at && from != to && group(from) != group(to))
+}
+
+#[test]
+fn votes_lost_before_peers_connect_stall_the_round_without_the_heartbeat() {
+    let mut sim = Sim::honest(4);
+    sim.drop = startup_partition(5_000);
+    sim.start();
+    sim.run(60_000);
+    assert!(sim.decisions.is_empty());
+    assert!(sim.queue.is_empty(), "no timer left to fire");
+    for node in &sim.nodes {
+        assert_eq!((node.round(), node.step()), (0, Step::Prevote));
+    }
+}
+
+#[test]
+fn the_heartbeat_rebroadcasts_votes_lost_before_peers_connect() {
+    let mut sim = Sim::honest(4);
+    sim.drop = startup_partition(5_000);
+    sim.start();
+    sim.run_with_heartbeat(60_000, 1_000);
+    assert_eq!(sim.decisions.len(), 4, "only {:?} decided", sim.decisions);
+    assert!(sim.synced.is_empty(), "{:?} had to sync", sim.synced);
+    sim.agreed();
+    // Healed at 5 s; the next heartbeats deliver the lost votes and round 1 decides.
+    assert!(sim.now < 10_000, "decided at {} ms", sim.now);
+}
+
+#[test]
+fn the_heartbeat_alone_recovers_from_late_joiners_and_losses() {
+    for seed in 0..60 {
+        let n = 4 + (seed % 4) as usize;
+        let mut sim = Sim::new(&vec![1; n], vec![Behaviour::Honest; n], seed);
+        sim.max_delay = 1 + seed * 7 % 200;
+        // Each node is cut off until its own moment in the first 4 s (it starts, or connects,
+        // late), and one message in eight is lost during the first 3 s.
+        let mut rng = Rng(seed ^ 0x5DEE_CE66);
+        let joins: Vec<u64> = (0..n).map(|_| rng.below(4_000)).collect();
+        let lossy = std::cell::Cell::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        sim.drop = Box::new(move |at, from, to, _| {
+            if from == to {
+                return false;
+            }
+            if at < joins[from].max(joins[to]) {
+                return true;
+            }
+            let x = lossy
+                .get()
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lossy.set(x);
+            at < 3_000 && (x >> 33) % 8 == 0
+        });
+        sim.start();
+        // No resend_all: what the network lost comes back only through heartbeats (and the
+        // decision itself through sync, for a node that joined after the others decided).
+        sim.run_with_heartbeat(120_000, 1_000);
+        sim.agreed();
+        if sim.decisions.len() != n {
+            eprintln!(
+                "joins {:?} now {} queue {}",
+                (0..n).map(|_| 0).collect::<Vec<_>>(),
+                sim.now,
+                sim.queue.len()
+            );
+            for (i, node) in sim.nodes.iter().enumerate() {
+                let rs = node.rounds.get(&node.round());
+                eprintln!(
+                    "seed {seed} node {i}: round {} step {:?} proposal {:?} prevotes {:?} precommits {:?} rounds {:?} locked {:?}",
+                    node.round(),
+                    node.step(),
+                    rs.and_then(|r| r.proposal.clone()),
+                    rs.map(|r| r.prevotes.clone()),
+                    rs.map(|r| r.precommits.clone()),
+                    node.rounds.keys().collect::<Vec<_>>(),
+                    node.locked
+                );
+            }
+        }
+        assert_eq!(
+            sim.decisions.len(),
+            n,
+            "seed {seed}: only {:?} decided",
+            sim.decisions
+        );
+    }
+}
+
+#[test]
+fn the_heartbeat_returns_our_votes_of_a_slow_height() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let (p0, p1) = (*set.proposer(1, 0).unwrap(), *set.proposer(1, 1).unwrap());
+    assert!(p0 != 0 && p1 != 0);
+    let mut c = Core::new(Some(0), set.clone(), timeouts());
+    assert!(c.heartbeat().is_empty(), "not started");
+    c.handle(Input::StartHeight(1));
+    assert!(c.heartbeat().is_empty(), "the height just started");
+    assert!(c.heartbeat().is_empty(), "nothing signed yet");
+    let proposal = |round, pol_round, proposer| Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round,
+            value: 7,
+            pol_round,
+            proposer,
+        },
+        valid: true,
+    };
+    let vote = |round, vote_type, value, validator| Vote {
+        height: 1,
+        round,
+        vote_type,
+        value,
+        validator,
+    };
+    c.handle(proposal(0, None, p0));
+    assert_eq!(c.heartbeat(), vec![vote(0, VoteType::Prevote, Some(7), 0)]);
+    for v in 1..3 {
+        c.handle(Input::Vote(vote(0, VoteType::Prevote, None, v)));
+    }
+    c.handle(Input::Timeout {
+        height: 1,
+        round: 0,
+        step: Step::Prevote,
+    });
+    assert_eq!(c.step(), Step::Precommit);
+    assert_eq!(
+        c.heartbeat(),
+        vec![
+            vote(0, VoteType::Prevote, Some(7), 0),
+            vote(0, VoteType::Precommit, None, 0)
+        ]
+    );
+    // Pulled into round 1, where 7 is re-proposed with round 0 as its proof of lock: our
+    // prevote of round 0 is part of that proof, which a node that missed it needs.
+    for v in 1..3 {
+        c.handle(Input::Vote(vote(1, VoteType::Prevote, None, v)));
+    }
+    assert_eq!(c.round(), 1);
+    assert!(c.heartbeat().is_empty(), "nothing signed in round 1");
+    c.handle(proposal(1, Some(0), p1));
+    assert_eq!(c.heartbeat(), vec![vote(0, VoteType::Prevote, Some(7), 0)]);
+    // Decided: nothing more to send at this height.
+    for v in 1..4 {
+        c.handle(Input::Vote(vote(1, VoteType::Precommit, Some(7), v)));
+    }
+    assert_eq!(c.decided(), Some(7));
+    assert!(c.heartbeat().is_empty());
+    // An observer has nothing to send.
+    let mut o = Core::new(None, set, timeouts());
+    o.handle(Input::StartHeight(1));
+    assert!(o.heartbeat().is_empty() && o.heartbeat().is_empty());
 }
 
 #[test]
