@@ -49,6 +49,13 @@ pub fn select(name: &str) -> Result<Arc<dyn Backend>, UnknownBackend> {
 ///
 /// The signatures take host memory; a device backend copies in and out (later revisions may add
 /// device-resident variants, which must keep the same per-element arithmetic).
+///
+/// Decoder models extend this set without changing an existing op's bits: causal attention
+/// over a KV cache is [`Backend::attention`]'s per-query loop with queries and keys of
+/// different lengths and keys past the query's position skipped (as padded keys are skipped
+/// now); argmax and seeded sampling are row ops over [`Backend::softmax_rows`] output with a
+/// fixed scan order and a counter-based generator (the crate's SplitMix64) keyed by job and
+/// position, so a token never depends on the batch it was sampled in.
 pub trait Backend: Send + Sync {
     /// Short name for logs and metrics, e.g. `"cpu"`.
     fn name(&self) -> &'static str;
