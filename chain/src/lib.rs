@@ -5,6 +5,7 @@
 //! Everything here but [`store`] is plain Rust with no I/O: the `actors` crate feeds it inputs
 //! and carries out its outputs.
 
+pub mod attestation;
 pub mod block;
 pub mod codec;
 pub mod consensus;
