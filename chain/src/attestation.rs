@@ -39,6 +39,16 @@ pub enum Product {
     Turin,
 }
 
+impl std::fmt::Display for Product {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Product::Milan => "milan",
+            Product::Genoa => "genoa",
+            Product::Turin => "turin",
+        })
+    }
+}
+
 impl std::str::FromStr for Product {
     type Err = AttestationError;
     fn from_str(s: &str) -> Result<Product, AttestationError> {
@@ -80,7 +90,7 @@ impl Roots {
             (Ok(ark), Ok(ask)) => (ark, ask),
             (Err(e), _) | (_, Err(e)) => return Err(AttestationError::BadRoots(e.to_string())),
         };
-        let name = format!("{product:?}").to_ascii_lowercase();
+        let name = product.to_string();
         Ok(Roots {
             chain: ca::Chain { ark, ask },
             name,

@@ -2,6 +2,7 @@
 //! libp2p, HTTP API), `submit` sends a signed job to any node and prints the result, `infer`
 //! runs a model locally.
 
+mod attest;
 mod config;
 mod http;
 mod infer;
@@ -62,6 +63,9 @@ enum Command {
     Transfer(submit::TransferArgs),
     /// Run a model locally (no network) and print its output, output hash and model id.
     Infer(infer::InferArgs),
+    /// TEE attestation tools (AMD SEV-SNP).
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
 }
 
 fn main() {
@@ -80,6 +84,7 @@ fn main() {
         Command::Submit(args) => submit::submit(args),
         Command::Transfer(args) => submit::transfer(args),
         Command::Infer(args) => infer::infer(args),
+        Command::Attest(cmd) => attest::attest(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,131 @@
+//! `proofmesh attest verify` on AMD's genuine Milan report and VCEK (the `sev` crate's own test
+//! data, read where cargo resolved the crate): valid JSON and exit 0, or the reason and exit 1.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn sev_test_data_dir() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sev")
+        .and_then(|p| p["manifest_path"].as_str())
+        .unwrap()
+        .to_string();
+    PathBuf::from(manifest)
+        .parent()
+        .unwrap()
+        .join("tests/certs_data")
+}
+
+fn attest(args: &[&str]) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_proofmesh"))
+        .args(["attest", "verify"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), json)
+}
+
+#[test]
+fn attest_verify_accepts_the_genuine_report_and_names_every_refusal() {
+    let data = sev_test_data_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let hex_report = std::fs::read_to_string(data.join("report_milan.hex")).unwrap();
+    let report = hex::decode(hex_report.trim()).unwrap();
+    let report_path = tmp.path().join("report.bin");
+    std::fs::write(&report_path, &report).unwrap();
+    let report_arg = report_path.to_str().unwrap();
+    let vcek = data.join("vcek_milan.der");
+    let vcek_arg = vcek.to_str().unwrap();
+
+    // `--report R --vcek V --product P` plus `extra`.
+    let args = |report: &str, product: &str, extra: &[&str]| -> Vec<String> {
+        ["--report", report, "--vcek", vcek_arg, "--product", product]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |a: Vec<String>| attest(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let (ok, json) = run(args(report_arg, "milan", &[]));
+    assert!(ok, "{json}");
+    assert_eq!(json["valid"], true);
+    assert_eq!(json["product"], "milan");
+    assert_eq!(json["measurement"].as_str().unwrap().len(), 96);
+    assert_eq!(json["report_data"].as_str().unwrap().len(), 128);
+    assert!(json["tcb"]["snp"].is_number());
+    let measurement = json["measurement"].as_str().unwrap().to_string();
+    assert!(run(args(report_arg, "milan", &["--measurement", &measurement])).0);
+
+    let refused = |a: Vec<String>, error: &str| {
+        let (ok, json) = run(a.clone());
+        assert!(!ok, "{a:?} accepted");
+        assert_eq!(json["valid"], false, "{json}");
+        assert_eq!(json["error"], error, "{json}");
+        assert!(!json["reason"].as_str().unwrap().is_empty());
+    };
+    refused(args(report_arg, "genoa", &[]), "chain");
+    let other = "00".repeat(48);
+    refused(
+        args(report_arg, "milan", &["--measurement", &other]),
+        "measurement",
+    );
+    refused(
+        args(report_arg, "milan", &["--min-tcb", "255.255.255.255"]),
+        "stale_tcb",
+    );
+    let mut flipped = report.clone();
+    flipped[0x90] ^= 0x01; // in report_data: parses, signature breaks
+    let flipped_path = tmp.path().join("flipped.bin");
+    std::fs::write(&flipped_path, &flipped).unwrap();
+    refused(
+        args(flipped_path.to_str().unwrap(), "milan", &[]),
+        "signature",
+    );
+    let short_path = tmp.path().join("short.bin");
+    std::fs::write(&short_path, &report[..100]).unwrap();
+    refused(
+        args(short_path.to_str().unwrap(), "milan", &[]),
+        "malformed",
+    );
+    // Usage errors: no roots given, an unknown product, a missing file.
+    assert!(!attest(&["--report", report_arg, "--vcek", vcek_arg]).0);
+    assert!(
+        !attest(&[
+            "--report",
+            report_arg,
+            "--vcek",
+            vcek_arg,
+            "--product",
+            "naples"
+        ])
+        .0
+    );
+    assert!(
+        !attest(&[
+            "--report",
+            "/nonexistent",
+            "--vcek",
+            vcek_arg,
+            "--product",
+            "milan"
+        ])
+        .0
+    );
+}
