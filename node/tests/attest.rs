@@ -91,7 +91,7 @@ fn attest_verify_accepts_the_genuine_report_and_names_every_refusal() {
         "stale_tcb",
     );
     let mut flipped = report.clone();
-    flipped[0x90] ^= 0x01; // in report_data: parses, signature breaks
+    flipped[0x90] ^= 0x01; // in the measurement: parses, signature breaks
     let flipped_path = tmp.path().join("flipped.bin");
     std::fs::write(&flipped_path, &flipped).unwrap();
     refused(
