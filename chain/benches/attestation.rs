@@ -5,25 +5,11 @@
 //! report and VCEK from the `sev` crate's own test data.
 
 use chain::attestation::{Product, Roots, SnpPolicy, Tcb, verify_report};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+#[path = "../src/attestation/sev_test_data.rs"]
+mod sev_data;
+use sev_data::sev_test_data;
 
-fn sev_test_data(name: &str) -> Vec<u8> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo metadata");
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "sev"))
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("sev in the dependency graph")
-        .to_string();
-    let dir = std::path::Path::new(&manifest).parent().expect("crate dir");
-    std::fs::read(dir.join("tests/certs_data").join(name)).expect("sev test data")
-}
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn attestation(c: &mut Criterion) {
     let hex_report = sev_test_data("report_milan.hex");

@@ -4,7 +4,8 @@
 //! `PROOFMESH_MINILM_DIR` points at another copy). Criterion's "elem/s" is sentences/s. The
 //! sentences are everyday ones of 8 to 20 tokens, as in sentence-similarity workloads.
 
-use std::path::PathBuf;
+#[path = "../src/testing.rs"]
+mod testing;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kernels::{CpuBackend, Model};
@@ -24,20 +25,8 @@ const SENTENCES: &[&str] = &[
     "Validators re-execute each job and compare the output hash bit for bit.",
 ];
 
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PROOFMESH_MINILM_DIR") {
-        return dir.into();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm");
-    let out = std::process::Command::new(script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(out.status.success(), "{script} failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 fn minilm(c: &mut Criterion) {
-    let model = Model::load(&model_dir()).expect("loading all-MiniLM-L6-v2");
+    let model = Model::load(&testing::minilm_dir()).expect("loading all-MiniLM-L6-v2");
     let cpu = CpuBackend::new();
     let mut group = c.benchmark_group("minilm_cpu");
     group.sample_size(10);

@@ -166,7 +166,6 @@ struct Layer {
 /// A loaded BERT sentence encoder.
 pub(crate) struct Bert {
     cfg: BertConfig,
-    eps: f32,
     max_seq_len: usize,
     tokenizer: Tokenizer,
     word: Vec<f32>,
@@ -309,7 +308,6 @@ impl Bert {
             return Err(Error::UnexpectedTensor { name });
         }
         Ok(Bert {
-            eps: cfg.layer_norm_eps as f32,
             cfg,
             max_seq_len,
             tokenizer,
@@ -354,6 +352,7 @@ impl Bert {
         ids: &[Vec<u32>],
     ) -> Result<Vec<f32>, Error> {
         let h = self.cfg.hidden_size;
+        let eps = self.cfg.layer_norm_eps as f32;
         let heads = self.cfg.num_attention_heads;
         let head_dim = h / heads;
         let batch = ids.len();
@@ -382,7 +381,7 @@ impl Bert {
             .flat_map(|_| self.position[..seq * h].iter().copied())
             .collect();
         backend.add_inplace(&mut x, &pos);
-        backend.layernorm_rows(&mut x, h, &self.emb_ln.0, &self.emb_ln.1, self.eps);
+        backend.layernorm_rows(&mut x, h, &self.emb_ln.0, &self.emb_ln.1, eps);
 
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         for (i, l) in self.layers.iter().enumerate() {
@@ -398,14 +397,14 @@ impl Bert {
             let ctx = backend.attention(&q, &k, &v, &mask, batch, seq, heads, head_dim, scale);
             let mut y = backend.gemm_bias(&ctx, &l.out, Some(&l.out_bias), rows, h, h);
             backend.add_inplace(&mut y, &x);
-            backend.layernorm_rows(&mut y, h, &l.ln1.0, &l.ln1.1, self.eps);
+            backend.layernorm_rows(&mut y, h, &l.ln1.0, &l.ln1.1, eps);
             x = y;
             let inter = self.cfg.intermediate_size;
             let mut up = backend.gemm_bias(&x, &l.up, Some(&l.up_bias), rows, h, inter);
             backend.gelu(&mut up);
             let mut y = backend.gemm_bias(&up, &l.down, Some(&l.down_bias), rows, inter, h);
             backend.add_inplace(&mut y, &x);
-            backend.layernorm_rows(&mut y, h, &l.ln2.0, &l.ln2.1, self.eps);
+            backend.layernorm_rows(&mut y, h, &l.ln2.0, &l.ln2.1, eps);
             x = y;
             if x.iter().any(|v| !v.is_finite()) {
                 return Err(Error::NonFiniteOutput { layer: i });

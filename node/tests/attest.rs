@@ -1,33 +1,13 @@
 //! `proofmesh attest verify` on AMD's genuine Milan report and VCEK (the `sev` crate's own test
 //! data, read where cargo resolved the crate): valid JSON and exit 0, or the reason and exit 1.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-fn sev_test_data_dir() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let manifest = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "sev")
-        .and_then(|p| p["manifest_path"].as_str())
-        .unwrap()
-        .to_string();
-    PathBuf::from(manifest)
-        .parent()
-        .unwrap()
-        .join("tests/certs_data")
-}
+#[path = "../../chain/src/attestation/sev_test_data.rs"]
+mod sev_data;
+use sev_data::sev_test_data_dir;
 
 fn attest(args: &[&str]) -> (bool, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_proofmesh"))

@@ -6,12 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn minilm_dir() -> PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm");
-    let out = Command::new(script).output().unwrap();
-    assert!(out.status.success(), "{script} failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
+#[path = "../../kernels/src/testing.rs"]
+mod testing;
+use testing::minilm_dir;
 
 fn infer(model: &Path, input: &Path, backend: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proofmesh"))

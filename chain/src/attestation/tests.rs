@@ -1,31 +1,8 @@
 use super::*;
 
-/// A file of the `sev` crate's own test data (a genuine AMD Milan report and VCEKs), read from
-/// the crate's source as cargo resolved it, so the bytes are AMD's and not a copy of ours.
-fn sev_test_data(name: &str) -> Vec<u8> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let manifest = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "sev")
-        .and_then(|p| p["manifest_path"].as_str())
-        .unwrap()
-        .to_string();
-    let dir = std::path::Path::new(&manifest).parent().unwrap();
-    std::fs::read(dir.join("tests/certs_data").join(name)).unwrap()
-}
+#[path = "sev_test_data.rs"]
+mod sev_data;
+use sev_data::sev_test_data;
 
 fn milan_report() -> Vec<u8> {
     let hex_text = sev_test_data("report_milan.hex");

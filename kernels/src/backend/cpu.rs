@@ -120,26 +120,7 @@ pub(crate) fn gemm(
     fma: bool,
     threads: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        a.len(),
-        m * k,
-        "gemm_bias: a has {} values, expected m·k = {m}·{k}",
-        a.len()
-    );
-    assert_eq!(
-        b.len(),
-        k * n,
-        "gemm_bias: b has {} values, expected k·n = {k}·{n}",
-        b.len()
-    );
-    if let Some(bias) = bias {
-        assert_eq!(
-            bias.len(),
-            n,
-            "gemm_bias: bias has {} values, expected n = {n}",
-            bias.len()
-        );
-    }
+    super::ops::check_gemm_shapes(a, b, bias, m, k, n);
     let mut out = vec![0.0f32; m * n];
     if m == 0 || n == 0 {
         return out;

@@ -404,7 +404,7 @@ impl CudaBackend {
         k: usize,
         n: usize,
     ) -> Result<Vec<f32>, CudaError> {
-        check_gemm(a, b, bias, m, k, n);
+        ops::check_gemm_shapes(a, b, bias, m, k, n);
         if m == 0 || n == 0 || k == 0 {
             // Nothing to multiply: zeros or the bias, exactly as the CPU gives them.
             return Ok(self.cpu.gemm_bias(a, b, bias, m, k, n));
@@ -438,14 +438,25 @@ impl CudaBackend {
     ///
     /// As [`Backend::softmax_rows`], if `cols` does not divide a non-empty `x`.
     pub fn try_softmax_rows(&self, x: &mut [f32], cols: usize) -> Result<(), CudaError> {
-        if !ops::has_rows("softmax_rows", x.len(), cols) {
+        self.row_op(&self.kernels.softmax_rows, "softmax_rows", x, cols)
+    }
+
+    /// Runs an in-place row kernel taking `(x, rows, cols)`, one block per row.
+    fn row_op(
+        &self,
+        func: &CudaFunction,
+        op: &'static str,
+        x: &mut [f32],
+        cols: usize,
+    ) -> Result<(), CudaError> {
+        if !ops::has_rows(op, x.len(), cols) {
             return Ok(());
         }
-        let cols32 = fit_u32("softmax_rows", "cols", cols)?;
+        let cols32 = fit_u32(op, "cols", cols)?;
         let rows = x.len() / cols;
         let mut dev = self.upload(x)?;
         let rows64 = rows as u64;
-        let mut launch = self.stream.launch_builder(&self.kernels.softmax_rows);
+        let mut launch = self.stream.launch_builder(func);
         launch.arg(&mut dev).arg(&rows64).arg(&cols32);
         // SAFETY: the kernel touches rows·cols values, the buffer's length.
         unsafe { launch.launch(row_grid(rows)) }.map_err(drv("cuLaunchKernel"))?;
@@ -664,18 +675,12 @@ impl CudaBackend {
     ///
     /// If `cols` does not divide a non-empty `x`.
     pub fn try_l2_normalize_rows(&self, x: &mut [f32], cols: usize) -> Result<(), CudaError> {
-        if !ops::has_rows("l2_normalize", x.len(), cols) {
-            return Ok(());
-        }
-        let cols32 = fit_u32("l2_normalize_rows", "cols", cols)?;
-        let rows = x.len() / cols;
-        let mut dev = self.upload(x)?;
-        let rows64 = rows as u64;
-        let mut launch = self.stream.launch_builder(&self.kernels.l2_normalize_rows);
-        launch.arg(&mut dev).arg(&rows64).arg(&cols32);
-        // SAFETY: the kernel touches rows·cols values, the buffer's length.
-        unsafe { launch.launch(row_grid(rows)) }.map_err(drv("cuLaunchKernel"))?;
-        self.download_into(&dev, x)
+        self.row_op(
+            &self.kernels.l2_normalize_rows,
+            "l2_normalize_rows",
+            x,
+            cols,
+        )
     }
 
     /// Runs one op on seeded random inputs on the CPU and on the device and counts the output
@@ -1311,30 +1316,6 @@ fn attention_keys(mask: &[u8], batch: usize, seq: usize) -> (Vec<u32>, Vec<u32>)
         *count = c as u32;
     }
     (keys, key_count)
-}
-
-/// The CPU's GEMM shape checks, with the same messages.
-fn check_gemm(a: &[f32], b: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) {
-    assert_eq!(
-        a.len(),
-        m * k,
-        "gemm_bias: a has {} values, expected m·k = {m}·{k}",
-        a.len()
-    );
-    assert_eq!(
-        b.len(),
-        k * n,
-        "gemm_bias: b has {} values, expected k·n = {k}·{n}",
-        b.len()
-    );
-    if let Some(bias) = bias {
-        assert_eq!(
-            bias.len(),
-            n,
-            "gemm_bias: bias has {} values, expected n = {n}",
-            bias.len()
-        );
-    }
 }
 
 /// `value` as a kernel's `unsigned int` argument.

@@ -21,6 +21,38 @@ pub(crate) fn has_rows(op: &str, len: usize, cols: usize) -> bool {
     true
 }
 
+/// Checks the slice lengths of a GEMM against `m`, `k`, `n` (a caller bug otherwise, hence a
+/// panic), with the same messages on every backend.
+pub(crate) fn check_gemm_shapes(
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm_bias: a has {} values, expected m·k = {m}·{k}",
+        a.len()
+    );
+    assert_eq!(
+        b.len(),
+        k * n,
+        "gemm_bias: b has {} values, expected k·n = {k}·{n}",
+        b.len()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_bias: bias has {} values, expected n = {n}",
+            bias.len()
+        );
+    }
+}
+
 /// See [`Backend::layernorm_rows`](super::Backend::layernorm_rows).
 pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     assert!(

@@ -7,22 +7,15 @@ use std::time::Duration;
 use testnet::client::Client;
 use testnet::{Testnet, UpOptions};
 
+#[path = "../../../kernels/src/testing.rs"]
+mod testing;
+pub(crate) use testing::minilm_dir;
+
 /// A running testnet in a temporary directory; dropping it stops every node (by pid) and removes
 /// the directory, also when the test fails.
 pub struct Running {
     net: Option<Testnet>,
     dir: Option<tempfile::TempDir>,
-}
-
-/// all-MiniLM-L6-v2, fetched once per machine by `scripts/fetch-minilm` (idempotent, locked).
-pub fn minilm_dir() -> std::path::PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm");
-    let out = std::process::Command::new(script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(out.status.success(), "{script} failed: {}", out.status);
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 impl Running {
