@@ -11,6 +11,9 @@
 //!    `0..0x2A0` as received. We check the raw bytes ourselves rather than `sev`'s re-encoding of
 //!    the parsed struct: a re-encoding drops whatever the parser does not keep (reserved bits), so
 //!    a flipped bit there would be verified against bytes the chip never signed;
+//!    Before the signature, the VCEK's own claims (AMD's extensions: hwID, the TCB's patch
+//!    levels) must match the report's chip id and reported TCB: a VCEK of another chip or TCB
+//!    is refused by name rather than as a bad signature;
 //! 4. the guest policy does not allow debugging (a debuggable guest's memory is readable by the
 //!    host, so its measurement proves nothing);
 //! 5. the reported TCB is at least the minimum the genesis sets, component by component;
@@ -18,9 +21,16 @@
 //! 7. `report_data` equals what the verifier expects (the batch's Merkle root and the node
 //!    address, computed by the caller from the records).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use alloy::primitives::{Address, B256, keccak256};
 use sev::certs::snp::{Certificate, Chain, Verifiable, ca};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
+use x509_cert::der::Decode;
+
+pub mod sim;
 
 /// Size of an SNP attestation report (versions 2 to 5): 0x2A0 signed bytes, then the signature.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -29,6 +39,19 @@ const SIGNED_LEN: usize = 0x2A0;
 /// Offset of the signature's `r` and `s` (each 72 bytes little-endian, P-384 uses 48).
 const SIG_R: usize = 0x2A0;
 const SIG_S: usize = 0x2A0 + 72;
+
+/// AMD's VCEK certificate extensions (AMD "Versioned Chip Endorsement Key" specification).
+pub(crate) mod oid {
+    use x509_cert::spki::ObjectIdentifier;
+    pub const STRUCT_VERSION: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.1");
+    pub const PRODUCT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.2");
+    pub const BL_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.1");
+    pub const TEE_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.2");
+    pub const SNP_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.3");
+    pub const UCODE_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.8");
+    pub const HW_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4");
+}
 
 /// An AMD EPYC generation whose root keys `sev` has built in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -202,6 +225,8 @@ pub enum AttestationError {
     Chain { roots: String, reason: String },
     #[error("the VCEK did not sign this report")]
     Signature,
+    #[error("the VCEK is not this report's: {0}")]
+    VcekMismatch(String),
     #[error("guest policy allows debugging")]
     DebugAllowed,
     #[error("reported TCB ({reported}) is below the minimum ({min})")]
@@ -210,6 +235,33 @@ pub enum AttestationError {
     Measurement(String),
     #[error("report_data does not bind the records: expected {expected}, got {actual}")]
     ReportData { expected: String, actual: String },
+    #[error("record carries no TEE proof, but its model's mode requires one")]
+    MissingProof,
+    #[error("Merkle path of {0} siblings is longer than any batch")]
+    PathTooLong(usize),
+    #[error("simulated TEE: {0}")]
+    Simulation(String),
+}
+
+impl AttestationError {
+    /// A short stable name of the failed check (CLI output, metrics, logs).
+    pub fn label(&self) -> &'static str {
+        match self {
+            AttestationError::Malformed(_) => "malformed",
+            AttestationError::BadVcek(_) => "bad_vcek",
+            AttestationError::BadRoots(_) => "bad_roots",
+            AttestationError::Chain { .. } => "chain",
+            AttestationError::Signature => "signature",
+            AttestationError::VcekMismatch(_) => "vcek_mismatch",
+            AttestationError::DebugAllowed => "debug_allowed",
+            AttestationError::StaleTcb { .. } => "stale_tcb",
+            AttestationError::Measurement(_) => "measurement",
+            AttestationError::ReportData { .. } => "report_data",
+            AttestationError::MissingProof => "missing_proof",
+            AttestationError::PathTooLong(_) => "path_too_long",
+            AttestationError::Simulation(_) => "simulation",
+        }
+    }
 }
 
 fn tcb(v: &sev::firmware::host::TcbVersion) -> Tcb {
@@ -221,25 +273,39 @@ fn tcb(v: &sev::firmware::host::TcbVersion) -> Tcb {
     }
 }
 
-/// Checks `report` (raw bytes) against `vcek_der`, `roots` and `policy`, and, when given, that
-/// its `report_data` equals `expected_data`. See the module docs for the order of checks.
-pub fn verify_report(
-    report: &[u8],
-    vcek_der: &[u8],
-    roots: &Roots,
-    policy: &SnpPolicy,
-    expected_data: Option<&[u8; 64]>,
-) -> Result<VerifiedReport, AttestationError> {
-    if report.len() != REPORT_LEN {
-        return Err(AttestationError::Malformed(format!(
-            "{} bytes; an SNP report is {REPORT_LEN}",
-            report.len()
-        )));
+/// A VCEK whose chain to the roots holds: its public key and the claims of its extensions.
+#[derive(Clone, Debug)]
+struct TrustedVcek {
+    key: p384::ecdsa::VerifyingKey,
+    hw_id: Option<Vec<u8>>,
+    /// (component name, patch level) for each SPL extension present.
+    spl: Vec<(&'static str, u8)>,
+}
+
+/// Parses `vcek_der`, checks its chain to `roots` (steps 2) and reads its extensions.
+fn trust_vcek(vcek_der: &[u8], roots: &Roots) -> Result<TrustedVcek, AttestationError> {
+    let x509 = x509_cert::Certificate::from_der(vcek_der)
+        .map_err(|e| AttestationError::BadVcek(e.to_string()))?;
+    let mut hw_id = None;
+    let mut spl = Vec::new();
+    for ext in x509.tbs_certificate.extensions.iter().flatten() {
+        let value = ext.extn_value.as_bytes();
+        let name = match ext.extn_id {
+            oid::HW_ID => {
+                hw_id = Some(value.to_vec());
+                continue;
+            }
+            oid::BL_SPL => "bootloader",
+            oid::TEE_SPL => "tee",
+            oid::SNP_SPL => "snp",
+            oid::UCODE_SPL => "microcode",
+            _ => continue,
+        };
+        let level = u8::from_der(value)
+            .map_err(|e| AttestationError::BadVcek(format!("{name} SPL extension: {e}")))?;
+        spl.push((name, level));
     }
-    let parsed = AttestationReport::from_bytes(report)
-        .map_err(|e| AttestationError::Malformed(e.to_string()))?;
-    let vcek =
-        Certificate::from_der(vcek_der).map_err(|e| AttestationError::BadVcek(e.to_string()))?;
+    let vcek = Certificate::from(x509);
     let chain = Chain {
         ca: roots.chain.clone(),
         vek: vcek,
@@ -248,8 +314,175 @@ pub fn verify_report(
         roots: roots.name.clone(),
         reason: e.to_string(),
     })?;
-    verify_signature(report, vcek.public_key_sec1())?;
+    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(vcek.public_key_sec1())
+        .map_err(|e| AttestationError::BadVcek(format!("not a P-384 key: {e}")))?;
+    Ok(TrustedVcek { key, hw_id, spl })
+}
+
+/// The VCEK's extensions must name the report's chip and reported TCB.
+fn check_vcek_claims(
+    vcek: &TrustedVcek,
+    parsed: &AttestationReport,
+) -> Result<(), AttestationError> {
+    if let Some(hw_id) = &vcek.hw_id
+        && parsed.chip_id != [0u8; 64]
+        && hw_id.as_slice() != parsed.chip_id.as_slice()
+    {
+        return Err(AttestationError::VcekMismatch(format!(
+            "VCEK is for chip {}…, the report is from chip {}…",
+            hex::encode(&hw_id[..hw_id.len().min(8)]),
+            hex::encode(&parsed.chip_id[..8])
+        )));
+    }
+    let reported = tcb(&parsed.reported_tcb);
+    for &(name, level) in &vcek.spl {
+        let actual = match name {
+            "bootloader" => reported.bootloader,
+            "tee" => reported.tee,
+            "snp" => reported.snp,
+            _ => reported.microcode,
+        };
+        if actual != level {
+            return Err(AttestationError::VcekMismatch(format!(
+                "VCEK is for {name} patch level {level}, the report's TCB has {actual}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parse_report(report: &[u8]) -> Result<AttestationReport, AttestationError> {
+    if report.len() != REPORT_LEN {
+        return Err(AttestationError::Malformed(format!(
+            "{} bytes; an SNP report is {REPORT_LEN}",
+            report.len()
+        )));
+    }
+    AttestationReport::from_bytes(report).map_err(|e| AttestationError::Malformed(e.to_string()))
+}
+
+/// Checks `report` (raw bytes) against `vcek_der`, `roots` and `policy`, and, when given, that
+/// its `report_data` equals `expected_data`. See the module docs for the order of checks.
+/// Uncached: [`TeeVerifier`] is the form for checking many reports.
+pub fn verify_report(
+    report: &[u8],
+    vcek_der: &[u8],
+    roots: &Roots,
+    policy: &SnpPolicy,
+    expected_data: Option<&[u8; 64]>,
+) -> Result<VerifiedReport, AttestationError> {
+    let parsed = parse_report(report)?;
+    let vcek = trust_vcek(vcek_der, roots)?;
+    check_vcek_claims(&vcek, &parsed)?;
+    verify_signature(report, &vcek.key)?;
     check_claims(&parsed, roots, policy, expected_data)
+}
+
+/// `report_data` for a batch: the Merkle root of its record leaves, then the node's address,
+/// then zeros.
+pub fn report_data(root: &B256, node: &Address) -> [u8; 64] {
+    let mut data = [0u8; 64];
+    data[..32].copy_from_slice(root.as_slice());
+    data[32..52].copy_from_slice(node.as_slice());
+    data
+}
+
+/// Longest Merkle path a record may carry (a batch of 2^20 records).
+pub const MAX_PATH: usize = 20;
+
+/// Entries kept per cache before it is cleared.
+const CACHE_LIMIT: usize = 4096;
+
+/// The report rule with two caches: VCEKs whose chain was verified (the RSA-4096 chain check
+/// is most of a cold verification) and reports whose signature was verified (a batch shares
+/// one report). Only successes are cached, keyed by content hash, so a cached answer is the
+/// answer the full check would give. Safe to share between threads.
+#[derive(Debug)]
+pub struct TeeVerifier {
+    roots: Roots,
+    policy: SnpPolicy,
+    vceks: Mutex<HashMap<B256, TrustedVcek>>,
+    /// keccak(vcek hash ‖ report) → the parsed report, signature verified.
+    reports: Mutex<HashMap<B256, AttestationReport>>,
+}
+
+fn cache_get<T: Clone>(m: &Mutex<HashMap<B256, T>>, k: &B256) -> Option<T> {
+    m.lock().ok().and_then(|m| m.get(k).cloned())
+}
+
+fn cache_put<T>(m: &Mutex<HashMap<B256, T>>, k: B256, v: T) {
+    if let Ok(mut m) = m.lock() {
+        if m.len() >= CACHE_LIMIT {
+            m.clear();
+        }
+        m.insert(k, v);
+    }
+}
+
+impl TeeVerifier {
+    pub fn new(roots: Roots, policy: SnpPolicy) -> TeeVerifier {
+        TeeVerifier {
+            roots,
+            policy,
+            vceks: Mutex::new(HashMap::new()),
+            reports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    /// The same rule as [`verify_report`], with the caches.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        vcek_der: &[u8],
+        expected_data: Option<&[u8; 64]>,
+    ) -> Result<VerifiedReport, AttestationError> {
+        let vcek_hash = keccak256(vcek_der);
+        let vcek = match cache_get(&self.vceks, &vcek_hash) {
+            Some(v) => v,
+            None => {
+                let v = trust_vcek(vcek_der, &self.roots)?;
+                cache_put(&self.vceks, vcek_hash, v.clone());
+                v
+            }
+        };
+        let mut buf = Vec::with_capacity(32 + report.len());
+        buf.extend_from_slice(vcek_hash.as_slice());
+        buf.extend_from_slice(report);
+        let report_key = keccak256(&buf);
+        let parsed = match cache_get(&self.reports, &report_key) {
+            Some(p) => p,
+            None => {
+                let parsed = parse_report(report)?;
+                check_vcek_claims(&vcek, &parsed)?;
+                verify_signature(report, &vcek.key)?;
+                cache_put(&self.reports, report_key, parsed);
+                parsed
+            }
+        };
+        check_claims(&parsed, &self.roots, &self.policy, expected_data)
+    }
+
+    /// Checks that `report` proves the record with Merkle leaf `leaf`, run by `node`: the path
+    /// leads from the leaf to the root that, with the node's address, is the report's
+    /// `report_data`.
+    pub fn verify_leaf(
+        &self,
+        report: &[u8],
+        vcek_der: &[u8],
+        path: &[B256],
+        leaf: &B256,
+        node: &Address,
+    ) -> Result<VerifiedReport, AttestationError> {
+        if path.len() > MAX_PATH {
+            return Err(AttestationError::PathTooLong(path.len()));
+        }
+        let root = crate::merkle::root_from_path(path, leaf);
+        self.verify(report, vcek_der, Some(&report_data(&root, node)))
+    }
 }
 
 /// Steps 4 to 7, on a report whose signature holds.
@@ -293,7 +526,10 @@ fn check_claims(
 
 /// ECDSA P-384 / SHA-384 over the raw signed bytes; `r` and `s` are stored little-endian in
 /// 72-byte fields whose top 24 bytes must be zero.
-fn verify_signature(report: &[u8], vcek_sec1: &[u8]) -> Result<(), AttestationError> {
+fn verify_signature(
+    report: &[u8],
+    key: &p384::ecdsa::VerifyingKey,
+) -> Result<(), AttestationError> {
     use p384::ecdsa::signature::DigestVerifier;
     use sha2::Digest;
     let scalar = |at: usize| -> Result<[u8; 48], AttestationError> {
@@ -310,8 +546,6 @@ fn verify_signature(report: &[u8], vcek_sec1: &[u8]) -> Result<(), AttestationEr
     let (r, s) = (scalar(SIG_R)?, scalar(SIG_S)?);
     let sig =
         p384::ecdsa::Signature::from_scalars(r, s).map_err(|_| AttestationError::Signature)?;
-    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(vcek_sec1)
-        .map_err(|e| AttestationError::BadVcek(format!("not a P-384 key: {e}")))?;
     let digest = sha2::Sha384::new_with_prefix(&report[..SIGNED_LEN]);
     key.verify_digest(digest, &sig)
         .map_err(|_| AttestationError::Signature)

@@ -7,6 +7,7 @@ use std::path::Path;
 use alloy::primitives::{Address, B256, keccak256};
 use serde::{Deserialize, Serialize};
 
+use crate::attestation::{Product, Roots, SnpPolicy, Tcb, TeeVerifier};
 use crate::error::{Error, Result};
 use crate::types::{ModelId, TOTAL_SUPPLY, amount};
 
@@ -33,9 +34,87 @@ pub struct GenesisValidator {
 
 /// How records of a model are proven. Fixed at registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum VerificationMode {
+    /// Validators re-execute a seeded sample and compare output hashes.
+    #[serde(rename = "reexec")]
     Reexec,
+    /// Every validator checks the record's SEV-SNP proof; no re-execution.
+    #[serde(rename = "tee")]
+    Tee,
+    /// Both.
+    #[serde(rename = "tee+reexec")]
+    TeeReexec,
+}
+
+impl VerificationMode {
+    pub fn needs_tee(self) -> bool {
+        matches!(self, VerificationMode::Tee | VerificationMode::TeeReexec)
+    }
+
+    pub fn needs_reexec(self) -> bool {
+        matches!(self, VerificationMode::Reexec | VerificationMode::TeeReexec)
+    }
+}
+
+/// What the chain accepts as a TEE: the roots VCEKs must chain to, the approved guest images
+/// and the oldest acceptable firmware. Required when any model's mode includes `tee`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeeParams {
+    /// AMD's roots for this product (`milan`, `genoa`, `turin`)...
+    #[serde(default)]
+    pub product: Option<Product>,
+    /// ...or a root set (ARK and ASK, PEM): a testnet's simulated TEE declares its own.
+    #[serde(default)]
+    pub roots_pem: Option<String>,
+    /// Launch measurements (SHA-384, hex) of the approved guest images.
+    pub measurements: Vec<String>,
+    /// Minimum reported TCB.
+    #[serde(default)]
+    pub min_tcb: Tcb,
+}
+
+impl TeeParams {
+    pub fn roots(&self) -> Result<Roots> {
+        let roots = match (&self.product, &self.roots_pem) {
+            (Some(p), None) => Roots::product(*p),
+            (None, Some(pem)) => Roots::from_pem(pem.as_bytes()),
+            _ => {
+                return Err(Error::Genesis(
+                    "tee: name exactly one of product and roots_pem".into(),
+                ));
+            }
+        };
+        roots.map_err(|e| Error::Genesis(format!("tee: {e}")))
+    }
+
+    pub fn policy(&self) -> Result<SnpPolicy> {
+        if self.measurements.is_empty() {
+            return Err(Error::Genesis(
+                "tee: no measurements on the allowlist".into(),
+            ));
+        }
+        let measurements = self
+            .measurements
+            .iter()
+            .map(|m| {
+                hex::decode(m.strip_prefix("0x").unwrap_or(m))
+                    .ok()
+                    .and_then(|b| <[u8; 48]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        Error::Genesis(format!("tee: measurement {m:?} is not 48 hex bytes"))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SnpPolicy {
+            measurements,
+            min_tcb: self.min_tcb,
+        })
+    }
+
+    /// The cached verifier validators use.
+    pub fn verifier(&self) -> Result<TeeVerifier> {
+        Ok(TeeVerifier::new(self.roots()?, self.policy()?))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +171,9 @@ pub struct Genesis {
     pub models: Vec<ModelEntry>,
     #[serde(default)]
     pub params: Params,
+    /// The TEE the chain trusts; `None` when no model uses attestation.
+    #[serde(default)]
+    pub tee: Option<TeeParams>,
 }
 
 impl Genesis {
@@ -166,6 +248,16 @@ impl Genesis {
             if !models.insert(m.id) {
                 return Err(Error::Genesis(format!("model {} listed twice", m.id)));
             }
+            if m.mode.needs_tee() && self.tee.is_none() {
+                return Err(Error::Genesis(format!(
+                    "model {} ({}) requires attestation but the genesis has no tee section",
+                    m.name, m.id
+                )));
+            }
+        }
+        if let Some(tee) = &self.tee {
+            tee.roots()?;
+            tee.policy()?;
         }
         Ok(())
     }
@@ -251,6 +343,7 @@ pub(crate) mod tests {
                 mode: VerificationMode::Reexec,
             }],
             params: Params::default(),
+            tee: None,
         }
     }
 
@@ -280,6 +373,62 @@ pub(crate) mod tests {
             peer_id: String::new(),
         });
         assert!(g.validate().unwrap_err().to_string().contains("no stake"));
+    }
+
+    #[test]
+    fn verification_modes_and_tee_section() {
+        let json = |m: VerificationMode| serde_json::to_string(&m).unwrap();
+        assert_eq!(json(VerificationMode::TeeReexec), "\"tee+reexec\"");
+        assert_eq!(json(VerificationMode::Tee), "\"tee\"");
+        assert!(serde_json::from_str::<VerificationMode>("\"tee-reexec\"").is_err());
+        let mut g = sample();
+        g.models[0].mode = VerificationMode::Tee;
+        assert!(
+            g.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no tee section")
+        );
+        let tee = TeeParams {
+            product: Some(Product::Milan),
+            roots_pem: None,
+            measurements: vec!["ab".repeat(48)],
+            min_tcb: Tcb::default(),
+        };
+        g.tee = Some(tee.clone());
+        g.validate().unwrap();
+        let back: Genesis = serde_json::from_str(&g.to_json()).unwrap();
+        assert_eq!(back, g);
+        for bad in [
+            TeeParams {
+                measurements: vec![],
+                ..tee.clone()
+            },
+            TeeParams {
+                measurements: vec!["ab".repeat(47)],
+                ..tee.clone()
+            },
+            TeeParams {
+                measurements: vec!["zz".repeat(48)],
+                ..tee.clone()
+            },
+            TeeParams {
+                product: None,
+                ..tee.clone()
+            },
+            TeeParams {
+                roots_pem: Some(String::new()),
+                ..tee.clone()
+            },
+            TeeParams {
+                product: None,
+                roots_pem: Some("-----BEGIN CERTIFICATE-----\nxx".into()),
+                ..tee.clone()
+            },
+        ] {
+            g.tee = Some(bad);
+            assert!(matches!(g.validate(), Err(Error::Genesis(_))));
+        }
     }
 
     #[test]

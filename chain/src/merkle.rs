@@ -60,9 +60,14 @@ pub fn proof(leaves: &[B256], index: usize) -> Option<Vec<B256>> {
     Some(path)
 }
 
+/// The root that `path` leads to from `leaf`.
+pub fn root_from_path(path: &[B256], leaf: &B256) -> B256 {
+    path.iter().fold(*leaf, |acc, s| hash_pair(&acc, s))
+}
+
 /// Checks that `leaf` is in the tree with `root`, as OpenZeppelin's `MerkleProof.verify` does.
 pub fn verify(path: &[B256], root: &B256, leaf: &B256) -> bool {
-    path.iter().fold(*leaf, |acc, s| hash_pair(&acc, s)) == *root
+    root_from_path(path, leaf) == *root
 }
 
 #[cfg(test)]

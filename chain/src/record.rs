@@ -74,8 +74,25 @@ impl SignedJobRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Proof {
-    /// Output hash commitment; validators re-execute (deterministic kernels) and compare.
+    /// Output hash commitment only; validators re-execute (deterministic kernels) and compare.
     Reexec,
+    /// An SEV-SNP attestation report over the batch the record was run in.
+    Tee(TeeProof),
+}
+
+/// A batched TEE proof: one report proves a batch of records. Its `report_data` is the Merkle
+/// root of the batch's record leaves ([`InferenceRecord::leaf`]) and the executor's address
+/// ([`crate::attestation::report_data`]); `path` leads from this record's leaf to that root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeeProof {
+    /// The raw SNP attestation report (0x4A0 bytes).
+    #[serde(with = "crate::types::bytes_hex")]
+    pub report: Vec<u8>,
+    /// The VCEK certificate (DER) of the chip that signed it.
+    #[serde(with = "crate::types::bytes_hex")]
+    pub vcek: Vec<u8>,
+    /// Merkle siblings from the record's leaf to the batch root.
+    pub path: Vec<B256>,
 }
 
 /// A proven inference: the signed request, the input, the output commitment and the executor's
@@ -163,6 +180,37 @@ impl InferenceRecord {
         signing::verify(&self.signature, &digest, self.executor)?;
         Ok(id)
     }
+}
+
+/// Checks the proof a record's model requires (its [`crate::VerificationMode`]): for `tee` and
+/// `tee+reexec`, that a report verified by `tee` proves this record's leaf and executor.
+/// Re-execution, the other half of `reexec` modes, needs the model and is the caller's.
+pub fn check_tee_proof(
+    record: &InferenceRecord,
+    mode: crate::VerificationMode,
+    tee: Option<&crate::attestation::TeeVerifier>,
+    chain_id: u64,
+) -> std::result::Result<(), crate::attestation::AttestationError> {
+    use crate::attestation::AttestationError;
+    if !mode.needs_tee() {
+        return Ok(());
+    }
+    let Proof::Tee(proof) = &record.proof else {
+        return Err(AttestationError::MissingProof);
+    };
+    let Some(tee) = tee else {
+        return Err(AttestationError::BadRoots(
+            "the genesis names no TEE roots for a model that requires attestation".into(),
+        ));
+    };
+    tee.verify_leaf(
+        &proof.report,
+        &proof.vcek,
+        &proof.path,
+        &record.leaf(chain_id),
+        &record.executor,
+    )
+    .map(|_| ())
 }
 
 /// A token transfer (EIP-712 struct `Transfer`), with the sender's sequential account nonce.
@@ -282,6 +330,30 @@ mod tests {
             t.verify_signatures(7),
             Err(Error::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn tee_proofs_round_trip_in_json_and_on_the_wire() {
+        let mut r = sample_record(7);
+        r.proof = Proof::Tee(TeeProof {
+            report: vec![1, 2, 3],
+            vcek: vec![0xff; 5],
+            path: vec![B256::repeat_byte(4)],
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["proof"]["tee"]["report"], "0x010203");
+        let back: InferenceRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        let wire = crate::codec::encode(&r);
+        let back: InferenceRecord = crate::codec::decode(&wire, 1 << 20).unwrap();
+        assert_eq!(back, r);
+        // Garbage and truncations of the wire form are errors, not panics.
+        for cut in [1, wire.len() / 2, wire.len() - 1] {
+            assert!(crate::codec::decode::<InferenceRecord>(&wire[..cut], 1 << 20).is_err());
+        }
+        let mut bad = serde_json::to_value(&r).unwrap();
+        bad["proof"]["tee"]["report"] = "0xzz".into();
+        assert!(serde_json::from_value::<InferenceRecord>(bad).is_err());
     }
 
     #[test]

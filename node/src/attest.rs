@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use chain::attestation::{AttestationError, Product, Roots, SnpPolicy, Tcb, verify_report};
+use chain::attestation::{Product, Roots, SnpPolicy, Tcb, verify_report};
 use clap::{Args, Subcommand};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
@@ -103,17 +103,7 @@ fn verify(a: VerifyArgs) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            let kind = match &e {
-                AttestationError::Malformed(_) => "malformed",
-                AttestationError::BadVcek(_) => "bad_vcek",
-                AttestationError::BadRoots(_) => "bad_roots",
-                AttestationError::Chain { .. } => "chain",
-                AttestationError::Signature => "signature",
-                AttestationError::DebugAllowed => "debug_allowed",
-                AttestationError::StaleTcb { .. } => "stale_tcb",
-                AttestationError::Measurement(_) => "measurement",
-                AttestationError::ReportData { .. } => "report_data",
-            };
+            let kind = e.label();
             println!(
                 "{}",
                 serde_json::json!({"valid": false, "error": kind, "reason": e.to_string()})

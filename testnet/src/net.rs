@@ -599,6 +599,7 @@ fn make_genesis(
             })
             .collect::<Result<_>>()?,
         params: Params::default(),
+        tee: None,
     };
     genesis.validate()?;
     Ok(genesis)

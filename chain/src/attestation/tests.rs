@@ -51,12 +51,13 @@ fn one_flipped_bit_anywhere_in_the_signed_part_is_refused() {
         match verify_report(&bad, &vcek, &roots, &policy, Some(&data)) {
             Ok(_) => panic!("flipped bit in byte {byte:#x} accepted"),
             Err(AttestationError::Signature) => signature_errors += 1,
-            Err(AttestationError::Malformed(_)) => {}
+            // Flips in the chip id or reported TCB contradict the VCEK's extensions.
+            Err(AttestationError::Malformed(_)) | Err(AttestationError::VcekMismatch(_)) => {}
             Err(e) => panic!("byte {byte:#x}: unexpected {e}"),
         }
     }
-    // The rest the parser itself refuses (reserved must-be-zero bits, version fields): 202 of
-    // the 672 here. Either way nothing gets past.
+    // The rest the parser itself refuses (reserved must-be-zero bits, version fields) or the
+    // VCEK's hwID/TCB extensions contradict. Either way nothing gets past.
     assert!(signature_errors >= SIGNED_LEN / 2, "{signature_errors}");
     // And in the signature itself.
     for byte in [SIG_R, SIG_R + 47, SIG_S, SIG_S + 20] {
@@ -88,7 +89,7 @@ fn a_vcek_of_another_chip_is_refused() {
     let report = milan_report();
     let (policy, data) = admitting(&report);
     // A genuine Turin VCEK: another chip (and generation). Under Milan roots it does not chain;
-    // under Turin roots it chains but did not sign this report.
+    // under Turin roots it chains, and its hwID names another chip than the report's.
     let turin_vcek = sev_test_data("vcek_turin.der");
     assert!(matches!(
         verify_report(&report, &turin_vcek, &milan(), &policy, Some(&data)),
@@ -96,9 +97,64 @@ fn a_vcek_of_another_chip_is_refused() {
     ));
     let turin = Roots::product(Product::Turin).unwrap();
     match verify_report(&report, &turin_vcek, &turin, &policy, Some(&data)) {
-        Err(AttestationError::Signature) | Err(AttestationError::Chain { .. }) => {}
+        Err(AttestationError::VcekMismatch(m)) => assert!(m.contains("chip"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The genuine VCEK names its chip (hwID) and TCB in AMD's extensions; both match the genuine
+/// report, and a report claiming another chip or TCB is refused by name before the signature.
+#[test]
+fn the_vceks_extensions_must_match_the_report() {
+    let report = milan_report();
+    let vcek_der = sev_test_data("vcek_milan.der");
+    let vcek = trust_vcek(&vcek_der, &milan()).unwrap();
+    let parsed = AttestationReport::from_bytes(&report[..]).unwrap();
+    assert_eq!(vcek.hw_id.as_deref(), Some(&parsed.chip_id[..]));
+    assert_eq!(vcek.spl.len(), 4);
+    check_vcek_claims(&vcek, &parsed).unwrap();
+    let mut other_chip = parsed;
+    other_chip.chip_id[5] ^= 1;
+    assert!(matches!(
+        check_vcek_claims(&vcek, &other_chip),
+        Err(AttestationError::VcekMismatch(m)) if m.contains("chip")
+    ));
+    let mut other_tcb = parsed;
+    other_tcb.reported_tcb.snp += 1;
+    assert!(matches!(
+        check_vcek_claims(&vcek, &other_tcb),
+        Err(AttestationError::VcekMismatch(m)) if m.contains("snp")
+    ));
+}
+
+#[test]
+fn the_cached_verifier_gives_the_same_answers() {
+    let report = milan_report();
+    let vcek = sev_test_data("vcek_milan.der");
+    let (policy, data) = admitting(&report);
+    let v = TeeVerifier::new(milan(), policy.clone());
+    for _ in 0..2 {
+        assert_eq!(
+            v.verify(&report, &vcek, Some(&data)),
+            verify_report(&report, &vcek, &milan(), &policy, Some(&data))
+        );
+        let mut bad = report.clone();
+        bad[0x90] ^= 1; // report_data, under the signature
+        assert_eq!(
+            v.verify(&bad, &vcek, None),
+            Err(AttestationError::Signature)
+        );
+        let mut other = data;
+        other[63] ^= 1;
+        assert!(matches!(
+            v.verify(&report, &vcek, Some(&other)),
+            Err(AttestationError::ReportData { .. })
+        ));
+    }
+    assert!(matches!(
+        v.verify(&report, &sev_test_data("vcek_turin.der"), None),
+        Err(AttestationError::Chain { .. })
+    ));
 }
 
 #[test]
@@ -183,8 +239,8 @@ fn policy_checks_each_refuse_with_their_own_error() {
     ));
 
     // A debuggable guest. The genuine report forbids debugging and any edit breaks its
-    // signature, so the rule is checked on the parsed report (end to end it is covered by the
-    // simulated TEE, which signs such reports).
+    // signature, so the rule is checked on the parsed report (end to end in `sim::tests`, where
+    // the simulated TEE signs such a report).
     let mut parsed = AttestationReport::from_bytes(&report[..]).unwrap();
     assert!(check_claims(&parsed, &roots, &policy, Some(&data)).is_ok());
     parsed.policy.set_debug_allowed(true);
