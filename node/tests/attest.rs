@@ -109,3 +109,154 @@ fn attest_verify_accepts_the_genuine_report_and_names_every_refusal() {
         .0
     );
 }
+
+fn proofmesh(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_proofmesh"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+/// `attest simulate root | chip | report` make a chain AMD's algorithms would; `attest verify`
+/// accepts its reports under the simulated roots (and nowhere else) and refuses a debuggable
+/// guest, end to end through the binary.
+#[test]
+fn attest_simulate_makes_reports_that_verify_only_under_their_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (ok, _, err) = proofmesh(&["attest", "simulate", "root", "--out", &p("root")]);
+    assert!(ok, "{err}");
+    let (ok, chip, err) = proofmesh(&[
+        "attest",
+        "simulate",
+        "chip",
+        "--root",
+        &p("root/root.json"),
+        "--out",
+        &p("chip/chip.json"),
+        "--tcb",
+        "3.0.14.209",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(chip["tcb"]["snp"], 14);
+    let measurement = "ab".repeat(48);
+    let chip_json = p("chip/chip.json");
+    let vcek_der = p("chip/vcek.der");
+    let report = |name: &str, extra: &[&str]| {
+        let mut a = vec![
+            "attest",
+            "simulate",
+            "report",
+            "--chip",
+            &chip_json,
+            "--measurement",
+            &measurement,
+            "--report-data",
+            "00112233",
+            "--out",
+        ];
+        let out = p(name);
+        a.push(&out);
+        a.extend_from_slice(extra);
+        proofmesh(&a)
+    };
+    assert!(report("good.bin", &[]).0);
+    assert!(report("debug.bin", &["--debug"]).0);
+    let verify = |name: &str, roots: &[&str]| {
+        let mut a = vec!["attest", "verify", "--vcek", &vcek_der, "--report"];
+        let r = p(name);
+        a.push(&r);
+        a.extend_from_slice(roots);
+        proofmesh(&a)
+    };
+    let roots_pem = p("root/roots.pem");
+    let (ok, json, _) = verify(
+        "good.bin",
+        &[
+            "--roots",
+            &roots_pem,
+            "--measurement",
+            &measurement,
+            "--min-tcb",
+            "3.0.14.209",
+        ],
+    );
+    assert!(ok, "{json}");
+    assert_eq!(json["product"], "custom");
+    assert_eq!(json["measurement"], measurement);
+    assert!(
+        json["report_data"]
+            .as_str()
+            .unwrap()
+            .starts_with("00112233000000")
+    );
+    let (ok, json, _) = verify(
+        "good.bin",
+        &["--roots", &roots_pem, "--min-tcb", "3.0.15.209"],
+    );
+    assert!(!ok);
+    assert_eq!(json["error"], "stale_tcb");
+    let (ok, json, _) = verify("good.bin", &["--product", "milan"]);
+    assert!(!ok);
+    assert_eq!(json["error"], "chain");
+    let (ok, json, _) = verify("debug.bin", &["--roots", &roots_pem]);
+    assert!(!ok);
+    assert_eq!(json["error"], "debug_allowed", "{json}");
+
+    // Bad input: report_data over 64 bytes, a short measurement, a garbage chip file.
+    let long_data = "00".repeat(65);
+    let (ok, _, err) = proofmesh(&[
+        "attest",
+        "simulate",
+        "report",
+        "--chip",
+        &chip_json,
+        "--measurement",
+        &measurement,
+        "--report-data",
+        &long_data,
+        "--out",
+        &p("x.bin"),
+    ]);
+    assert!(!ok && err.contains("report_data"), "{err}");
+    let (ok, _, err) = proofmesh(&[
+        "attest",
+        "simulate",
+        "report",
+        "--chip",
+        &p("chip/chip.json"),
+        "--measurement",
+        "abcd",
+        "--out",
+        &p("y.bin"),
+    ]);
+    assert!(!ok && err.contains("measurement"), "{err}");
+    std::fs::write(dir.join("garbage.json"), b"{not json").unwrap();
+    let (ok, _, err) = proofmesh(&[
+        "attest",
+        "simulate",
+        "report",
+        "--chip",
+        &p("garbage.json"),
+        "--measurement",
+        &measurement,
+        "--out",
+        &p("z.bin"),
+    ]);
+    assert!(!ok && err.contains("chip file"), "{err}");
+    let (ok, _, err) = proofmesh(&[
+        "attest",
+        "simulate",
+        "chip",
+        "--root",
+        &p("garbage.json"),
+        "--out",
+        &p("c2.json"),
+    ]);
+    assert!(!ok && err.contains("root file"), "{err}");
+}
