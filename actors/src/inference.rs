@@ -1,6 +1,7 @@
-//! The Inference actor (inference nodes): runs jobs on the loaded models, signs the record,
+//! The Inference actor (inference nodes): runs jobs on the loaded models, proves them (a TEE
+//! proof from the Attestation actor for models whose mode includes `tee`), signs the record,
 //! publishes it on gossip and answers the gateway. Model execution runs on a blocking thread,
-//! never on the actix threads. Advertises its models on the capabilities topic.
+//! never on the actix threads. Advertises the models it can serve on the capabilities topic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use alloy::primitives::keccak256;
 use chain::{Genesis, InferenceRecord, PrivateKeySigner, Proof, SignedJobRequest};
 use kernels::Backend;
 
+use crate::attestation::{Attest, Attestation};
 use crate::mempool::{AddRecord, Mempool};
 use crate::metrics::METRICS;
 use crate::models::Models;
@@ -26,6 +28,14 @@ pub struct RunJob(pub JobCall);
 #[rtype(result = "Vec<kernels::ModelId>")]
 pub struct ServedModels;
 
+/// How an inference node proves its runs.
+pub struct Proving {
+    /// The TEE that proves runs of `tee` models; `None` on a node without one.
+    pub attestation: Option<Addr<Attestation>>,
+    /// Testnet fault injection: sign a wrong output hash (a cheating node).
+    pub faulty: bool,
+}
+
 pub struct Inference {
     genesis: Arc<Genesis>,
     models: Models,
@@ -33,6 +43,10 @@ pub struct Inference {
     key: Arc<PrivateKeySigner>,
     network: Addr<Network>,
     mempool: Addr<Mempool>,
+    /// Proves runs of `tee` models; `None` on a node without a TEE.
+    attestation: Option<Addr<Attestation>>,
+    /// Models loaded here whose verification mode this node can satisfy.
+    served: Vec<kernels::ModelId>,
     in_flight: u32,
     /// Testnet fault injection: sign a wrong output hash (a cheating node).
     faulty: bool,
@@ -46,11 +60,26 @@ impl Inference {
         key: PrivateKeySigner,
         network: Addr<Network>,
         mempool: Addr<Mempool>,
-        faulty: bool,
+        proving: Proving,
     ) -> Self {
+        let Proving {
+            attestation,
+            faulty,
+        } = proving;
         if faulty {
             tracing::warn!("FAULT INJECTION: this inference node signs wrong output hashes");
         }
+        let served = models
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                let tee = genesis.model(id).is_some_and(|m| m.mode.needs_tee());
+                if tee && attestation.is_none() {
+                    tracing::warn!(model = %id, "model requires a TEE proof and this node has no TEE ([attestation] tee = \"none\"): not serving it");
+                }
+                !tee || attestation.is_some()
+            })
+            .collect();
         Inference {
             genesis,
             models,
@@ -58,6 +87,8 @@ impl Inference {
             key: Arc::new(key),
             network,
             mempool,
+            attestation,
+            served,
             in_flight: 0,
             faulty,
         }
@@ -66,7 +97,7 @@ impl Inference {
     fn advertise(&self) {
         let cap = Capability {
             address: self.key.address(),
-            models: self.models.ids(),
+            models: self.served.clone(),
             load: self.in_flight,
             issued_ms: chain::types::now_ms(),
         };
@@ -94,12 +125,16 @@ impl Inference {
         if keccak256(input.as_bytes()) != job.request.input_hash {
             return Err(Self::refuse("bad_input", "input does not match input_hash"));
         }
-        let model = self.models.get(&job.request.model_id).ok_or_else(|| {
-            Self::refuse(
-                "unknown_model",
-                format!("model {} is not served here", job.request.model_id),
-            )
-        })?;
+        let model = self
+            .models
+            .get(&job.request.model_id)
+            .filter(|_| self.served.contains(&job.request.model_id))
+            .ok_or_else(|| {
+                Self::refuse(
+                    "unknown_model",
+                    format!("model {} is not served here", job.request.model_id),
+                )
+            })?;
         tracing::debug!(job = %id, "job admitted");
         Ok(model)
     }
@@ -117,29 +152,50 @@ impl Inference {
         let started = Instant::now();
         let _ = ctx;
         let job_id = call.job.request.id(chain_id);
-        let work =
-            tokio::task::spawn_blocking(move || -> Result<(InferenceRecord, String), JobReply> {
-                let output = model
-                    .run(backend.as_ref(), call.input.as_bytes())
-                    .map_err(|e| Self::refuse("bad_input", e.to_string()))?;
-                let mut hash = chain::B256::from(output.hash());
-                if faulty {
-                    hash.0[0] ^= 0xff;
+        let attestation = self
+            .genesis
+            .model(&call.job.request.model_id)
+            .filter(|m| m.mode.needs_tee())
+            .and(self.attestation.clone());
+        let work = async move {
+            let input = call.input.clone();
+            let computed = tokio::task::spawn_blocking(move || {
+                model
+                    .run(backend.as_ref(), input.as_bytes())
+                    .map(|output| (output.hash(), output.to_json().to_string()))
+                    .map_err(|e| Self::refuse("bad_input", e.to_string()))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Self::refuse(
+                    "internal",
+                    format!("inference task failed: {e}"),
+                ))
+            })?;
+            let (hash, output) = computed;
+            let mut hash = chain::B256::from(hash);
+            if faulty {
+                hash.0[0] ^= 0xff;
+            }
+            let proof = match attestation {
+                Some(att) => {
+                    let leaf =
+                        chain::record::leaf(&call.job.request, &hash, &key.address(), chain_id);
+                    let proof = att
+                        .send(Attest { leaf })
+                        .await
+                        .map_err(|e| Self::refuse("attestation_failed", e.to_string()))?
+                        .map_err(|e| Self::refuse("attestation_failed", e))?;
+                    Proof::Tee(proof)
                 }
-                let record = InferenceRecord::create(
-                    call.job,
-                    call.input,
-                    hash,
-                    Proof::Reexec,
-                    &key,
-                    chain_id,
-                )
+                None => Proof::Reexec,
+            };
+            let record = InferenceRecord::create(call.job, call.input, hash, proof, &key, chain_id)
                 .map_err(|e| Self::refuse("internal", e.to_string()))?;
-                Ok((record, output.to_json().to_string()))
-            });
+            Ok::<_, JobReply>((record, output))
+        };
         Box::pin(work.into_actor(self).map(move |res, act, _| {
             act.in_flight = act.in_flight.saturating_sub(1);
-            let res = res.unwrap_or_else(|e| Err(Self::refuse("internal", format!("inference task failed: {e}"))));
             match res {
                 Ok((record, output)) => {
                     METRICS.jobs_executed.inc();
@@ -181,6 +237,6 @@ impl Handler<RunJob> for Inference {
 impl Handler<ServedModels> for Inference {
     type Result = Vec<kernels::ModelId>;
     fn handle(&mut self, _: ServedModels, _: &mut Self::Context) -> Self::Result {
-        self.models.ids()
+        self.served.clone()
     }
 }

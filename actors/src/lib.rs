@@ -1,10 +1,11 @@
-//! The actors of a proofmesh node (actix): Network (libp2p), Gateway, Inference, Verifier,
+//! The actors of a proofmesh node (actix): Network (libp2p), Gateway, Inference, Attestation, Verifier,
 //! Mempool, Consensus and Settlement, one per file, each owning its state and reached only by
 //! messages; plus the wire protocol and the metrics they share.
 //!
 //! Protocol logic lives in `chain` (consensus core, ledger rules) and `kernels` (models); actors
 //! are the shell that feeds it inputs and carries out its outputs.
 
+pub mod attestation;
 pub mod consensus;
 pub mod gateway;
 pub mod inference;

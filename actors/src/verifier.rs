@@ -1,15 +1,20 @@
 //! The Verifier actor: checks inference records before they are forwarded or included.
 //!
 //! Every node checks what needs no model: signatures, input hash, registered executor, known
-//! model. Validators also re-execute a deterministic, seeded sample of `reexec` records on their
-//! CPU backend (off the actix threads) and accept only a bit-identical output hash; a mismatch
-//! is fraud: rejected on gossip (the relaying peer loses score) and logged.
+//! model, and, for models whose mode includes `tee`, the record's SEV-SNP proof (VCEK chain to
+//! the genesis roots, report signature, policy, measurement, TCB, and the Merkle binding of the
+//! record to the report; chains and reports are cached, so a batch costs one signature check).
+//! Validators also re-execute a deterministic, seeded sample of records of `reexec` and
+//! `tee+reexec` models on their CPU backend (off the actix threads) and accept only a
+//! bit-identical output hash; a mismatch is fraud. Rejected records are refused on gossip (the
+//! relaying peer loses score), counted by reason and logged.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use chain::attestation::TeeVerifier;
 use chain::{Genesis, InferenceRecord, JobId};
 use kernels::Backend;
 use libp2p::gossipsub::MessageAcceptance;
@@ -36,6 +41,8 @@ pub enum RecordError {
     ModelMissing(kernels::ModelId),
     #[error("re-execution failed: {0}")]
     Execution(String),
+    #[error("invalid TEE proof: {0}")]
+    Attestation(#[from] chain::attestation::AttestationError),
     #[error("fraud: executor {executor} claimed output {claimed}, re-execution gives {actual}")]
     Fraud {
         executor: chain::Address,
@@ -45,14 +52,15 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    fn label(&self) -> &'static str {
+    fn label(&self) -> String {
         match self {
-            RecordError::Chain(chain::Error::UnknownModel(_)) => "unknown_model",
-            RecordError::Chain(chain::Error::UnknownExecutor(_)) => "unknown_executor",
-            RecordError::Chain(_) => "invalid",
-            RecordError::ModelMissing(_) => "model_missing",
-            RecordError::Execution(_) => "execution",
-            RecordError::Fraud { .. } => "fraud",
+            RecordError::Chain(chain::Error::UnknownModel(_)) => "unknown_model".into(),
+            RecordError::Chain(chain::Error::UnknownExecutor(_)) => "unknown_executor".into(),
+            RecordError::Chain(_) => "invalid".into(),
+            RecordError::Attestation(e) => format!("tee_{}", e.label()),
+            RecordError::ModelMissing(_) => "model_missing".into(),
+            RecordError::Execution(_) => "execution".into(),
+            RecordError::Fraud { .. } => "fraud".into(),
         }
     }
 }
@@ -62,6 +70,7 @@ pub struct Verifier {
     genesis: Arc<Genesis>,
     models: Models,
     backend: Arc<dyn Backend>,
+    tee: Option<Arc<TeeVerifier>>,
     reexecute: bool,
     network: Addr<Network>,
     mempool: Addr<Mempool>,
@@ -69,11 +78,13 @@ pub struct Verifier {
     verified_order: VecDeque<JobId>,
 }
 
-/// Stateless record checks, then re-execution when `reexecute` and the job is sampled.
+/// Stateless record checks and the TEE proof, then re-execution when `reexecute`, the model's
+/// mode includes it and the job is sampled.
 fn check(
     genesis: &Genesis,
     models: &Models,
     backend: &dyn Backend,
+    tee: Option<&TeeVerifier>,
     reexecute: bool,
     record: &InferenceRecord,
 ) -> Result<JobId, RecordError> {
@@ -82,10 +93,18 @@ fn check(
         return Err(chain::Error::UnknownExecutor(record.executor).into());
     }
     let model_id = record.job.request.model_id;
-    if genesis.model(&model_id).is_none() {
+    let Some(entry) = genesis.model(&model_id) else {
         return Err(chain::Error::UnknownModel(model_id).into());
+    };
+    if entry.mode.needs_tee() {
+        let started = Instant::now();
+        chain::record::check_tee_proof(record, entry.mode, tee, genesis.chain_id)?;
+        METRICS
+            .tee_verify_seconds
+            .observe(started.elapsed().as_secs_f64());
+        METRICS.tee_verified.inc();
     }
-    if reexecute && sampled(&id, genesis.params.reexec_sample_bps) {
+    if reexecute && entry.mode.needs_reexec() && sampled(&id, genesis.params.reexec_sample_bps) {
         let model = models
             .get(&model_id)
             .ok_or(RecordError::ModelMissing(model_id))?;
@@ -123,10 +142,18 @@ impl Verifier {
         network: Addr<Network>,
         mempool: Addr<Mempool>,
     ) -> Self {
+        let tee = genesis.tee.as_ref().and_then(|t| match t.verifier() {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::error!(error = %e, "genesis tee section unusable: records of tee models will be rejected");
+                None
+            }
+        });
         Verifier {
             genesis,
             models,
             backend,
+            tee,
             reexecute,
             network,
             mempool,
@@ -146,14 +173,26 @@ impl Verifier {
         }
     }
 
+    fn checker(&self) -> Checker {
+        Checker {
+            genesis: self.genesis.clone(),
+            models: self.models.clone(),
+            backend: self.backend.clone(),
+            tee: self.tee.clone(),
+            reexecute: self.reexecute,
+        }
+    }
+
     fn log_rejection(record: &InferenceRecord, e: &RecordError, chain_id: u64) {
         METRICS
             .records_rejected
-            .with_label_values(&[e.label()])
+            .with_label_values(&[&e.label()])
             .inc();
         if let RecordError::Fraud { .. } = e {
             METRICS.fraud_detected.inc();
             tracing::error!(job = %record.job_id(chain_id), executor = %record.executor, error = %e, "FRAUD: record rejected");
+        } else if let RecordError::Attestation(_) = e {
+            tracing::error!(job = %record.job_id(chain_id), executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected");
         } else {
             tracing::warn!(job = %record.job_id(chain_id), error = %e, "record rejected");
         }
@@ -164,16 +203,27 @@ impl Actor for Verifier {
     type Context = Context<Self>;
 }
 
-/// Runs [`check`] on a blocking thread.
-async fn check_blocking(
+/// What [`check`] needs, cheap to clone into a blocking task.
+#[derive(Clone)]
+struct Checker {
     genesis: Arc<Genesis>,
     models: Models,
     backend: Arc<dyn Backend>,
+    tee: Option<Arc<TeeVerifier>>,
     reexecute: bool,
-    record: Arc<InferenceRecord>,
-) -> Result<JobId, RecordError> {
+}
+
+/// Runs [`check`] on a blocking thread.
+async fn check_blocking(v: Checker, record: Arc<InferenceRecord>) -> Result<JobId, RecordError> {
     tokio::task::spawn_blocking(move || {
-        check(&genesis, &models, backend.as_ref(), reexecute, &record)
+        check(
+            &v.genesis,
+            &v.models,
+            v.backend.as_ref(),
+            v.tee.as_deref(),
+            v.reexecute,
+            &record,
+        )
     })
     .await
     .unwrap_or_else(|e| {
@@ -187,13 +237,7 @@ impl Handler<GossipRecord> for Verifier {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: GossipRecord, _: &mut Self::Context) -> Self::Result {
         let record = Arc::new(msg.record);
-        let fut = check_blocking(
-            self.genesis.clone(),
-            self.models.clone(),
-            self.backend.clone(),
-            self.reexecute,
-            record.clone(),
-        );
+        let fut = check_blocking(self.checker(), record.clone());
         let (mid, source) = (msg.id, msg.source);
         Box::pin(fut.into_actor(self).map(move |result, act, _| {
             let acceptance = match result {
@@ -231,17 +275,13 @@ impl Handler<VerifyRecords> for Verifier {
             .into_iter()
             .filter(|r| !self.verified.contains(&r.job_id(chain_id)))
             .collect();
-        let (g, m, b, re) = (
-            self.genesis.clone(),
-            self.models.clone(),
-            self.backend.clone(),
-            self.reexecute,
-        );
+        let checker = self.checker();
+        let g = self.genesis.clone();
         let fut = async move {
             let mut ok = Vec::new();
             for record in todo {
                 let record = Arc::new(record);
-                match check_blocking(g.clone(), m.clone(), b.clone(), re, record.clone()).await {
+                match check_blocking(checker.clone(), record.clone()).await {
                     Ok(id) => ok.push(id),
                     Err(e) => {
                         Verifier::log_rejection(&record, &e, g.chain_id);

@@ -95,6 +95,18 @@ pub struct TeeProof {
     pub path: Vec<B256>,
 }
 
+/// The Merkle leaf of a record: `keccak(job_id ‖ model_id ‖ input_hash ‖ output_hash ‖
+/// executor)`. Known before the record is signed, so a TEE can prove it first.
+pub fn leaf(request: &JobRequest, output_hash: &B256, executor: &Address, chain_id: u64) -> B256 {
+    let mut buf = Vec::with_capacity(32 * 4 + 20);
+    buf.extend_from_slice(request.id(chain_id).0.as_slice());
+    buf.extend_from_slice(&request.model_id.0);
+    buf.extend_from_slice(request.input_hash.as_slice());
+    buf.extend_from_slice(output_hash.as_slice());
+    buf.extend_from_slice(executor.as_slice());
+    keccak256(&buf)
+}
+
 /// A proven inference: the signed request, the input, the output commitment and the executor's
 /// signature over the result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,16 +160,14 @@ impl InferenceRecord {
         self.job.request.id(chain_id)
     }
 
-    /// The Merkle leaf of this record:
-    /// `keccak(job_id ‖ model_id ‖ input_hash ‖ output_hash ‖ executor)`.
+    /// The Merkle leaf of this record (see [`leaf`]).
     pub fn leaf(&self, chain_id: u64) -> B256 {
-        let mut buf = Vec::with_capacity(32 * 4 + 20);
-        buf.extend_from_slice(self.job_id(chain_id).0.as_slice());
-        buf.extend_from_slice(&self.job.request.model_id.0);
-        buf.extend_from_slice(self.job.request.input_hash.as_slice());
-        buf.extend_from_slice(self.output_hash.as_slice());
-        buf.extend_from_slice(self.executor.as_slice());
-        keccak256(&buf)
+        leaf(
+            &self.job.request,
+            &self.output_hash,
+            &self.executor,
+            chain_id,
+        )
     }
 
     /// Stateless checks: input size and hash, the client's and the executor's signatures.

@@ -33,6 +33,7 @@ pub struct Config {
     pub network: NetworkSection,
     pub http: HttpSection,
     pub inference: InferenceSection,
+    pub attestation: AttestationSection,
     pub consensus: ConsensusSection,
     /// `tracing` filter, e.g. "info" or "info,actors=debug".
     pub log: String,
@@ -66,6 +67,52 @@ pub struct InferenceSection {
     pub faulty: bool,
 }
 
+/// Which TEE proves this inference node's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeeKind {
+    /// No TEE: models whose mode includes `tee` are not served.
+    None,
+    /// SEV-SNP hardware: reports from /dev/sev-guest.
+    Snp,
+    /// A chip of a simulated root (testnets): `chip` names its file.
+    Simulated,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttestationSection {
+    pub tee: TeeKind,
+    /// Simulated TEE: the chip file from `proofmesh attest simulate chip`.
+    pub chip: PathBuf,
+    /// SEV-SNP: the chip's VCEK certificate (DER). Empty: taken from each extended report.
+    pub vcek: PathBuf,
+    /// Simulated TEE: the launch measurement to report (96 hex digits). Empty: SHA-384 of this
+    /// executable, so a changed binary is off the genesis allowlist.
+    pub measurement: String,
+    /// A batch's first record waits at most this long for others...
+    pub batch_window_ms: u64,
+    /// ...and a batch this full is proven at once.
+    pub batch_max: usize,
+    /// Testnet fault injection: "forge" (reports not signed by the chip) or "replay" (the first
+    /// proof attached to every record). Never set this on a real node.
+    pub byzantine: Option<actors::attestation::Byzantine>,
+}
+
+impl Default for AttestationSection {
+    fn default() -> Self {
+        AttestationSection {
+            tee: TeeKind::None,
+            chip: "chip.json".into(),
+            vcek: PathBuf::new(),
+            measurement: String::new(),
+            batch_window_ms: 50,
+            batch_max: 64,
+            byzantine: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsensusSection {
@@ -88,6 +135,7 @@ impl Default for Config {
             network: NetworkSection::default(),
             http: HttpSection::default(),
             inference: InferenceSection::default(),
+            attestation: AttestationSection::default(),
             consensus: ConsensusSection::default(),
             log: "info".into(),
         }
@@ -182,6 +230,24 @@ impl Config {
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("http.listen {:?} is not host:port: {e}", self.http.listen))?;
+        let a = &self.attestation;
+        if a.batch_max == 0 || a.batch_max > 1 << chain::attestation::MAX_PATH {
+            return Err(format!(
+                "attestation.batch_max must be 1 to {}",
+                1 << chain::attestation::MAX_PATH
+            ));
+        }
+        if a.batch_window_ms > 10_000 {
+            return Err("attestation.batch_window_ms is at most 10000".into());
+        }
+        if !a.measurement.is_empty()
+            && hex::decode(a.measurement.trim_start_matches("0x")).map(|b| b.len()) != Ok(48)
+        {
+            return Err(format!(
+                "attestation.measurement {:?} is not 96 hex digits",
+                a.measurement
+            ));
+        }
         let c = &self.consensus;
         if c.timeout_propose_ms == 0 || c.timeout_prevote_ms == 0 || c.timeout_precommit_ms == 0 {
             return Err("consensus timeouts must be positive".into());
@@ -238,6 +304,10 @@ mod tests {
             ),
             ("[http]\nlisten = \"localhost\"", "http.listen"),
             ("[consensus]\ntimeout_propose_ms = 0", "positive"),
+            ("[attestation]\ntee = \"sgx\"", "sgx"),
+            ("[attestation]\nbatch_max = 0", "batch_max"),
+            ("[attestation]\nmeasurement = \"abc\"", "measurement"),
+            ("[attestation]\nbyzantine = \"lie\"", "lie"),
             ("\u{0}\u{1}garbage", "not a valid node config"),
         ] {
             write(dir.path(), text);

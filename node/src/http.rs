@@ -123,6 +123,7 @@ async fn submit_job(s: S, body: web::Json<JobBody>) -> HttpResponse {
                 "output_hash": r.record.output_hash,
                 "executed_by": r.record.executor,
                 "model_id": r.record.job.request.model_id,
+                "proof": r.record.proof,
             }))
         }
         Ok(Err(GatewayError {

@@ -20,7 +20,7 @@ use chain::consensus::TimeoutConfig;
 use chain::{Genesis, Store};
 use kernels::Backend;
 
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, TeeKind};
 use crate::http::{self, AppState};
 
 pub fn run(home: &Path) -> Result<()> {
@@ -101,6 +101,7 @@ pub fn run(home: &Path) -> Result<()> {
         )
         .start();
         let inference = if config.has(Role::Inference) {
+            let attestation = start_attestation(&config, &home, account.address())?;
             let addr = Inference::new(
                 genesis.clone(),
                 models.clone(),
@@ -108,10 +109,17 @@ pub fn run(home: &Path) -> Result<()> {
                 account.clone(),
                 network.clone(),
                 mempool.clone(),
-                config.inference.faulty,
+                actors::inference::Proving {
+                    attestation,
+                    faulty: config.inference.faulty,
+                },
             )
             .start();
-            Some((addr, models.ids()))
+            let served = addr
+                .send(actors::inference::ServedModels)
+                .await
+                .context("inference actor")?;
+            Some((addr, served))
         } else {
             None
         };
@@ -216,4 +224,62 @@ pub fn run(home: &Path) -> Result<()> {
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// Opens the configured TEE and starts the Attestation actor (`None` for `tee = "none"`).
+fn start_attestation(
+    config: &Config,
+    home: &std::path::Path,
+    node: chain::Address,
+) -> Result<Option<actix::Addr<actors::attestation::Attestation>>> {
+    use actors::attestation::{Attestation, BatchConfig, Byzantine, SimulatedTee, SnpTee, Tee};
+    use chain::attestation::sim::{SimChip, measure_file};
+    let a = &config.attestation;
+    let tee: Arc<dyn Tee> = match a.tee {
+        TeeKind::None => return Ok(None),
+        TeeKind::Snp => {
+            if a.byzantine.is_some() {
+                anyhow::bail!(
+                    "[attestation] byzantine is a testnet fault and needs tee = \"simulated\""
+                );
+            }
+            let vcek = if a.vcek.as_os_str().is_empty() {
+                None
+            } else {
+                let path = home.join(&a.vcek);
+                Some(
+                    std::fs::read(&path)
+                        .with_context(|| format!("reading the VCEK {}", path.display()))?,
+                )
+            };
+            Arc::new(SnpTee::open(vcek).context("[attestation] tee = \"snp\"")?)
+        }
+        TeeKind::Simulated => {
+            let path = home.join(&a.chip);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the simulated chip {}", path.display()))?;
+            let mut chip = SimChip::from_json(&text).with_context(|| path.display().to_string())?;
+            if a.byzantine == Some(Byzantine::Forge) {
+                chip = chip.forged();
+            }
+            let measurement = if a.measurement.is_empty() {
+                let exe =
+                    std::env::current_exe().context("locating this executable to measure it")?;
+                measure_file(&exe)?
+            } else {
+                let raw = hex::decode(a.measurement.trim_start_matches("0x"))?;
+                <[u8; 48]>::try_from(raw)
+                    .map_err(|_| anyhow::anyhow!("measurement is not 48 bytes"))?
+            };
+            tracing::info!(measurement = %hex::encode(measurement), chip = ?chip, "simulated TEE");
+            Arc::new(SimulatedTee::new(chip, measurement))
+        }
+    };
+    let batch = BatchConfig {
+        window: Duration::from_millis(a.batch_window_ms),
+        max: a.batch_max,
+    };
+    Ok(Some(
+        Attestation::new(tee, node, batch, a.byzantine).start(),
+    ))
 }

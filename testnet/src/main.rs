@@ -43,9 +43,19 @@ enum Cmd {
         /// puts it).
         #[arg(long)]
         minilm_dir: Option<PathBuf>,
-        /// Serve only the seeded demo MLP.
+        /// Serve only the seeded demo MLPs.
         #[arg(long, conflicts_with = "minilm_dir")]
         no_minilm: bool,
+        /// Reuse this simulated TEE root (root.json from `proofmesh attest simulate root` or a
+        /// testnet's DIR/tee) instead of making one.
+        #[arg(long)]
+        tee_root: Option<PathBuf>,
+        /// Make inference node I forge its TEE proofs (repeatable).
+        #[arg(long = "forging-inference")]
+        forging_inference: Vec<usize>,
+        /// Make inference node I replay its first TEE proof on every record (repeatable).
+        #[arg(long = "replaying-inference")]
+        replaying_inference: Vec<usize>,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -98,6 +108,9 @@ fn run(cli: Cli) -> Result<()> {
             timeout,
             minilm_dir,
             no_minilm,
+            tee_root,
+            forging_inference,
+            replaying_inference,
         } => {
             let opts = UpOptions {
                 dir,
@@ -109,6 +122,9 @@ fn run(cli: Cli) -> Result<()> {
                 ready_timeout: Duration::from_secs(timeout),
                 minilm_dir: (!no_minilm)
                     .then(|| minilm_dir.unwrap_or_else(testnet::net::default_minilm_dir)),
+                tee_root,
+                forging_inference,
+                replaying_inference,
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);

@@ -6,13 +6,25 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use chain::genesis::{GenesisAccount, GenesisValidator, ModelEntry, Params, VerificationMode};
+use chain::attestation::Tcb;
+use chain::attestation::sim::{SimRoot, measure_file};
+use chain::genesis::{
+    GenesisAccount, GenesisValidator, ModelEntry, Params, TeeParams, VerificationMode,
+};
 use chain::{Address, Genesis, TOTAL_SUPPLY};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 
 const OPG: u128 = 1_000_000_000_000_000_000;
+
+/// The TCB of the testnet's simulated chips, and the genesis minimum.
+const TESTNET_TCB: Tcb = Tcb {
+    bootloader: 3,
+    tee: 0,
+    snp: 14,
+    microcode: 209,
+};
 
 /// One node of a testnet, as `testnet.json` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,7 +45,17 @@ pub struct ModelInfo {
     pub name: String,
     pub example_input: PathBuf,
     pub price: String,
+    /// Verification mode: "reexec", "tee" or "tee+reexec".
+    #[serde(default = "reexec")]
+    pub mode: VerificationMode,
 }
+
+fn reexec() -> VerificationMode {
+    VerificationMode::Reexec
+}
+
+/// The demo model whose records are proven by (simulated) SEV-SNP reports only.
+pub const TEE_MODEL: &str = "mlp-tee";
 
 /// `DIR/testnet.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,8 +81,15 @@ pub struct UpOptions {
     pub faulty_inference: Vec<usize>,
     pub ready_timeout: Duration,
     /// An all-MiniLM-L6-v2 directory (from `scripts/fetch-minilm`) to serve as the first, default
-    /// model; `None` serves only the seeded demo MLP.
+    /// model; `None` serves only the seeded demo MLPs.
     pub minilm_dir: Option<PathBuf>,
+    /// A simulated TEE root (`root.json` from `proofmesh attest simulate root`) to reuse;
+    /// `None` makes a new one (two RSA-4096 keys: seconds).
+    pub tee_root: Option<PathBuf>,
+    /// Inference nodes (by index) whose TEE proofs are forged (not signed by their chip).
+    pub forging_inference: Vec<usize>,
+    /// Inference nodes (by index) that attach their first TEE proof to every record.
+    pub replaying_inference: Vec<usize>,
 }
 
 /// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
@@ -307,10 +336,17 @@ impl Testnet {
         }
         let mlp_dir = models_dir.join("mlp-demo");
         kernels::write_seeded_mlp(&mlp_dir, "mlp-demo", o.seed, &spec)?;
+        // Same shape, other weights: another model id, registered with mode `tee`.
+        kernels::write_seeded_mlp(
+            &models_dir.join(TEE_MODEL),
+            TEE_MODEL,
+            o.seed.wrapping_add(1_000_003),
+            &spec,
+        )?;
         let names: &[&str] = if o.minilm_dir.is_some() {
-            &[MINILM, "mlp-demo"]
+            &[MINILM, "mlp-demo", TEE_MODEL]
         } else {
-            &["mlp-demo"]
+            &["mlp-demo", TEE_MODEL]
         };
         for name in names {
             let model = kernels::Model::load(&models_dir.join(name))
@@ -322,6 +358,11 @@ impl Testnet {
                 name: name.to_string(),
                 example_input: example,
                 price: price.to_string(),
+                mode: if *name == TEE_MODEL {
+                    VerificationMode::Tee
+                } else {
+                    VerificationMode::Reexec
+                },
             });
         }
 
@@ -365,12 +406,32 @@ impl Testnet {
         let ecosystem = chain::PrivateKeySigner::random();
         chain::signing::write_key(&dir.join("ecosystem.key"), &ecosystem)?;
         let chain_id = 1337 + (o.seed % 1000);
+        // The testnet's root of trust: a simulated SEV-SNP root the genesis declares, one chip
+        // per inference node, and the node binary's SHA-384 as the one approved measurement.
+        let tee_dir = dir.join("tee");
+        let root = match &o.tee_root {
+            Some(p) => SimRoot::from_json(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )?,
+            None => SimRoot::generate()?,
+        };
+        std::fs::create_dir_all(&tee_dir)?;
+        std::fs::write(tee_dir.join("root.json"), root.to_json()?)?;
+        std::fs::write(tee_dir.join("roots.pem"), root.roots_pem()?)?;
+        let measurement = measure_file(&o.bin)?;
+        let tee = TeeParams {
+            product: None,
+            roots_pem: Some(root.roots_pem()?),
+            measurements: vec![hex::encode(measurement)],
+            min_tcb: TESTNET_TCB,
+        };
         let genesis = make_genesis(
             chain_id,
             &nodes,
             client.address(),
             ecosystem.address(),
             &models,
+            tee,
         )?;
         let genesis_json = genesis.to_json();
         std::fs::write(dir.join("genesis.json"), &genesis_json)?;
@@ -397,6 +458,17 @@ impl Testnet {
                 {
                     inf.insert("faulty".into(), toml::Value::Boolean(true));
                 }
+                let chip = root.issue_chip(TESTNET_TCB)?;
+                std::fs::write(n.home.join("chip.json"), chip.to_json()?)?;
+                let mut att = toml::Table::new();
+                att.insert("tee".into(), "simulated".into());
+                att.insert("chip".into(), "chip.json".into());
+                if o.forging_inference.contains(&inference_index) {
+                    att.insert("byzantine".into(), "forge".into());
+                } else if o.replaying_inference.contains(&inference_index) {
+                    att.insert("byzantine".into(), "replay".into());
+                }
+                cfg.insert("attestation".into(), toml::Value::Table(att));
                 inference_index += 1;
             }
             std::fs::write(&path, toml::to_string_pretty(&cfg)?)?;
@@ -533,6 +605,7 @@ fn make_genesis(
     client: Address,
     ecosystem: Address,
     models: &[ModelInfo],
+    tee: TeeParams,
 ) -> Result<Genesis> {
     let stake = 1_000_000 * OPG;
     let client_balance = 1_000_000 * OPG;
@@ -594,12 +667,12 @@ fn make_genesis(
                     name: m.name.clone(),
                     owner: ecosystem,
                     price: m.price.parse()?,
-                    mode: VerificationMode::Reexec,
+                    mode: m.mode,
                 })
             })
             .collect::<Result<_>>()?,
         params: Params::default(),
-        tee: None,
+        tee: Some(tee),
     };
     genesis.validate()?;
     Ok(genesis)

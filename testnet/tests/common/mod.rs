@@ -20,6 +20,17 @@ pub struct Running {
 
 impl Running {
     pub fn up(validators: usize, inference: usize, faulty_inference: Vec<usize>) -> Running {
+        Running::up_with(validators, inference, |o| {
+            o.faulty_inference = faulty_inference
+        })
+    }
+
+    /// A testnet whose options `adjust` changes from the defaults of [`Running::up`].
+    pub fn up_with(
+        validators: usize,
+        inference: usize,
+        adjust: impl FnOnce(&mut UpOptions),
+    ) -> Running {
         let bin = testnet::net::default_bin();
         assert!(
             bin.is_file(),
@@ -30,16 +41,20 @@ impl Running {
             .prefix("proofmesh-test-")
             .tempdir()
             .unwrap();
-        let opts = UpOptions {
+        let mut opts = UpOptions {
             dir: dir.path().join("net"),
             validators,
             inference,
             seed: 7,
             bin,
-            faulty_inference,
+            faulty_inference: Vec::new(),
             ready_timeout: Duration::from_secs(120),
             minilm_dir: Some(minilm_dir()),
+            tee_root: None,
+            forging_inference: Vec::new(),
+            replaying_inference: Vec::new(),
         };
+        adjust(&mut opts);
         let net = match Testnet::up(&opts) {
             Ok(net) => net,
             Err(e) => {

@@ -1,0 +1,163 @@
+//! TEE proofs on real processes: a testnet whose genesis declares a simulated SEV-SNP root and a
+//! `tee` model. Records carry batched reports that every validator verifies; an inference node
+//! that forges reports and one that replays an old proof have those records rejected (logged,
+//! counted by the failed check), their clients are not charged, and honest jobs keep finalizing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chain::ModelId;
+use chain::attestation::sim::measure_file;
+use common::{Running, balance, fresh_nonce};
+use serde_json::Value;
+use testnet::client::{Client, signed_job};
+use testnet::net::TEE_MODEL;
+
+fn metric(client: &Client, http: &str, name: &str) -> f64 {
+    client
+        .get_text(&format!("{http}/metrics"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn tee_records_are_verified_and_forged_or_replayed_proofs_are_rejected() {
+    // inference-0 honest, inference-1 forges, inference-2 replays.
+    let run = Running::up_with(4, 3, |o| {
+        o.minilm_dir = None;
+        o.forging_inference = vec![1];
+        o.replaying_inference = vec![2];
+    });
+    let net = run.net();
+    let client = Client::new();
+    let model = net.model(Some(TEE_MODEL)).unwrap();
+    assert_eq!(model.mode, chain::VerificationMode::Tee);
+    let model_id: ModelId = model.id.parse().unwrap();
+    let price: u128 = model.price.parse().unwrap();
+    let input = std::fs::read_to_string(&model.example_input).unwrap();
+    let key = net.client_key().unwrap();
+    let v0 = &net.nodes[0].http;
+    let (honest, forger, replayer) = (&net.nodes[4], &net.nodes[5], &net.nodes[6]);
+    assert_eq!(replayer.name, "inference-2");
+    let paid_before = balance(&client, v0, &net.client_address.to_string());
+    // The genesis approves the node binary's measurement under the testnet's own roots.
+    let genesis: Value =
+        serde_json::from_str(&std::fs::read_to_string(net.dir.join("genesis.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        genesis["tee"]["measurements"][0],
+        hex::encode(measure_file(&net.bin).unwrap())
+    );
+
+    // Jobs submitted at an inference node run there (local first).
+    let submit = |node: &testnet::NodeInfo| -> Value {
+        let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+        let reply = client
+            .post(&format!("{}/v1/jobs", node.http), &body)
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body
+    };
+
+    // Honest: several concurrent jobs share batched reports; each finalizes.
+    let honest_jobs: Vec<Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| submit(honest))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for reply in &honest_jobs {
+        let tee = &reply["proof"]["tee"];
+        assert_eq!(
+            tee["report"].as_str().unwrap().len(),
+            2 + 2 * 0x4A0,
+            "{reply}"
+        );
+        assert!(tee["vcek"].as_str().unwrap().len() > 100);
+    }
+    // Replay: its first proof is genuine (and finalizes); the next record carries it again.
+    let replay_first = submit(replayer);
+    let replay_second = submit(replayer);
+    assert_eq!(
+        replay_first["proof"]["tee"]["report"],
+        replay_second["proof"]["tee"]["report"]
+    );
+    let forged = submit(forger);
+
+    let finalized = |job: &Value| {
+        let id = job["job_id"].as_str().unwrap();
+        let st = client
+            .wait_job(v0, id, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
+        assert_eq!(st["status"], "finalized", "{st}");
+    };
+    for j in honest_jobs.iter().chain([&replay_first]) {
+        finalized(j);
+    }
+
+    // Every validator rejected the forged and the replayed record, each by its own check,
+    // counted in metrics and logged with the job id.
+    let bad = [
+        (&forged, "tee_signature"),
+        (&replay_second, "tee_report_data"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for v in net.validators() {
+        for (job, reason) in bad {
+            let series = format!("proofmesh_records_rejected_total{{reason=\"{reason}\"}}");
+            while metric(&client, &v.http, &series) < 1.0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not count {reason}\n{}",
+                    v.name,
+                    run.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let id = job["job_id"].as_str().unwrap();
+            let log = std::fs::read_to_string(v.home.join("node.log")).unwrap();
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("INVALID TEE PROOF") && l.contains(id)),
+                "{} logged no rejection of {id}",
+                v.name
+            );
+        }
+        assert!(metric(&client, &v.http, "proofmesh_tee_proofs_verified_total") >= 5.0);
+    }
+
+    // The chain moves on; the bad jobs are never settled.
+    let height_of = || {
+        client.get(&format!("{v0}/v1/status")).unwrap().body["height"]
+            .as_u64()
+            .unwrap()
+    };
+    let target = height_of() + 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while height_of() < target {
+        assert!(Instant::now() < deadline, "chain stalled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (job, _) in bad {
+        let id = job["job_id"].as_str().unwrap();
+        for v in net.validators() {
+            let st = client.get(&format!("{}/v1/jobs/{id}", v.http)).unwrap();
+            assert!(
+                st.status == 404 || st.body["status"] != "finalized",
+                "{} settled {id}: {}",
+                v.name,
+                st.body
+            );
+        }
+    }
+    // Only the honest and the first replayed job were charged; the forger earned nothing.
+    let paid = paid_before - balance(&client, v0, &net.client_address.to_string());
+    assert_eq!(paid, 5 * price);
+    assert_eq!(balance(&client, v0, &forger.address.to_string()), 0);
+    // The honest node obtained its reports from its TEE (batching itself is tested in the
+    // Attestation actor's unit tests, where timing is controlled).
+    let reports = metric(&client, &honest.http, "proofmesh_attestation_reports_total");
+    assert!(reports >= 1.0, "{reports}");
+}
