@@ -306,6 +306,107 @@ impl Handler<VerifyRecords> for Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chain::attestation::Tcb;
+    use chain::attestation::sim::{ReportRequest, SimRoot};
+    use chain::genesis::{ModelEntry, Params, TeeParams, VerificationMode};
+    use chain::record::{JobRequest, Proof, TeeProof};
+    use chain::signing::seeded_key;
+
+    /// The model's mode decides the checks: `tee` needs a valid proof and no re-execution,
+    /// `reexec` re-executes whatever the proof, `tee+reexec` does both (here re-execution is
+    /// reached, and stops at the model this validator lacks, only once the proof holds).
+    #[test]
+    fn each_mode_runs_its_checks() {
+        let root = SimRoot::generate().unwrap();
+        let tcb = Tcb::default();
+        let chip = root.issue_chip(tcb).unwrap();
+        let measurement = [3u8; 48];
+        let (client, exec) = (seeded_key(9, 1), seeded_key(9, 2));
+        let model_id = kernels::ModelId([8; 32]);
+        let mut genesis = Genesis {
+            chain_id: 5,
+            genesis_time_ms: 0,
+            accounts: vec![],
+            validators: vec![],
+            inference_nodes: vec![exec.address()],
+            models: vec![ModelEntry {
+                id: model_id,
+                name: "m".into(),
+                owner: client.address(),
+                price: 1,
+                mode: VerificationMode::Tee,
+            }],
+            params: Params::default(),
+            tee: Some(TeeParams {
+                product: None,
+                roots_pem: Some(root.roots_pem().unwrap()),
+                measurements: vec![hex::encode(measurement)],
+                min_tcb: tcb,
+            }),
+        };
+        let input = "{}".to_string();
+        let request = JobRequest {
+            client: client.address(),
+            model_id,
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee: 1,
+            nonce: 1,
+            expiry: u64::MAX,
+        };
+        let output = chain::B256::repeat_byte(1);
+        let leaf = chain::record::leaf(&request, &output, &exec.address(), 5);
+        let report = chip
+            .report(&ReportRequest {
+                report_data: chain::attestation::report_data(&leaf, &exec.address()),
+                measurement,
+                debug: false,
+            })
+            .unwrap();
+        let tee_proof = Proof::Tee(TeeProof {
+            report,
+            vcek: chip.vcek_der().to_vec(),
+            path: vec![],
+        });
+        let job = request.sign(&client, 5).unwrap();
+        let make = |proof: Proof| {
+            InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, 5).unwrap()
+        };
+        let (with_tee, without) = (make(tee_proof), make(Proof::Reexec));
+        let backend = kernels::select("cpu").unwrap();
+        let models = Models::default();
+        let run = |g: &Genesis, r: &InferenceRecord| {
+            let tee = g.tee.as_ref().map(|t| t.verifier().unwrap());
+            check(g, &models, backend.as_ref(), tee.as_ref(), true, r)
+        };
+        // tee: the proof is checked, nothing is re-executed (the model is not even here).
+        assert!(run(&genesis, &with_tee).is_ok());
+        assert!(matches!(
+            run(&genesis, &without),
+            Err(RecordError::Attestation(
+                chain::attestation::AttestationError::MissingProof
+            ))
+        ));
+        // reexec: re-execution is attempted with or without a proof.
+        genesis.models[0].mode = VerificationMode::Reexec;
+        assert!(matches!(
+            run(&genesis, &with_tee),
+            Err(RecordError::ModelMissing(_))
+        ));
+        assert!(matches!(
+            run(&genesis, &without),
+            Err(RecordError::ModelMissing(_))
+        ));
+        // tee+reexec: the proof first, then re-execution.
+        genesis.models[0].mode = VerificationMode::TeeReexec;
+        assert!(matches!(
+            run(&genesis, &without),
+            Err(RecordError::Attestation(_))
+        ));
+        assert!(matches!(
+            run(&genesis, &with_tee),
+            Err(RecordError::ModelMissing(_))
+        ));
+    }
 
     #[test]
     fn sampling_is_deterministic_and_follows_the_rate() {
