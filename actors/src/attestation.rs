@@ -213,11 +213,12 @@ impl Attestation {
                         .attestation_seconds
                         .observe(started.elapsed().as_secs_f64());
                     tracing::debug!(records = n, root = %root, "batch attested");
-                    for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    let paths = chain::merkle::proofs(&leaves);
+                    for ((_, reply), path) in batch.into_iter().zip(paths) {
                         let proof = TeeProof {
                             report: report.clone(),
                             vcek: vcek.clone(),
-                            path: chain::merkle::proof(&leaves, i).unwrap_or_default(),
+                            path,
                         };
                         let proof = if act.byzantine == Some(Byzantine::Replay) {
                             act.replayed.get_or_insert(proof).clone()

@@ -158,11 +158,11 @@ impl Inference {
             .filter(|m| m.mode.needs_tee())
             .and(self.attestation.clone());
         let work = async move {
-            let input = call.input.clone();
+            // The call travels to the blocking thread and back: no copy of the input.
             let computed = tokio::task::spawn_blocking(move || {
                 model
-                    .run(backend.as_ref(), input.as_bytes())
-                    .map(|output| (output.hash(), output.to_json().to_string()))
+                    .run(backend.as_ref(), call.input.as_bytes())
+                    .map(|output| (output.hash(), output.to_json().to_string(), call))
                     .map_err(|e| Self::refuse("bad_input", e.to_string()))
             })
             .await
@@ -172,7 +172,7 @@ impl Inference {
                     format!("inference task failed: {e}"),
                 ))
             })?;
-            let (hash, output) = computed;
+            let (hash, output, call) = computed;
             let mut hash = chain::B256::from(hash);
             if faulty {
                 hash.0[0] ^= 0xff;

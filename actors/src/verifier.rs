@@ -67,64 +67,75 @@ impl RecordError {
 
 #[derive(Clone)]
 pub struct Verifier {
-    genesis: Arc<Genesis>,
-    models: Models,
-    backend: Arc<dyn Backend>,
-    tee: Option<Arc<TeeVerifier>>,
-    reexecute: bool,
+    checker: Checker,
     network: Addr<Network>,
     mempool: Addr<Mempool>,
     verified: HashSet<JobId>,
     verified_order: VecDeque<JobId>,
 }
 
-/// Stateless record checks and the TEE proof, then re-execution when `reexecute`, the model's
-/// mode includes it and the job is sampled.
-fn check(
-    genesis: &Genesis,
-    models: &Models,
-    backend: &dyn Backend,
-    tee: Option<&TeeVerifier>,
+/// What the checks need, cheap to clone into a blocking task.
+#[derive(Clone)]
+struct Checker {
+    genesis: Arc<Genesis>,
+    models: Models,
+    backend: Arc<dyn Backend>,
+    tee: Option<Arc<TeeVerifier>>,
     reexecute: bool,
-    record: &InferenceRecord,
-) -> Result<JobId, RecordError> {
-    let id = record.verify_signatures(genesis.chain_id)?;
-    if !genesis.is_inference_node(&record.executor) {
-        return Err(chain::Error::UnknownExecutor(record.executor).into());
-    }
-    let model_id = record.job.request.model_id;
-    let Some(entry) = genesis.model(&model_id) else {
-        return Err(chain::Error::UnknownModel(model_id).into());
-    };
-    if entry.mode.needs_tee() {
-        let started = Instant::now();
-        chain::record::check_tee_proof(record, entry.mode, tee, genesis.chain_id)?;
-        METRICS
-            .tee_verify_seconds
-            .observe(started.elapsed().as_secs_f64());
-        METRICS.tee_verified.inc();
-    }
-    if reexecute && entry.mode.needs_reexec() && sampled(&id, genesis.params.reexec_sample_bps) {
-        let model = models
-            .get(&model_id)
-            .ok_or(RecordError::ModelMissing(model_id))?;
-        let started = Instant::now();
-        let output = model
-            .run(backend, record.input.as_bytes())
-            .map_err(|e| RecordError::Execution(e.to_string()))?;
-        METRICS
-            .reexec_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let actual = chain::B256::from(output.hash());
-        if actual != record.output_hash {
-            return Err(RecordError::Fraud {
-                executor: record.executor,
-                claimed: record.output_hash,
-                actual,
-            });
+}
+
+impl Checker {
+    /// Stateless record checks and the TEE proof, then re-execution when `reexecute`, the model's
+    /// mode includes it and the job is sampled.
+    fn check(&self, record: &InferenceRecord) -> Result<JobId, RecordError> {
+        let genesis = &self.genesis;
+        let id = record.verify_signatures(genesis.chain_id)?;
+        if !genesis.is_inference_node(&record.executor) {
+            return Err(chain::Error::UnknownExecutor(record.executor).into());
         }
+        let model_id = record.job.request.model_id;
+        let Some(entry) = genesis.model(&model_id) else {
+            return Err(chain::Error::UnknownModel(model_id).into());
+        };
+        if entry.mode.needs_tee() {
+            let started = Instant::now();
+            chain::record::check_tee_proof(
+                record,
+                entry.mode,
+                self.tee.as_deref(),
+                genesis.chain_id,
+            )?;
+            METRICS
+                .tee_verify_seconds
+                .observe(started.elapsed().as_secs_f64());
+            METRICS.tee_verified.inc();
+        }
+        if self.reexecute
+            && entry.mode.needs_reexec()
+            && sampled(&id, genesis.params.reexec_sample_bps)
+        {
+            let model = self
+                .models
+                .get(&model_id)
+                .ok_or(RecordError::ModelMissing(model_id))?;
+            let started = Instant::now();
+            let output = model
+                .run(self.backend.as_ref(), record.input.as_bytes())
+                .map_err(|e| RecordError::Execution(e.to_string()))?;
+            METRICS
+                .reexec_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let actual = chain::B256::from(output.hash());
+            if actual != record.output_hash {
+                return Err(RecordError::Fraud {
+                    executor: record.executor,
+                    claimed: record.output_hash,
+                    actual,
+                });
+            }
+        }
+        Ok(id)
     }
-    Ok(id)
 }
 
 /// Deterministic sample: the first two bytes of the job id against the rate.
@@ -150,11 +161,13 @@ impl Verifier {
             }
         });
         Verifier {
-            genesis,
-            models,
-            backend,
-            tee,
-            reexecute,
+            checker: Checker {
+                genesis,
+                models,
+                backend,
+                tee,
+                reexecute,
+            },
             network,
             mempool,
             verified: HashSet::new(),
@@ -170,16 +183,6 @@ impl Verifier {
             {
                 self.verified.remove(&old);
             }
-        }
-    }
-
-    fn checker(&self) -> Checker {
-        Checker {
-            genesis: self.genesis.clone(),
-            models: self.models.clone(),
-            backend: self.backend.clone(),
-            tee: self.tee.clone(),
-            reexecute: self.reexecute,
         }
     }
 
@@ -203,41 +206,22 @@ impl Actor for Verifier {
     type Context = Context<Self>;
 }
 
-/// What [`check`] needs, cheap to clone into a blocking task.
-#[derive(Clone)]
-struct Checker {
-    genesis: Arc<Genesis>,
-    models: Models,
-    backend: Arc<dyn Backend>,
-    tee: Option<Arc<TeeVerifier>>,
-    reexecute: bool,
-}
-
-/// Runs [`check`] on a blocking thread.
+/// Runs [`Checker::check`] on a blocking thread.
 async fn check_blocking(v: Checker, record: Arc<InferenceRecord>) -> Result<JobId, RecordError> {
-    tokio::task::spawn_blocking(move || {
-        check(
-            &v.genesis,
-            &v.models,
-            v.backend.as_ref(),
-            v.tee.as_deref(),
-            v.reexecute,
-            &record,
-        )
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(RecordError::Execution(format!(
-            "verification task failed: {e}"
-        )))
-    })
+    tokio::task::spawn_blocking(move || v.check(&record))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RecordError::Execution(format!(
+                "verification task failed: {e}"
+            )))
+        })
 }
 
 impl Handler<GossipRecord> for Verifier {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: GossipRecord, _: &mut Self::Context) -> Self::Result {
         let record = Arc::new(msg.record);
-        let fut = check_blocking(self.checker(), record.clone());
+        let fut = check_blocking(self.checker.clone(), record.clone());
         let (mid, source) = (msg.id, msg.source);
         Box::pin(fut.into_actor(self).map(move |result, act, _| {
             let acceptance = match result {
@@ -249,7 +233,7 @@ impl Handler<GossipRecord> for Verifier {
                     MessageAcceptance::Accept
                 }
                 Err(e) => {
-                    Verifier::log_rejection(&record, &e, act.genesis.chain_id);
+                    Verifier::log_rejection(&record, &e, act.checker.genesis.chain_id);
                     match e {
                         // Not the sender's fault: we lack the model.
                         RecordError::ModelMissing(_) => MessageAcceptance::Ignore,
@@ -269,14 +253,14 @@ impl Handler<GossipRecord> for Verifier {
 impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
-        let chain_id = self.genesis.chain_id;
+        let chain_id = self.checker.genesis.chain_id;
         let todo: Vec<InferenceRecord> = msg
             .0
             .into_iter()
             .filter(|r| !self.verified.contains(&r.job_id(chain_id)))
             .collect();
-        let checker = self.checker();
-        let g = self.genesis.clone();
+        let checker = self.checker.clone();
+        let g = self.checker.genesis.clone();
         let fut = async move {
             let mut ok = Vec::new();
             for record in todo {
@@ -375,8 +359,14 @@ mod tests {
         let backend = kernels::select("cpu").unwrap();
         let models = Models::default();
         let run = |g: &Genesis, r: &InferenceRecord| {
-            let tee = g.tee.as_ref().map(|t| t.verifier().unwrap());
-            check(g, &models, backend.as_ref(), tee.as_ref(), true, r)
+            let checker = Checker {
+                genesis: Arc::new(g.clone()),
+                models: models.clone(),
+                backend: backend.clone(),
+                tee: g.tee.as_ref().map(|t| Arc::new(t.verifier().unwrap())),
+                reexecute: true,
+            };
+            checker.check(r)
         };
         // tee: the proof is checked, nothing is re-executed (the model is not even here).
         assert!(run(&genesis, &with_tee).is_ok());

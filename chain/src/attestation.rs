@@ -278,8 +278,17 @@ fn tcb(v: &sev::firmware::host::TcbVersion) -> Tcb {
 struct TrustedVcek {
     key: p384::ecdsa::VerifyingKey,
     hw_id: Option<Vec<u8>>,
-    /// (component name, patch level) for each SPL extension present.
-    spl: Vec<(&'static str, u8)>,
+    /// One claim per SPL extension present.
+    spl: Vec<SplClaim>,
+}
+
+/// A VCEK's claimed security patch level of one TCB component.
+#[derive(Clone, Copy, Debug)]
+struct SplClaim {
+    name: &'static str,
+    /// Reads the same component from a report's TCB.
+    of: fn(&Tcb) -> u8,
+    level: u8,
 }
 
 /// Parses `vcek_der`, checks its chain to `roots` (steps 2) and reads its extensions.
@@ -290,20 +299,20 @@ fn trust_vcek(vcek_der: &[u8], roots: &Roots) -> Result<TrustedVcek, Attestation
     let mut spl = Vec::new();
     for ext in x509.tbs_certificate.extensions.iter().flatten() {
         let value = ext.extn_value.as_bytes();
-        let name = match ext.extn_id {
+        let (name, of): (&'static str, fn(&Tcb) -> u8) = match ext.extn_id {
             oid::HW_ID => {
                 hw_id = Some(value.to_vec());
                 continue;
             }
-            oid::BL_SPL => "bootloader",
-            oid::TEE_SPL => "tee",
-            oid::SNP_SPL => "snp",
-            oid::UCODE_SPL => "microcode",
+            oid::BL_SPL => ("bootloader", |t| t.bootloader),
+            oid::TEE_SPL => ("tee", |t| t.tee),
+            oid::SNP_SPL => ("snp", |t| t.snp),
+            oid::UCODE_SPL => ("microcode", |t| t.microcode),
             _ => continue,
         };
         let level = u8::from_der(value)
             .map_err(|e| AttestationError::BadVcek(format!("{name} SPL extension: {e}")))?;
-        spl.push((name, level));
+        spl.push(SplClaim { name, of, level });
     }
     let vcek = Certificate::from(x509);
     let chain = Chain {
@@ -335,13 +344,8 @@ fn check_vcek_claims(
         )));
     }
     let reported = tcb(&parsed.reported_tcb);
-    for &(name, level) in &vcek.spl {
-        let actual = match name {
-            "bootloader" => reported.bootloader,
-            "tee" => reported.tee,
-            "snp" => reported.snp,
-            _ => reported.microcode,
-        };
+    for &SplClaim { name, of, level } in &vcek.spl {
+        let actual = of(&reported);
         if actual != level {
             return Err(AttestationError::VcekMismatch(format!(
                 "VCEK is for {name} patch level {level}, the report's TCB has {actual}"
@@ -376,6 +380,13 @@ pub fn verify_report(
     check_vcek_claims(&vcek, &parsed)?;
     verify_signature(report, &vcek.key)?;
     check_claims(&parsed, roots, policy, expected_data)
+}
+
+/// A launch measurement written as 96 hex digits (`0x` optional); `None` if it is not one.
+pub fn parse_measurement(s: &str) -> Option<[u8; 48]> {
+    hex::decode(s.strip_prefix("0x").unwrap_or(s))
+        .ok()
+        .and_then(|b| <[u8; 48]>::try_from(b).ok())
 }
 
 /// `report_data` for a batch: the Merkle root of its record leaves, then the node's address,

@@ -97,12 +97,9 @@ impl TeeParams {
             .measurements
             .iter()
             .map(|m| {
-                hex::decode(m.strip_prefix("0x").unwrap_or(m))
-                    .ok()
-                    .and_then(|b| <[u8; 48]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        Error::Genesis(format!("tee: measurement {m:?} is not 48 hex bytes"))
-                    })
+                crate::attestation::parse_measurement(m).ok_or_else(|| {
+                    Error::Genesis(format!("tee: measurement {m:?} is not 48 hex bytes"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(SnpPolicy {

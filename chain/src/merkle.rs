@@ -18,18 +18,42 @@ pub fn root(leaves: &[B256]) -> B256 {
     }
     let mut level = leaves.to_vec();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|c| {
-                if c.len() == 2 {
-                    hash_pair(&c[0], &c[1])
-                } else {
-                    c[0]
-                }
-            })
-            .collect();
+        level = next_level(&level);
     }
     level[0]
+}
+
+/// The level above `level`: pairs hashed, an odd last node carried up.
+fn next_level(level: &[B256]) -> Vec<B256> {
+    level
+        .chunks(2)
+        .map(|c| {
+            if c.len() == 2 {
+                hash_pair(&c[0], &c[1])
+            } else {
+                c[0]
+            }
+        })
+        .collect()
+}
+
+/// The sibling path of every leaf, in leaf order: one pass over the tree's levels, where calling
+/// [`proof`] for each leaf would rebuild the tree per leaf.
+pub fn proofs(leaves: &[B256]) -> Vec<Vec<B256>> {
+    let mut paths = vec![Vec::new(); leaves.len()];
+    // position[i]: leaf i's index in the current level.
+    let mut position: Vec<usize> = (0..leaves.len()).collect();
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        for (path, pos) in paths.iter_mut().zip(position.iter_mut()) {
+            if let Some(sibling) = level.get(*pos ^ 1) {
+                path.push(*sibling);
+            }
+            *pos /= 2;
+        }
+        level = next_level(&level);
+    }
+    paths
 }
 
 /// Sibling path of leaf `index`, or `None` when out of range.
@@ -37,27 +61,7 @@ pub fn proof(leaves: &[B256], index: usize) -> Option<Vec<B256>> {
     if index >= leaves.len() {
         return None;
     }
-    let mut path = Vec::new();
-    let mut level = leaves.to_vec();
-    let mut i = index;
-    while level.len() > 1 {
-        let sibling = i ^ 1;
-        if sibling < level.len() {
-            path.push(level[sibling]);
-        }
-        level = level
-            .chunks(2)
-            .map(|c| {
-                if c.len() == 2 {
-                    hash_pair(&c[0], &c[1])
-                } else {
-                    c[0]
-                }
-            })
-            .collect();
-        i /= 2;
-    }
-    Some(path)
+    Some(proofs(leaves).swap_remove(index))
 }
 
 /// The root that `path` leads to from `leaf`.

@@ -183,9 +183,7 @@ fn verify(a: VerifyArgs) -> Result<()> {
     };
     let mut measurements = Vec::new();
     for m in &a.measurements {
-        let bytes = hex::decode(m.trim_start_matches("0x"))
-            .ok()
-            .and_then(|b| <[u8; 48]>::try_from(b).ok())
+        let bytes = chain::attestation::parse_measurement(m)
             .with_context(|| format!("measurement {m:?} is not 48 bytes of hex"))?;
         measurements.push(bytes);
     }

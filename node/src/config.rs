@@ -99,6 +99,24 @@ pub struct AttestationSection {
     pub byzantine: Option<actors::attestation::Byzantine>,
 }
 
+impl AttestationSection {
+    /// The configured measurement; `None` when empty (the simulated TEE then measures its
+    /// executable).
+    pub fn measurement(&self) -> Result<Option<[u8; 48]>, String> {
+        if self.measurement.is_empty() {
+            return Ok(None);
+        }
+        chain::attestation::parse_measurement(&self.measurement)
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "attestation.measurement {:?} is not 96 hex digits",
+                    self.measurement
+                )
+            })
+    }
+}
+
 impl Default for AttestationSection {
     fn default() -> Self {
         AttestationSection {
@@ -240,14 +258,7 @@ impl Config {
         if a.batch_window_ms > 10_000 {
             return Err("attestation.batch_window_ms is at most 10000".into());
         }
-        if !a.measurement.is_empty()
-            && hex::decode(a.measurement.trim_start_matches("0x")).map(|b| b.len()) != Ok(48)
-        {
-            return Err(format!(
-                "attestation.measurement {:?} is not 96 hex digits",
-                a.measurement
-            ));
-        }
+        a.measurement()?;
         let c = &self.consensus;
         if c.timeout_propose_ms == 0 || c.timeout_prevote_ms == 0 || c.timeout_precommit_ms == 0 {
             return Err("consensus timeouts must be positive".into());

@@ -262,14 +262,13 @@ fn start_attestation(
             if a.byzantine == Some(Byzantine::Forge) {
                 chip = chip.forged();
             }
-            let measurement = if a.measurement.is_empty() {
-                let exe =
-                    std::env::current_exe().context("locating this executable to measure it")?;
-                measure_file(&exe)?
-            } else {
-                let raw = hex::decode(a.measurement.trim_start_matches("0x"))?;
-                <[u8; 48]>::try_from(raw)
-                    .map_err(|_| anyhow::anyhow!("measurement is not 48 bytes"))?
+            let measurement = match a.measurement().map_err(anyhow::Error::msg)? {
+                Some(m) => m,
+                None => {
+                    let exe = std::env::current_exe()
+                        .context("locating this executable to measure it")?;
+                    measure_file(&exe)?
+                }
             };
             tracing::info!(measurement = %hex::encode(measurement), chip = ?chip, "simulated TEE");
             Arc::new(SimulatedTee::new(chip, measurement))

@@ -9,16 +9,11 @@ use serde_json::Value;
 mod sev_data;
 use sev_data::sev_test_data_dir;
 
+/// `proofmesh attest verify ARGS`: (success, stdout JSON).
 fn attest(args: &[&str]) -> (bool, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_proofmesh"))
-        .args(["attest", "verify"])
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.success(), json)
+    let all: Vec<&str> = ["attest", "verify"].iter().chain(args).copied().collect();
+    let (ok, json, _) = proofmesh(&all);
+    (ok, json)
 }
 
 #[test]
@@ -110,6 +105,7 @@ fn attest_verify_accepts_the_genuine_report_and_names_every_refusal() {
     );
 }
 
+/// Runs the binary: (success, stdout JSON or null, stderr); never a panic.
 fn proofmesh(args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_proofmesh"))
         .args(args)

@@ -417,11 +417,12 @@ impl Testnet {
         };
         std::fs::create_dir_all(&tee_dir)?;
         std::fs::write(tee_dir.join("root.json"), root.to_json()?)?;
-        std::fs::write(tee_dir.join("roots.pem"), root.roots_pem()?)?;
+        let roots_pem = root.roots_pem()?;
+        std::fs::write(tee_dir.join("roots.pem"), &roots_pem)?;
         let measurement = measure_file(&o.bin)?;
         let tee = TeeParams {
             product: None,
-            roots_pem: Some(root.roots_pem()?),
+            roots_pem: Some(roots_pem),
             measurements: vec![hex::encode(measurement)],
             min_tcb: TESTNET_TCB,
         };

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chain::ModelId;
-use common::{Running, balance, fresh_nonce};
+use common::{Running, balance, fresh_nonce, metric};
 use testnet::client::{Client, signed_job};
 
 #[test]
@@ -57,19 +57,16 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
     let deadline = Instant::now() + Duration::from_secs(30);
     for v in net.validators() {
         loop {
-            let metrics = client.get_text(&format!("{}/metrics", v.http)).unwrap();
-            let fraud = metrics
-                .lines()
-                .find(|l| l.starts_with("proofmesh_fraud_detected_total "))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            if fraud >= 1.0 {
+            if metric(&client, &v.http, "proofmesh_fraud_detected_total ") >= 1.0 {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} counted no fraud:\n{metrics}",
-                v.name
+                "{} counted no fraud:\n{}",
+                v.name,
+                client
+                    .get_text(&format!("{}/metrics", v.http))
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }

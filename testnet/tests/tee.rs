@@ -9,20 +9,10 @@ use std::time::{Duration, Instant};
 
 use chain::ModelId;
 use chain::attestation::sim::measure_file;
-use common::{Running, balance, fresh_nonce};
+use common::{Running, balance, fresh_nonce, metric};
 use serde_json::Value;
 use testnet::client::{Client, signed_job};
 use testnet::net::TEE_MODEL;
-
-fn metric(client: &Client, http: &str, name: &str) -> f64 {
-    client
-        .get_text(&format!("{http}/metrics"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
 
 #[test]
 fn tee_records_are_verified_and_forged_or_replayed_proofs_are_rejected() {

@@ -370,18 +370,11 @@ impl SimChip {
             ..Default::default()
         };
         OsRng.fill_bytes(&mut report.report_id);
-        let mut bytes = report
-            .to_bytes()
-            .map_err(|e| sim_err("encode report", e))?
-            .to_vec();
-        if bytes.len() != REPORT_LEN {
-            return Err(AttestationError::Simulation(format!(
-                "encoded report is {} bytes",
-                bytes.len()
-            )));
-        }
+        // A fixed-size array of the report's length (the sev encoder's `Bytes` type).
+        let mut bytes: [u8; REPORT_LEN] =
+            report.to_bytes().map_err(|e| sim_err("encode report", e))?;
         sign_report(&self.key, &mut bytes)?;
-        Ok(bytes)
+        Ok(bytes.to_vec())
     }
 
     /// The same chip certificate with a different private key: what a node that forges reports

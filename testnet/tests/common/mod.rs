@@ -126,3 +126,14 @@ pub fn fresh_nonce() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     chain::types::now_ms() * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// The value of the Prometheus series `series` (name with labels) at `node`; 0 when absent.
+pub fn metric(client: &Client, node: &str, series: &str) -> f64 {
+    client
+        .get_text(&format!("{node}/metrics"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
