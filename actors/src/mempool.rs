@@ -1,15 +1,84 @@
 //! The Mempool actor: verified records and signed transactions waiting for a block.
+//!
+//! A transaction is admitted only if it applies on top of the committed state plus the
+//! transactions already pending from the same sender: valid signature, the sender's next nonce,
+//! a non-zero amount the sender can still pay. What the proposer's block builder finds it cannot
+//! include is dropped ([`DropInvalid`]), and every commit re-checks the senders it touched, so
+//! the pool never keeps offering what makes its own proposals fail. Records and transactions are
+//! saved in the store's pending column family while they wait, and reloaded at start: a node
+//! restart loses no executed job.
+//!
+//! It does not verify records (the Verifier does, before [`AddRecord`]) and does not decide
+//! whether a gossiped message is relayed (the Network does).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use actix::prelude::*;
-use chain::{B256, InferenceRecord, JobId, Tx};
+use chain::{Account, Address, B256, InferenceRecord, JobId, Store, Tx};
 
 use crate::metrics::METRICS;
 use crate::network::GossipTx;
+use crate::settlement::GetAccount;
 
-/// Most records (and, separately, transactions) held; beyond it new ones are refused.
+/// Most records (and, separately, transactions) held; beyond it new ones are refused. A block
+/// takes at most 1,024 of each, so this is minutes of backlog at full load.
 pub const MEMPOOL_CAPACITY: usize = 50_000;
+
+/// Most transactions pending from one sender: nonces are sequential, so one account cannot fill
+/// the pool, and a sender rarely needs more than a few blocks' worth in flight.
+pub const MAX_PENDING_PER_SENDER: usize = 64;
+
+/// Why a transaction was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MempoolError {
+    #[error("invalid signature: {0}")]
+    BadSignature(String),
+    #[error("a transfer of 0 does nothing; the amount must be positive")]
+    ZeroAmount,
+    #[error("nonce {nonce} is spent or pending; the next nonce of {sender} is {expected}")]
+    NonceUsed {
+        sender: Address,
+        nonce: u64,
+        expected: u64,
+    },
+    #[error(
+        "nonce {nonce} is ahead of {sender}'s next nonce {expected}; send the missing ones first"
+    )]
+    NonceGap {
+        sender: Address,
+        nonce: u64,
+        expected: u64,
+    },
+    #[error("{sender} can pay {available} after its pending transactions, not {needed}")]
+    InsufficientBalance {
+        sender: Address,
+        available: u128,
+        needed: u128,
+    },
+    #[error("{sender} already has {MAX_PENDING_PER_SENDER} transactions pending")]
+    SenderFull { sender: Address },
+    #[error("the mempool holds {MEMPOOL_CAPACITY} transactions; try again later")]
+    Full,
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl MempoolError {
+    /// Stable label for metrics and API error codes.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MempoolError::BadSignature(_) => "bad_signature",
+            MempoolError::ZeroAmount => "zero_amount",
+            MempoolError::NonceUsed { .. } => "nonce_used",
+            MempoolError::NonceGap { .. } => "nonce_gap",
+            MempoolError::InsufficientBalance { .. } => "insufficient_balance",
+            MempoolError::SenderFull { .. } => "sender_full",
+            MempoolError::Full => "mempool_full",
+            MempoolError::Unavailable(_) => "unavailable",
+        }
+    }
+}
 
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -18,9 +87,9 @@ pub struct AddRecord {
     pub record: InferenceRecord,
 }
 
-/// A transaction submitted locally (HTTP); returns its hash or why it was refused.
+/// A transaction submitted locally (HTTP) or from gossip; its hash, or why it was refused.
 #[derive(Message)]
-#[rtype(result = "Result<B256, String>")]
+#[rtype(result = "Result<B256, MempoolError>")]
 pub struct AddTx(pub Tx);
 
 /// Records and transactions for the next block, oldest first.
@@ -31,7 +100,7 @@ pub struct Candidates {
     pub max_txs: usize,
 }
 
-/// A block was committed: drop what it included.
+/// A block was committed: drop what it included and re-check the senders it changed.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Committed {
@@ -39,31 +108,260 @@ pub struct Committed {
     pub block_hash: B256,
     pub jobs: Vec<JobId>,
     pub txs: Vec<B256>,
+    /// Every account the block changed, as it is now.
+    pub accounts: Vec<(Address, Account)>,
 }
+
+/// The block builder could not include these (see `chain::Built`): drop them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropInvalid {
+    pub records: Vec<(JobId, String)>,
+    pub txs: Vec<(B256, String)>,
+}
+
+/// The nonce after `address`'s pending transactions, if it has any.
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct NextNonce(pub Address);
 
 /// Whether a record for this job waits in the pool: (output hash, executor).
 #[derive(Message)]
 #[rtype(result = "Option<(B256, chain::Address)>")]
 pub struct PendingRecord(pub JobId);
 
+/// A transaction in the pool with what admission computed from it.
+#[derive(Debug)]
+struct PendingTx {
+    seq: u64,
+    tx: Tx,
+    sender: Address,
+    nonce: u64,
+    /// What it takes from the sender's balance.
+    cost: u128,
+}
+
+/// The pending transactions: pure, so its rules are tested without actors.
+#[derive(Debug, Default)]
+pub struct TxPool {
+    seq: u64,
+    order: BTreeMap<u64, B256>,
+    by_hash: HashMap<B256, PendingTx>,
+    /// Each sender's pending transactions by nonce: always consecutive from its account nonce.
+    by_sender: HashMap<Address, BTreeMap<u64, B256>>,
+}
+
+/// Sender, nonce and cost of a transaction.
+fn tx_terms(tx: &Tx) -> (Address, u64, u128) {
+    match tx {
+        Tx::Transfer(t) => (t.transfer.from, t.transfer.nonce, t.transfer.amount),
+    }
+}
+
+impl TxPool {
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    pub fn contains(&self, hash: &B256) -> bool {
+        self.by_hash.contains_key(hash)
+    }
+
+    /// Checks that need no ledger: signature, amount, capacity. Returns the hash.
+    pub fn precheck(&self, tx: &Tx, chain_id: u64) -> Result<B256, MempoolError> {
+        let hash = tx
+            .verify(chain_id)
+            .map_err(|e| MempoolError::BadSignature(e.to_string()))?;
+        let (sender, _, cost) = tx_terms(tx);
+        if self.contains(&hash) {
+            return Ok(hash);
+        }
+        if cost == 0 {
+            return Err(MempoolError::ZeroAmount);
+        }
+        if self.len() >= MEMPOOL_CAPACITY {
+            return Err(MempoolError::Full);
+        }
+        if self.by_sender.get(&sender).map_or(0, |p| p.len()) >= MAX_PENDING_PER_SENDER {
+            return Err(MempoolError::SenderFull { sender });
+        }
+        Ok(hash)
+    }
+
+    /// What `sender` can still spend and its next nonce, given its committed `account`.
+    fn pending_state(&self, sender: &Address, account: &Account) -> (u64, u128) {
+        let mut next = account.nonce;
+        let mut available = account.balance;
+        if let Some(pending) = self.by_sender.get(sender) {
+            for hash in pending.values() {
+                if let Some(p) = self.by_hash.get(hash) {
+                    next = next.max(p.nonce.saturating_add(1));
+                    available = available.saturating_sub(p.cost);
+                }
+            }
+        }
+        (next, available)
+    }
+
+    /// Admits `tx` (already prechecked, hash `hash`) against the sender's committed `account`.
+    pub fn admit(&mut self, tx: Tx, hash: B256, account: &Account) -> Result<(), MempoolError> {
+        if self.contains(&hash) {
+            return Ok(());
+        }
+        let (sender, nonce, cost) = tx_terms(&tx);
+        let (expected, available) = self.pending_state(&sender, account);
+        if nonce < expected {
+            return Err(MempoolError::NonceUsed {
+                sender,
+                nonce,
+                expected,
+            });
+        }
+        if nonce > expected {
+            return Err(MempoolError::NonceGap {
+                sender,
+                nonce,
+                expected,
+            });
+        }
+        if cost > available {
+            return Err(MempoolError::InsufficientBalance {
+                sender,
+                available,
+                needed: cost,
+            });
+        }
+        self.seq += 1;
+        self.order.insert(self.seq, hash);
+        self.by_sender
+            .entry(sender)
+            .or_default()
+            .insert(nonce, hash);
+        self.by_hash.insert(
+            hash,
+            PendingTx {
+                seq: self.seq,
+                tx,
+                sender,
+                nonce,
+                cost,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes one transaction; returns whether it was there.
+    fn remove(&mut self, hash: &B256) -> bool {
+        let Some(p) = self.by_hash.remove(hash) else {
+            return false;
+        };
+        self.order.remove(&p.seq);
+        if let Some(pending) = self.by_sender.get_mut(&p.sender) {
+            pending.remove(&p.nonce);
+            if pending.is_empty() {
+                self.by_sender.remove(&p.sender);
+            }
+        }
+        true
+    }
+
+    /// Drops `hash` and the sender's later transactions (they can no longer apply: a nonce
+    /// would be missing). Returns every hash removed.
+    pub fn drop_with_successors(&mut self, hash: &B256) -> Vec<B256> {
+        let Some(p) = self.by_hash.get(hash) else {
+            return Vec::new();
+        };
+        let (sender, nonce) = (p.sender, p.nonce);
+        let doomed: Vec<B256> = self
+            .by_sender
+            .get(&sender)
+            .map(|m| m.range(nonce..).map(|(_, h)| *h).collect())
+            .unwrap_or_default();
+        for h in &doomed {
+            self.remove(h);
+        }
+        doomed
+    }
+
+    /// A block committed `included` and left `accounts` as given: removes the included ones,
+    /// then keeps of each changed sender's transactions only the run that still applies.
+    /// Returns every hash removed.
+    pub fn committed(&mut self, included: &[B256], accounts: &[(Address, Account)]) -> Vec<B256> {
+        let mut removed: Vec<B256> = included
+            .iter()
+            .copied()
+            .filter(|h| self.remove(h))
+            .collect();
+        for (sender, account) in accounts {
+            let Some(pending) = self.by_sender.get(sender) else {
+                continue;
+            };
+            let mut next = account.nonce;
+            let mut available = account.balance;
+            let mut doomed = Vec::new();
+            let mut broken = false;
+            for (nonce, hash) in pending {
+                let cost = self.by_hash.get(hash).map_or(0, |p| p.cost);
+                if broken || *nonce != next || cost > available {
+                    broken |= *nonce >= next;
+                    doomed.push(*hash);
+                    continue;
+                }
+                next += 1;
+                available -= cost;
+            }
+            for h in doomed {
+                self.remove(&h);
+                removed.push(h);
+            }
+        }
+        removed
+    }
+
+    /// The nonce after `sender`'s pending transactions, if it has any.
+    pub fn next_nonce(&self, sender: &Address) -> Option<u64> {
+        self.by_sender
+            .get(sender)
+            .and_then(|m| m.keys().next_back())
+            .map(|n| n.saturating_add(1))
+    }
+
+    /// Up to `max` transactions in admission order (each sender's in nonce order).
+    pub fn candidates(&self, max: usize) -> Vec<Tx> {
+        self.order
+            .values()
+            .take(max)
+            .filter_map(|h| self.by_hash.get(h).map(|p| p.tx.clone()))
+            .collect()
+    }
+}
+
 pub struct Mempool {
     chain_id: u64,
+    /// Where waiting records and transactions are saved; `None` in tests without a store.
+    store: Option<Arc<Store>>,
+    /// Committed accounts, for transaction admission.
+    accounts: Recipient<GetAccount>,
     seq: u64,
     order: BTreeMap<u64, JobId>,
     records: HashMap<JobId, (u64, InferenceRecord)>,
-    tx_order: BTreeMap<u64, B256>,
-    txs: HashMap<B256, (u64, Tx)>,
+    txs: TxPool,
 }
 
 impl Mempool {
-    pub fn new(chain_id: u64) -> Self {
+    pub fn new(chain_id: u64, store: Option<Arc<Store>>, accounts: Recipient<GetAccount>) -> Self {
         Mempool {
             chain_id,
+            store,
+            accounts,
             seq: 0,
             order: BTreeMap::new(),
             records: HashMap::new(),
-            tx_order: BTreeMap::new(),
-            txs: HashMap::new(),
+            txs: TxPool::default(),
         }
     }
 
@@ -72,61 +370,155 @@ impl Mempool {
         METRICS.mempool_txs.set(self.txs.len() as i64);
     }
 
-    fn add_tx(&mut self, tx: Tx) -> Result<B256, String> {
-        let hash = tx.verify(self.chain_id).map_err(|e| e.to_string())?;
-        if self.txs.contains_key(&hash) {
-            return Ok(hash);
+    fn add_record(&mut self, id: JobId, record: InferenceRecord, persist: bool) -> bool {
+        if self.records.contains_key(&id) {
+            return true;
         }
-        if self.txs.len() >= MEMPOOL_CAPACITY {
-            return Err("mempool full".into());
+        if self.records.len() >= MEMPOOL_CAPACITY {
+            tracing::warn!(job = %id, "mempool full, record dropped");
+            return false;
+        }
+        if persist
+            && let Some(store) = &self.store
+            && let Err(e) = store.put_pending_record(&id, &record)
+        {
+            tracing::error!(job = %id, error = %e, "cannot save a pending record");
         }
         self.seq += 1;
-        self.tx_order.insert(self.seq, hash);
-        self.txs.insert(hash, (self.seq, tx));
+        self.order.insert(self.seq, id);
+        self.records.insert(id, (self.seq, record));
         self.gauges();
-        Ok(hash)
+        true
+    }
+
+    fn remove_records(&mut self, ids: &[JobId]) -> Vec<JobId> {
+        let mut removed = Vec::new();
+        for id in ids {
+            if let Some((seq, _)) = self.records.remove(id) {
+                self.order.remove(&seq);
+                removed.push(*id);
+            }
+        }
+        removed
+    }
+
+    fn forget(&self, jobs: &[JobId], txs: &[B256]) {
+        if jobs.is_empty() && txs.is_empty() {
+            return;
+        }
+        if let Some(store) = &self.store
+            && let Err(e) = store.delete_pending(jobs, txs)
+        {
+            tracing::error!(error = %e, "cannot delete pending entries");
+        }
+    }
+
+    /// Admits a transaction: the checks that need no ledger at once, then the sender's
+    /// committed account from Settlement, then nonce and balance against it plus what is
+    /// pending. A block committed between the read and the admission can leave a transaction
+    /// that no longer applies; the next block build reports it and it is dropped then.
+    fn add_tx(
+        &mut self,
+        tx: Tx,
+        persist: bool,
+    ) -> ResponseActFuture<Self, Result<B256, MempoolError>> {
+        let hash = match self.txs.precheck(&tx, self.chain_id) {
+            Ok(hash) if self.txs.contains(&hash) => return Box::pin(fut::ready(Ok(hash))),
+            Ok(hash) => hash,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let (sender, _, _) = tx_terms(&tx);
+        let accounts = self.accounts.clone();
+        Box::pin(
+            async move { accounts.send(GetAccount(sender)).await }
+                .into_actor(self)
+                .map(move |account, act, _| {
+                    let account = account.map_err(|e| MempoolError::Unavailable(e.to_string()))?;
+                    if act.txs.contains(&hash) {
+                        return Ok(hash);
+                    }
+                    act.txs.admit(tx.clone(), hash, &account)?;
+                    if persist
+                        && let Some(store) = &act.store
+                        && let Err(e) = store.put_pending_tx(&hash, &tx)
+                    {
+                        tracing::error!(tx = %hash, error = %e, "cannot save a pending transaction");
+                    }
+                    act.gauges();
+                    Ok(hash)
+                }),
+        )
     }
 }
 
 impl Actor for Mempool {
     type Context = Context<Self>;
+
+    /// Reloads what was pending before a restart: records as they were, transactions through
+    /// admission again (the ledger may have moved on).
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let pending = match store.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the saved mempool");
+                return;
+            }
+        };
+        if pending.unreadable > 0 {
+            tracing::warn!(
+                count = pending.unreadable,
+                "unreadable saved mempool entries deleted"
+            );
+        }
+        let (records, txs) = (pending.records.len(), pending.txs.len());
+        for r in pending.records {
+            let id = r.job_id(self.chain_id);
+            self.add_record(id, r, false);
+        }
+        for tx in pending.txs {
+            let hash = tx.hash(self.chain_id);
+            ctx.spawn(self.add_tx(tx, false).map(move |res, act, _| {
+                if let Err(e) = res {
+                    tracing::info!(tx = %hash, error = %e, "saved transaction no longer applies");
+                    act.forget(&[], &[hash]);
+                }
+            }));
+        }
+        if records + txs > 0 {
+            tracing::info!(records, txs, "mempool restored");
+        }
+    }
 }
 
 impl Handler<AddRecord> for Mempool {
     type Result = bool;
     fn handle(&mut self, msg: AddRecord, _: &mut Self::Context) -> bool {
-        if self.records.contains_key(&msg.id) {
-            return true;
-        }
-        if self.records.len() >= MEMPOOL_CAPACITY {
-            tracing::warn!(job = %msg.id, "mempool full, record dropped");
-            return false;
-        }
-        self.seq += 1;
-        self.order.insert(self.seq, msg.id);
-        self.records.insert(msg.id, (self.seq, msg.record));
-        self.gauges();
-        true
+        self.add_record(msg.id, msg.record, true)
     }
 }
 
 impl Handler<AddTx> for Mempool {
-    type Result = Result<B256, String>;
+    type Result = ResponseActFuture<Self, Result<B256, MempoolError>>;
     fn handle(&mut self, msg: AddTx, _: &mut Self::Context) -> Self::Result {
-        self.add_tx(msg.0)
+        self.add_tx(msg.0, true)
     }
 }
 
 impl Handler<GossipTx> for Mempool {
-    type Result = ();
-    fn handle(&mut self, msg: GossipTx, _: &mut Self::Context) {
-        if let Err(e) = self.add_tx(msg.0) {
-            METRICS
-                .gossip_rejected
-                .with_label_values(&[crate::protocol::topics::TXS, "invalid"])
-                .inc();
-            tracing::warn!(error = %e, "gossiped transaction refused");
-        }
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: GossipTx, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.add_tx(msg.0, true).map(|res, _, _| {
+            if let Err(e) = res {
+                METRICS
+                    .gossip_rejected
+                    .with_label_values(&[crate::protocol::topics::TXS, e.label()])
+                    .inc();
+                tracing::debug!(error = %e, "gossiped transaction refused");
+            }
+        }))
     }
 }
 
@@ -139,30 +531,45 @@ impl Handler<Candidates> for Mempool {
             .take(msg.max_records)
             .filter_map(|id| self.records.get(id).map(|(_, r)| r.clone()))
             .collect();
-        let txs = self
-            .tx_order
-            .values()
-            .take(msg.max_txs)
-            .filter_map(|h| self.txs.get(h).map(|(_, t)| t.clone()))
-            .collect();
-        MessageResult((records, txs))
+        MessageResult((records, self.txs.candidates(msg.max_txs)))
     }
 }
 
 impl Handler<Committed> for Mempool {
     type Result = ();
     fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
-        for id in &msg.jobs {
-            if let Some((seq, _)) = self.records.remove(id) {
-                self.order.remove(&seq);
-            }
-        }
-        for h in &msg.txs {
-            if let Some((seq, _)) = self.txs.remove(h) {
-                self.tx_order.remove(&seq);
-            }
-        }
+        let jobs = self.remove_records(&msg.jobs);
+        let txs = self.txs.committed(&msg.txs, &msg.accounts);
+        self.forget(&jobs, &txs);
         self.gauges();
+    }
+}
+
+impl Handler<DropInvalid> for Mempool {
+    type Result = ();
+    fn handle(&mut self, msg: DropInvalid, _: &mut Self::Context) {
+        let ids: Vec<JobId> = msg.records.iter().map(|(id, _)| *id).collect();
+        for (id, reason) in &msg.records {
+            tracing::info!(job = %id, reason, "record cannot enter a block: dropped");
+        }
+        let jobs = self.remove_records(&ids);
+        let mut txs = Vec::new();
+        for (hash, reason) in &msg.txs {
+            let removed = self.txs.drop_with_successors(hash);
+            if !removed.is_empty() {
+                tracing::info!(tx = %hash, reason, dropped = removed.len(), "transaction no longer applies: dropped with its successors");
+            }
+            txs.extend(removed);
+        }
+        self.forget(&jobs, &txs);
+        self.gauges();
+    }
+}
+
+impl Handler<NextNonce> for Mempool {
+    type Result = Option<u64>;
+    fn handle(&mut self, msg: NextNonce, _: &mut Self::Context) -> Self::Result {
+        self.txs.next_nonce(&msg.0)
     }
 }
 
@@ -172,5 +579,158 @@ impl Handler<PendingRecord> for Mempool {
         self.records
             .get(&msg.0)
             .map(|(_, r)| (r.output_hash, r.executor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chain::signing::seeded_key;
+
+    const CHAIN: u64 = 9;
+
+    fn transfer(key: &chain::PrivateKeySigner, nonce: u64, amount: u128) -> (Tx, B256) {
+        let tx = Tx::Transfer(
+            chain::Transfer {
+                from: key.address(),
+                to: Address::repeat_byte(0xee),
+                amount,
+                nonce,
+            }
+            .sign(key, CHAIN)
+            .unwrap(),
+        );
+        let hash = tx.hash(CHAIN);
+        (tx, hash)
+    }
+
+    fn account(balance: u128, nonce: u64) -> Account {
+        Account {
+            balance,
+            stake: 0,
+            nonce,
+        }
+    }
+
+    fn add(pool: &mut TxPool, tx: (Tx, B256), acc: &Account) -> Result<(), MempoolError> {
+        let hash = pool.precheck(&tx.0, CHAIN)?;
+        assert_eq!(hash, tx.1);
+        pool.admit(tx.0, hash, acc)
+    }
+
+    #[test]
+    fn admission_follows_the_pending_state() {
+        let k = seeded_key(5, 1);
+        let acc = account(100, 3);
+        let mut pool = TxPool::default();
+        // Zero amount, an empty account, a spent nonce, a gap: refused, nothing held.
+        assert_eq!(
+            add(&mut pool, transfer(&k, 3, 0), &acc),
+            Err(MempoolError::ZeroAmount)
+        );
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 0, 1), &account(0, 0)),
+            Err(MempoolError::InsufficientBalance { available: 0, .. })
+        ));
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 2, 1), &acc),
+            Err(MempoolError::NonceUsed { expected: 3, .. })
+        ));
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 4, 1), &acc),
+            Err(MempoolError::NonceGap { expected: 3, .. })
+        ));
+        assert!(pool.is_empty());
+        // A run of nonces, each paid out of what the earlier ones left.
+        add(&mut pool, transfer(&k, 3, 60), &acc).unwrap();
+        add(&mut pool, transfer(&k, 4, 40), &acc).unwrap();
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 5, 1), &acc),
+            Err(MempoolError::InsufficientBalance {
+                available: 0,
+                needed: 1,
+                ..
+            })
+        ));
+        // The same transaction again is not an error and not a second entry.
+        add(&mut pool, transfer(&k, 3, 60), &acc).unwrap();
+        assert_eq!(pool.len(), 2);
+        // Another transaction at a pending nonce is refused.
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 3, 1), &acc),
+            Err(MempoolError::NonceUsed { expected: 5, .. })
+        ));
+        assert_eq!(
+            pool.candidates(10),
+            vec![transfer(&k, 3, 60).0, transfer(&k, 4, 40).0]
+        );
+        assert_eq!(pool.next_nonce(&k.address()), Some(5));
+        assert_eq!(pool.next_nonce(&Address::ZERO), None);
+        // A bad signature is refused before anything else.
+        let (mut forged, _) = transfer(&k, 5, 1);
+        let Tx::Transfer(t) = &mut forged;
+        t.transfer.amount = 2;
+        assert!(matches!(
+            pool.precheck(&forged, CHAIN),
+            Err(MempoolError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn commits_prune_what_no_longer_applies() {
+        let (a, b) = (seeded_key(5, 1), seeded_key(5, 2));
+        let mut pool = TxPool::default();
+        for n in 0..3 {
+            add(&mut pool, transfer(&a, n, 10), &account(30, 0)).unwrap();
+            add(&mut pool, transfer(&b, n, 10), &account(30, 0)).unwrap();
+        }
+        // A block included a's nonce 0; b's account was drained elsewhere to 15 (nonce 0
+        // spent by a transfer this node never saw).
+        let removed = pool.committed(
+            &[transfer(&a, 0, 10).1],
+            &[(a.address(), account(20, 1)), (b.address(), account(15, 1))],
+        );
+        assert_eq!(
+            removed.len(),
+            3,
+            "a0 included; b0 spent, b2 unaffordable: {removed:?}"
+        );
+        assert_eq!(
+            pool.candidates(10),
+            // Admission order: a1, b1, a2 were admitted in that order.
+            vec![
+                transfer(&a, 1, 10).0,
+                transfer(&b, 1, 10).0,
+                transfer(&a, 2, 10).0
+            ]
+        );
+        // b's nonce 1 (10 of 15) still applies; its nonce 2 would need 20.
+        assert!(!pool.contains(&transfer(&b, 2, 10).1));
+        // Dropping one drops its successors: they could never apply without it.
+        assert_eq!(
+            pool.drop_with_successors(&transfer(&a, 1, 10).1),
+            vec![transfer(&a, 1, 10).1, transfer(&a, 2, 10).1]
+        );
+        assert_eq!(pool.candidates(10), vec![transfer(&b, 1, 10).0]);
+        // The sender can send from its committed nonce again.
+        add(&mut pool, transfer(&a, 1, 5), &account(20, 1)).unwrap();
+    }
+
+    #[test]
+    fn one_sender_cannot_fill_the_pool() {
+        let k = seeded_key(5, 3);
+        let acc = account(u128::MAX, 0);
+        let mut pool = TxPool::default();
+        for n in 0..MAX_PENDING_PER_SENDER as u64 {
+            add(&mut pool, transfer(&k, n, 1), &acc).unwrap();
+        }
+        assert!(matches!(
+            add(
+                &mut pool,
+                transfer(&k, MAX_PENDING_PER_SENDER as u64, 1),
+                &acc
+            ),
+            Err(MempoolError::SenderFull { .. })
+        ));
     }
 }

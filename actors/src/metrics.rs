@@ -32,6 +32,8 @@ pub struct Metrics {
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
     pub consensus_rebroadcasts: IntCounter,
+    pub consensus_sign_refused: IntCounterVec,
+    pub consensus_equivocations: IntCounter,
     pub sync_blocks: IntCounter,
 }
 
@@ -158,6 +160,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "consensus_votes_resent_total",
             "own votes sent again in heartbeats while a height was slow",
+        ),
+        consensus_sign_refused: counter_vec(
+            &r,
+            "consensus_sign_refused_total",
+            "proposals or votes the signer refused (conflict with the WAL, WAL write failed)",
+            &["reason"],
+        ),
+        consensus_equivocations: counter(
+            &r,
+            "consensus_equivocations_total",
+            "second, different proposals or votes seen from one validator in one round",
         ),
         sync_blocks: counter(&r, "sync_blocks_total", "blocks applied from sync"),
         registry: r,

@@ -91,6 +91,15 @@ pub struct SendSync {
 #[rtype(result = "Vec<PeerId>")]
 pub struct GetPeers;
 
+/// A peer misbehaved outside gossip validation (e.g. claimed blocks it does not serve): lower
+/// its score; enough of these ban it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PenalisePeer {
+    pub peer: PeerId,
+    pub reason: &'static str,
+}
+
 // ---- messages the Network actor sends ----
 
 /// A record from gossip: the receiver validates it and answers with [`ReportValidation`].
@@ -112,6 +121,10 @@ pub struct GossipTx(pub chain::Tx);
 #[rtype(result = "()")]
 pub struct GossipConsensus {
     pub msg: ConsensusMsg,
+    /// Its gossipsub id: the Consensus actor reports the validation result with it.
+    pub id: MessageId,
+    /// Encoded size in bytes (buffers are bounded in bytes).
+    pub size: usize,
     /// The peer that relayed it to us.
     pub source: PeerId,
     /// The peer that published it (gossipsub signed messages name their author).
@@ -831,14 +844,14 @@ impl Network {
                 Err(e) => self.reject(topics::TXS, &short(&e), id, source),
             },
             topics::CONSENSUS => match protocol::decode_consensus(&data) {
-                Ok(msg) => {
-                    self.accept(id, source);
-                    routes.consensus.do_send(GossipConsensus {
-                        msg,
-                        source,
-                        origin: origin.unwrap_or(source),
-                    });
-                }
+                // The Consensus actor checks signatures, membership and heights, then reports.
+                Ok(msg) => routes.consensus.do_send(GossipConsensus {
+                    msg,
+                    id,
+                    size: data.len(),
+                    source,
+                    origin: origin.unwrap_or(source),
+                }),
                 Err(e) => self.reject(topics::CONSENSUS, &short(&e), id, source),
             },
             topics::CAPABILITIES => match protocol::decode_capability(&data) {
@@ -1016,6 +1029,16 @@ impl Handler<ReportValidation> for Network {
             id: msg.id,
             source: msg.source,
             acceptance: msg.acceptance,
+        });
+    }
+}
+
+impl Handler<PenalisePeer> for Network {
+    type Result = ();
+    fn handle(&mut self, msg: PenalisePeer, _: &mut Self::Context) {
+        let _ = self.commands.send(Command::Penalise {
+            peer: msg.peer,
+            reason: msg.reason,
         });
     }
 }

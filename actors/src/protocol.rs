@@ -100,6 +100,8 @@ pub enum ConsensusMsg {
         /// status would be a duplicate, which gossipsub refuses to publish again.
         issued_ms: u64,
     },
+    /// Two conflicting messages signed by one validator (variants are only ever appended).
+    Evidence(Box<chain::Evidence>),
 }
 
 /// Votes a [`ConsensusMsg::Status`] carries at most: a prevote and a precommit of the current
@@ -245,6 +247,187 @@ mod tests {
             issued_ms: 10,
         });
         assert_ne!(status(0), again);
+    }
+
+    /// Encodes through the envelope, decodes with the decoder the node uses, and encodes again:
+    /// the bytes must be the same, and every truncation an error.
+    fn round_trip<T: Serialize + DeserializeOwned>(
+        v: &T,
+        decoder: impl Fn(&[u8]) -> Result<T, WireError>,
+    ) {
+        let bytes = encode(v);
+        let back = decoder(&bytes).unwrap_or_else(|e| panic!("does not decode: {e}"));
+        assert_eq!(encode(&back), bytes);
+        for cut in [2, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decoder(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    fn sample_record(key: &chain::PrivateKeySigner, chain_id: u64) -> InferenceRecord {
+        let input = "{\"inputs\":[[1.0]]}".to_string();
+        let job = chain::JobRequest {
+            client: key.address(),
+            model_id: ModelId([5; 32]),
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee: 10,
+            nonce: 1,
+            expiry: 2_000_000_000,
+        }
+        .sign(key, chain_id)
+        .unwrap();
+        InferenceRecord::create(
+            job,
+            input,
+            chain::B256::repeat_byte(9),
+            chain::Proof::Reexec,
+            key,
+            chain_id,
+        )
+        .unwrap()
+    }
+
+    /// Every message of every topic and protocol, every variant, as the node decodes it.
+    #[test]
+    fn every_wire_message_round_trips() {
+        let chain_id = 5;
+        let key = chain::signing::seeded_key(8, 1);
+        let record = sample_record(&key, chain_id);
+        let tx = Tx::Transfer(
+            chain::Transfer {
+                from: key.address(),
+                to: Address::repeat_byte(3),
+                amount: 12,
+                nonce: 0,
+            }
+            .sign(&key, chain_id)
+            .unwrap(),
+        );
+        let header = chain::BlockHeader {
+            height: 2,
+            parent: chain::B256::repeat_byte(1),
+            proposer: key.address(),
+            timestamp_ms: 1_700_000_000_000,
+            records_root: Block::records_root(std::slice::from_ref(&record), chain_id),
+            txs_root: Block::txs_root(std::slice::from_ref(&tx), chain_id),
+            state_root: chain::B256::repeat_byte(2),
+        };
+        let block = Block {
+            header,
+            records: vec![record.clone()],
+            txs: vec![tx.clone()],
+        };
+        let vote = SignedVote::sign(
+            chain::Vote {
+                height: 2,
+                round: 0,
+                kind: chain::VoteKind::Precommit,
+                block: Some(block.hash()),
+                validator: key.address(),
+            },
+            &key,
+            chain_id,
+        )
+        .unwrap();
+        let proposal = SignedProposal::sign(
+            chain::Proposal {
+                height: 2,
+                round: 0,
+                block_hash: block.hash(),
+                pol_round: None,
+                proposer: key.address(),
+            },
+            &key,
+            chain_id,
+        )
+        .unwrap();
+        let certificate = CommitCertificate {
+            height: 2,
+            round: 0,
+            block_hash: block.hash(),
+            votes: vec![vote.clone()],
+        };
+
+        round_trip(&record, decode_record);
+        round_trip(&tx, decode_tx);
+        for msg in [
+            ConsensusMsg::Proposal {
+                proposal,
+                block: Box::new(block.clone()),
+            },
+            ConsensusMsg::Vote(vote.clone()),
+            ConsensusMsg::Status {
+                height: 1,
+                votes: vec![vote.clone()],
+                issued_ms: 3,
+            },
+            ConsensusMsg::Evidence(Box::new(
+                chain::Evidence::double_vote(
+                    vote.clone(),
+                    SignedVote::sign(
+                        chain::Vote {
+                            block: None,
+                            ..vote.vote.clone()
+                        },
+                        &key,
+                        chain_id,
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+            )),
+        ] {
+            match &msg {
+                ConsensusMsg::Proposal { .. }
+                | ConsensusMsg::Vote(_)
+                | ConsensusMsg::Status { .. }
+                | ConsensusMsg::Evidence(_) => round_trip(&msg, decode_consensus),
+            }
+        }
+        round_trip(
+            &Capability {
+                address: key.address(),
+                models: vec![ModelId([1; 32]), ModelId([2; 32])],
+                load: 4,
+                issued_ms: 6,
+            },
+            decode_capability,
+        );
+        round_trip(
+            &JobCall {
+                job: record.job.clone(),
+                input: record.input.clone(),
+            },
+            |b| decode::<JobCall>(b, MAX_JOB_BYTES),
+        );
+        for reply in [
+            JobReply::Done {
+                record: Box::new(record),
+                output: "[[0.5]]".into(),
+            },
+            JobReply::Refused {
+                code: "busy".into(),
+                message: "later".into(),
+            },
+        ] {
+            match &reply {
+                JobReply::Done { .. } | JobReply::Refused { .. } => {
+                    round_trip(&reply, |b| decode::<JobReply>(b, MAX_JOB_BYTES))
+                }
+            }
+        }
+        round_trip(&SyncRequest { from: 1, to: 64 }, |b| {
+            decode::<SyncRequest>(b, 1024)
+        });
+        for reply in [
+            SyncReply::Blocks(vec![(block, certificate)]),
+            SyncReply::Error("no".into()),
+        ] {
+            match &reply {
+                SyncReply::Blocks(_) | SyncReply::Error(_) => {
+                    round_trip(&reply, |b| decode::<SyncReply>(b, MAX_SYNC_RESPONSE_BYTES))
+                }
+            }
+        }
     }
 
     #[test]

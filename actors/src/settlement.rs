@@ -48,8 +48,9 @@ pub struct NonceUsed {
 #[rtype(result = "Result<(), String>")]
 pub struct ValidateBlock(pub Arc<Block>);
 
+/// Builds the next block from candidates; what it left out comes back to be dropped.
 #[derive(Message)]
-#[rtype(result = "Block")]
+#[rtype(result = "Result<chain::Built, String>")]
 pub struct BuildBlock {
     pub proposer: Address,
     pub timestamp_ms: u64,
@@ -165,23 +166,24 @@ impl Handler<ValidateBlock> for Settlement {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: ValidateBlock, _: &mut Self::Context) -> Self::Result {
         self.ledger
-            .validate(&self.genesis, &msg.0)
+            .validate_proposal(&self.genesis, &msg.0, chain::types::now_ms())
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
 }
 
 impl Handler<BuildBlock> for Settlement {
-    type Result = MessageResult<BuildBlock>;
+    type Result = Result<chain::Built, String>;
     fn handle(&mut self, msg: BuildBlock, _: &mut Self::Context) -> Self::Result {
-        let (block, _) = self.ledger.build_block(
-            &self.genesis,
-            msg.proposer,
-            msg.timestamp_ms,
-            msg.records,
-            msg.txs,
-        );
-        MessageResult(block)
+        self.ledger
+            .build_block(
+                &self.genesis,
+                msg.proposer,
+                msg.timestamp_ms,
+                msg.records,
+                msg.txs,
+            )
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -228,6 +230,7 @@ impl Handler<CommitBlock> for Settlement {
             block_hash: changes.block_hash,
             jobs: changes.jobs.iter().map(|j| j.job_id).collect(),
             txs: changes.txs.iter().map(|t| t.hash).collect(),
+            accounts: changes.accounts.iter().map(|(a, v)| (*a, *v)).collect(),
         };
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {
@@ -247,16 +250,13 @@ impl Handler<Subscribe> for Settlement {
 impl Handler<InboundSync> for Settlement {
     type Result = MessageResult<InboundSync>;
     fn handle(&mut self, msg: InboundSync, _: &mut Self::Context) -> Self::Result {
-        let r = msg.request;
-        if r.from == 0 || r.to < r.from {
-            return MessageResult(SyncReply::Error(format!("bad range {}..={}", r.from, r.to)));
-        }
-        let to =
-            r.to.min(r.from + MAX_SYNC_BLOCKS - 1)
-                .min(self.ledger.height);
+        let range = match sync_range(&msg.request, self.ledger.height) {
+            Ok(r) => r,
+            Err(e) => return MessageResult(SyncReply::Error(e)),
+        };
         let mut out = Vec::new();
         let mut size = 0usize;
-        for h in r.from..=to {
+        for h in range {
             match (self.store.block(h), self.store.certificate(h)) {
                 (Ok(Some(b)), Ok(Some(c))) => {
                     size += chain::codec::encode(&b).len();
@@ -270,5 +270,53 @@ impl Handler<InboundSync> for Settlement {
             }
         }
         MessageResult(SyncReply::Blocks(out))
+    }
+}
+
+/// The heights to serve for a sync request when this node is at `height`: the requested range,
+/// cut to [`MAX_SYNC_BLOCKS`] and to what this node has. Every number comes from a peer, so no
+/// arithmetic on them may overflow; a range this node cannot serve at all is an error reply.
+fn sync_range(
+    r: &crate::protocol::SyncRequest,
+    height: Height,
+) -> Result<std::ops::RangeInclusive<Height>, String> {
+    if r.from == 0 || r.to < r.from {
+        return Err(format!("bad range {}..={}", r.from, r.to));
+    }
+    if r.from > height {
+        return Err(format!(
+            "nothing from height {}: this node is at height {height}",
+            r.from
+        ));
+    }
+    let to =
+        r.to.min(r.from.saturating_add(MAX_SYNC_BLOCKS - 1))
+            .min(height);
+    Ok(r.from..=to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SyncRequest;
+
+    #[test]
+    fn sync_ranges_from_peers_cannot_overflow() {
+        let req = |from, to| SyncRequest { from, to };
+        // The request that once panicked the actor with an overflow.
+        let e = sync_range(&req(u64::MAX - 1, u64::MAX), 10).unwrap_err();
+        assert!(e.contains("this node is at height 10"), "{e}");
+        assert_eq!(
+            sync_range(&req(u64::MAX - 1, u64::MAX), u64::MAX).unwrap(),
+            u64::MAX - 1..=u64::MAX
+        );
+        assert_eq!(sync_range(&req(3, u64::MAX), 10).unwrap(), 3..=10);
+        assert_eq!(
+            sync_range(&req(1, u64::MAX), 1000).unwrap(),
+            1..=MAX_SYNC_BLOCKS
+        );
+        assert!(sync_range(&req(0, 5), 10).is_err());
+        assert!(sync_range(&req(6, 5), 10).is_err());
+        assert!(sync_range(&req(11, 20), 10).is_err());
     }
 }

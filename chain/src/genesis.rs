@@ -142,6 +142,9 @@ pub struct Params {
     pub max_block_txs: u32,
     /// Minimum time between blocks: the proposer waits this long after the last commit.
     pub block_interval_ms: u64,
+    /// How far a proposed block's timestamp may be ahead of a validator's own clock (ms); a
+    /// later one is prevoted nil, so one proposer cannot push the chain's time into the future.
+    pub max_clock_drift_ms: u64,
 }
 
 impl Default for Params {
@@ -154,6 +157,7 @@ impl Default for Params {
             max_block_records: 1024,
             max_block_txs: 1024,
             block_interval_ms: 300,
+            max_clock_drift_ms: 10_000,
         }
     }
 }

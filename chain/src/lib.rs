@@ -10,6 +10,7 @@ pub mod block;
 pub mod codec;
 pub mod consensus;
 pub mod error;
+pub mod evidence;
 pub mod genesis;
 pub mod merkle;
 pub mod record;
@@ -22,11 +23,12 @@ pub use block::{
     Block, BlockHeader, CommitCertificate, Proposal, SignedProposal, SignedVote, Vote, VoteKind,
 };
 pub use error::{Error, Result};
+pub use evidence::Evidence;
 pub use genesis::{Genesis, ModelEntry, Params, VerificationMode};
 pub use record::{
     InferenceRecord, JobRequest, Proof, SignedJobRequest, SignedTransfer, Transfer, Tx,
 };
 pub use signing::PrivateKeySigner;
-pub use state::{Account, Changes, JobEntry, JobStatus, Ledger};
-pub use store::{Store, Tip};
+pub use state::{Account, Built, Changes, JobEntry, JobStatus, Ledger, TxOutcome};
+pub use store::{Pending, Store, Tip};
 pub use types::{Address, B256, Height, JobId, ModelId, Sig, TOTAL_SUPPLY};

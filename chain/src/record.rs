@@ -262,10 +262,62 @@ pub struct SignedTransfer {
 }
 
 /// A transaction: anything but an inference record that changes state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+///
+/// Two encodings: in JSON (HTTP, files) the kind is a `"type"` field beside the transaction's
+/// own fields (`{"type": "transfer", "transfer": {..}, "signature": "0x.."}`); on the wire and on
+/// disk (bincode) it is the variant index. serde's internally tagged form cannot be used for
+/// both: decoding it needs a self-describing format, which bincode is not, so a derived
+/// `#[serde(tag = "type")]` encodes on the wire but never decodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tx {
     Transfer(SignedTransfer),
+}
+
+/// The JSON form of [`Tx`] (internally tagged).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TxJsonRef<'a> {
+    Transfer(&'a SignedTransfer),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TxJson {
+    Transfer(SignedTransfer),
+}
+
+/// The binary form of [`Tx`] (variant index, then the body). Variants are only ever appended.
+#[derive(Serialize)]
+enum TxWireRef<'a> {
+    Transfer(&'a SignedTransfer),
+}
+
+#[derive(Deserialize)]
+enum TxWire {
+    Transfer(SignedTransfer),
+}
+
+impl Serialize for Tx {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Tx::Transfer(t) if s.is_human_readable() => TxJsonRef::Transfer(t).serialize(s),
+            Tx::Transfer(t) => TxWireRef::Transfer(t).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tx {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(match TxJson::deserialize(d)? {
+                TxJson::Transfer(t) => Tx::Transfer(t),
+            })
+        } else {
+            Ok(match TxWire::deserialize(d)? {
+                TxWire::Transfer(t) => Tx::Transfer(t),
+            })
+        }
+    }
 }
 
 impl Tx {
@@ -288,7 +340,7 @@ impl Tx {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::signing::seeded_key;
 

@@ -22,17 +22,37 @@ const CF_ACCOUNTS: &str = "accounts";
 const CF_NONCES: &str = "nonces";
 const CF_JOBS: &str = "jobs";
 const CF_META: &str = "meta";
-const CFS: [&str; 6] = [
+/// Records and transactions a node's mempool holds, so that a restart loses none of them.
+const CF_PENDING: &str = "pending";
+/// Equivocation evidence seen by this node, by id.
+const CF_EVIDENCE: &str = "evidence";
+const CFS: [&str; 8] = [
     CF_BLOCKS,
     CF_CERTS,
     CF_ACCOUNTS,
     CF_NONCES,
     CF_JOBS,
     CF_META,
+    CF_PENDING,
+    CF_EVIDENCE,
 ];
 
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_TIP: &[u8] = b"tip";
+const META_HISTORY: &[u8] = b"history";
+
+/// Key prefixes in [`CF_PENDING`].
+const PENDING_RECORD: u8 = b'r';
+const PENDING_TX: u8 = b't';
+
+/// What [`Store::pending`] returns: the mempool's records and transactions as it saved them.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub records: Vec<crate::record::InferenceRecord>,
+    pub txs: Vec<crate::record::Tx>,
+    /// Entries that no longer decode (written by another version): skipped and deleted.
+    pub unreadable: usize,
+}
 
 /// Height, hash and time of the last committed block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,12 +156,14 @@ impl Store {
             let id: JobId = codec::decode(&v, 64)?;
             nonces.insert((addr, u64::from_be_bytes(n)), id);
         }
+        let history = self.get(CF_META, META_HISTORY, 64)?.unwrap_or(B256::ZERO);
         Ok(Ledger::from_parts(
             tip.height,
             tip.hash,
             tip.timestamp_ms,
             accounts,
             nonces,
+            history,
         ))
     }
 
@@ -173,8 +195,98 @@ impl Store {
             timestamp_ms: block.header.timestamp_ms,
         };
         batch.put_cf(self.cf(CF_META)?, META_TIP, codec::encode(&tip));
+        batch.put_cf(
+            self.cf(CF_META)?,
+            META_HISTORY,
+            codec::encode(&changes.history),
+        );
         self.db.write(batch)?;
         Ok(())
+    }
+
+    /// Saves a record the mempool holds, under its job id.
+    pub fn put_pending_record(
+        &self,
+        id: &JobId,
+        record: &crate::record::InferenceRecord,
+    ) -> Result<()> {
+        let key = pending_key(PENDING_RECORD, &id.0);
+        self.db
+            .put_cf(self.cf(CF_PENDING)?, key, codec::encode(record))?;
+        Ok(())
+    }
+
+    /// Saves a transaction the mempool holds, under its hash.
+    pub fn put_pending_tx(&self, hash: &B256, tx: &crate::record::Tx) -> Result<()> {
+        let key = pending_key(PENDING_TX, hash);
+        self.db
+            .put_cf(self.cf(CF_PENDING)?, key, codec::encode(tx))?;
+        Ok(())
+    }
+
+    /// Forgets records and transactions that left the mempool (included or dropped).
+    pub fn delete_pending(&self, jobs: &[JobId], txs: &[B256]) -> Result<()> {
+        let cf = self.cf(CF_PENDING)?;
+        let mut batch = WriteBatch::default();
+        for id in jobs {
+            batch.delete_cf(cf, pending_key(PENDING_RECORD, &id.0));
+        }
+        for h in txs {
+            batch.delete_cf(cf, pending_key(PENDING_TX, h));
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Everything saved by the mempool and not deleted since.
+    pub fn pending(&self) -> Result<Pending> {
+        let cf = self.cf(CF_PENDING)?;
+        let mut out = Pending::default();
+        let mut bad = Vec::new();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let limit = crate::record::MAX_INPUT_BYTES * 2 + 64 * 1024;
+            let ok = match k.first() {
+                Some(&PENDING_RECORD) => codec::decode(&v, limit).map(|r| out.records.push(r)),
+                Some(&PENDING_TX) => codec::decode(&v, limit).map(|t| out.txs.push(t)),
+                _ => Err(Error::Decode("unknown pending key".into())),
+            };
+            if ok.is_err() {
+                bad.push(k);
+            }
+        }
+        out.unreadable = bad.len();
+        for k in bad {
+            self.db.delete_cf(cf, k)?;
+        }
+        Ok(out)
+    }
+
+    /// Stores evidence (already verified); returns whether it was new.
+    pub fn put_evidence(&self, e: &crate::evidence::Evidence) -> Result<bool> {
+        let cf = self.cf(CF_EVIDENCE)?;
+        let id = e.id();
+        if self.db.get_cf(cf, id.as_slice())?.is_some() {
+            return Ok(false);
+        }
+        self.db.put_cf(cf, id.as_slice(), codec::encode(e))?;
+        Ok(true)
+    }
+
+    /// All stored evidence, in id order.
+    pub fn evidence(&self) -> Result<Vec<crate::evidence::Evidence>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EVIDENCE)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push(
+                codec::decode(&v, MAX_BLOCK_BYTES)
+                    .map_err(|e| Error::Corrupt(format!("evidence/{}: {e}", hex::encode(k))))?,
+            );
+        }
+        Ok(out)
     }
 
     pub fn block(&self, height: Height) -> Result<Option<Block>> {
@@ -208,6 +320,13 @@ impl Store {
     }
 }
 
+fn pending_key(prefix: u8, hash: &B256) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = prefix;
+    k[1..].copy_from_slice(hash.as_slice());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,18 +336,26 @@ mod tests {
     fn genesis_blocks_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let g = sample();
-        let (block, changes) = {
+        let (block, _) = {
             let store = Store::open(dir.path()).unwrap();
             store.init_genesis(&g).unwrap();
             let ledger = store.load_ledger().unwrap();
             assert_eq!(ledger.state_root(), Ledger::from_genesis(&g).state_root());
-            let (block, changes) = ledger.build_block(
-                &g,
-                g.validators[0].address,
-                ledger.tip_time_ms + 1,
-                vec![],
-                vec![],
-            );
+            let built = ledger
+                .build_block(
+                    &g,
+                    g.validators[0].address,
+                    ledger.tip_time_ms + 1,
+                    vec![],
+                    vec![],
+                )
+                .unwrap();
+            let block = built.block;
+            // What a block with settled jobs would carry: the reopened ledger must have it.
+            let changes = Changes {
+                history: B256::repeat_byte(5),
+                ..built.changes
+            };
             let cert = CommitCertificate {
                 height: 1,
                 round: 0,
@@ -245,7 +372,7 @@ mod tests {
         assert_eq!(store.block(1).unwrap().unwrap(), block);
         assert!(store.block(2).unwrap().is_none());
         let ledger = store.load_ledger().unwrap();
-        assert_eq!(ledger.state_root(), changes.state_root);
+        assert_eq!(ledger.history(), B256::repeat_byte(5));
         assert_eq!(ledger.tip_hash, block.hash());
         assert_eq!(store.get_meta::<(u64, u32)>("wal").unwrap(), Some((1, 2)));
 
@@ -258,6 +385,50 @@ mod tests {
                 .to_string()
                 .contains("another home")
         );
+    }
+
+    #[test]
+    fn pending_survives_a_reopen_and_garbage_is_dropped() {
+        use crate::record::{Transfer, Tx, tests::sample_record};
+        let dir = tempfile::tempdir().unwrap();
+        let record = sample_record(7);
+        let id = record.job_id(7);
+        let key = crate::signing::seeded_key(1, 1);
+        let tx = Tx::Transfer(
+            Transfer {
+                from: key.address(),
+                to: Address::ZERO,
+                amount: 1,
+                nonce: 0,
+            }
+            .sign(&key, 7)
+            .unwrap(),
+        );
+        let hash = tx.hash(7);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_pending_record(&id, &record).unwrap();
+            store.put_pending_tx(&hash, &tx).unwrap();
+            let cf = store.cf(CF_PENDING).unwrap();
+            store
+                .db
+                .put_cf(cf, pending_key(PENDING_TX, &B256::ZERO), b"\x01junk")
+                .unwrap();
+            store.db.put_cf(cf, b"zz", b"").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.pending().unwrap();
+        assert_eq!(p.records, vec![record]);
+        assert_eq!(p.txs, vec![tx]);
+        assert_eq!(p.unreadable, 2);
+        assert_eq!(
+            store.pending().unwrap().unreadable,
+            0,
+            "garbage was deleted"
+        );
+        store.delete_pending(&[id], &[hash]).unwrap();
+        let p = store.pending().unwrap();
+        assert!(p.records.is_empty() && p.txs.is_empty());
     }
 
     #[test]

@@ -46,3 +46,23 @@ pub use model::{
     manifest,
 };
 pub use tokenizer::Tokenizer;
+
+thread_local! {
+    /// Set while this thread runs code whose panics this crate catches and turns into errors.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the panic being handled on this thread will be caught by this crate (a driver
+/// library misbehaving inside cudarc) and turned into an error. A process-wide panic hook that
+/// stops the process on any panic must let these through.
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(|c| c.get())
+}
+
+/// Runs `f` with [`panic_is_caught`] true on this thread, catching its panic.
+pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let before = CATCHING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(before));
+    out
+}

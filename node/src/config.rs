@@ -139,6 +139,9 @@ pub struct ConsensusSection {
     pub timeout_precommit_ms: u64,
     /// Added to each timeout per round.
     pub timeout_delta_ms: u64,
+    /// Testnet fault injection: "garbage-proposals" publishes bytes no peer can decode in
+    /// place of each of this validator's proposals. Never set this on a real node.
+    pub byzantine: Option<actors::consensus::Byzantine>,
 }
 
 impl Default for Config {
@@ -194,6 +197,7 @@ impl Default for ConsensusSection {
             timeout_prevote_ms: 500,
             timeout_precommit_ms: 500,
             timeout_delta_ms: 500,
+            byzantine: None,
         }
     }
 }

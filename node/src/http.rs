@@ -8,7 +8,7 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, SubmitJob};
-use actors::mempool::{AddTx, Mempool, PendingRecord};
+use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord};
 use actors::network::{GetPeers, Network, Publish};
 use actors::protocol::{self, topics};
 use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
@@ -278,15 +278,22 @@ async fn get_account(s: S, path: web::Path<String>) -> HttpResponse {
             );
         }
     };
-    match s.settlement.send(GetAccount(address)).await {
-        Ok(a) => HttpResponse::Ok().json(json!({
-            "address": address,
-            "balance": a.balance.to_string(),
-            "stake": a.stake.to_string(),
-            "nonce": a.nonce,
-        })),
-        Err(e) => unavailable(e),
-    }
+    let account = match s.settlement.send(GetAccount(address)).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(e),
+    };
+    // The nonce the next transaction must carry: after this node's pending ones.
+    let next = match s.mempool.send(NextNonce(address)).await {
+        Ok(n) => n.unwrap_or(account.nonce).max(account.nonce),
+        Err(e) => return unavailable(e),
+    };
+    HttpResponse::Ok().json(json!({
+        "address": address,
+        "balance": account.balance.to_string(),
+        "stake": account.stake.to_string(),
+        "nonce": account.nonce,
+        "next_nonce": next,
+    }))
 }
 
 async fn supply(s: S) -> HttpResponse {
@@ -311,33 +318,8 @@ async fn models(s: S) -> HttpResponse {
 
 async fn submit_tx(s: S, body: web::Json<Tx>) -> HttpResponse {
     let tx = body.into_inner();
-    // Refuse what cannot apply now instead of carrying it to a block where it would fail.
-    let Tx::Transfer(t) = &tx;
-    let t = &t.transfer;
-    let account = match s.settlement.send(GetAccount(t.from)).await {
-        Ok(a) => a,
-        Err(e) => return unavailable(e),
-    };
-    if t.nonce < account.nonce {
-        return error(
-            409,
-            "nonce_used",
-            format!(
-                "nonce {} is spent; the account is at {}",
-                t.nonce, account.nonce
-            ),
-        );
-    }
-    if t.amount > account.balance {
-        return error(
-            402,
-            "insufficient_balance",
-            format!(
-                "transfer of {} exceeds the balance {}",
-                t.amount, account.balance
-            ),
-        );
-    }
+    // The mempool admits only what applies on the committed state plus the sender's pending
+    // transactions, so nothing is accepted here that a block would refuse.
     match s.mempool.send(AddTx(tx.clone())).await {
         Ok(Ok(hash)) => {
             s.network.do_send(Publish {
@@ -346,7 +328,18 @@ async fn submit_tx(s: S, body: web::Json<Tx>) -> HttpResponse {
             });
             HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"}))
         }
-        Ok(Err(e)) => error(400, "bad_transaction", e),
+        Ok(Err(e)) => {
+            let status = match &e {
+                MempoolError::InsufficientBalance { .. } => 402,
+                MempoolError::NonceUsed { .. } => 409,
+                MempoolError::Full | MempoolError::SenderFull { .. } => 429,
+                MempoolError::Unavailable(_) => 503,
+                MempoolError::BadSignature(_)
+                | MempoolError::ZeroAmount
+                | MempoolError::NonceGap { .. } => 400,
+            };
+            error(status, e.label(), e)
+        }
         Err(e) => unavailable(e),
     }
 }

@@ -33,6 +33,7 @@ pub fn run(home: &Path) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    stop_on_panic();
 
     let genesis = Arc::new(Genesis::load(&home.join(&config.genesis)).context("loading genesis")?);
     let account = chain::signing::load_key(&home.join(&config.account_key))
@@ -87,10 +88,15 @@ pub fn run(home: &Path) -> Result<()> {
         tracing::info!(backend = backend.name(), "inference backend ready");
         let started = Network::start(p2p, network_config).context("starting the network")?;
         let network = started.addr.clone();
-        let mempool = Mempool::new(genesis.chain_id).start();
         let settlement = Settlement::open(store.clone(), genesis.clone())
             .context("loading the ledger")?
             .start();
+        let mempool = Mempool::new(
+            genesis.chain_id,
+            Some(store.clone()),
+            settlement.clone().recipient(),
+        )
+        .start();
         let verifier = Verifier::new(
             genesis.clone(),
             models.clone(),
@@ -140,7 +146,10 @@ pub fn run(home: &Path) -> Result<()> {
         let consensus = Consensus::new(
             genesis.clone(),
             is_validator.then(|| account.clone()),
-            ConsensusConfig { timeouts },
+            ConsensusConfig {
+                timeouts,
+                byzantine: c.byzantine,
+            },
             store.clone(),
             network.clone(),
             settlement.clone(),
@@ -226,6 +235,28 @@ pub fn run(home: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes any panic stop the process, after a log line naming the thread and the panic: an
+/// actor whose thread died would otherwise leave the node half-alive (its mailbox closed, the
+/// HTTP API answering 503 forever), where a supervisor can only restart a process that exited.
+/// Panics that the kernels crate catches on purpose (a driver library misbehaving inside
+/// cudarc, turned into an error and a CPU fallback) are let through.
+pub fn stop_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if kernels::panic_is_caught() {
+            default(info);
+            return;
+        }
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(thread, panic = %info, "a node component panicked: stopping the node (exit code 101) so that its supervisor restarts it");
+        default(info);
+        std::process::exit(101);
+    }));
+}
+
 /// Opens the configured TEE and starts the Attestation actor (`None` for `tee = "none"`).
 fn start_attestation(
     config: &Config,
@@ -281,4 +312,75 @@ fn start_attestation(
     Ok(Some(
         Attestation::new(tee, node, batch, a.byzantine).start(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use actix::prelude::*;
+
+    struct Bomb;
+
+    impl Actor for Bomb {
+        type Context = Context<Self>;
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Boom(u64);
+
+    impl Handler<Boom> for Bomb {
+        type Result = ();
+        fn handle(&mut self, msg: Boom, _: &mut Self::Context) {
+            // An arithmetic overflow on a peer's number, as the sync handler once had.
+            let next = std::hint::black_box(msg.0) + 1;
+            tracing::info!(next, "not reached");
+        }
+    }
+
+    /// The child half of the test below: an actor on its own arbiter panics; without the hook
+    /// only that thread dies and the process runs on (exit 0 after 5 s).
+    fn child() -> ! {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        super::stop_on_panic();
+        let system = actix::System::new();
+        system.block_on(async {
+            let arbiter = actix::Arbiter::new();
+            let bomb = Bomb::start_in_arbiter(&arbiter.handle(), |_| Bomb);
+            bomb.do_send(Boom(u64::MAX));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        std::process::exit(0)
+    }
+
+    #[test]
+    fn a_panicking_actor_stops_the_process_with_a_log_line() {
+        if std::env::var_os("PROOFMESH_PANIC_CHILD").is_some() {
+            child();
+        }
+        let started = Instant::now();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "run::tests::a_panicking_actor_stops_the_process_with_a_log_line",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PROOFMESH_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(101), "{stderr}");
+        assert!(stderr.contains("a node component panicked"), "{stderr}");
+        assert!(stderr.contains("overflow"), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it ran on until the child's end"
+        );
+    }
 }

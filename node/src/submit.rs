@@ -217,7 +217,11 @@ pub fn transfer(a: TransferArgs) -> Result<()> {
     if st != 200 {
         return Err(api_error(st, &acct));
     }
-    let nonce = acct["nonce"].as_u64().context("account has no nonce")?;
+    // After this account's transactions still pending at that node.
+    let nonce = acct["next_nonce"]
+        .as_u64()
+        .or_else(|| acct["nonce"].as_u64())
+        .context("account has no nonce")?;
     let tx = Tx::Transfer(
         Transfer {
             from: key.address(),

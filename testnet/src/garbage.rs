@@ -37,17 +37,10 @@ fn xorshift(seed: &mut u64) -> u8 {
     *seed as u8
 }
 
-/// Sends garbage to the node at `target` (`/ip4/…/tcp/…/p2p/…`).
-pub fn send_garbage(target: &str, seed: u64) -> Result<GarbageReport> {
-    let target: Multiaddr = target.parse().context("target multiaddr")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move { run(target, seed).await })
-}
-
-async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+/// A fresh identity with gossipsub (messages up to `max_transmit` bytes) and both
+/// request-response protocols, each accepting frames far larger than a node sends.
+fn hostile_swarm(max_transmit: usize) -> Result<libp2p::Swarm<Hostile>> {
+    Ok(libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -56,7 +49,7 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
         )?
         .with_behaviour(|key| {
             let cfg = gossipsub::ConfigBuilder::default()
-                .max_transmit_size(4 * 1024 * 1024)
+                .max_transmit_size(max_transmit)
                 .build()
                 .map_err(|e| e.to_string())?;
             let rr = |p: &'static str| {
@@ -76,7 +69,20 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
                 sync: rr(protocol::SYNC_PROTOCOL),
             })
         })?
-        .build();
+        .build())
+}
+
+/// Sends garbage to the node at `target` (`/ip4/…/tcp/…/p2p/…`).
+pub fn send_garbage(target: &str, seed: u64) -> Result<GarbageReport> {
+    let target: Multiaddr = target.parse().context("target multiaddr")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move { run(target, seed).await })
+}
+
+async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
+    let mut swarm = hostile_swarm(4 * 1024 * 1024)?;
     for t in topics::ALL {
         swarm
             .behaviour_mut()
@@ -187,4 +193,207 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
         .is_ok()
     {}
     Ok(report)
+}
+
+/// What the lying peer did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct LiarReport {
+    /// Status messages claiming height `u64::MAX - 1` published.
+    pub claims_published: usize,
+    /// Sync requests it answered with an empty block list.
+    pub empty_answers: usize,
+    /// Its own sync request for heights 2^64 - 2 ..= 2^64 - 1 was answered with an error.
+    pub overflow_request_refused: bool,
+    /// Junk proposals (well-formed, badly signed, about `junk_bytes` each) published.
+    pub junk_published: usize,
+}
+
+/// Junk proposals: well-formed, about `bytes` each, for heights `height ..= height + 2`, naming
+/// the real proposer of round 0 (from `validators`, the genesis set) but not signed by it, so
+/// that each passes every cheap check and costs the node a signature check.
+#[derive(Clone, Debug, Default)]
+pub struct Junk {
+    pub count: usize,
+    pub bytes: usize,
+    pub height: u64,
+    pub validators: Vec<(chain::Address, u64)>,
+}
+
+/// A peer that lies about sync: for `duration` it claims, every 300 ms, to be at height
+/// `u64::MAX - 1`, and answers every sync request with an empty list. It also asks the node for
+/// heights 2^64 - 2 ..= 2^64 - 1 (once a panic), and first publishes the `junk` proposals.
+pub fn lie_about_sync(target: &str, duration: Duration, junk: Junk) -> Result<LiarReport> {
+    let target: Multiaddr = target.parse().context("target multiaddr")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move { liar(target, duration, junk).await })
+}
+
+/// Junk proposal number `seed` (see [`Junk`]).
+fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
+    let bytes = junk.bytes;
+    let height = junk.height + seed % 3;
+    let set = chain::consensus::ValidatorSet::new(junk.validators.clone());
+    let key = chain::PrivateKeySigner::random();
+    let input = "x".repeat(chain::record::MAX_INPUT_BYTES - 64);
+    let records = (0..bytes.div_ceil(input.len()))
+        .map(|i| {
+            let job = chain::JobRequest {
+                client: key.address(),
+                model_id: kernels::ModelId([7; 32]),
+                input_hash: alloy::primitives::keccak256(input.as_bytes()),
+                max_fee: 1,
+                nonce: seed * 1000 + i as u64,
+                expiry: 1,
+            }
+            .sign(&key, 1)?;
+            Ok(chain::InferenceRecord::create(
+                job,
+                input.clone(),
+                chain::B256::ZERO,
+                chain::Proof::Reexec,
+                &key,
+                1,
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let proposer = set.proposer(height, 0).copied().unwrap_or(key.address());
+    let block = chain::Block {
+        header: chain::BlockHeader {
+            height,
+            parent: chain::B256::ZERO,
+            proposer,
+            timestamp_ms: seed,
+            records_root: chain::B256::ZERO,
+            txs_root: chain::B256::ZERO,
+            state_root: chain::B256::ZERO,
+        },
+        records,
+        txs: Vec::new(),
+    };
+    let proposal = chain::SignedProposal::sign(
+        chain::Proposal {
+            height: block.header.height,
+            round: 0,
+            block_hash: block.hash(),
+            pol_round: None,
+            proposer,
+        },
+        &key,
+        1,
+    )?;
+    Ok(protocol::encode(&protocol::ConsensusMsg::Proposal {
+        proposal,
+        block: Box::new(block),
+    }))
+}
+
+async fn liar(target: Multiaddr, duration: Duration, junk: Junk) -> Result<LiarReport> {
+    let mut swarm = hostile_swarm(protocol::MAX_CONSENSUS_BYTES)?;
+    let topic = IdentTopic::new(topics::CONSENSUS);
+    swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+    swarm.dial(target.clone())?;
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = target.iter().last() else {
+        bail!("target has no /p2p/ peer id");
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .context("node never subscribed to consensus")?;
+        if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
+            peer_id,
+            topic: t,
+        })) = ev
+            && peer_id == peer
+            && t == topic.hash()
+        {
+            break;
+        }
+    }
+    let mut report = LiarReport::default();
+    swarm.behaviour_mut().sync.send_request(
+        &peer,
+        protocol::encode(&protocol::SyncRequest {
+            from: u64::MAX - 1,
+            to: u64::MAX,
+        }),
+    );
+    for i in 0..junk.count {
+        let data = junk_proposal(i as u64, &junk)?;
+        if swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), data)
+            .is_ok()
+        {
+            report.junk_published += 1;
+        }
+        // Let the connection drain so the junk is delivered rather than queued here.
+        let pace = tokio::time::Instant::now() + Duration::from_millis(20);
+        while let Ok(ev) = tokio::time::timeout_at(pace, swarm.select_next_some()).await {
+            answer(&mut swarm, ev, &mut report);
+        }
+    }
+    let end = tokio::time::Instant::now() + duration;
+    let mut next_claim = tokio::time::Instant::now();
+    while tokio::time::Instant::now() < end {
+        if tokio::time::Instant::now() >= next_claim {
+            let claim = protocol::encode(&protocol::ConsensusMsg::Status {
+                height: u64::MAX - 1,
+                votes: Vec::new(),
+                issued_ms: chain::types::now_ms(),
+            });
+            if swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), claim)
+                .is_ok()
+            {
+                report.claims_published += 1;
+            }
+            next_claim += Duration::from_millis(300);
+        }
+        let wake = next_claim.min(end);
+        if let Ok(ev) = tokio::time::timeout_at(wake, swarm.select_next_some()).await {
+            answer(&mut swarm, ev, &mut report);
+        }
+    }
+    Ok(report)
+}
+
+/// Answers sync requests with nothing, and notes the reply to our own overflow request.
+fn answer(
+    swarm: &mut libp2p::Swarm<Hostile>,
+    ev: SwarmEvent<HostileEvent>,
+    report: &mut LiarReport,
+) {
+    use request_response::{Event as E, Message as M};
+    match ev {
+        SwarmEvent::Behaviour(HostileEvent::Sync(E::Message {
+            message: M::Request { channel, .. },
+            ..
+        })) => {
+            let empty = protocol::encode(&protocol::SyncReply::Blocks(Vec::new()));
+            if swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, empty)
+                .is_ok()
+            {
+                report.empty_answers += 1;
+            }
+        }
+        SwarmEvent::Behaviour(HostileEvent::Sync(E::Message {
+            message: M::Response { response, .. },
+            ..
+        })) => {
+            report.overflow_request_refused = matches!(
+                protocol::decode::<protocol::SyncReply>(&response, 1 << 20),
+                Ok(protocol::SyncReply::Error(_))
+            );
+        }
+        _ => {}
+    }
 }

@@ -56,6 +56,9 @@ enum Cmd {
         /// Make inference node I replay its first TEE proof on every record (repeatable).
         #[arg(long = "replaying-inference")]
         replaying_inference: Vec<usize>,
+        /// Make validator I publish undecodable proposals (repeatable).
+        #[arg(long = "garbage-proposer")]
+        garbage_proposers: Vec<usize>,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -111,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             tee_root,
             forging_inference,
             replaying_inference,
+            garbage_proposers,
         } => {
             let opts = UpOptions {
                 dir,
@@ -125,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
                 tee_root,
                 forging_inference,
                 replaying_inference,
+                garbage_proposers,
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);

@@ -90,6 +90,8 @@ pub struct UpOptions {
     pub forging_inference: Vec<usize>,
     /// Inference nodes (by index) that attach their first TEE proof to every record.
     pub replaying_inference: Vec<usize>,
+    /// Validators (by index) that publish undecodable bytes in place of their proposals.
+    pub garbage_proposers: Vec<usize>,
 }
 
 /// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
@@ -441,6 +443,7 @@ impl Testnet {
         // and finds the rest through Kademlia.
         let bootstrap: Vec<String> = nodes.iter().take(2).map(|n| n.p2p.clone()).collect();
         let mut inference_index = 0;
+        let mut validator_index = 0;
         for n in &nodes {
             std::fs::write(n.home.join("genesis.json"), &genesis_json)?;
             let path = n.home.join("node.toml");
@@ -452,6 +455,17 @@ impl Testnet {
                 .collect();
             if let Some(net) = cfg.get_mut("network").and_then(|v| v.as_table_mut()) {
                 net.insert("bootstrap".into(), toml::Value::Array(others));
+            }
+            if n.role == "validator" {
+                if o.garbage_proposers.contains(&validator_index)
+                    && let Some(c) = cfg
+                        .entry("consensus")
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                        .as_table_mut()
+                {
+                    c.insert("byzantine".into(), "garbage-proposals".into());
+                }
+                validator_index += 1;
             }
             if n.role == "inference" {
                 if o.faulty_inference.contains(&inference_index)

@@ -151,7 +151,7 @@ fn no_panic<T>(
     during: &'static str,
     f: impl FnOnce() -> Result<T, CudaError>,
 ) -> Result<T, CudaError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    crate::catching(f).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()
             .cloned()

@@ -53,6 +53,7 @@ impl Running {
             tee_root: None,
             forging_inference: Vec::new(),
             replaying_inference: Vec::new(),
+            garbage_proposers: Vec::new(),
         };
         adjust(&mut opts);
         let net = match Testnet::up(&opts) {
