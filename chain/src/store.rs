@@ -432,6 +432,35 @@ mod tests {
     }
 
     #[test]
+    fn evidence_is_stored_once_and_survives_a_reopen() {
+        use crate::block::{SignedVote, Vote, VoteKind};
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::signing::seeded_key(4, 4);
+        let vote = |block| {
+            SignedVote::sign(
+                Vote {
+                    height: 7,
+                    round: 1,
+                    kind: VoteKind::Prevote,
+                    block,
+                    validator: key.address(),
+                },
+                &key,
+                1,
+            )
+            .unwrap()
+        };
+        let e = crate::evidence::Evidence::double_vote(vote(None), vote(Some(B256::ZERO))).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.put_evidence(&e).unwrap());
+            assert!(!store.put_evidence(&e).unwrap(), "the same evidence twice");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.evidence().unwrap(), vec![e]);
+    }
+
+    #[test]
     fn corrupt_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

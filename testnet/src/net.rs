@@ -600,10 +600,17 @@ impl Testnet {
         }
     }
 
-    /// SIGKILLs node `i` (a crash).
+    /// SIGKILLs node `i` (a crash) and waits (up to 10 s) until it is gone, so that a restart
+    /// finds its RocksDB lock released.
     pub fn kill(&self, i: usize) {
-        signal(self.nodes[i].pid, libc::SIGKILL);
-        reap(self.nodes[i].pid);
+        let pid = self.nodes[i].pid;
+        signal(pid, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_ours(pid) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reap(pid);
     }
 
     /// Restarts node `i` on its home dir.
