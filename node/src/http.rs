@@ -23,6 +23,7 @@ pub struct AppState {
     pub settlement: Addr<Settlement>,
     pub mempool: Addr<Mempool>,
     pub network: Addr<Network>,
+    pub consensus: Addr<actors::consensus::Consensus>,
     pub genesis: Arc<Genesis>,
     pub peer_id: String,
     pub address: Address,
@@ -68,6 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/supply", web::get().to(supply))
     .route("/v1/models", web::get().to(models))
     .route("/v1/txs", web::post().to(submit_tx))
+    .route("/v1/evidence", web::get().to(evidence))
     .default_service(web::to(|| async {
         error(404, "not_found", "no such endpoint; see GET /v1/status")
     }));
@@ -340,6 +342,32 @@ async fn submit_tx(s: S, body: web::Json<Tx>) -> HttpResponse {
             };
             error(status, e.label(), e)
         }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Equivocation evidence this node has stored: who, where, what, and the signed pair.
+async fn evidence(s: S) -> HttpResponse {
+    match s.consensus.send(actors::consensus::GetEvidence).await {
+        Ok(Ok(list)) => {
+            let items: Vec<Value> = list
+                .iter()
+                .map(|e| {
+                    json!({
+                        "id": e.id(),
+                        "offender": e.offender(),
+                        "height": e.height(),
+                        "kind": match e {
+                            chain::Evidence::DoubleVote { .. } => "double_vote",
+                            chain::Evidence::DoubleProposal { .. } => "double_proposal",
+                        },
+                        "evidence": e,
+                    })
+                })
+                .collect();
+            HttpResponse::Ok().json(json!({ "evidence": items }))
+        }
+        Ok(Err(e)) => error(500, "storage", e),
         Err(e) => unavailable(e),
     }
 }

@@ -173,6 +173,7 @@ pub fn run(home: &Path) -> Result<()> {
             settlement,
             mempool,
             network,
+            consensus,
             genesis: genesis.clone(),
             peer_id: started.peer_id.to_string(),
             address: account.address(),

@@ -59,6 +59,9 @@ enum Cmd {
         /// Make validator I publish undecodable proposals (repeatable).
         #[arg(long = "garbage-proposer")]
         garbage_proposers: Vec<usize>,
+        /// Make validator I follow each prevote for a block with a nil prevote (repeatable).
+        #[arg(long = "double-voter")]
+        double_voters: Vec<usize>,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -115,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             forging_inference,
             replaying_inference,
             garbage_proposers,
+            double_voters,
         } => {
             let opts = UpOptions {
                 dir,
@@ -130,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
                 forging_inference,
                 replaying_inference,
                 garbage_proposers,
+                double_voters,
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);

@@ -92,6 +92,8 @@ pub struct UpOptions {
     pub replaying_inference: Vec<usize>,
     /// Validators (by index) that publish undecodable bytes in place of their proposals.
     pub garbage_proposers: Vec<usize>,
+    /// Validators (by index) that follow each prevote for a block with a nil prevote.
+    pub double_voters: Vec<usize>,
 }
 
 /// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
@@ -457,13 +459,20 @@ impl Testnet {
                 net.insert("bootstrap".into(), toml::Value::Array(others));
             }
             if n.role == "validator" {
-                if o.garbage_proposers.contains(&validator_index)
+                let fault = if o.garbage_proposers.contains(&validator_index) {
+                    Some("garbage-proposals")
+                } else if o.double_voters.contains(&validator_index) {
+                    Some("double-vote")
+                } else {
+                    None
+                };
+                if let Some(fault) = fault
                     && let Some(c) = cfg
                         .entry("consensus")
                         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                         .as_table_mut()
                 {
-                    c.insert("byzantine".into(), "garbage-proposals".into());
+                    c.insert("byzantine".into(), fault.into());
                 }
                 validator_index += 1;
             }

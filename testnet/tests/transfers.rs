@@ -2,6 +2,9 @@
 //! to an inference node are gossiped, ordered and applied on every node, balances and nonces
 //! exact; what cannot apply is refused up front; and a job executed while the chain cannot
 //! commit survives a restart of every validator. Throughout, one of the four validators
+//! publishes undecodable bytes in place of every proposal it makes (its rounds time out and the
+//! chain goes on), and another follows each prevote with a conflicting nil prevote (every other
+//! node keeps the signed pair as evidence). Throughout, one of the four validators
 //! publishes undecodable bytes in place of every proposal it makes: its rounds time out and
 //! the chain goes on.
 //!
@@ -97,7 +100,10 @@ fn wait_accounts(run: &Running, client: &Client, expected: &[(Address, u128, u64
 
 #[test]
 fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() {
-    let mut run = Running::up_with(4, 1, |o| o.garbage_proposers = vec![1]);
+    let mut run = Running::up_with(4, 1, |o| {
+        o.garbage_proposers = vec![1];
+        o.double_voters = vec![2];
+    });
     let client = Client::new();
     let net = run.net();
     let chain_id = net.chain_id;
@@ -214,6 +220,47 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
         })
         .count();
     assert!(refused > 0, "no peer refused a garbage proposal");
+
+    // Validator 2 signed two prevotes in some round: every other node holds the pair.
+    let offender = run.net().nodes[2].address;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in [0, 1, 3, 4] {
+        let node = run.net().nodes[i].http.clone();
+        loop {
+            let list = client
+                .get(&format!("{node}/v1/evidence"))
+                .unwrap()
+                .ok()
+                .unwrap();
+            let found = list["evidence"].as_array().unwrap().iter().any(|e| {
+                e["kind"] == "double_vote"
+                    && e["offender"]
+                        .as_str()
+                        .is_some_and(|o| o.eq_ignore_ascii_case(&format!("{offender}")))
+            });
+            if found {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} holds no evidence against validator 2: {list}",
+                run.net().nodes[i].name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Two faulty validators of four is more than the chain tolerates once a third one is
+    // down (below): the double voter's operator fixes its config and restarts it.
+    let path = run.net().nodes[2].home.join("node.toml");
+    run.net().kill(2);
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if let Some(c) = cfg.get_mut("consensus").and_then(|c| c.as_table_mut()) {
+        c.remove("byzantine");
+    }
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    run.net_mut().restart(2).unwrap();
+    run.net().wait_ready(Duration::from_secs(60), 0).unwrap();
 
     // A job executed while the chain cannot commit (two of four validators down) waits in the
     // other two's mempools; those two are then killed too. After every validator restarts, the

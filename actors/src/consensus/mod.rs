@@ -64,7 +64,15 @@ pub enum Byzantine {
     /// signed and kept, as a buggy or hostile encoder would): the round must time out and the
     /// next proposer's block be decided.
     GarbageProposals,
+    /// After each prevote for a block, also sign and publish a nil prevote for the same round
+    /// (bypassing the signer, which would refuse): peers must keep the pair as evidence.
+    DoubleVote,
 }
+
+/// All equivocation evidence this node has stored.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<chain::Evidence>, String>")]
+pub struct GetEvidence;
 
 pub struct Consensus {
     genesis: Arc<Genesis>,
@@ -75,6 +83,9 @@ pub struct Consensus {
     store: Arc<Store>,
     core: Core,
     byzantine: Option<Byzantine>,
+    /// A copy of the validator key for [`Byzantine::DoubleVote`] only: the fault signs what
+    /// the signer refuses to.
+    fault_key: Option<Arc<PrivateKeySigner>>,
     validators: ValidatorSet<Address>,
     network: Addr<Network>,
     settlement: Addr<Settlement>,
@@ -112,6 +123,10 @@ impl Consensus {
     ) -> Self {
         let validators = ValidatorSet::new(genesis.validator_powers());
         let key = key.filter(|k| validators.power(&k.address()).is_some());
+        let fault_key = key
+            .clone()
+            .filter(|_| config.byzantine == Some(Byzantine::DoubleVote))
+            .map(Arc::new);
         let signer = key.and_then(|k| {
             match Signer::open(StoreWal(store.clone()), Arc::new(k), genesis.chain_id) {
                 Ok(s) => Some(s),
@@ -130,6 +145,7 @@ impl Consensus {
         Consensus {
             core: Core::new(me, validators.clone(), config.timeouts),
             byzantine: config.byzantine,
+            fault_key,
             validators,
             signer,
             store,
@@ -168,6 +184,26 @@ impl Consensus {
             topic: topics::CONSENSUS,
             data,
         });
+    }
+
+    /// [`Byzantine::DoubleVote`]: a nil prevote beside each prevote for a block.
+    fn double_vote_fault(&self, sv: &SignedVote) {
+        let Some(key) = &self.fault_key else { return };
+        if sv.vote.kind != VoteKind::Prevote || sv.vote.block.is_none() {
+            return;
+        }
+        let nil = chain::Vote {
+            block: None,
+            ..sv.vote.clone()
+        };
+        if let Ok(second) = SignedVote::sign(nil, key, self.genesis.chain_id) {
+            tracing::warn!(
+                height = sv.vote.height,
+                round = sv.vote.round,
+                "fault injection: publishing a second, nil prevote"
+            );
+            self.publish(&ConsensusMsg::Vote(second));
+        }
     }
 
     /// Starts consensus at `height` (tip + 1), restoring what the signer signed there before a
@@ -213,6 +249,7 @@ impl Consensus {
                                     let v = &sv.vote;
                                     self.votes
                                         .insert((v.round, v.kind, v.validator), sv.clone());
+                                    self.double_vote_fault(sv);
                                 }
                                 ConsensusMsg::Proposal { proposal, .. } => {
                                     tracing::debug!(height = proposal.proposal.height, round = proposal.proposal.round, block = %proposal.proposal.block_hash, "proposing");
@@ -781,6 +818,13 @@ impl Actor for Consensus {
                 }),
         );
         ctx.run_interval(HEARTBEAT, |act, ctx| act.heartbeat(ctx));
+    }
+}
+
+impl Handler<GetEvidence> for Consensus {
+    type Result = Result<Vec<chain::Evidence>, String>;
+    fn handle(&mut self, _: GetEvidence, _: &mut Self::Context) -> Self::Result {
+        self.store.evidence().map_err(|e| e.to_string())
     }
 }
 

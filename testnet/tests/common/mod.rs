@@ -54,6 +54,7 @@ impl Running {
             forging_inference: Vec::new(),
             replaying_inference: Vec::new(),
             garbage_proposers: Vec::new(),
+            double_voters: Vec::new(),
         };
         adjust(&mut opts);
         let net = match Testnet::up(&opts) {
