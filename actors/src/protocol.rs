@@ -3,6 +3,8 @@
 //!
 //! Every decoder returns `Err` on malformed, oversized or wrong-version input, never panics.
 
+use std::sync::Arc;
+
 use chain::codec;
 use chain::{
     Address, Block, CommitCertificate, Height, InferenceRecord, ModelId, SignedJobRequest,
@@ -85,7 +87,8 @@ pub enum ConsensusMsg {
     /// A signed proposal and the block it proposes.
     Proposal {
         proposal: SignedProposal,
-        block: Box<Block>,
+        /// Shared, not copied, between the consensus actor, the signer's log and the wire.
+        block: Arc<Block>,
     },
     Vote(SignedVote),
     /// A node's heartbeat, every second: its committed height, so laggards notice and sync, and
@@ -352,7 +355,7 @@ mod tests {
         for msg in [
             ConsensusMsg::Proposal {
                 proposal,
-                block: Box::new(block.clone()),
+                block: Arc::new(block.clone()),
             },
             ConsensusMsg::Vote(vote.clone()),
             ConsensusMsg::Status {

@@ -285,7 +285,7 @@ fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
     )?;
     Ok(protocol::encode(&protocol::ConsensusMsg::Proposal {
         proposal,
-        block: Box::new(block),
+        block: std::sync::Arc::new(block),
     }))
 }
 

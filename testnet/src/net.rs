@@ -238,6 +238,48 @@ pub fn is_ours(pid: u32) -> bool {
     !zombie && String::from_utf8_lossy(&cmdline).contains("proofmesh")
 }
 
+/// The last `n` lines of a log file (empty if it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `pid` still holds its resources. Unlike [`is_ours`] this does not read the
+/// command line: the kernel releases a dying process's memory (its command line reads empty
+/// from then on) before it closes its files, so a node whose command line is gone may still
+/// hold its listening sockets and RocksDB's lock. Only a zombie, or no process, has let go.
+fn holds_resources(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    stat.rsplit(')')
+        .next()
+        .and_then(|s| s.trim_start().chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Waits until a signalled node has let go of its files and ports, reaping it if it is our
+/// child; false if it still holds them after `timeout`.
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        reap(pid);
+        if !holds_resources(pid) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `signal` to `pid` if it is one of our nodes.
 pub fn signal(pid: u32, signal: i32) -> bool {
     if !is_ours(pid) {
@@ -252,13 +294,9 @@ pub fn stop_pid(pid: u32, grace: Duration) {
     if !signal(pid, libc::SIGTERM) {
         return;
     }
-    let deadline = Instant::now() + grace;
-    while is_ours(pid) && Instant::now() < deadline {
-        reap(pid);
-        std::thread::sleep(Duration::from_millis(50));
+    if !wait_gone(pid, grace) && signal(pid, libc::SIGKILL) {
+        wait_gone(pid, Duration::from_secs(10));
     }
-    signal(pid, libc::SIGKILL);
-    reap(pid);
 }
 
 fn reap(pid: u32) {
@@ -556,10 +594,11 @@ impl Testnet {
                 }
                 if !is_ours(n.pid) {
                     bail!(
-                        "node {} (pid {}) exited; see {}/node.log",
+                        "node {} (pid {}) exited; the end of {}/node.log:\n{}",
                         n.name,
                         n.pid,
-                        n.home.display()
+                        n.home.display(),
+                        tail(&n.home.join("node.log"), 15)
                     );
                 }
                 if Instant::now() > deadline {
@@ -588,13 +627,8 @@ impl Testnet {
     pub fn log_tails(&self, n: usize) -> String {
         let mut out = String::new();
         for node in &self.nodes {
-            let text = std::fs::read_to_string(node.home.join("node.log")).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!("--- {} ---\n", node.name));
-            for l in &lines[lines.len().saturating_sub(n)..] {
-                out.push_str(l);
-                out.push('\n');
-            }
+            out.push_str(&tail(&node.home.join("node.log"), n));
         }
         out
     }
@@ -613,13 +647,9 @@ impl Testnet {
     /// finds its RocksDB lock released.
     pub fn kill(&self, i: usize) {
         let pid = self.nodes[i].pid;
-        signal(pid, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_ours(pid) && Instant::now() < deadline {
-            reap(pid);
-            std::thread::sleep(Duration::from_millis(20));
+        if signal(pid, libc::SIGKILL) && !wait_gone(pid, Duration::from_secs(10)) {
+            tracing::warn!(pid, "node still holds its files 10 s after SIGKILL");
         }
-        reap(pid);
     }
 
     /// Restarts node `i` on its home dir.
@@ -707,4 +737,24 @@ fn make_genesis(
     };
     genesis.validate()?;
     Ok(genesis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_process_is_waited_for_until_it_lets_go() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(holds_resources(pid));
+        assert!(!is_ours(pid), "sleep is not a proofmesh node");
+        // SAFETY: kill(2) on the child just started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        assert!(wait_gone(pid, Duration::from_secs(10)));
+        assert!(!holds_resources(pid));
+        assert!(!holds_resources(u32::MAX), "no such process");
+        // Already reaped by `wait_gone`: nothing is left to wait for.
+        assert!(child.wait().is_err());
+    }
 }

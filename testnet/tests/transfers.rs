@@ -4,9 +4,7 @@
 //! commit survives a restart of every validator. Throughout, one of the four validators
 //! publishes undecodable bytes in place of every proposal it makes (its rounds time out and the
 //! chain goes on), and another follows each prevote with a conflicting nil prevote (every other
-//! node keeps the signed pair as evidence). Throughout, one of the four validators
-//! publishes undecodable bytes in place of every proposal it makes: its rounds time out and
-//! the chain goes on.
+//! node keeps the signed pair as evidence).
 //!
 //! Needs the `proofmesh` binary (`cargo build --bin proofmesh`; `scripts/test` does it).
 

@@ -131,6 +131,22 @@ enum Key {
     },
 }
 
+impl Key {
+    fn of(msg: &ConsensusMsg) -> Option<Key> {
+        match msg {
+            ConsensusMsg::Proposal { proposal, .. } => Some(Key::Proposal {
+                round: proposal.proposal.round,
+            }),
+            ConsensusMsg::Vote(v) => Some(Key::Vote {
+                round: v.vote.round,
+                kind: v.vote.kind,
+                validator: v.vote.validator,
+            }),
+            ConsensusMsg::Status { .. } | ConsensusMsg::Evidence(_) => None,
+        }
+    }
+}
+
 struct Entry {
     msg: ConsensusMsg,
     origin: PeerId,
@@ -158,6 +174,13 @@ impl FutureBuffer {
         self.bytes
     }
 
+    /// The message already buffered at `height` in the slot `msg` would take (same round, and
+    /// same kind and validator for a vote): a different one there is equivocation.
+    pub fn slot_of(&self, height: Height, msg: &ConsensusMsg) -> Option<&ConsensusMsg> {
+        let key = Key::of(msg)?;
+        self.heights.get(&height)?.get(&key).map(|e| &e.msg)
+    }
+
     /// Keeps a checked proposal or vote of `height` (`size`: its encoded bytes) relayed by
     /// `origin`. Returns why not when it is a duplicate or a bound is reached.
     pub fn push(
@@ -167,18 +190,8 @@ impl FutureBuffer {
         origin: PeerId,
         size: usize,
     ) -> Result<(), &'static str> {
-        let key = match &msg {
-            ConsensusMsg::Proposal { proposal, .. } => Key::Proposal {
-                round: proposal.proposal.round,
-            },
-            ConsensusMsg::Vote(v) => Key::Vote {
-                round: v.vote.round,
-                kind: v.vote.kind,
-                validator: v.vote.validator,
-            },
-            ConsensusMsg::Status { .. } | ConsensusMsg::Evidence(_) => {
-                return Err("only proposals and votes are buffered");
-            }
+        let Some(key) = Key::of(&msg) else {
+            return Err("only proposals and votes are buffered");
         };
         if self
             .heights
@@ -204,7 +217,9 @@ impl FutureBuffer {
     }
 
     /// Everything kept for `height` (proposals first), and forgets every height up to it.
-    pub fn take(&mut self, height: Height) -> Vec<(ConsensusMsg, PeerId)> {
+    /// Removes every message buffered for `height` or below; returns those for `height`,
+    /// each with its origin and the size it was counted with.
+    pub fn take(&mut self, height: Height) -> Vec<(ConsensusMsg, PeerId, usize)> {
         let later = self.heights.split_off(&(height + 1));
         let done = std::mem::replace(&mut self.heights, later);
         let mut out = Vec::new();
@@ -218,7 +233,7 @@ impl FutureBuffer {
                     }
                 }
                 if h == height {
-                    out.push((e.msg, e.origin));
+                    out.push((e.msg, e.origin, e.size));
                 }
             }
         }
@@ -228,6 +243,8 @@ impl FutureBuffer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use chain::signing::seeded_key;
     use chain::{B256, Block, BlockHeader, Proposal, Vote};
@@ -394,6 +411,7 @@ mod tests {
         let out = buf.take(11);
         assert_eq!(out.len(), 1);
         assert!(matches!(&out[0].0, ConsensusMsg::Vote(v) if *v == good));
+        assert_eq!(out[0].2, 200, "the size it was counted with");
         assert!(buf.is_empty() && buf.bytes() == 0);
     }
 
@@ -406,7 +424,7 @@ mod tests {
         let b0 = block(11, 0);
         let p = |h, r| ConsensusMsg::Proposal {
             proposal: proposal(h, r, &b0, None),
-            block: Box::new(b0.clone()),
+            block: Arc::new(b0.clone()),
         };
         buf.push(11, p(11, 0), a, big).unwrap();
         // One peer's share is one full proposal and some votes.
@@ -441,5 +459,48 @@ mod tests {
                 .map(|e| e.size)
                 .sum::<usize>()
         );
+    }
+
+    /// A second, different message for a buffered slot is found (so the actor can keep the
+    /// pair as evidence) and not buffered; one for another slot is not mistaken for it.
+    #[test]
+    fn a_conflicting_message_for_a_buffered_slot_is_found() {
+        let k = &keys()[1];
+        let peer = PeerId::random();
+        let mut buf = FutureBuffer::default();
+        let nil = vote(k, 11, 0);
+        let mut for_block = nil.clone();
+        for_block.vote.block = Some(B256::repeat_byte(1));
+        let for_block = SignedVote::sign(for_block.vote, k, CHAIN).unwrap();
+        buf.push(11, ConsensusMsg::Vote(nil.clone()), peer, 200)
+            .unwrap();
+        let second = ConsensusMsg::Vote(for_block.clone());
+        let Some(ConsensusMsg::Vote(first)) = buf.slot_of(11, &second) else {
+            panic!("the buffered vote holds the slot");
+        };
+        let e = chain::Evidence::double_vote(first.clone(), for_block).unwrap();
+        e.verify(set().validators(), CHAIN).unwrap();
+        assert_eq!(buf.push(11, second, peer, 200), Err("duplicate"));
+        assert!(buf.slot_of(12, &ConsensusMsg::Vote(nil.clone())).is_none());
+        assert!(
+            buf.slot_of(11, &ConsensusMsg::Vote(vote(k, 11, 1)))
+                .is_none()
+        );
+
+        let (a, b) = (block(11, 1), block(11, 2));
+        let first = ConsensusMsg::Proposal {
+            proposal: proposal(11, 0, &a, None),
+            block: Arc::new(a.clone()),
+        };
+        buf.push(11, first, peer, 500).unwrap();
+        let second = proposal(11, 0, &b, None);
+        let msg = ConsensusMsg::Proposal {
+            proposal: second.clone(),
+            block: Arc::new(b),
+        };
+        let Some(ConsensusMsg::Proposal { proposal: p, .. }) = buf.slot_of(11, &msg) else {
+            panic!("the buffered proposal holds the slot");
+        };
+        assert!(chain::Evidence::double_proposal(p.clone(), second).is_some());
     }
 }

@@ -9,6 +9,8 @@
 
 pub mod inbox;
 pub mod signer;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +71,27 @@ pub enum Byzantine {
     DoubleVote,
 }
 
+/// The settlement requests consensus makes. The node wires all of them to its [`Settlement`]
+/// actor (`Ledger::from`); a test can put a fault between consensus and one of them.
+#[derive(Clone)]
+pub struct Ledger {
+    pub tip: Recipient<GetTip>,
+    pub build: Recipient<BuildBlock>,
+    pub validate: Recipient<ValidateBlock>,
+    pub commit: Recipient<CommitBlock>,
+}
+
+impl From<Addr<Settlement>> for Ledger {
+    fn from(a: Addr<Settlement>) -> Self {
+        Ledger {
+            tip: a.clone().recipient(),
+            build: a.clone().recipient(),
+            validate: a.clone().recipient(),
+            commit: a.recipient(),
+        }
+    }
+}
+
 /// All equivocation evidence this node has stored.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<chain::Evidence>, String>")]
@@ -88,7 +111,7 @@ pub struct Consensus {
     fault_key: Option<Arc<PrivateKeySigner>>,
     validators: ValidatorSet<Address>,
     network: Addr<Network>,
-    settlement: Addr<Settlement>,
+    settlement: Ledger,
     mempool: Addr<Mempool>,
     verifier: Option<Addr<Verifier>>,
     /// Current height (tip + 1); 0 until the tip is known.
@@ -117,7 +140,7 @@ impl Consensus {
         config: ConsensusConfig,
         store: Arc<Store>,
         network: Addr<Network>,
-        settlement: Addr<Settlement>,
+        settlement: impl Into<Ledger>,
         mempool: Addr<Mempool>,
         verifier: Option<Addr<Verifier>>,
     ) -> Self {
@@ -151,7 +174,7 @@ impl Consensus {
             store,
             genesis,
             network,
-            settlement,
+            settlement: settlement.into(),
             mempool,
             verifier,
             height: 0,
@@ -222,12 +245,12 @@ impl Consensus {
             }
             outputs.extend(restored);
             for b in blocks {
-                self.blocks.insert(b.hash(), Arc::new(b));
+                self.blocks.insert(b.hash(), b);
             }
         }
         self.apply(outputs, ctx);
-        for (msg, origin) in self.future.take(height) {
-            self.on_message(msg, origin, ctx);
+        for (msg, origin, size) in self.future.take(height) {
+            self.on_message(msg, origin, size, ctx);
         }
     }
 
@@ -241,7 +264,7 @@ impl Consensus {
                     };
                     let lock = lock_of(&self.core);
                     let blocks = &self.blocks;
-                    let lookup = |h: &B256| blocks.get(h).map(|b| (**b).clone());
+                    let lookup = |h: &B256| blocks.get(h).cloned();
                     match signer.sign_output(&out, lock, &lookup) {
                         Some(Ok(msg)) => {
                             match &msg {
@@ -320,7 +343,7 @@ impl Consensus {
         );
         ctx.run_later(wait, move |act, ctx| {
             let mempool = act.mempool.clone();
-            let settlement = act.settlement.clone();
+            let settlement = act.settlement.build.clone();
             let fut = async move {
                 let (records, txs) = mempool
                     .send(Candidates {
@@ -345,7 +368,7 @@ impl Consensus {
                                 txs: built.dropped_txs,
                             });
                         }
-                        Some(built.block)
+                        Some(Arc::new(built.block))
                     }
                     Ok(Err(e)) => {
                         // Nothing to propose: the round times out and the next proposer goes.
@@ -366,9 +389,15 @@ impl Consensus {
     }
 
     /// Holds `block` and hands its hash to the core as our proposal for (`height`, `round`).
-    fn propose_block(&mut self, height: Height, round: u32, block: Block, ctx: &mut Context<Self>) {
+    fn propose_block(
+        &mut self,
+        height: Height,
+        round: u32,
+        block: Arc<Block>,
+        ctx: &mut Context<Self>,
+    ) {
         let hash = block.hash();
-        self.blocks.insert(hash, Arc::new(block));
+        self.blocks.insert(hash, block);
         let outs = self.core.handle(Input::ProposeValue {
             height,
             round,
@@ -407,7 +436,10 @@ impl Consensus {
             votes,
         };
         self.committing = true;
-        let fut = self.settlement.send(CommitBlock { block, certificate });
+        let fut = self
+            .settlement
+            .commit
+            .send(CommitBlock { block, certificate });
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;
             let error = match res {
@@ -440,15 +472,6 @@ impl Consensus {
     /// Checks a message and, if it passes, feeds it to the core or buffers it. Returns what
     /// gossipsub should do with it.
     fn on_message(
-        &mut self,
-        msg: ConsensusMsg,
-        origin: PeerId,
-        ctx: &mut Context<Self>,
-    ) -> Verdict {
-        self.on_message_sized(msg, origin, 0, ctx)
-    }
-
-    fn on_message_sized(
         &mut self,
         msg: ConsensusMsg,
         origin: PeerId,
@@ -503,13 +526,17 @@ impl Consensus {
                 };
                 let p = proposal.proposal.clone();
                 if place == Place::Later {
-                    let size = size.max(block.txs.len() + block.records.len());
-                    return match self.future.push(
-                        p.height,
-                        ConsensusMsg::Proposal { proposal, block },
-                        origin,
-                        size,
-                    ) {
+                    let msg = ConsensusMsg::Proposal { proposal, block };
+                    if let Some(ConsensusMsg::Proposal {
+                        proposal: first, ..
+                    }) = self.future.slot_of(p.height, &msg)
+                        && let ConsensusMsg::Proposal { proposal, .. } = &msg
+                        && let Some(e) =
+                            chain::Evidence::double_proposal(first.clone(), proposal.clone())
+                    {
+                        self.record_evidence(e, true);
+                    }
+                    return match self.future.push(p.height, msg, origin, size) {
                         Ok(()) => Verdict::Accept,
                         Err(why) => Verdict::Ignore(why),
                     };
@@ -526,7 +553,6 @@ impl Consensus {
                     return Verdict::Ignore("second proposal of a round");
                 }
                 self.proposals.insert(p.round, proposal);
-                let block = Arc::new(*block);
                 self.blocks.insert(p.block_hash, block.clone());
                 let core_p = core::Proposal {
                     height: p.height,
@@ -535,7 +561,7 @@ impl Consensus {
                     pol_round: p.pol_round,
                     proposer: p.proposer,
                 };
-                let settlement = self.settlement.clone();
+                let settlement = self.settlement.validate.clone();
                 let verifier = self.verifier.clone();
                 let fut = async move {
                     if let Some(v) = verifier {
@@ -599,10 +625,15 @@ impl Consensus {
     ) {
         if place == Place::Later {
             let h = sv.vote.height;
+            let msg = ConsensusMsg::Vote(sv);
+            if let Some(ConsensusMsg::Vote(first)) = self.future.slot_of(h, &msg)
+                && let ConsensusMsg::Vote(sv) = &msg
+                && let Some(e) = chain::Evidence::double_vote(first.clone(), sv.clone())
+            {
+                self.record_evidence(e, true);
+            }
             // A full buffer or a duplicate is not the sender's fault: dropped quietly.
-            let _ = self
-                .future
-                .push(h, ConsensusMsg::Vote(sv), origin, size.max(256));
+            let _ = self.future.push(h, msg, origin, size.max(256));
             return;
         }
         let v = &sv.vote;
@@ -746,7 +777,7 @@ impl Consensus {
         ctx.spawn(
             fut.into_actor(self)
                 .then(move |res, act, _| {
-                    let settlement = act.settlement.clone();
+                    let settlement = act.settlement.commit.clone();
                     let (peer, blocks, claimed) = match res {
                         Ok((peer, blocks, claimed)) => {
                             if !blocks.is_empty() {
@@ -805,7 +836,7 @@ impl Actor for Consensus {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let settlement = self.settlement.clone();
+        let settlement = self.settlement.tip.clone();
         ctx.spawn(
             async move { settlement.send(GetTip).await }
                 .into_actor(self)
@@ -831,7 +862,7 @@ impl Handler<GetEvidence> for Consensus {
 impl Handler<GossipConsensus> for Consensus {
     type Result = ();
     fn handle(&mut self, msg: GossipConsensus, ctx: &mut Self::Context) {
-        let verdict = self.on_message_sized(msg.msg, msg.origin, msg.size, ctx);
+        let verdict = self.on_message(msg.msg, msg.origin, msg.size, ctx);
         let acceptance = match verdict {
             Verdict::Accept => MessageAcceptance::Accept,
             Verdict::Reject(why) => {

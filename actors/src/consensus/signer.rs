@@ -39,7 +39,8 @@ pub struct SignedState {
     /// (round, block hash) of every proposal signed at this height.
     pub proposals: Vec<(u32, B256)>,
     /// The blocks named by `proposals`, `locked` and `valid`, so they can be proposed again.
-    pub blocks: Vec<Block>,
+    /// Shared with the consensus actor: a signature copies the state, never a block.
+    pub blocks: Vec<Arc<Block>>,
 }
 
 impl SignedState {
@@ -208,7 +209,7 @@ impl<W: Wal> Signer<W> {
     pub fn sign_proposal(
         &mut self,
         proposal: Proposal,
-        block: &Block,
+        block: &Arc<Block>,
         lock: Lock,
     ) -> Result<SignedProposal, SignError> {
         let mut next = self.next_state(proposal.height)?;
@@ -226,7 +227,7 @@ impl<W: Wal> Signer<W> {
             None => next.proposals.push((proposal.round, proposal.block_hash)),
         }
         if !next.blocks.iter().any(|b| b.hash() == proposal.block_hash) {
-            next.blocks.push(block.clone());
+            next.blocks.push(Arc::clone(block));
         }
         (next.locked, next.valid) = lock;
         Self::prune_blocks(&mut next);
@@ -241,7 +242,7 @@ impl<W: Wal> Signer<W> {
         &mut self,
         vote: Vote,
         lock: Lock,
-        blocks: &dyn Fn(&B256) -> Option<Block>,
+        blocks: &dyn Fn(&B256) -> Option<Arc<Block>>,
     ) -> Result<SignedVote, SignError> {
         let mut next = self.next_state(vote.height)?;
         match next.vote(vote.round, vote.kind) {
@@ -280,7 +281,7 @@ impl<W: Wal> Signer<W> {
 impl<W: Wal> Signer<W> {
     /// The block this validator already proposed at (`height`, `round`), to propose again
     /// after a restart instead of building a different one.
-    pub fn repeat_proposal(&self, height: Height, round: u32) -> Option<Block> {
+    pub fn repeat_proposal(&self, height: Height, round: u32) -> Option<Arc<Block>> {
         let state = self.state_at(height)?;
         let hash = state.proposal(round)?;
         state.blocks.iter().find(|b| b.hash() == hash).cloned()
@@ -292,7 +293,7 @@ impl<W: Wal> Signer<W> {
         &self,
         core: &mut chain::consensus::Consensus<Address, B256>,
         height: Height,
-    ) -> (Vec<Output<Address, B256>>, Vec<Block>) {
+    ) -> (Vec<Output<Address, B256>>, Vec<Arc<Block>>) {
         match self.state_at(height) {
             Some(state) => (core.restore(height, state.restore()), state.blocks.clone()),
             None => (Vec::new(), Vec::new()),
@@ -306,7 +307,7 @@ impl<W: Wal> Signer<W> {
         &mut self,
         out: &Output<Address, B256>,
         lock: Lock,
-        blocks: &dyn Fn(&B256) -> Option<Block>,
+        blocks: &dyn Fn(&B256) -> Option<Arc<Block>>,
     ) -> Option<Result<ConsensusMsg, SignError>> {
         match out {
             Output::Proposal(p) => {
@@ -323,12 +324,10 @@ impl<W: Wal> Signer<W> {
                     pol_round: p.pol_round,
                     proposer: p.proposer,
                 };
-                Some(self.sign_proposal(proposal, &block, lock).map(|proposal| {
-                    ConsensusMsg::Proposal {
-                        proposal,
-                        block: Box::new(block),
-                    }
-                }))
+                Some(
+                    self.sign_proposal(proposal, &block, lock)
+                        .map(|proposal| ConsensusMsg::Proposal { proposal, block }),
+                )
             }
             Output::Vote(v) => {
                 let vote = Vote {

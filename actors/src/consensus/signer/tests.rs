@@ -73,7 +73,7 @@ fn block(stamp: u64) -> Block {
 struct Node {
     core: Core<Address, B256>,
     signer: Signer<MemWal>,
-    blocks: HashMap<B256, Block>,
+    blocks: HashMap<B256, Arc<Block>>,
 }
 
 struct Crash;
@@ -134,7 +134,7 @@ impl Harness {
                         .repeat_proposal(*height, *round)
                         .unwrap_or_else(|| {
                             self.built += 1;
-                            block(1_000 + self.built)
+                            Arc::new(block(1_000 + self.built))
                         });
                     let value = block.hash();
                     node.blocks.insert(value, block);
@@ -371,7 +371,7 @@ fn the_signer_refuses_conflicts_itself_and_repeats_its_proposal() {
     let me = validators()[0].clone();
     let wal = MemWal::default();
     let mut signer = Signer::open(wal.clone(), Arc::new(me.clone()), CHAIN).unwrap();
-    let (a, b) = (block(1), block(2));
+    let (a, b) = (Arc::new(block(1)), Arc::new(block(2)));
     let proposal = |blk: &Block, round| Proposal {
         height: HEIGHT,
         round,
