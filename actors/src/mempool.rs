@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chain::{Account, Address, B256, InferenceRecord, JobId, Store, Tx};
+use libp2p::gossipsub::MessageAcceptance;
 
 use crate::metrics::METRICS;
 use crate::network::GossipTx;
@@ -508,15 +509,28 @@ impl Handler<AddTx> for Mempool {
 }
 
 impl Handler<GossipTx> for Mempool {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ResponseActFuture<Self, MessageAcceptance>;
+    /// Accept (relay) only what was admitted now; a transaction already held was relayed when
+    /// it was admitted. Refusals that no state can cure (bad signature, zero amount) cost the
+    /// sender; the rest depend on the state this node sees and are only not relayed.
     fn handle(&mut self, msg: GossipTx, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.add_tx(msg.0, true).map(|res, _, _| {
-            if let Err(e) = res {
+        if self.txs.contains(&msg.0.hash(self.chain_id)) {
+            return Box::pin(fut::ready(MessageAcceptance::Ignore));
+        }
+        Box::pin(self.add_tx(msg.0, true).map(|res, _, _| match res {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(e) => {
                 METRICS
                     .gossip_rejected
                     .with_label_values(&[crate::protocol::topics::TXS, e.label()])
                     .inc();
                 tracing::debug!(error = %e, "gossiped transaction refused");
+                match e {
+                    MempoolError::BadSignature(_) | MempoolError::ZeroAmount => {
+                        MessageAcceptance::Reject
+                    }
+                    _ => MessageAcceptance::Ignore,
+                }
             }
         }))
     }

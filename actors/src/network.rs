@@ -111,9 +111,10 @@ pub struct GossipRecord {
     pub source: PeerId,
 }
 
-/// A transaction from gossip, signature already checked.
+/// A transaction from gossip. The receiver (the mempool) runs admission and answers what
+/// gossipsub should do with the message: only admitted transactions are relayed.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "MessageAcceptance")]
 pub struct GossipTx(pub chain::Tx);
 
 /// A consensus message from gossip (signatures are checked by the Consensus actor).
@@ -837,9 +838,17 @@ impl Network {
             },
             topics::TXS => match protocol::decode_tx(&data) {
                 Ok(tx) => {
-                    // Signature check needs the chain id, which the mempool knows: it verifies.
-                    self.accept(id, source);
-                    routes.txs.do_send(GossipTx(tx));
+                    // Relayed only once the mempool admitted it (signature, nonce, balance).
+                    let commands = self.commands.clone();
+                    let admit = routes.txs.send(GossipTx(tx));
+                    actix::spawn(async move {
+                        let acceptance = admit.await.unwrap_or(MessageAcceptance::Ignore);
+                        let _ = commands.send(Command::Validation {
+                            id,
+                            source,
+                            acceptance,
+                        });
+                    });
                 }
                 Err(e) => self.reject(topics::TXS, &short(&e), id, source),
             },

@@ -23,6 +23,7 @@ use crate::mempool::{AddRecord, Mempool};
 use crate::metrics::METRICS;
 use crate::models::Models;
 use crate::network::{GossipRecord, Network, ReportValidation};
+use crate::settlement::GetJob;
 
 /// Remember this many verified job ids, so proposals need not re-execute what gossip did.
 const VERIFIED_CACHE: usize = 100_000;
@@ -70,8 +71,12 @@ pub struct Verifier {
     checker: Checker,
     network: Addr<Network>,
     mempool: Addr<Mempool>,
+    /// Where settled jobs are looked up, so a replayed record costs one read, not a check.
+    jobs: Recipient<GetJob>,
     verified: HashSet<JobId>,
     verified_order: VecDeque<JobId>,
+    /// Gossiped records being checked now: a copy arriving meanwhile is not checked again.
+    checking: HashSet<JobId>,
 }
 
 /// What the checks need, cheap to clone into a blocking task.
@@ -152,6 +157,7 @@ impl Verifier {
         reexecute: bool,
         network: Addr<Network>,
         mempool: Addr<Mempool>,
+        jobs: Recipient<GetJob>,
     ) -> Self {
         let tee = genesis.tee.as_ref().and_then(|t| match t.verifier() {
             Ok(v) => Some(Arc::new(v)),
@@ -170,8 +176,10 @@ impl Verifier {
             },
             network,
             mempool,
+            jobs,
             verified: HashSet::new(),
             verified_order: VecDeque::new(),
+            checking: HashSet::new(),
         }
     }
 
@@ -217,13 +225,65 @@ async fn check_blocking(v: Checker, record: Arc<InferenceRecord>) -> Result<JobI
         })
 }
 
+/// Why a gossiped record was dropped before any signature or execution work.
+fn skip(reason: &'static str) -> Option<MessageAcceptance> {
+    METRICS.records_rejected.with_label_values(&[reason]).inc();
+    Some(MessageAcceptance::Ignore)
+}
+
 impl Handler<GossipRecord> for Verifier {
     type Result = ResponseActFuture<Self, ()>;
+    /// The cheap checks first: a record already verified, being verified, expired, or of a job
+    /// already settled is not checked, kept or relayed (none of that is the relaying peer's
+    /// fault: honest peers relay in good faith). Only then signatures and re-execution.
     fn handle(&mut self, msg: GossipRecord, _: &mut Self::Context) -> Self::Result {
-        let record = Arc::new(msg.record);
-        let fut = check_blocking(self.checker.clone(), record.clone());
         let (mid, source) = (msg.id, msg.source);
+        let id = msg.record.job_id(self.checker.genesis.chain_id);
+        let expiry_ms = msg.record.job.request.expiry.saturating_mul(1000);
+        let early = if self.verified.contains(&id) || self.checking.contains(&id) {
+            skip("duplicate")
+        } else if expiry_ms < chain::types::now_ms() {
+            skip("expired")
+        } else {
+            None
+        };
+        if let Some(acceptance) = early {
+            self.network.do_send(ReportValidation {
+                id: mid,
+                source,
+                acceptance,
+            });
+            return Box::pin(fut::ready(()));
+        }
+        self.checking.insert(id);
+        let record = Arc::new(msg.record);
+        let checker = self.checker.clone();
+        let jobs = self.jobs.clone();
+        let fut = {
+            let record = record.clone();
+            async move {
+                match jobs.send(GetJob(id)).await {
+                    Ok(Ok(Some(_))) => return None,
+                    Ok(Ok(None)) => {}
+                    // Cannot tell: check it; block validation refuses a settled job anyway.
+                    Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "job lookup failed"),
+                    Err(e) => tracing::warn!(job = %id, error = %e, "job lookup failed"),
+                }
+                Some(check_blocking(checker, record).await)
+            }
+        };
         Box::pin(fut.into_actor(self).map(move |result, act, _| {
+            act.checking.remove(&id);
+            let Some(result) = result else {
+                act.remember(id);
+                skip("settled");
+                act.network.do_send(ReportValidation {
+                    id: mid,
+                    source,
+                    acceptance: MessageAcceptance::Ignore,
+                });
+                return;
+            };
             let acceptance = match result {
                 Ok(id) => {
                     METRICS.records_verified.inc();

@@ -59,10 +59,28 @@ pub fn sign(signer: &PrivateKeySigner, digest: &B256) -> Result<Sig> {
 }
 
 /// Recovers the address that signed `digest`.
+///
+/// Only the canonical form of a signature is accepted: `s` in the lower half of the curve order
+/// (EIP-2) and `v` 27 or 28, as every Ethereum wallet produces. Each signature has other
+/// encodings that recover the same key (`n - s` with the other parity; `v` 0/1 or EIP-155
+/// values); accepting them would let anyone re-send a signed message as new bytes, with a new
+/// gossip id, that dedup by bytes would count again.
 pub fn recover(sig: &Sig, digest: &B256) -> Result<Address> {
-    let sig = alloy::primitives::Signature::from_raw_array(&sig.0)
+    let parsed = alloy::primitives::Signature::from_raw_array(&sig.0)
         .map_err(|e| Error::BadSignature(e.to_string()))?;
-    sig.recover_address_from_prehash(digest)
+    if parsed.normalize_s().is_some() {
+        return Err(Error::BadSignature(
+            "non-canonical signature: s is in the upper half of the curve order (EIP-2)".into(),
+        ));
+    }
+    if parsed.as_bytes() != sig.0 {
+        return Err(Error::BadSignature(format!(
+            "non-canonical signature: v is {}, not 27 or 28",
+            sig.0[64]
+        )));
+    }
+    parsed
+        .recover_address_from_prehash(digest)
         .map_err(|e| Error::BadSignature(e.to_string()))
 }
 
@@ -166,6 +184,49 @@ mod tests {
         let mut other = sig;
         other.0[40] ^= 1; // a different valid-looking s recovers someone else
         assert_ne!(recover(&other, &digest).ok(), Some(a.address()));
+    }
+
+    /// The other encodings of a valid signature recover the same key in alloy; ours refuses
+    /// them, so a malleated copy of a message is not a second valid message.
+    #[test]
+    fn malleated_signatures_are_refused() {
+        use alloy::primitives::{Signature, U256};
+        let key = seeded_key(1, 0);
+        let digest = keccak256(b"pay 5 OPG");
+        let sig = sign(&key, &digest).unwrap();
+        let parsed = Signature::from_raw_array(&sig.0).unwrap();
+        let order = U256::from_str_radix(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+            16,
+        )
+        .unwrap();
+        let high = Signature::new(parsed.r(), order - parsed.s(), !parsed.v());
+        assert_eq!(
+            high.recover_address_from_prehash(&digest).unwrap(),
+            key.address(),
+            "n - s with the other parity is the same signature"
+        );
+        let err = recover(&Sig(high.as_bytes()), &digest).unwrap_err();
+        assert!(err.to_string().contains("upper half"), "{err}");
+
+        let mut raw_v = sig;
+        raw_v.0[64] -= 27;
+        assert_eq!(
+            Signature::from_raw_array(&raw_v.0)
+                .unwrap()
+                .recover_address_from_prehash(&digest)
+                .unwrap(),
+            key.address()
+        );
+        for v in [0, 1, 2, 26, 29, 37, 38, 255] {
+            let mut other = sig;
+            other.0[64] = v;
+            assert!(
+                matches!(recover(&other, &digest), Err(Error::BadSignature(_))),
+                "v = {v}"
+            );
+        }
+        assert_eq!(recover(&sig, &digest).unwrap(), key.address());
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub struct NetworkSection {
 pub struct HttpSection {
     /// Address of the HTTP API; port 0 picks a free port.
     pub listen: String,
+    /// Most open connections (all workers together); beyond it new ones wait in the kernel's
+    /// accept queue.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, then its body (each), in ms;
+    /// a slower client gets 408 and its connection is closed.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,6 +182,8 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "127.0.0.1:7480".into(),
+            max_connections: 1024,
+            request_timeout_ms: 10_000,
         }
     }
 }
@@ -252,6 +260,12 @@ impl Config {
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("http.listen {:?} is not host:port: {e}", self.http.listen))?;
+        if self.http.max_connections < 2 {
+            return Err("http.max_connections must be at least 2 (one per worker)".into());
+        }
+        if !(100..=600_000).contains(&self.http.request_timeout_ms) {
+            return Err("http.request_timeout_ms must be 100 to 600000".into());
+        }
         let a = &self.attestation;
         if a.batch_max == 0 || a.batch_max > 1 << chain::attestation::MAX_PATH {
             return Err(format!(
@@ -318,6 +332,8 @@ mod tests {
                 "not a multiaddr",
             ),
             ("[http]\nlisten = \"localhost\"", "http.listen"),
+            ("[http]\nmax_connections = 0", "max_connections"),
+            ("[http]\nrequest_timeout_ms = 5", "request_timeout_ms"),
             ("[consensus]\ntimeout_propose_ms = 0", "positive"),
             ("[attestation]\ntee = \"sgx\"", "sgx"),
             ("[attestation]\nbatch_max = 0", "batch_max"),

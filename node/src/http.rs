@@ -3,18 +3,25 @@
 //! `{"error": {"code", "message"}}` with a fitting status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
 use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, SubmitJob};
 use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord};
 use actors::network::{GetPeers, Network, Publish};
 use actors::protocol::{self, topics};
 use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
 use chain::{Address, Genesis, JobId, JobStatus, SignedJobRequest, Tx};
+use futures::StreamExt;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+/// The largest request body (a job's input and signature, or a transaction), in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -29,6 +36,8 @@ pub struct AppState {
     pub address: Address,
     pub roles: Vec<String>,
     pub served: Vec<kernels::ModelId>,
+    /// How long a client may take to send a request body, from the end of its headers.
+    pub body_timeout: Duration,
 }
 
 type S = web::Data<AppState>;
@@ -48,31 +57,164 @@ fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
     )
 }
 
+/// Every endpoint answers its one method; another method on it gets 405 with `Allow`, and a
+/// path that is no endpoint 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(1024 * 1024)
-            .error_handler(|err, _| {
-                let msg = err.to_string();
-                actix_web::error::InternalError::from_response(err, error(400, "bad_request", msg))
-                    .into()
-            }),
+    cfg.service(get("/").to(explorer))
+        .service(get("/metrics").to(metrics))
+        .service(get("/v1/status").to(status))
+        .service(post("/v1/jobs").to(submit_job))
+        .service(get("/v1/jobs/{id}").to(get_job))
+        .service(get("/v1/receipts/{id}").to(get_receipt))
+        .service(get("/v1/blocks/{height}").to(get_block))
+        .service(get("/v1/accounts/{address}").to(get_account))
+        .service(get("/v1/supply").to(supply))
+        .service(get("/v1/models").to(models))
+        .service(post("/v1/txs").to(submit_tx))
+        .service(get("/v1/evidence").to(evidence))
+        .default_service(web::to(|| async {
+            error(404, "not_found", "no such endpoint; see GET /v1/status")
+        }));
+}
+
+/// A GET endpoint (HEAD too, as HTTP expects; actix answers it without the body).
+fn get(path: &str) -> EndpointBuilder {
+    EndpointBuilder {
+        path: path.to_string(),
+        method: actix_web::http::Method::GET,
+        allow: "GET, HEAD",
+    }
+}
+
+fn post(path: &str) -> EndpointBuilder {
+    EndpointBuilder {
+        path: path.to_string(),
+        method: actix_web::http::Method::POST,
+        allow: "POST",
+    }
+}
+
+struct EndpointBuilder {
+    path: String,
+    method: actix_web::http::Method,
+    allow: &'static str,
+}
+
+impl EndpointBuilder {
+    fn to<F, Args>(self, handler: F) -> actix_web::Resource
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        let allow = self.allow;
+        let mut resource =
+            web::resource(self.path).route(web::method(self.method.clone()).to(handler.clone()));
+        if self.method == actix_web::http::Method::GET {
+            resource = resource.route(web::head().to(handler));
+        }
+        resource.default_service(web::to(move |req: HttpRequest| async move {
+            let mut r = error(
+                405,
+                "method_not_allowed",
+                format!("{} {} is not served; use {allow}", req.method(), req.path()),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }))
+    }
+}
+
+/// Reads and parses a JSON body: 413 when it is (or declares itself) larger than
+/// [`MAX_BODY_BYTES`], before buffering past the limit; 408 when the client takes longer than
+/// the body timeout to send it (a slow sender holds a connection for that long at most); 400
+/// when it is not the expected JSON.
+async fn read_json<T: DeserializeOwned>(
+    s: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<T, HttpResponse> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(closing(too_large(), payload));
+    }
+    let deadline = tokio::time::Instant::now() + s.body_timeout;
+    let mut body = web::BytesMut::new();
+    loop {
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Err(_) => {
+                let timeout = s.body_timeout.as_millis();
+                return Err(closing(
+                    error(
+                        408,
+                        "request_timeout",
+                        format!("the request body was not received within {timeout} ms"),
+                    ),
+                    payload,
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(error(400, "bad_request", e)),
+            Ok(Some(Ok(chunk))) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(closing(too_large(), payload));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+    serde_json::from_slice(&body).map_err(|e| error(400, "bad_request", format!("body: {e}")))
+}
+
+fn too_large() -> HttpResponse {
+    error(
+        413,
+        "payload_too_large",
+        format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
     )
-    .route("/", web::get().to(explorer))
-    .route("/metrics", web::get().to(metrics))
-    .route("/v1/status", web::get().to(status))
-    .route("/v1/jobs", web::post().to(submit_job))
-    .route("/v1/jobs/{id}", web::get().to(get_job))
-    .route("/v1/receipts/{id}", web::get().to(get_receipt))
-    .route("/v1/blocks/{height}", web::get().to(get_block))
-    .route("/v1/accounts/{address}", web::get().to(get_account))
-    .route("/v1/supply", web::get().to(supply))
-    .route("/v1/models", web::get().to(models))
-    .route("/v1/txs", web::post().to(submit_tx))
-    .route("/v1/evidence", web::get().to(evidence))
-    .default_service(web::to(|| async {
-        error(404, "not_found", "no such endpoint; see GET /v1/status")
-    }));
+}
+
+/// `response`, after which the connection is closed and the rest of the request body never
+/// read. actix drains an unread chunked body to keep the connection (for as long as the client
+/// cares to send it) unless the body is still held when the response ends: the response's
+/// body holds it.
+fn closing(response: HttpResponse, unread: web::Payload) -> HttpResponse {
+    let (mut head, body) = response.into_parts();
+    head.head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    let bytes = actix_web::body::MessageBody::try_into_bytes(body).unwrap_or_default();
+    head.set_body(HoldingBody {
+        bytes: Some(bytes),
+        _unread: unread,
+    })
+    .map_into_boxed_body()
+}
+
+/// A response body that keeps the request's unread payload alive until it is sent.
+struct HoldingBody {
+    bytes: Option<web::Bytes>,
+    _unread: web::Payload,
+}
+
+impl actix_web::body::MessageBody for HoldingBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        let n = self.bytes.as_ref().map_or(0, |b| b.len());
+        actix_web::body::BodySize::Sized(n as u64)
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        std::task::Poll::Ready(self.bytes.take().filter(|b| !b.is_empty()).map(Ok))
+    }
 }
 
 async fn metrics() -> HttpResponse {
@@ -106,8 +248,11 @@ struct JobBody {
     input: String,
 }
 
-async fn submit_job(s: S, body: web::Json<JobBody>) -> HttpResponse {
-    let body = body.into_inner();
+async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let body: JobBody = match read_json(&s, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     match s
         .gateway
         .send(SubmitJob {
@@ -318,8 +463,11 @@ async fn models(s: S) -> HttpResponse {
     HttpResponse::Ok().json(json!({"models": list}))
 }
 
-async fn submit_tx(s: S, body: web::Json<Tx>) -> HttpResponse {
-    let tx = body.into_inner();
+async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let tx: Tx = match read_json(&s, &req, payload).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     // The mempool admits only what applies on the committed state plus the sender's pending
     // transactions, so nothing is accepted here that a block would refuse.
     match s.mempool.send(AddTx(tx.clone())).await {

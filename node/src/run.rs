@@ -23,6 +23,9 @@ use kernels::Backend;
 use crate::config::{Config, Role, TeeKind};
 use crate::http::{self, AppState};
 
+/// Threads serving the HTTP API.
+const HTTP_WORKERS: usize = 2;
+
 pub fn run(home: &Path) -> Result<()> {
     let config = Config::load(home)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
@@ -104,6 +107,7 @@ pub fn run(home: &Path) -> Result<()> {
             is_validator,
             network.clone(),
             mempool.clone(),
+            settlement.clone().recipient(),
         )
         .start();
         let inference = if config.has(Role::Inference) {
@@ -168,7 +172,9 @@ pub fn run(home: &Path) -> Result<()> {
             sync: settlement.clone().recipient(),
         }));
 
+        let request_timeout = Duration::from_millis(config.http.request_timeout_ms);
         let state = AppState {
+            body_timeout: request_timeout,
             gateway,
             settlement,
             mempool,
@@ -192,7 +198,9 @@ pub fn run(home: &Path) -> Result<()> {
                 .app_data(web::Data::new(state.clone()))
                 .configure(http::configure)
         })
-        .workers(2)
+        .workers(HTTP_WORKERS)
+        .max_connections(config.http.max_connections.div_ceil(HTTP_WORKERS))
+        .client_request_timeout(request_timeout)
         // Longer than clients keep idle connections (ureq: 15 s), so a client never reuses a
         // connection the server is closing at that moment.
         .keep_alive(Duration::from_secs(75))

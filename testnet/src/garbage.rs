@@ -195,6 +195,112 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
     Ok(report)
 }
 
+/// Runs `f` on the hostile peer's own single-threaded runtime.
+fn block_on<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A fresh hostile peer subscribed to `topic`, dialing `target` (`/ip4/…/tcp/…/p2p/…`);
+/// returns it with the target's peer id. Must run inside the runtime.
+fn join(target: &str, topic: &str) -> Result<(libp2p::Swarm<Hostile>, libp2p::PeerId)> {
+    let target: Multiaddr = target.parse().context("target multiaddr")?;
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = target.iter().last() else {
+        bail!("target has no /p2p/ peer id");
+    };
+    let mut swarm = hostile_swarm(protocol::MAX_CONSENSUS_BYTES)?;
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&IdentTopic::new(topic))?;
+    swarm.dial(target)?;
+    Ok((swarm, peer))
+}
+
+/// Connects to the node at `target` as a fresh peer and publishes each of `messages` on
+/// `topic` (bytes as given: valid, forged or replayed messages alike); returns how many
+/// gossipsub took.
+pub fn publish(target: &str, topic: &'static str, messages: Vec<Vec<u8>>) -> Result<usize> {
+    block_on(async move {
+        let (mut swarm, peer) = join(target, topic)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .context("node never subscribed")?;
+            if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic: t,
+            })) = ev
+                && peer_id == peer
+                && t.as_str() == topic
+            {
+                break;
+            }
+        }
+        let mut sent = 0;
+        for m in messages {
+            if swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(IdentTopic::new(topic), m)
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        let flush = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::timeout_at(flush, swarm.select_next_some())
+            .await
+            .is_ok()
+        {}
+        Ok(sent)
+    })
+}
+
+/// Connects to the node at `target` as a fresh peer, subscribes to `topic` and returns the
+/// payloads of the first `count` messages seen there within `timeout` (what an eavesdropper
+/// captures to replay). `ready` is called once the node has seen our subscription.
+pub fn capture(
+    target: &str,
+    topic: &'static str,
+    count: usize,
+    timeout: Duration,
+    ready: impl FnOnce(),
+) -> Result<Vec<Vec<u8>>> {
+    block_on(async move {
+        let (mut swarm, _) = join(target, topic)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ready = Some(ready);
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let Ok(ev) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await else {
+                break;
+            };
+            match ev {
+                SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
+                    topic: t,
+                    ..
+                })) if t.as_str() == topic => {
+                    // The node told us its subscription: ours reaches it alike, and a
+                    // gossipsub heartbeat (1 s) later we are in its mesh.
+                    if let Some(f) = ready.take() {
+                        f();
+                    }
+                }
+                SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Message {
+                    message,
+                    ..
+                })) if message.topic.as_str() == topic => seen.push(message.data),
+                _ => {}
+            }
+        }
+        Ok(seen)
+    })
+}
+
 /// What the lying peer did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct LiarReport {

@@ -12,12 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chain::{Address, PrivateKeySigner, Transfer, Tx};
-use common::{Running, fresh_nonce};
+use chain::{Address, PrivateKeySigner, Tx};
+use common::{OPG, Running, fresh_nonce, transfer};
 use serde_json::Value;
 use testnet::client::{Client, signed_job};
-
-const OPG: u128 = 1_000_000_000_000_000_000;
 
 /// (balance, nonce) of `address` at `node`.
 fn account(client: &Client, node: &str, address: Address) -> (u128, u64) {
@@ -41,19 +39,6 @@ fn next_nonce(client: &Client, node: &str, address: Address) -> u64 {
         .unwrap()["next_nonce"]
         .as_u64()
         .unwrap()
-}
-
-fn transfer(key: &PrivateKeySigner, chain_id: u64, to: Address, amount: u128, nonce: u64) -> Tx {
-    Tx::Transfer(
-        Transfer {
-            from: key.address(),
-            to,
-            amount,
-            nonce,
-        }
-        .sign(key, chain_id)
-        .unwrap(),
-    )
 }
 
 /// Posts `tx` to `node`; returns (status, body).

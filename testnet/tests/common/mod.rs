@@ -139,3 +139,26 @@ pub fn metric(client: &Client, node: &str, series: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0)
 }
+
+/// One OPG in base units.
+pub const OPG: u128 = 1_000_000_000_000_000_000;
+
+/// A transfer signed by `key` for chain `chain_id`.
+pub fn transfer(
+    key: &chain::PrivateKeySigner,
+    chain_id: u64,
+    to: chain::Address,
+    amount: u128,
+    nonce: u64,
+) -> chain::Tx {
+    chain::Tx::Transfer(
+        chain::Transfer {
+            from: key.address(),
+            to,
+            amount,
+            nonce,
+        }
+        .sign(key, chain_id)
+        .unwrap(),
+    )
+}

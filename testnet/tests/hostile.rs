@@ -1,0 +1,419 @@
+//! Hostile peers and clients against real nodes. Over HTTP: slow bodies, oversize bodies, wrong
+//! methods, each answered with its documented status and its connection closed while honest
+//! requests are served. Over gossip: transactions a node cannot admit (forged, malleated,
+//! unfunded) are not relayed, while an admitted one reaches every node and applies.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use actors::protocol::{self, topics};
+use chain::{Address, PrivateKeySigner, Sig, Tx};
+use common::{OPG, Running, transfer};
+use testnet::client::Client;
+
+/// The other valid-looking encoding of a signature: `n - s` with the other parity (recovers
+/// the same key in libraries that normalise).
+fn malleate(sig: &Sig) -> Sig {
+    use alloy::primitives::{Signature, U256};
+    let s = Signature::from_raw_array(&sig.0).unwrap();
+    let n = U256::from_str_radix(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        16,
+    )
+    .unwrap();
+    Sig(Signature::new(s.r(), n - s.s(), !s.v()).as_bytes())
+}
+
+/// Sum of a counter's series whose labels contain every one of `labels`.
+fn counter(client: &Client, node: &str, name: &str, labels: &[&str]) -> f64 {
+    client
+        .get_text(&format!("{node}/metrics"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The node's default `[http] request_timeout_ms`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connect(http: &str) -> TcpStream {
+    let addr = http.trim_start_matches("http://");
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(REQUEST_TIMEOUT * 3)).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the server did not close the connection ({e}); it sent {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends one request that closes the connection; returns the response head and body.
+fn request(http: &str, head: &str, body: &[u8]) -> String {
+    let mut s = connect(http);
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    read_to_close(&mut s)
+}
+
+fn status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+#[test]
+fn slow_oversize_and_misdirected_http_requests_get_their_status_and_lose_their_connection() {
+    let run = Running::up(1, 1, Vec::new());
+    let http = run.net().nodes[0].http.clone();
+    let host = http.trim_start_matches("http://").to_string();
+
+    // Wrong method: 405 with what the endpoint accepts; no such path: 404.
+    let r = request(
+        &http,
+        &format!("GET /v1/txs HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(status(&r), 405, "{r}");
+    assert!(r.to_lowercase().contains("allow: post"), "{r}");
+    let r = request(
+        &http,
+        &format!(
+            "POST /v1/status HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(status(&r), 405, "{r}");
+    assert!(r.to_lowercase().contains("allow: get, head"), "{r}");
+    assert!(r.contains("method_not_allowed"), "{r}");
+    let r = request(
+        &http,
+        &format!("HEAD /v1/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let r = request(
+        &http,
+        &format!("GET /v1/nothing HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(status(&r), 404, "{r}");
+
+    // Oversize, declared: 413 at once, without waiting for (or reading) the body.
+    let started = Instant::now();
+    let mut s = connect(&http);
+    s.write_all(
+        format!(
+            "POST /v1/txs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = read_to_close(&mut s);
+    assert_eq!(status(&r), 413, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Oversize, chunked (no length up front): 413 once the limit is passed.
+    let mut s = connect(&http);
+    s.write_all(
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..20 {
+        let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+        framed.extend_from_slice(&chunk);
+        framed.extend_from_slice(b"\r\n");
+        if s.write_all(&framed).is_err() {
+            break; // the server answered and closed: what we want
+        }
+    }
+    let r = read_to_close(&mut s);
+    assert_eq!(status(&r), 413, "{r}");
+    // Malformed JSON within the limit: 400.
+    let body = b"{\"type\": \"transfer\", \"from\": ";
+    let r = request(
+        &http,
+        &format!(
+            "POST /v1/txs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        body,
+    );
+    assert_eq!(status(&r), 400, "{r}");
+
+    // Fifty clients trickling a body one byte a second: each gets 408 once the timeout has
+    // passed and is disconnected, while an honest client is served all along.
+    let started = Instant::now();
+    let slow: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, host) = (http.clone(), host.clone());
+            std::thread::spawn(move || {
+                let mut s = connect(&http);
+                s.write_all(
+                    format!(
+                        "POST /v1/txs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut answer = Vec::new();
+                let deadline = Instant::now() + REQUEST_TIMEOUT * 3;
+                let mut buf = [0u8; 1024];
+                let mut next_byte = Instant::now();
+                loop {
+                    assert!(Instant::now() < deadline, "never answered or closed");
+                    if Instant::now() >= next_byte {
+                        let _ = s.write_all(b" ");
+                        next_byte += Duration::from_secs(1);
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    let client = Client::new();
+    while !slow.iter().all(|t| t.is_finished()) {
+        let r = client.get(&format!("{http}/v1/status")).unwrap();
+        assert_eq!(r.status, 200, "honest request refused during the attack");
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT * 3,
+            "slow connections still open"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!(status(&r), 408, "{r}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT + Duration::from_secs(8),
+        "slow bodies were cut after {took:?}"
+    );
+
+    // The rest of the suite runs on the same testnet.
+    gossiped_transactions_are_relayed_only_once_admitted(&run);
+    replayed_settled_records_cost_no_verification(&run);
+}
+
+/// A record captured from gossip and republished by a fresh peer once its job is settled: the
+/// validator drops it on a lookup (no signature check, no re-execution), keeps nothing and
+/// relays nothing.
+fn replayed_settled_records_cost_no_verification(run: &Running) {
+    let net = run.net();
+    let client = Client::new();
+    let validator = &net.nodes[0];
+    let inference = net.inference().next().unwrap().clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = validator.p2p.clone();
+    let eavesdropper = std::thread::spawn(move || {
+        testnet::garbage::capture(
+            &target,
+            topics::RECORDS,
+            1,
+            Duration::from_secs(60),
+            move || {
+                let _ = tx.send(());
+            },
+        )
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the eavesdropper never joined the records topic");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let model = net.models[0].clone();
+    let input = std::fs::read_to_string(&model.example_input).unwrap();
+    let body = testnet::client::signed_job(
+        &net.client_key().unwrap(),
+        net.chain_id,
+        model.id.parse().unwrap(),
+        &input,
+        model.price.parse().unwrap(),
+        common::fresh_nonce(),
+    )
+    .unwrap();
+    let reply = client
+        .post(&format!("{}/v1/jobs", inference.http), &body)
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let job = reply.body["job_id"].as_str().unwrap().to_string();
+    let captured = eavesdropper.join().unwrap().unwrap();
+    assert_eq!(captured.len(), 1, "the record was not seen on gossip");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(&format!("{}/v1/receipts/{job}", validator.http))
+        .map(|r| r.status != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "job {job} never settled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let verified = |node: &str| counter(&client, node, "proofmesh_records_verified_total", &[]);
+    let skipped =
+        |node: &str, why: &str| counter(&client, node, "proofmesh_records_rejected_total", &[why]);
+    // The validator verified it before (it relayed it to us): known, dropped from memory. The
+    // inference node never verified it (it made it): dropped on the settled-job lookup.
+    for (node, why) in [(validator, "duplicate"), (&inference, "settled")] {
+        let before = (verified(&node.http), skipped(&node.http, why));
+        let sent = testnet::garbage::publish(&node.p2p, topics::RECORDS, vec![captured[0].clone()])
+            .unwrap();
+        assert_eq!(sent, 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while skipped(&node.http, why) < before.1 + 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the replay was never dropped as {why}",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            verified(&node.http),
+            before.0,
+            "{}: a settled record was verified again",
+            node.name
+        );
+        assert_eq!(
+            counter(&client, &node.http, "proofmesh_mempool_records", &[]),
+            0.0,
+            "{}: a settled record sat in the mempool",
+            node.name
+        );
+    }
+}
+
+fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
+    let net = run.net();
+    let client = Client::new();
+    let chain_id = net.chain_id;
+    let (target, other) = (&net.nodes[0], &net.nodes[1]);
+    let txs_in = |node: &str| {
+        counter(
+            &client,
+            node,
+            "proofmesh_gossip_received_total",
+            &[topics::TXS],
+        )
+    };
+    let rejected = |reason: &str| {
+        counter(
+            &client,
+            &target.http,
+            "proofmesh_gossip_rejected_total",
+            &[topics::TXS, reason],
+        )
+    };
+    let before = txs_in(&other.http);
+
+    let stranger = PrivateKeySigner::random();
+    let unfunded = transfer(&stranger, chain_id, Address::repeat_byte(1), OPG, 0);
+    let Tx::Transfer(mut forged) = transfer(&stranger, chain_id, Address::repeat_byte(1), 1, 0);
+    forged.signature.0[10] ^= 0x40;
+    let key = net.client_key().unwrap();
+    let next = client
+        .get(&format!("{}/v1/accounts/{}", target.http, key.address()))
+        .unwrap()
+        .body["next_nonce"]
+        .as_u64()
+        .unwrap();
+    let to = PrivateKeySigner::random().address();
+    let honest = transfer(&key, chain_id, to, 3 * OPG, next);
+    let Tx::Transfer(mut malleated) = honest.clone();
+    malleated.signature = malleate(&malleated.signature);
+    let sent = testnet::garbage::publish(
+        &target.p2p,
+        topics::TXS,
+        vec![
+            protocol::encode(&unfunded),
+            protocol::encode(&Tx::Transfer(forged)),
+            protocol::encode(&Tx::Transfer(malleated)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(sent, 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rejected("bad_signature") < 2.0 || rejected("insufficient_balance") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the target never refused them: bad_signature {}, insufficient_balance {}",
+            rejected("bad_signature"),
+            rejected("insufficient_balance")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Gossipsub relays within a heartbeat; give it several.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        txs_in(&other.http),
+        before,
+        "a transaction the target refused was relayed to the other node"
+    );
+
+    // The canonical original, posted over HTTP: admitted, relayed, applied everywhere.
+    let r = client
+        .post(
+            &format!("{}/v1/txs", target.http),
+            &serde_json::to_value(&honest).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = net.nodes.iter().all(|n| {
+            client
+                .get(&format!("{}/v1/accounts/{to}", n.http))
+                .ok()
+                .and_then(|r| {
+                    r.body["balance"]
+                        .as_str()
+                        .map(|b| b == (3 * OPG).to_string())
+                })
+                .unwrap_or(false)
+        });
+        if applied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the honest transfer never applied everywhere"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        txs_in(&other.http) > before,
+        "the admitted transaction was relayed"
+    );
+}
