@@ -11,6 +11,7 @@ use actix::prelude::*;
 use alloy::primitives::keccak256;
 use chain::{Address, B256, Genesis, InferenceRecord, JobId, SignedJobRequest};
 use libp2p::PeerId;
+use libp2p::gossipsub::MessageAcceptance;
 
 use crate::inference::{Inference, RunJob};
 use crate::mempool::Committed;
@@ -312,6 +313,13 @@ impl Handler<SubmitJob> for Gateway {
                                 for i in 0..peers.len() {
                                     let peer = peers[(first + i) % peers.len()];
                                     match network.send(SendJob { peer, call: call.clone() }).await {
+                                        // A busy or broken node: the next one may serve it.
+                                        Ok(Ok(JobReply::Refused { code, message }))
+                                            if matches!(code.as_str(), "busy" | "internal" | "attestation_failed" | "unavailable") =>
+                                        {
+                                            tracing::warn!(%peer, code, message, "inference node declined, trying the next");
+                                            last = GatewayError::new(503, "executor_busy", format!("{code}: {message}"));
+                                        }
                                         Ok(Ok(reply)) => return Ok(reply),
                                         Ok(Err(e)) => {
                                             tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
@@ -363,18 +371,50 @@ impl Handler<SubmitJob> for Gateway {
     }
 }
 
-impl Handler<GossipCapability> for Gateway {
-    type Result = ();
-    fn handle(&mut self, msg: GossipCapability, _: &mut Self::Context) {
-        let age_ms = chain::types::now_ms().abs_diff(msg.capability.issued_ms);
-        if age_ms > CAPABILITY_TTL.as_millis() as u64 {
-            tracing::debug!(peer = %msg.peer, age_ms, "stale capability ignored");
-        } else if self.genesis.is_inference_node(&msg.capability.address) {
-            self.capabilities
-                .insert(msg.peer, (msg.capability, Instant::now()));
-        } else {
-            tracing::debug!(peer = %msg.peer, address = %msg.capability.address, "capability from an unregistered node ignored");
+impl Gateway {
+    /// Whether a gossiped capability may route jobs: signed by a registered inference node's
+    /// key, naming the peer that published it, and fresh. Forgeries and replays from another
+    /// peer are rejected (they cost the peer score); a stale one is only ignored.
+    fn check_capability(
+        &self,
+        msg: &GossipCapability,
+    ) -> Result<(), (MessageAcceptance, &'static str)> {
+        let cap = &msg.capability.capability;
+        if !self.genesis.is_inference_node(&cap.address) {
+            return Err((MessageAcceptance::Reject, "unregistered_executor"));
         }
+        if msg.capability.verify(self.genesis.chain_id).is_err() {
+            return Err((MessageAcceptance::Reject, "bad_signature"));
+        }
+        if cap.peer != msg.peer.to_bytes() {
+            return Err((MessageAcceptance::Reject, "wrong_peer"));
+        }
+        let age_ms = chain::types::now_ms().abs_diff(cap.issued_ms);
+        if age_ms > CAPABILITY_TTL.as_millis() as u64 {
+            return Err((MessageAcceptance::Ignore, "stale"));
+        }
+        Ok(())
+    }
+}
+
+impl Handler<GossipCapability> for Gateway {
+    type Result = MessageResult<GossipCapability>;
+    fn handle(&mut self, msg: GossipCapability, _: &mut Self::Context) -> Self::Result {
+        MessageResult(match self.check_capability(&msg) {
+            Ok(()) => {
+                self.capabilities
+                    .insert(msg.peer, (msg.capability.capability, Instant::now()));
+                MessageAcceptance::Accept
+            }
+            Err((acceptance, reason)) => {
+                METRICS
+                    .gossip_rejected
+                    .with_label_values(&[crate::protocol::topics::CAPABILITIES, reason])
+                    .inc();
+                tracing::debug!(peer = %msg.peer, address = %msg.capability.capability.address, reason, "capability refused");
+                acceptance
+            }
+        })
     }
 }
 

@@ -3,20 +3,23 @@
 //! publishes it on gossip and answers the gateway. Model execution runs on a blocking thread,
 //! never on the actix threads. Advertises the models it can serve on the capabilities topic.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use alloy::primitives::keccak256;
-use chain::{Genesis, InferenceRecord, PrivateKeySigner, Proof, SignedJobRequest};
+use chain::{Address, Genesis, InferenceRecord, JobId, PrivateKeySigner, Proof, SignedJobRequest};
 use kernels::Backend;
+use libp2p::PeerId;
 
 use crate::attestation::{Attest, Attestation};
 use crate::mempool::{AddRecord, Mempool};
 use crate::metrics::METRICS;
 use crate::models::Models;
 use crate::network::{InboundJob, Network, Publish};
-use crate::protocol::{self, Capability, JobCall, JobReply, topics};
+use crate::protocol::{self, Capability, JobCall, JobReply, SignedCapability, topics};
+use crate::settlement::{GetAccount, NonceUsed, Settlement};
 
 /// Run a job locally (the gateway on the same node).
 #[derive(Message)]
@@ -27,6 +30,37 @@ pub struct RunJob(pub JobCall);
 #[derive(Message)]
 #[rtype(result = "Vec<kernels::ModelId>")]
 pub struct ServedModels;
+
+/// Jobs run at once on this node; beyond it callers get `busy` (and gateways try another node).
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Jobs one peer (a gateway) may have in flight here at once.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 16;
+/// Executed jobs remembered (by client and nonce) until they expire, so that the same job, or
+/// another with its nonce, is not run again before a block settles it; the oldest go first.
+const RECENT_JOBS: usize = 100_000;
+
+/// Who this inference node is: the account that signs its records and capabilities, and the
+/// libp2p peer that serves its jobs.
+pub struct Executor {
+    pub key: PrivateKeySigner,
+    pub peer: PeerId,
+}
+
+/// The actors an inference node talks to.
+pub struct Links {
+    pub network: Addr<Network>,
+    pub mempool: Addr<Mempool>,
+    /// Nonces and balances, for admitting a job as a gateway would.
+    pub settlement: Addr<Settlement>,
+}
+
+/// A job admitted here and not finished yet.
+struct Running {
+    client: Address,
+    price: u128,
+    /// The gateway that sent it; `None` for this node's own gateway.
+    peer: Option<PeerId>,
+}
 
 /// How an inference node proves its runs.
 pub struct Proving {
@@ -41,13 +75,19 @@ pub struct Inference {
     models: Models,
     backend: Arc<dyn Backend>,
     key: Arc<PrivateKeySigner>,
+    peer: PeerId,
     network: Addr<Network>,
     mempool: Addr<Mempool>,
+    settlement: Addr<Settlement>,
     /// Proves runs of `tee` models; `None` on a node without a TEE.
     attestation: Option<Addr<Attestation>>,
     /// Models loaded here whose verification mode this node can satisfy.
     served: Vec<kernels::ModelId>,
-    in_flight: u32,
+    /// Jobs admitted and not finished, from the moment their checks start.
+    in_flight: HashMap<JobId, Running>,
+    /// Jobs executed here: (client, nonce) → (job, expiry in unix seconds).
+    recent: HashMap<(Address, u64), (JobId, u64)>,
+    recent_order: VecDeque<(Address, u64)>,
     /// Testnet fault injection: sign a wrong output hash (a cheating node).
     faulty: bool,
 }
@@ -57,9 +97,8 @@ impl Inference {
         genesis: Arc<Genesis>,
         models: Models,
         backend: Arc<dyn Backend>,
-        key: PrivateKeySigner,
-        network: Addr<Network>,
-        mempool: Addr<Mempool>,
+        executor: Executor,
+        links: Links,
         proving: Proving,
     ) -> Self {
         let Proving {
@@ -84,12 +123,16 @@ impl Inference {
             genesis,
             models,
             backend,
-            key: Arc::new(key),
-            network,
-            mempool,
+            key: Arc::new(executor.key),
+            peer: executor.peer,
+            network: links.network,
+            mempool: links.mempool,
+            settlement: links.settlement,
             attestation,
             served,
-            in_flight: 0,
+            in_flight: HashMap::new(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
             faulty,
         }
     }
@@ -97,14 +140,18 @@ impl Inference {
     fn advertise(&self) {
         let cap = Capability {
             address: self.key.address(),
+            peer: self.peer.to_bytes(),
             models: self.served.clone(),
-            load: self.in_flight,
+            load: self.in_flight.len() as u32,
             issued_ms: chain::types::now_ms(),
         };
-        self.network.do_send(Publish {
-            topic: topics::CAPABILITIES,
-            data: protocol::encode(&cap),
-        });
+        match SignedCapability::sign(cap, &self.key, self.genesis.chain_id) {
+            Ok(signed) => self.network.do_send(Publish {
+                topic: topics::CAPABILITIES,
+                data: protocol::encode(&signed),
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot sign our capability"),
+        }
     }
 
     fn refuse(code: &str, message: impl Into<String>) -> JobReply {
@@ -114,11 +161,53 @@ impl Inference {
         }
     }
 
-    /// Checks the call before spending compute on it.
-    fn admit(&self, job: &SignedJobRequest, input: &str) -> Result<Arc<kernels::Model>, JobReply> {
+    /// The checks that need no ledger, cheapest first, before any compute: room for the job,
+    /// signature, input, model, expiry, fee. Returns the job id, model and price.
+    fn precheck(
+        &self,
+        job: &SignedJobRequest,
+        input: &str,
+        peer: Option<PeerId>,
+    ) -> Result<(JobId, Arc<kernels::Model>, u128), JobReply> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return Err(Self::refuse(
+                "busy",
+                format!("{MAX_IN_FLIGHT} jobs in flight here; try another node"),
+            ));
+        }
+        if peer.is_some()
+            && self.in_flight.values().filter(|r| r.peer == peer).count() >= MAX_IN_FLIGHT_PER_PEER
+        {
+            return Err(Self::refuse(
+                "busy",
+                format!("{MAX_IN_FLIGHT_PER_PEER} of your jobs are in flight here"),
+            ));
+        }
+        if input.len() > chain::record::MAX_INPUT_BYTES {
+            return Err(Self::refuse("bad_input", "input too large"));
+        }
         let id = job
             .verify(self.genesis.chain_id)
             .map_err(|e| Self::refuse("bad_signature", e.to_string()))?;
+        if self.in_flight.contains_key(&id) {
+            return Err(Self::refuse("duplicate", format!("job {id} is in flight")));
+        }
+        let req = &job.request;
+        match self.recent.get(&(req.client, req.nonce)) {
+            Some((done, _)) if *done == id => {
+                return Err(Self::refuse(
+                    "duplicate",
+                    format!("job {id} was executed here"),
+                ));
+            }
+            Some((other, _)) => {
+                return Err(Self::refuse(
+                    "nonce_used",
+                    format!("nonce {} is used by job {other}", req.nonce),
+                ));
+            }
+            None => {}
+        }
         if input.len() > chain::record::MAX_INPUT_BYTES {
             return Err(Self::refuse("bad_input", "input too large"));
         }
@@ -135,23 +224,139 @@ impl Inference {
                     format!("model {} is not served here", job.request.model_id),
                 )
             })?;
-        tracing::debug!(job = %id, "job admitted");
-        Ok(model)
+        let price = self
+            .genesis
+            .model(&job.request.model_id)
+            .map(|m| m.price)
+            .ok_or_else(|| Self::refuse("unknown_model", "model not in the genesis"))?;
+        let now_s = chain::types::now_ms() / 1000;
+        if job.request.expiry <= now_s {
+            return Err(Self::refuse(
+                "expired",
+                format!("job expired at {} (now {now_s})", job.request.expiry),
+            ));
+        }
+        if price > job.request.max_fee {
+            return Err(Self::refuse(
+                "fee_too_low",
+                format!("price {price} is above max_fee {}", job.request.max_fee),
+            ));
+        }
+        Ok((id, model, price))
     }
 
-    fn run(&mut self, call: JobCall, ctx: &mut Context<Self>) -> ResponseActFuture<Self, JobReply> {
-        let model = match self.admit(&call.job, &call.input) {
-            Ok(m) => m,
-            Err(reply) => return Box::pin(actix::fut::ready(reply)),
+    /// Admits a job as a gateway would (nobody gets unpaid work by calling an inference node
+    /// directly), runs it, proves it, signs and publishes the record.
+    fn run(&mut self, call: JobCall, peer: Option<PeerId>) -> ResponseActFuture<Self, JobReply> {
+        let (id, model, price) = match self.precheck(&call.job, &call.input, peer) {
+            Ok(v) => v,
+            Err(reply) => {
+                Self::count_refusal(&reply);
+                return Box::pin(actix::fut::ready(reply));
+            }
         };
-        self.in_flight += 1;
+        let client = call.job.request.client;
+        // Reserved from here on: concurrent calls see it in the limits and the balance.
+        let reserved: u128 = self
+            .in_flight
+            .values()
+            .filter(|r| r.client == client)
+            .map(|r| r.price)
+            .sum();
+        self.in_flight.insert(
+            id,
+            Running {
+                client,
+                price,
+                peer,
+            },
+        );
+        let settlement = self.settlement.clone();
+        let nonce = call.job.request.nonce;
+        let ledger_checks = async move {
+            let used = settlement
+                .send(NonceUsed { client, nonce })
+                .await
+                .map_err(|e| Self::refuse("unavailable", e.to_string()))?;
+            if let Some(prev) = used {
+                return Err(if prev == id {
+                    Self::refuse("duplicate", format!("job {id} is already settled"))
+                } else {
+                    Self::refuse(
+                        "nonce_used",
+                        format!("nonce {nonce} was used by job {prev}"),
+                    )
+                });
+            }
+            let balance = settlement
+                .send(GetAccount(client))
+                .await
+                .map_err(|e| Self::refuse("unavailable", e.to_string()))?
+                .balance;
+            if balance < reserved.saturating_add(price) {
+                return Err(Self::refuse(
+                    "insufficient_balance",
+                    format!(
+                        "balance {balance} minus {reserved} reserved here is below the price {price}"
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        Box::pin(
+            ledger_checks
+                .into_actor(self)
+                .then(move |checked, act, _| match checked {
+                    Ok(()) => act.execute(id, call, model),
+                    Err(reply) => {
+                        act.in_flight.remove(&id);
+                        Self::count_refusal(&reply);
+                        Box::pin(actix::fut::ready(reply))
+                    }
+                }),
+        )
+    }
+
+    /// Keeps an executed job's (client, nonce) until its expiry, within [`RECENT_JOBS`].
+    fn remember(&mut self, record: &InferenceRecord) {
+        let req = &record.job.request;
+        let key = (req.client, req.nonce);
+        let id = record.job_id(self.genesis.chain_id);
+        if self.recent.insert(key, (id, req.expiry)).is_none() {
+            self.recent_order.push_back(key);
+        }
+        let now_s = chain::types::now_ms() / 1000;
+        while let Some(oldest) = self.recent_order.front().copied() {
+            let expired = self.recent.get(&oldest).is_none_or(|(_, e)| *e <= now_s);
+            if !expired && self.recent_order.len() <= RECENT_JOBS {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&oldest);
+        }
+    }
+
+    fn count_refusal(reply: &JobReply) {
+        if let JobReply::Refused { code, .. } = reply {
+            METRICS
+                .jobs_declined
+                .with_label_values(&[code.as_str()])
+                .inc();
+        }
+    }
+
+    fn execute(
+        &mut self,
+        job_id: JobId,
+        call: JobCall,
+        model: Arc<kernels::Model>,
+    ) -> ResponseActFuture<Self, JobReply> {
+        tracing::debug!(job = %job_id, "job admitted");
         let backend = self.backend.clone();
         let key = self.key.clone();
         let chain_id = self.genesis.chain_id;
         let faulty = self.faulty;
         let started = Instant::now();
-        let _ = ctx;
-        let job_id = call.job.request.id(chain_id);
         let attestation = self
             .genesis
             .model(&call.job.request.model_id)
@@ -195,7 +400,10 @@ impl Inference {
             Ok::<_, JobReply>((record, output))
         };
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            act.in_flight = act.in_flight.saturating_sub(1);
+            act.in_flight.remove(&job_id);
+            if let Ok((record, _)) = &res {
+                act.remember(record);
+            }
             match res {
                 Ok((record, output)) => {
                     METRICS.jobs_executed.inc();
@@ -222,15 +430,15 @@ impl Actor for Inference {
 
 impl Handler<InboundJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
-    fn handle(&mut self, msg: InboundJob, ctx: &mut Self::Context) -> Self::Result {
-        self.run(msg.call, ctx)
+    fn handle(&mut self, msg: InboundJob, _: &mut Self::Context) -> Self::Result {
+        self.run(msg.call, Some(msg.peer))
     }
 }
 
 impl Handler<RunJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
-    fn handle(&mut self, msg: RunJob, ctx: &mut Self::Context) -> Self::Result {
-        self.run(msg.0, ctx)
+    fn handle(&mut self, msg: RunJob, _: &mut Self::Context) -> Self::Result {
+        self.run(msg.0, None)
     }
 }
 

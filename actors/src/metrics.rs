@@ -16,6 +16,7 @@ pub struct Metrics {
     pub jobs_submitted: IntCounter,
     pub jobs_refused: IntCounterVec,
     pub jobs_executed: IntCounter,
+    pub jobs_declined: IntCounterVec,
     pub job_latency: Histogram,
     pub records_verified: IntCounter,
     pub records_rejected: IntCounterVec,
@@ -100,6 +101,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "jobs_executed_total",
             "jobs executed by this inference node",
+        ),
+        jobs_declined: counter_vec(
+            &r,
+            "jobs_declined_total",
+            "job calls this inference node refused before running them",
+            &["reason"],
         ),
         job_latency: histogram(&r, "job_seconds", "gateway submit to result", lat.clone()),
         records_verified: counter(

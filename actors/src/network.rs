@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::METRICS;
 use crate::protocol::{
-    self, Capability, ConsensusMsg, JobCall, JobReply, SyncReply, SyncRequest, topics,
+    self, ConsensusMsg, JobCall, JobReply, SignedCapability, SyncReply, SyncRequest, topics,
 };
 
 /// Network failures reported to callers.
@@ -132,10 +132,12 @@ pub struct GossipConsensus {
     pub origin: PeerId,
 }
 
+/// A capability from gossip, with the peer that authored it (signed gossip). The receiver (the
+/// gateway) checks it and answers what gossipsub should do with the message.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "MessageAcceptance")]
 pub struct GossipCapability {
-    pub capability: Capability,
+    pub capability: SignedCapability,
     pub peer: PeerId,
 }
 
@@ -331,11 +333,18 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
         )
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
-            let gs_config = gossipsub::ConfigBuilder::default()
+            let mut gs_config = gossipsub::ConfigBuilder::default();
+            for t in topics::ALL {
+                gs_config.max_transmit_size_for_topic(
+                    protocol::max_topic_bytes(t),
+                    IdentTopic::new(t).hash(),
+                );
+            }
+            let gs_config = gs_config
                 .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
-                .max_transmit_size(protocol::MAX_CONSENSUS_BYTES)
+                .max_transmit_size(protocol::max_topic_bytes(topics::CONSENSUS))
                 .mesh_n_low(2)
                 .mesh_n(4)
                 .mesh_n_high(8)
@@ -805,11 +814,22 @@ impl Network {
         });
     }
 
-    fn accept(&self, id: MessageId, source: PeerId) {
-        let _ = self.commands.send(Command::Validation {
-            id,
-            source,
-            acceptance: MessageAcceptance::Accept,
+    /// Reports to gossipsub what the message's owner decided, once it has (a lost answer
+    /// ignores the message: it is neither relayed nor held against the sender).
+    fn report_when(
+        &self,
+        id: MessageId,
+        source: PeerId,
+        verdict: impl std::future::Future<Output = Result<MessageAcceptance, MailboxError>> + 'static,
+    ) {
+        let commands = self.commands.clone();
+        actix::spawn(async move {
+            let acceptance = verdict.await.unwrap_or(MessageAcceptance::Ignore);
+            let _ = commands.send(Command::Validation {
+                id,
+                source,
+                acceptance,
+            });
         });
     }
 
@@ -839,16 +859,7 @@ impl Network {
             topics::TXS => match protocol::decode_tx(&data) {
                 Ok(tx) => {
                     // Relayed only once the mempool admitted it (signature, nonce, balance).
-                    let commands = self.commands.clone();
-                    let admit = routes.txs.send(GossipTx(tx));
-                    actix::spawn(async move {
-                        let acceptance = admit.await.unwrap_or(MessageAcceptance::Ignore);
-                        let _ = commands.send(Command::Validation {
-                            id,
-                            source,
-                            acceptance,
-                        });
-                    });
+                    self.report_when(id, source, routes.txs.send(GossipTx(tx)));
                 }
                 Err(e) => self.reject(topics::TXS, &short(&e), id, source),
             },
@@ -865,14 +876,15 @@ impl Network {
             },
             topics::CAPABILITIES => match protocol::decode_capability(&data) {
                 Ok(capability) => {
-                    self.accept(id, source);
                     // The author (signed gossip), not the peer that relayed it, serves the jobs.
-                    match origin {
-                        Some(peer) => routes
-                            .capabilities
-                            .do_send(GossipCapability { capability, peer }),
-                        None => tracing::debug!(%source, "capability without an author ignored"),
-                    }
+                    let Some(peer) = origin else {
+                        self.reject(topics::CAPABILITIES, "no author", id, source);
+                        return;
+                    };
+                    let check = routes
+                        .capabilities
+                        .send(GossipCapability { capability, peer });
+                    self.report_when(id, source, check);
                 }
                 Err(e) => self.reject(topics::CAPABILITIES, &short(&e), id, source),
             },

@@ -30,8 +30,13 @@ pub const SYNC_PROTOCOL: &str = "/proofmesh/sync/1";
 /// Kademlia protocol name (our own DHT, not the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/proofmesh/kad/1.0.0";
 
-/// Size limits per message kind (bytes, encoded).
+/// Size limits per message kind (bytes, encoded). A record carries at most a 64 KiB input and
+/// a TEE proof.
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
+/// A transaction (a transfer is ~180 bytes).
+pub const MAX_TX_BYTES: usize = 4 * 1024;
+/// An inference node's capability (its served models).
+pub const MAX_CAPABILITY_BYTES: usize = 16 * 1024;
 pub const MAX_CONSENSUS_BYTES: usize = chain::block::MAX_BLOCK_BYTES;
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 pub const MAX_SYNC_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -111,17 +116,58 @@ pub enum ConsensusMsg {
 /// round and the prevote of a proof-of-lock round.
 pub const MAX_STATUS_VOTES: usize = 3;
 
-/// On `/proofmesh/1/capabilities`: which models an inference node serves.
+/// On `/proofmesh/1/capabilities`: which models an inference node serves, and at which peer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Capability {
-    /// The node's account (executor address).
+    /// The node's account (executor address): it signs the advertisement.
     pub address: Address,
+    /// The libp2p peer id (bytes) that serves the jobs: gateways send jobs only to the peer
+    /// that published the advertisement, and only if this names it.
+    pub peer: Vec<u8>,
     pub models: Vec<ModelId>,
     /// Jobs in flight on the node.
     pub load: u32,
     /// When it was issued (unix ms). Message ids are content hashes, so without it a repeated
     /// advertisement would be dropped as a duplicate; it also lets gateways ignore stale ones.
     pub issued_ms: u64,
+}
+
+/// A [`Capability`] signed by its executor's account key: nobody else can advertise (or
+/// replay from another peer) a registered node's capability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedCapability {
+    pub capability: Capability,
+    pub signature: chain::Sig,
+}
+
+impl SignedCapability {
+    fn digest(capability: &Capability, chain_id: u64) -> chain::B256 {
+        let mut bytes = b"proofmesh capability".to_vec();
+        bytes.extend_from_slice(&chain_id.to_be_bytes());
+        bytes.extend_from_slice(&codec::encode(capability));
+        alloy::primitives::keccak256(bytes)
+    }
+
+    pub fn sign(
+        capability: Capability,
+        key: &chain::PrivateKeySigner,
+        chain_id: u64,
+    ) -> chain::Result<Self> {
+        let signature = chain::signing::sign(key, &Self::digest(&capability, chain_id))?;
+        Ok(SignedCapability {
+            capability,
+            signature,
+        })
+    }
+
+    /// Checks that the advertised executor signed it, for this chain.
+    pub fn verify(&self, chain_id: u64) -> chain::Result<()> {
+        chain::signing::verify(
+            &self.signature,
+            &Self::digest(&self.capability, chain_id),
+            self.capability.address,
+        )
+    }
 }
 
 /// `/proofmesh/job/1` request: gateway → inference node.
@@ -165,7 +211,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<InferenceRecord, WireError> {
 }
 
 pub fn decode_tx(bytes: &[u8]) -> Result<Tx, WireError> {
-    decode(bytes, MAX_GOSSIP_BYTES)
+    decode(bytes, MAX_TX_BYTES)
 }
 
 pub fn decode_consensus(bytes: &[u8]) -> Result<ConsensusMsg, WireError> {
@@ -182,8 +228,22 @@ pub fn decode_consensus(bytes: &[u8]) -> Result<ConsensusMsg, WireError> {
     Ok(msg)
 }
 
-pub fn decode_capability(bytes: &[u8]) -> Result<Capability, WireError> {
-    decode(bytes, MAX_GOSSIP_BYTES)
+pub fn decode_capability(bytes: &[u8]) -> Result<SignedCapability, WireError> {
+    decode(bytes, MAX_CAPABILITY_BYTES)
+}
+
+/// The largest message gossipsub takes on `topic` (its payload plus the signed envelope's
+/// author, sequence number and signature): larger ones are dropped by the transport, before
+/// any decoding, and count against the sender's score as invalid.
+pub fn max_topic_bytes(topic: &str) -> usize {
+    const ENVELOPE: usize = 1024;
+    ENVELOPE
+        + match topic {
+            topics::TXS => MAX_TX_BYTES,
+            topics::CAPABILITIES => MAX_CAPABILITY_BYTES,
+            topics::RECORDS => MAX_GOSSIP_BYTES,
+            _ => MAX_CONSENSUS_BYTES,
+        }
 }
 
 #[cfg(test)]
@@ -192,12 +252,19 @@ mod tests {
 
     #[test]
     fn envelope_round_trip_and_version() {
-        let c = Capability {
-            address: Address::ZERO,
-            models: vec![ModelId([1; 32])],
-            load: 3,
-            issued_ms: 5,
-        };
+        let key = chain::signing::seeded_key(4, 0);
+        let c = SignedCapability::sign(
+            Capability {
+                address: key.address(),
+                peer: vec![0, 36, 8],
+                models: vec![ModelId([1; 32])],
+                load: 3,
+                issued_ms: 5,
+            },
+            &key,
+            7,
+        )
+        .unwrap();
         let bytes = encode(&c);
         assert_eq!(decode_capability(&bytes).unwrap(), c);
         let mut other = bytes.clone();
@@ -208,6 +275,33 @@ mod tests {
         ));
         assert!(decode_capability(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_capability(&[]).is_err());
+    }
+
+    /// A capability verifies only for its signer and chain; any change to it breaks it.
+    #[test]
+    fn capabilities_are_bound_to_their_executor_and_chain() {
+        let (key, other) = (
+            chain::signing::seeded_key(4, 0),
+            chain::signing::seeded_key(4, 1),
+        );
+        let cap = Capability {
+            address: key.address(),
+            peer: libp2p::PeerId::random().to_bytes(),
+            models: vec![ModelId([1; 32])],
+            load: 0,
+            issued_ms: 5,
+        };
+        let signed = SignedCapability::sign(cap.clone(), &key, 7).unwrap();
+        signed.verify(7).unwrap();
+        assert!(signed.verify(8).is_err(), "another chain");
+        let mut moved = signed.clone();
+        moved.capability.peer = libp2p::PeerId::random().to_bytes();
+        assert!(moved.verify(7).is_err(), "another peer");
+        let mut lighter = signed.clone();
+        lighter.capability.load = 99;
+        assert!(lighter.verify(7).is_err(), "another load");
+        let forged = SignedCapability::sign(cap, &other, 7).unwrap();
+        assert!(forged.verify(7).is_err(), "signed by someone else");
     }
 
     #[test]
@@ -387,12 +481,18 @@ mod tests {
             }
         }
         round_trip(
-            &Capability {
-                address: key.address(),
-                models: vec![ModelId([1; 32]), ModelId([2; 32])],
-                load: 4,
-                issued_ms: 6,
-            },
+            &SignedCapability::sign(
+                Capability {
+                    address: key.address(),
+                    peer: libp2p::PeerId::random().to_bytes(),
+                    models: vec![ModelId([1; 32]), ModelId([2; 32])],
+                    load: 4,
+                    issued_ms: 6,
+                },
+                &key,
+                chain_id,
+            )
+            .unwrap(),
             decode_capability,
         );
         round_trip(

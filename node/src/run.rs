@@ -116,9 +116,15 @@ pub fn run(home: &Path) -> Result<()> {
                 genesis.clone(),
                 models.clone(),
                 backend.clone(),
-                account.clone(),
-                network.clone(),
-                mempool.clone(),
+                actors::inference::Executor {
+                    key: account.clone(),
+                    peer: started.peer_id,
+                },
+                actors::inference::Links {
+                    network: network.clone(),
+                    mempool: mempool.clone(),
+                    settlement: settlement.clone(),
+                },
                 actors::inference::Proving {
                     attestation,
                     faulty: config.inference.faulty,

@@ -301,6 +301,32 @@ pub fn capture(
     })
 }
 
+/// Sends one `/proofmesh/job/1` request (`request`: encoded bytes, valid or not) to the node at
+/// `target` from a fresh peer, as a gateway would, and returns the raw reply.
+pub fn call_job(target: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+    block_on(async move {
+        let (mut swarm, peer) = join(target, topics::CAPABILITIES)?;
+        swarm.behaviour_mut().job.send_request(&peer, request);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .context("no reply to the job call")?;
+            use request_response::{Event as E, Message as M};
+            match ev {
+                SwarmEvent::Behaviour(HostileEvent::Job(E::Message {
+                    message: M::Response { response, .. },
+                    ..
+                })) => return Ok(response),
+                SwarmEvent::Behaviour(HostileEvent::Job(E::OutboundFailure { error, .. })) => {
+                    bail!("job call failed: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
 /// What the lying peer did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct LiarReport {

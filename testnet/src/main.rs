@@ -28,9 +28,13 @@ enum Cmd {
         inference: usize,
         #[arg(long)]
         dir: PathBuf,
-        /// Seed of the demo model's weights (and chain id).
+        /// Seed of the demo model's weights.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Chain id of the new network (default: random, so signatures for one testnet are
+        /// not valid on another).
+        #[arg(long)]
+        chain_id: Option<u64>,
         /// The `proofmesh` binary (default: next to this one).
         #[arg(long)]
         bin: Option<PathBuf>,
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             inference,
             dir,
             seed,
+            chain_id,
             bin,
             faulty_inference,
             timeout,
@@ -125,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                 validators,
                 inference,
                 seed,
+                chain_id,
                 bin: bin.unwrap_or_else(testnet::net::default_bin),
                 faulty_inference,
                 ready_timeout: Duration::from_secs(timeout),

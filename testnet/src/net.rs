@@ -76,6 +76,9 @@ pub struct UpOptions {
     pub validators: usize,
     pub inference: usize,
     pub seed: u64,
+    /// The chain id; `None` picks a random one, so that a signature made for one testnet is
+    /// not valid on another (EIP-712 domains carry the chain id).
+    pub chain_id: Option<u64>,
     pub bin: PathBuf,
     /// Inference nodes (by index among inference nodes) that sign wrong outputs.
     pub faulty_inference: Vec<usize>,
@@ -253,15 +256,22 @@ fn tail(path: &Path, n: usize) -> String {
 /// Whether `pid` still holds its resources. Unlike [`is_ours`] this does not read the
 /// command line: the kernel releases a dying process's memory (its command line reads empty
 /// from then on) before it closes its files, so a node whose command line is gone may still
-/// hold its listening sockets and RocksDB's lock. Only a zombie, or no process, has let go.
+/// hold its listening sockets and RocksDB's lock. Nor is a zombie main thread enough: the
+/// other threads share the open files and may still be exiting (seen: a restarted node found
+/// RocksDB's lock held). Only a gone process, or a zombie with no thread left, has let go.
 fn holds_resources(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    stat.rsplit(')')
+    let zombie = stat
+        .rsplit(')')
         .next()
         .and_then(|s| s.trim_start().chars().next())
-        .is_some_and(|state| state != 'Z' && state != 'X')
+        .is_some_and(|state| state == 'Z' || state == 'X');
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    !zombie || threads > 1
 }
 
 /// Waits until a signalled node has let go of its files and ports, reaping it if it is our
@@ -447,7 +457,7 @@ impl Testnet {
         chain::signing::write_key(&client_key, &client)?;
         let ecosystem = chain::PrivateKeySigner::random();
         chain::signing::write_key(&dir.join("ecosystem.key"), &ecosystem)?;
-        let chain_id = 1337 + (o.seed % 1000);
+        let chain_id = o.chain_id.unwrap_or_else(random_chain_id);
         // The testnet's root of trust: a simulated SEV-SNP root the genesis declares, one chip
         // per inference node, and the node binary's SHA-384 as the one approved measurement.
         let tee_dir = dir.join("tee");
@@ -660,6 +670,14 @@ impl Testnet {
     }
 }
 
+/// A chain id from a fresh key's entropy, in [100 000, 2^32): clear of the well-known chains'
+/// small ids and within every wallet's range.
+fn random_chain_id() -> u64 {
+    let entropy = chain::PrivateKeySigner::random().address();
+    let x = u64::from_be_bytes(entropy.0[..8].try_into().unwrap_or_default());
+    100_000 + x % ((1u64 << 32) - 100_000)
+}
+
 fn make_genesis(
     chain_id: u64,
     nodes: &[NodeInfo],
@@ -742,6 +760,28 @@ fn make_genesis(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two testnets get different chain ids, so a transfer signed for one does not verify on
+    /// the other.
+    #[test]
+    fn each_testnet_gets_its_own_chain_id() {
+        let ids: Vec<u64> = (0..16).map(|_| random_chain_id()).collect();
+        assert!(ids.iter().all(|id| (100_000..1 << 32).contains(id)));
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len());
+        let key = chain::PrivateKeySigner::random();
+        let transfer = chain::Transfer {
+            from: key.address(),
+            to: chain::Address::ZERO,
+            amount: 1,
+            nonce: 0,
+        };
+        let signed = chain::Tx::Transfer(transfer.sign(&key, ids[0]).unwrap());
+        assert!(signed.verify(ids[0]).is_ok());
+        assert!(signed.verify(ids[1]).is_err());
+    }
 
     #[test]
     fn a_killed_process_is_waited_for_until_it_lets_go() {

@@ -27,6 +27,22 @@ fn malleate(sig: &Sig) -> Sig {
     Sig(Signature::new(s.r(), n - s.s(), !s.v()).as_bytes())
 }
 
+/// Posts a job of the testnet's first model, signed by its funded client, to `node`.
+fn submit_job(client: &Client, net: &testnet::Testnet, node: &str) -> testnet::client::Reply {
+    let model = &net.models[0];
+    let input = std::fs::read_to_string(&model.example_input).unwrap();
+    let body = testnet::client::signed_job(
+        &net.client_key().unwrap(),
+        net.chain_id,
+        model.id.parse().unwrap(),
+        &input,
+        model.price.parse().unwrap(),
+        common::fresh_nonce(),
+    )
+    .unwrap();
+    client.post(&format!("{node}/v1/jobs"), &body).unwrap()
+}
+
 /// Sum of a counter's series whose labels contain every one of `labels`.
 fn counter(client: &Client, node: &str, name: &str, labels: &[&str]) -> f64 {
     client
@@ -226,6 +242,147 @@ fn slow_oversize_and_misdirected_http_requests_get_their_status_and_lose_their_c
     // The rest of the suite runs on the same testnet.
     gossiped_transactions_are_relayed_only_once_admitted(&run);
     replayed_settled_records_cost_no_verification(&run);
+    direct_job_calls_are_admitted_as_a_gateway_would(&run);
+    spoofed_capabilities_route_no_job(&run);
+}
+
+/// A job call sent straight to an inference node over `/proofmesh/job/1` by a fresh peer gets
+/// the gateway's checks: unfunded, expired, underpaid and repeated jobs are refused before any
+/// compute; a valid one runs once.
+fn direct_job_calls_are_admitted_as_a_gateway_would(run: &Running) {
+    let net = run.net();
+    let client = Client::new();
+    let inference = net.inference().next().unwrap();
+    let model = &net.models[0];
+    let model_id: kernels::ModelId = model.id.parse().unwrap();
+    let price: u128 = model.price.parse().unwrap();
+    let input = std::fs::read_to_string(&model.example_input).unwrap();
+    let funded = net.client_key().unwrap();
+    let now_s = chain::types::now_ms() / 1000;
+    let call = |key: &PrivateKeySigner, max_fee: u128, nonce: u64, expiry: u64| {
+        let job = chain::JobRequest {
+            client: key.address(),
+            model_id,
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee,
+            nonce,
+            expiry,
+        }
+        .sign(key, net.chain_id)
+        .unwrap();
+        let bytes = protocol::encode(&protocol::JobCall {
+            job,
+            input: input.clone(),
+        });
+        let reply = testnet::garbage::call_job(&inference.p2p, bytes).unwrap();
+        protocol::decode::<protocol::JobReply>(&reply, protocol::MAX_JOB_BYTES).unwrap()
+    };
+    let refused = |reply: protocol::JobReply| match reply {
+        protocol::JobReply::Refused { code, .. } => code,
+        protocol::JobReply::Done { .. } => "done".to_string(),
+    };
+    let executed = || {
+        counter(
+            &client,
+            &inference.http,
+            "proofmesh_jobs_executed_total",
+            &[],
+        )
+    };
+    let before = executed();
+    let nonce = common::fresh_nonce();
+    let stranger = PrivateKeySigner::random();
+    assert_eq!(
+        refused(call(&stranger, price, nonce, now_s + 600)),
+        "insufficient_balance"
+    );
+    assert_eq!(refused(call(&funded, price, nonce, now_s - 10)), "expired");
+    assert_eq!(
+        refused(call(&funded, price - 1, nonce, now_s + 600)),
+        "fee_too_low"
+    );
+    assert_eq!(executed(), before, "a refused call was executed");
+    assert_eq!(refused(call(&funded, price, nonce, now_s + 600)), "done");
+    // The same job again, and another job with its nonce, before a block settles it.
+    assert_eq!(
+        refused(call(&funded, price, nonce, now_s + 600)),
+        "duplicate"
+    );
+    assert_eq!(
+        refused(call(&funded, price, nonce, now_s + 601)),
+        "nonce_used"
+    );
+    assert_eq!(executed(), before + 1.0, "one execution for one paid job");
+    assert!(
+        counter(
+            &client,
+            &inference.http,
+            "proofmesh_jobs_declined_total",
+            &["insufficient_balance"]
+        ) >= 1.0
+    );
+}
+
+/// Capabilities that do not come from the executor they name (forged, or a real one replayed
+/// by another peer) are rejected and never route a job: every job through the validator's
+/// gateway still reaches the real inference node.
+fn spoofed_capabilities_route_no_job(run: &Running) {
+    let net = run.net();
+    let client = Client::new();
+    let validator = &net.nodes[0];
+    let inference = net.inference().next().unwrap();
+    let captured = testnet::garbage::capture(
+        &validator.p2p,
+        topics::CAPABILITIES,
+        1,
+        Duration::from_secs(20),
+        || {},
+    )
+    .unwrap();
+    assert_eq!(captured.len(), 1, "no capability seen on gossip");
+    let real = protocol::decode_capability(&captured[0]).unwrap();
+    let forged = protocol::SignedCapability::sign(
+        protocol::Capability {
+            address: real.capability.address,
+            peer: libp2p::PeerId::random().to_bytes(),
+            models: real.capability.models.clone(),
+            load: 0,
+            issued_ms: chain::types::now_ms(),
+        },
+        &PrivateKeySigner::random(),
+        net.chain_id,
+    )
+    .unwrap();
+    let rejected = |why: &str| {
+        counter(
+            &client,
+            &validator.http,
+            "proofmesh_gossip_rejected_total",
+            &[topics::CAPABILITIES, why],
+        )
+    };
+    let before = (rejected("wrong_peer"), rejected("bad_signature"));
+    let sent = testnet::garbage::publish(
+        &validator.p2p,
+        topics::CAPABILITIES,
+        vec![captured[0].clone(), protocol::encode(&forged)],
+    )
+    .unwrap();
+    assert_eq!(sent, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rejected("wrong_peer") < before.0 + 1.0 || rejected("bad_signature") < before.1 + 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the spoofed capabilities were not rejected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..6 {
+        let r = submit_job(&client, net, &validator.http);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let by: Address = r.body["executed_by"].as_str().unwrap().parse().unwrap();
+        assert_eq!(by, inference.address);
+    }
 }
 
 /// A record captured from gossip and republished by a fresh peer once its job is settled: the
@@ -253,20 +410,7 @@ fn replayed_settled_records_cost_no_verification(run: &Running) {
         .expect("the eavesdropper never joined the records topic");
     std::thread::sleep(Duration::from_secs(2));
 
-    let model = net.models[0].clone();
-    let input = std::fs::read_to_string(&model.example_input).unwrap();
-    let body = testnet::client::signed_job(
-        &net.client_key().unwrap(),
-        net.chain_id,
-        model.id.parse().unwrap(),
-        &input,
-        model.price.parse().unwrap(),
-        common::fresh_nonce(),
-    )
-    .unwrap();
-    let reply = client
-        .post(&format!("{}/v1/jobs", inference.http), &body)
-        .unwrap();
+    let reply = submit_job(&client, net, &inference.http);
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let job = reply.body["job_id"].as_str().unwrap().to_string();
     let captured = eavesdropper.join().unwrap().unwrap();
@@ -336,6 +480,32 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
             &[topics::TXS, reason],
         )
     };
+    // Oversize for the topic: dropped by the transport, never decoded; a small junk message
+    // sent after it reaches the node's decoder.
+    let received = txs_in(&target.http);
+    let malformed = rejected("malformed");
+    let sent = testnet::garbage::publish(
+        &target.p2p,
+        topics::TXS,
+        vec![
+            vec![7u8; protocol::MAX_TX_BYTES * 3],
+            vec![1, 0, 0xee, 0xee],
+        ],
+    )
+    .unwrap();
+    assert_eq!(sent, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rejected("malformed") < malformed + 1.0 {
+        assert!(Instant::now() < deadline, "the small junk never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        txs_in(&target.http),
+        received + 1.0,
+        "the oversize message reached the application"
+    );
+
     let before = txs_in(&other.http);
 
     let stranger = PrivateKeySigner::random();

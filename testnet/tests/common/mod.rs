@@ -46,6 +46,7 @@ impl Running {
             validators,
             inference,
             seed: 7,
+            chain_id: None,
             bin,
             faulty_inference: Vec::new(),
             ready_timeout: Duration::from_secs(120),
