@@ -14,7 +14,10 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, identity, kad, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, connection_limits, identify, identity, kad, noise, ping,
+    tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::METRICS;
@@ -244,8 +247,22 @@ impl request_response::Codec for FrameCodec {
     }
 }
 
+/// Connections being set up from outside at once (TCP accepted, noise or yamux not done).
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Connections from outside, and in all.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 256;
+pub const MAX_ESTABLISHED: u32 = 512;
+/// Connections to one peer (two lets simultaneous dials from both sides succeed).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Listen addresses taken from one peer's identify message: the rest are not dialed.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Peers we dial on our own (from the DHT) until we have this many; beyond it only others
+/// connect to us.
+const DIAL_TARGET_PEERS: usize = 48;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
@@ -401,6 +418,13 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                     key.public(),
                 )),
                 ping: ping::Behaviour::new(ping::Config::new()),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                        .with_max_established(Some(MAX_ESTABLISHED))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                ),
                 job: rr(
                     protocol::JOB_PROTOCOL,
                     protocol::MAX_JOB_BYTES,
@@ -695,7 +719,7 @@ impl SwarmTask {
                 info,
                 ..
             })) => {
-                for addr in info.listen_addrs {
+                for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
@@ -704,7 +728,10 @@ impl SwarmTask {
                 peer,
                 addresses,
                 ..
-            })) if !self.swarm.is_connected(&peer) && !self.banned.contains_key(&peer) => {
+            })) if !self.swarm.is_connected(&peer)
+                && !self.banned.contains_key(&peer)
+                && self.swarm.connected_peers().count() < DIAL_TARGET_PEERS =>
+            {
                 let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                     .addresses(addresses.into_vec())
                     .build();

@@ -327,6 +327,34 @@ pub fn call_job(target: &str, request: Vec<u8>) -> Result<Vec<u8>> {
     })
 }
 
+/// Dials the node at `target` `dials` times at once from one fresh identity; returns how many
+/// of those connections are still open `settle` later (the node keeps at most a few per peer).
+pub fn flood_connections(target: &str, dials: usize, settle: Duration) -> Result<usize> {
+    block_on(async move {
+        let (mut swarm, peer) = join(target, topics::CAPABILITIES)?;
+        let addr: Multiaddr = target.parse().context("target multiaddr")?;
+        for _ in 1..dials {
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            swarm.dial(opts)?;
+        }
+        let mut open = 0usize;
+        let deadline = tokio::time::Instant::now() + settle;
+        while let Ok(ev) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => open += 1,
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => {
+                    open = open.saturating_sub(1)
+                }
+                _ => {}
+            }
+        }
+        Ok(open)
+    })
+}
+
 /// What the lying peer did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct LiarReport {

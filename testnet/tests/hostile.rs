@@ -99,7 +99,7 @@ fn status(response: &str) -> u16 {
 }
 
 #[test]
-fn slow_oversize_and_misdirected_http_requests_get_their_status_and_lose_their_connection() {
+fn hostile_clients_and_peers_are_refused_before_they_cost_anything() {
     let run = Running::up(1, 1, Vec::new());
     let http = run.net().nodes[0].http.clone();
     let host = http.trim_start_matches("http://").to_string();
@@ -244,6 +244,22 @@ fn slow_oversize_and_misdirected_http_requests_get_their_status_and_lose_their_c
     replayed_settled_records_cost_no_verification(&run);
     direct_job_calls_are_admitted_as_a_gateway_would(&run);
     spoofed_capabilities_route_no_job(&run);
+    connection_floods_are_capped(&run);
+}
+
+/// One identity opening 30 connections at once keeps at most
+/// `MAX_CONNECTIONS_PER_PEER` of them; the node goes on serving.
+fn connection_floods_are_capped(run: &Running) {
+    let net = run.net();
+    let validator = &net.nodes[0];
+    let open =
+        testnet::garbage::flood_connections(&validator.p2p, 30, Duration::from_secs(3)).unwrap();
+    assert!(
+        (1..=actors::network::MAX_CONNECTIONS_PER_PEER as usize).contains(&open),
+        "{open} connections of one peer stayed open"
+    );
+    let r = submit_job(&Client::new(), net, &validator.http);
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// A job call sent straight to an inference node over `/proofmesh/job/1` by a fresh peer gets
