@@ -3,13 +3,15 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
     pub registry: Registry,
     pub peers: IntGauge,
+    pub queue_len: IntGaugeVec,
+    pub queue_dropped: IntCounterVec,
     pub gossip_received: IntCounterVec,
     pub gossip_rejected: IntCounterVec,
     pub rpc_rejected: IntCounterVec,
@@ -57,6 +59,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     c
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let c = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -72,6 +81,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     ];
     Metrics {
         peers: gauge(&r, "peers", "connected peers"),
+        queue_len: gauge_vec(
+            &r,
+            "queue_length",
+            "messages waiting in a bounded queue between the swarm and the actors",
+            &["queue"],
+        ),
+        queue_dropped: counter_vec(
+            &r,
+            "queue_dropped_total",
+            "messages dropped because their bounded queue was full",
+            &["queue", "kind"],
+        ),
         gossip_received: counter_vec(
             &r,
             "gossip_received_total",

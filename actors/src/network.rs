@@ -34,6 +34,8 @@ pub enum NetError {
     Request { peer: PeerId, reason: String },
     #[error("the network task has stopped")]
     Stopped,
+    #[error("the network task is overloaded; try again")]
+    Busy,
     #[error(transparent)]
     Wire(#[from] protocol::WireError),
 }
@@ -313,6 +315,60 @@ enum Command {
     },
 }
 
+impl Command {
+    fn kind(&self) -> &'static str {
+        match self {
+            Command::Publish { .. } => "publish",
+            Command::Validation { .. } => "validation",
+            Command::Job { .. } => "job",
+            Command::RespondJob { .. } => "respond_job",
+            Command::Sync { .. } => "sync",
+            Command::RespondSync { .. } => "respond_sync",
+            Command::Penalise { .. } => "penalise",
+        }
+    }
+}
+
+/// Gossip transactions and capabilities waiting for their owner's verdict at most; beyond it
+/// new ones are ignored (and counted) until verdicts come back.
+pub const MAX_PENDING_VERDICTS: usize = 1024;
+/// Mailbox capacities of the actors gossip is routed to: a full mailbox drops the message
+/// (`queue_dropped_total{queue="records"|"consensus"}`) and ignores it on gossip.
+pub const RECORDS_MAILBOX: usize = 256;
+pub const CONSENSUS_MAILBOX: usize = 4096;
+
+/// Commands from the actors to the Swarm task waiting at most.
+pub const COMMAND_QUEUE: usize = 4096;
+/// Events from the Swarm task to the Network actor waiting at most (gossip, requests).
+pub const EVENT_QUEUE: usize = 4096;
+
+/// The bounded command queue's sending side: a full queue drops the command and counts it
+/// (`queue_dropped_total{queue="commands"}`) instead of growing.
+#[derive(Clone)]
+struct Commands(mpsc::Sender<Command>);
+
+impl Commands {
+    fn send(&self, command: Command) -> Result<(), NetError> {
+        let kind = command.kind();
+        let sent = self.0.try_send(command);
+        METRICS
+            .queue_len
+            .with_label_values(&["commands"])
+            .set((COMMAND_QUEUE - self.0.capacity()) as i64);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                METRICS
+                    .queue_dropped
+                    .with_label_values(&["commands", kind])
+                    .inc();
+                Err(NetError::Busy)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NetError::Stopped),
+        }
+    }
+}
+
 enum Event {
     Gossip {
         topic: TopicHash,
@@ -333,6 +389,56 @@ enum Event {
     },
     Peers(Vec<PeerId>),
     Listening(Multiaddr),
+}
+
+/// Inbound requests one peer may make per second on a protocol, and how many it may save up:
+/// jobs (a busy gateway sends many) and sync (each reply carries up to 64 blocks, so a
+/// catching-up node syncs 512 blocks a second). Beyond it the request's stream is closed.
+pub const JOB_REQUESTS: RateLimit = RateLimit {
+    per_second: 32.0,
+    burst: 64.0,
+};
+pub const SYNC_REQUESTS: RateLimit = RateLimit {
+    per_second: 8.0,
+    burst: 32.0,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(limit: RateLimit) -> Self {
+        Bucket {
+            tokens: limit.burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, limit: RateLimit, now: Instant) {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * limit.per_second;
+        self.tokens = (self.tokens + earned).min(limit.burst);
+        self.at = now;
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
+        self.refill(limit, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Penalty points after which a peer is disconnected and refused for [`BAN_TIME`].
@@ -447,13 +553,15 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
 
 struct SwarmTask {
     swarm: libp2p::Swarm<Behaviour>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     pending_out:
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
     job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
     penalties: HashMap<PeerId, u32>,
+    /// Inbound request budgets per (peer, is a job request).
+    buckets: HashMap<(PeerId, bool), Bucket>,
     banned: HashMap<PeerId, Instant>,
     /// Banned peers to disconnect once the answers already queued for them are flushed.
     to_disconnect: Vec<(PeerId, Instant)>,
@@ -471,7 +579,7 @@ const REDIAL_TICK: Duration = Duration::from_secs(1);
 const REDIAL_MAX_TICKS: u64 = 30;
 
 impl SwarmTask {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut redial = tokio::time::interval(REDIAL_TICK);
         let mut flush = tokio::time::interval(Duration::from_millis(250));
@@ -552,6 +660,13 @@ impl SwarmTask {
             tracing::trace!("kademlia bootstrap: no known peers yet");
         }
         self.banned.retain(|_, until| *until > Instant::now());
+        // Buckets that have refilled say nothing a fresh one would not.
+        let now = Instant::now();
+        self.buckets.retain(|(_, is_job), b| {
+            let limit = if *is_job { JOB_REQUESTS } else { SYNC_REQUESTS };
+            b.refill(limit, now);
+            b.tokens < limit.burst
+        });
     }
 
     fn penalise(&mut self, peer: PeerId, reason: &'static str) {
@@ -621,18 +736,37 @@ impl SwarmTask {
                     drop(channel);
                     return;
                 }
+                let limit = if is_job { JOB_REQUESTS } else { SYNC_REQUESTS };
+                let allowed = self
+                    .buckets
+                    .entry((peer, is_job))
+                    .or_insert_with(|| Bucket::full(limit))
+                    .take(limit, Instant::now());
+                if !allowed {
+                    let proto = if is_job {
+                        protocol::JOB_PROTOCOL
+                    } else {
+                        protocol::SYNC_PROTOCOL
+                    };
+                    METRICS
+                        .rpc_rejected
+                        .with_label_values(&[proto, "rate_limited"])
+                        .inc();
+                    drop(channel);
+                    return;
+                }
                 self.next_inbound += 1;
                 let id = self.next_inbound;
                 if is_job {
                     self.job_channels.insert(id, channel);
-                    let _ = self.events.send(Event::JobRequest {
+                    self.emit(Event::JobRequest {
                         id,
                         peer,
                         data: request,
                     });
                 } else {
                     self.sync_channels.insert(id, channel);
-                    let _ = self.events.send(Event::SyncRequest {
+                    self.emit(Event::SyncRequest {
                         id,
                         peer,
                         data: request,
@@ -681,7 +815,7 @@ impl SwarmTask {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                let _ = self.events.send(Event::Listening(address));
+                self.emit(Event::Listening(address));
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 if self.banned.contains_key(&peer_id) {
@@ -706,7 +840,7 @@ impl SwarmTask {
                 message_id,
                 message,
             })) => {
-                let _ = self.events.send(Event::Gossip {
+                self.emit(Event::Gossip {
                     origin: message.source,
                     topic: message.topic,
                     data: message.data,
@@ -743,18 +877,57 @@ impl SwarmTask {
         }
     }
 
+    /// Hands an event to the Network actor. A full queue drops it and counts it: a gossip
+    /// message is ignored (neither relayed nor held against its sender), a request's stream is
+    /// closed unanswered.
+    fn emit(&mut self, event: Event) {
+        let sent = self.events.try_send(event);
+        METRICS
+            .queue_len
+            .with_label_values(&["events"])
+            .set((EVENT_QUEUE - self.events.capacity()) as i64);
+        let Err(mpsc::error::TrySendError::Full(event)) = sent else {
+            return;
+        };
+        let kind = match event {
+            Event::Gossip { id, source, .. } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+                "gossip"
+            }
+            Event::JobRequest { id, .. } => {
+                self.job_channels.remove(&id);
+                "job"
+            }
+            Event::SyncRequest { id, .. } => {
+                self.sync_channels.remove(&id);
+                "sync"
+            }
+            Event::Peers(_) => "peers",
+            Event::Listening(_) => "listening",
+        };
+        METRICS
+            .queue_dropped
+            .with_label_values(&["events", kind])
+            .inc();
+    }
+
     fn peers_changed(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         METRICS.peers.set(peers.len() as i64);
-        let _ = self.events.send(Event::Peers(peers));
+        self.emit(Event::Peers(peers));
     }
 }
 
 /// The Network actor.
 pub struct Network {
-    commands: mpsc::UnboundedSender<Command>,
-    events: Option<mpsc::UnboundedReceiver<Event>>,
+    commands: Commands,
+    events: Option<mpsc::Receiver<Event>>,
     routes: Option<Routes>,
+    /// Gossip messages handed to their owner and not judged yet (see [`MAX_PENDING_VERDICTS`]).
+    pending_verdicts: std::rc::Rc<std::cell::Cell<usize>>,
     peers: Vec<PeerId>,
     listen_tx: Option<oneshot::Sender<Multiaddr>>,
 }
@@ -795,8 +968,8 @@ impl Network {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let task = SwarmTask {
             swarm,
             events: ev_tx,
@@ -805,6 +978,7 @@ impl Network {
             sync_channels: HashMap::new(),
             next_inbound: 0,
             penalties: HashMap::new(),
+            buckets: HashMap::new(),
             banned: HashMap::new(),
             to_disconnect: Vec::new(),
             bootstrap: config.bootstrap,
@@ -814,9 +988,10 @@ impl Network {
         actix::spawn(task.run(cmd_rx));
         let (listen_tx, listen_rx) = oneshot::channel();
         let addr = Network {
-            commands: cmd_tx,
+            commands: Commands(cmd_tx),
             events: Some(ev_rx),
             routes: None,
+            pending_verdicts: Default::default(),
             peers: Vec::new(),
             listen_tx: Some(listen_tx),
         }
@@ -849,14 +1024,38 @@ impl Network {
         source: PeerId,
         verdict: impl std::future::Future<Output = Result<MessageAcceptance, MailboxError>> + 'static,
     ) {
+        let pending = self.pending_verdicts.clone();
+        if pending.get() >= MAX_PENDING_VERDICTS {
+            self.dropped("verdicts", "gossip", id, source);
+            return;
+        }
+        pending.set(pending.get() + 1);
+        METRICS
+            .queue_len
+            .with_label_values(&["verdicts"])
+            .set(pending.get() as i64);
         let commands = self.commands.clone();
         actix::spawn(async move {
             let acceptance = verdict.await.unwrap_or(MessageAcceptance::Ignore);
+            pending.set(pending.get().saturating_sub(1));
             let _ = commands.send(Command::Validation {
                 id,
                 source,
                 acceptance,
             });
+        });
+    }
+
+    /// A gossip message dropped for a full queue: counted, and ignored on gossip.
+    fn dropped(&self, queue: &str, kind: &str, id: MessageId, source: PeerId) {
+        METRICS
+            .queue_dropped
+            .with_label_values(&[queue, kind])
+            .inc();
+        let _ = self.commands.send(Command::Validation {
+            id,
+            source,
+            acceptance: MessageAcceptance::Ignore,
         });
     }
 
@@ -880,7 +1079,13 @@ impl Network {
         METRICS.gossip_received.with_label_values(&[t]).inc();
         match t {
             topics::RECORDS => match protocol::decode_record(&data) {
-                Ok(record) => routes.records.do_send(GossipRecord { record, id, source }),
+                Ok(record) => {
+                    if let Err(SendError::Full(m) | SendError::Closed(m)) =
+                        routes.records.try_send(GossipRecord { record, id, source })
+                    {
+                        self.dropped("records", "gossip", m.id, m.source);
+                    }
+                }
                 Err(e) => self.reject(topics::RECORDS, &short(&e), id, source),
             },
             topics::TXS => match protocol::decode_tx(&data) {
@@ -892,13 +1097,19 @@ impl Network {
             },
             topics::CONSENSUS => match protocol::decode_consensus(&data) {
                 // The Consensus actor checks signatures, membership and heights, then reports.
-                Ok(msg) => routes.consensus.do_send(GossipConsensus {
-                    msg,
-                    id,
-                    size: data.len(),
-                    source,
-                    origin: origin.unwrap_or(source),
-                }),
+                Ok(msg) => {
+                    if let Err(SendError::Full(m) | SendError::Closed(m)) =
+                        routes.consensus.try_send(GossipConsensus {
+                            msg,
+                            id,
+                            size: data.len(),
+                            source,
+                            origin: origin.unwrap_or(source),
+                        })
+                    {
+                        self.dropped("consensus", "gossip", m.id, m.source);
+                    }
+                }
                 Err(e) => self.reject(topics::CONSENSUS, &short(&e), id, source),
             },
             topics::CAPABILITIES => match protocol::decode_capability(&data) {
@@ -1099,12 +1310,12 @@ impl Handler<GetPeers> for Network {
 }
 
 async fn request(
-    commands: mpsc::UnboundedSender<Command>,
+    commands: Commands,
     make: impl FnOnce(oneshot::Sender<Result<Vec<u8>, String>>) -> Command,
     peer: PeerId,
 ) -> Result<Vec<u8>, NetError> {
     let (tx, rx) = oneshot::channel();
-    commands.send(make(tx)).map_err(|_| NetError::Stopped)?;
+    commands.send(make(tx))?;
     rx.await
         .map_err(|_| NetError::Stopped)?
         .map_err(|reason| NetError::Request { peer, reason })
@@ -1140,5 +1351,64 @@ impl Handler<SendSync> for Network {
                 protocol::MAX_SYNC_RESPONSE_BYTES,
             )?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish() -> Command {
+        Command::Publish {
+            topic: topics::TXS,
+            data: vec![1, 2, 3],
+        }
+    }
+
+    /// A peer gets its burst at once, then requests at the sustained rate only.
+    #[test]
+    fn request_budgets_refill_at_their_rate() {
+        let limit = SYNC_REQUESTS;
+        let t0 = Instant::now();
+        let mut b = Bucket::full(limit);
+        b.at = t0;
+        let burst = limit.burst as usize;
+        assert!((0..burst).all(|_| b.take(limit, t0)));
+        assert!(!b.take(limit, t0), "the burst is spent");
+        let one = Duration::from_secs_f64(1.0 / limit.per_second);
+        assert!(b.take(limit, t0 + one), "one request's worth refilled");
+        assert!(!b.take(limit, t0 + one));
+        // A long pause refills no more than the burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            (0..burst * 2).filter(|_| b.take(limit, later)).count(),
+            burst
+        );
+    }
+
+    /// A full command queue refuses (and counts) instead of growing; a stopped task is
+    /// reported as such.
+    #[test]
+    fn the_command_queue_is_bounded() {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let commands = Commands(tx);
+        let dropped = || {
+            METRICS
+                .queue_dropped
+                .with_label_values(&["commands", "publish"])
+                .get()
+        };
+        let before = dropped();
+        for _ in 0..COMMAND_QUEUE {
+            commands.send(publish()).unwrap();
+        }
+        assert!(matches!(commands.send(publish()), Err(NetError::Busy)));
+        assert_eq!(dropped(), before + 1);
+        assert_eq!(
+            METRICS.queue_len.with_label_values(&["commands"]).get(),
+            COMMAND_QUEUE as i64
+        );
+        drop(rx);
+        assert!(matches!(commands.send(publish()), Err(NetError::Stopped)));
     }
 }

@@ -212,6 +212,10 @@ impl Verifier {
 
 impl Actor for Verifier {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::network::RECORDS_MAILBOX);
+    }
 }
 
 /// Runs [`Checker::check`] on a blocking thread.

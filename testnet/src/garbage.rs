@@ -355,6 +355,37 @@ pub fn flood_connections(target: &str, dials: usize, settle: Duration) -> Result
     })
 }
 
+/// Sends `count` copies of the sync request `request` to the node at `target` at once, from one
+/// fresh identity; returns (answered, refused or failed).
+pub fn sync_flood(target: &str, request: Vec<u8>, count: usize) -> Result<(usize, usize)> {
+    block_on(async move {
+        let (mut swarm, peer) = join(target, topics::CAPABILITIES)?;
+        for _ in 0..count {
+            swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, request.clone());
+        }
+        let (mut answered, mut failed) = (0, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while answered + failed < count {
+            let Ok(ev) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await else {
+                break;
+            };
+            use request_response::{Event as E, Message as M};
+            match ev {
+                SwarmEvent::Behaviour(HostileEvent::Sync(E::Message {
+                    message: M::Response { .. },
+                    ..
+                })) => answered += 1,
+                SwarmEvent::Behaviour(HostileEvent::Sync(E::OutboundFailure { .. })) => failed += 1,
+                _ => {}
+            }
+        }
+        Ok((answered, failed))
+    })
+}
+
 /// What the lying peer did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct LiarReport {

@@ -245,6 +245,22 @@ fn hostile_clients_and_peers_are_refused_before_they_cost_anything() {
     direct_job_calls_are_admitted_as_a_gateway_would(&run);
     spoofed_capabilities_route_no_job(&run);
     connection_floods_are_capped(&run);
+    request_floods_are_rate_limited(&run);
+}
+
+/// 200 sync requests at once from one peer: its burst is answered, the rest refused.
+fn request_floods_are_rate_limited(run: &Running) {
+    let validator = &run.net().nodes[0];
+    let request = protocol::encode(&protocol::SyncRequest { from: 1, to: 1 });
+    let (answered, refused) = testnet::garbage::sync_flood(&validator.p2p, request, 200).unwrap();
+    let burst = actors::network::SYNC_REQUESTS.burst as usize;
+    assert!(
+        answered >= burst / 2 && answered <= burst + 8,
+        "{answered} answered, {refused} refused"
+    );
+    assert_eq!(answered + refused, 200);
+    let r = submit_job(&Client::new(), run.net(), &validator.http);
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// One identity opening 30 connections at once keeps at most

@@ -836,6 +836,7 @@ impl Actor for Consensus {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::network::CONSENSUS_MAILBOX);
         let settlement = self.settlement.tip.clone();
         ctx.spawn(
             async move { settlement.send(GetTip).await }
