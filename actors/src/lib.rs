@@ -16,3 +16,6 @@ pub mod network;
 pub mod protocol;
 pub mod settlement;
 pub mod verifier;
+
+#[cfg(test)]
+mod fuzz;

@@ -660,6 +660,12 @@ impl SwarmTask {
             tracing::trace!("kademlia bootstrap: no known peers yet");
         }
         self.banned.retain(|_, until| *until > Instant::now());
+        // Penalties decay (a point per tick), so only a peer that keeps misbehaving is banned,
+        // and the map holds only peers that misbehaved lately.
+        self.penalties.retain(|_, points| {
+            *points = points.saturating_sub(1);
+            *points > 0
+        });
         // Buckets that have refilled say nothing a fresh one would not.
         let now = Instant::now();
         self.buckets.retain(|(_, is_job), b| {

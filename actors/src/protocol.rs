@@ -246,6 +246,186 @@ pub fn max_topic_bytes(topic: &str) -> usize {
         }
 }
 
+/// Valid messages of every kind, for codec tests and the fuzzer's seed corpus.
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::*;
+
+    pub struct Samples {
+        pub key: chain::PrivateKeySigner,
+        pub chain_id: u64,
+        pub record: InferenceRecord,
+        pub tx: Tx,
+        pub block: Block,
+        pub vote: SignedVote,
+        pub proposal: SignedProposal,
+        pub certificate: CommitCertificate,
+    }
+
+    pub fn sample_record(key: &chain::PrivateKeySigner, chain_id: u64) -> InferenceRecord {
+        let input = "{\"inputs\":[[1.0]]}".to_string();
+        let job = chain::JobRequest {
+            client: key.address(),
+            model_id: ModelId([5; 32]),
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee: 10,
+            nonce: 1,
+            expiry: 2_000_000_000,
+        }
+        .sign(key, chain_id)
+        .unwrap();
+        InferenceRecord::create(
+            job,
+            input,
+            chain::B256::repeat_byte(9),
+            chain::Proof::Reexec,
+            key,
+            chain_id,
+        )
+        .unwrap()
+    }
+
+    impl Samples {
+        pub fn new(key: &chain::PrivateKeySigner, chain_id: u64) -> Samples {
+            let key = key.clone();
+            let record = sample_record(&key, chain_id);
+            let tx = Tx::Transfer(
+                chain::Transfer {
+                    from: key.address(),
+                    to: Address::repeat_byte(3),
+                    amount: 12,
+                    nonce: 0,
+                }
+                .sign(&key, chain_id)
+                .unwrap(),
+            );
+            let header = chain::BlockHeader {
+                height: 2,
+                parent: chain::B256::repeat_byte(1),
+                proposer: key.address(),
+                timestamp_ms: 1_700_000_000_000,
+                records_root: Block::records_root(std::slice::from_ref(&record), chain_id),
+                txs_root: Block::txs_root(std::slice::from_ref(&tx), chain_id),
+                state_root: chain::B256::repeat_byte(2),
+            };
+            let block = Block {
+                header,
+                records: vec![record.clone()],
+                txs: vec![tx.clone()],
+            };
+            let vote = SignedVote::sign(
+                chain::Vote {
+                    height: 2,
+                    round: 0,
+                    kind: chain::VoteKind::Precommit,
+                    block: Some(block.hash()),
+                    validator: key.address(),
+                },
+                &key,
+                chain_id,
+            )
+            .unwrap();
+            let proposal = SignedProposal::sign(
+                chain::Proposal {
+                    height: 2,
+                    round: 0,
+                    block_hash: block.hash(),
+                    pol_round: None,
+                    proposer: key.address(),
+                },
+                &key,
+                chain_id,
+            )
+            .unwrap();
+            let certificate = CommitCertificate {
+                height: 2,
+                round: 0,
+                block_hash: block.hash(),
+                votes: vec![vote.clone()],
+            };
+            Samples {
+                key,
+                chain_id,
+                record,
+                tx,
+                block,
+                vote,
+                proposal,
+                certificate,
+            }
+        }
+
+        pub fn consensus(&self) -> Vec<ConsensusMsg> {
+            let nil = SignedVote::sign(
+                chain::Vote {
+                    block: None,
+                    ..self.vote.vote.clone()
+                },
+                &self.key,
+                self.chain_id,
+            )
+            .unwrap();
+            vec![
+                ConsensusMsg::Proposal {
+                    proposal: self.proposal.clone(),
+                    block: Arc::new(self.block.clone()),
+                },
+                ConsensusMsg::Vote(self.vote.clone()),
+                ConsensusMsg::Status {
+                    height: 1,
+                    votes: vec![self.vote.clone()],
+                    issued_ms: 3,
+                },
+                ConsensusMsg::Evidence(Box::new(
+                    chain::Evidence::double_vote(self.vote.clone(), nil).unwrap(),
+                )),
+            ]
+        }
+
+        pub fn capability(&self) -> SignedCapability {
+            SignedCapability::sign(
+                Capability {
+                    address: self.key.address(),
+                    peer: libp2p::PeerId::random().to_bytes(),
+                    models: vec![ModelId([1; 32]), ModelId([2; 32])],
+                    load: 4,
+                    issued_ms: 6,
+                },
+                &self.key,
+                self.chain_id,
+            )
+            .unwrap()
+        }
+
+        pub fn job_call(&self) -> JobCall {
+            JobCall {
+                job: self.record.job.clone(),
+                input: self.record.input.clone(),
+            }
+        }
+
+        pub fn job_replies(&self) -> Vec<JobReply> {
+            vec![
+                JobReply::Done {
+                    record: Box::new(self.record.clone()),
+                    output: "[[0.5]]".into(),
+                },
+                JobReply::Refused {
+                    code: "busy".into(),
+                    message: "later".into(),
+                },
+            ]
+        }
+
+        pub fn sync_replies(&self) -> Vec<SyncReply> {
+            vec![
+                SyncReply::Blocks(vec![(self.block.clone(), self.certificate.clone())]),
+                SyncReply::Error("no".into()),
+            ]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,119 +540,14 @@ mod tests {
         }
     }
 
-    fn sample_record(key: &chain::PrivateKeySigner, chain_id: u64) -> InferenceRecord {
-        let input = "{\"inputs\":[[1.0]]}".to_string();
-        let job = chain::JobRequest {
-            client: key.address(),
-            model_id: ModelId([5; 32]),
-            input_hash: alloy::primitives::keccak256(input.as_bytes()),
-            max_fee: 10,
-            nonce: 1,
-            expiry: 2_000_000_000,
-        }
-        .sign(key, chain_id)
-        .unwrap();
-        InferenceRecord::create(
-            job,
-            input,
-            chain::B256::repeat_byte(9),
-            chain::Proof::Reexec,
-            key,
-            chain_id,
-        )
-        .unwrap()
-    }
-
     /// Every message of every topic and protocol, every variant, as the node decodes it.
     #[test]
     fn every_wire_message_round_trips() {
-        let chain_id = 5;
         let key = chain::signing::seeded_key(8, 1);
-        let record = sample_record(&key, chain_id);
-        let tx = Tx::Transfer(
-            chain::Transfer {
-                from: key.address(),
-                to: Address::repeat_byte(3),
-                amount: 12,
-                nonce: 0,
-            }
-            .sign(&key, chain_id)
-            .unwrap(),
-        );
-        let header = chain::BlockHeader {
-            height: 2,
-            parent: chain::B256::repeat_byte(1),
-            proposer: key.address(),
-            timestamp_ms: 1_700_000_000_000,
-            records_root: Block::records_root(std::slice::from_ref(&record), chain_id),
-            txs_root: Block::txs_root(std::slice::from_ref(&tx), chain_id),
-            state_root: chain::B256::repeat_byte(2),
-        };
-        let block = Block {
-            header,
-            records: vec![record.clone()],
-            txs: vec![tx.clone()],
-        };
-        let vote = SignedVote::sign(
-            chain::Vote {
-                height: 2,
-                round: 0,
-                kind: chain::VoteKind::Precommit,
-                block: Some(block.hash()),
-                validator: key.address(),
-            },
-            &key,
-            chain_id,
-        )
-        .unwrap();
-        let proposal = SignedProposal::sign(
-            chain::Proposal {
-                height: 2,
-                round: 0,
-                block_hash: block.hash(),
-                pol_round: None,
-                proposer: key.address(),
-            },
-            &key,
-            chain_id,
-        )
-        .unwrap();
-        let certificate = CommitCertificate {
-            height: 2,
-            round: 0,
-            block_hash: block.hash(),
-            votes: vec![vote.clone()],
-        };
-
-        round_trip(&record, decode_record);
-        round_trip(&tx, decode_tx);
-        for msg in [
-            ConsensusMsg::Proposal {
-                proposal,
-                block: Arc::new(block.clone()),
-            },
-            ConsensusMsg::Vote(vote.clone()),
-            ConsensusMsg::Status {
-                height: 1,
-                votes: vec![vote.clone()],
-                issued_ms: 3,
-            },
-            ConsensusMsg::Evidence(Box::new(
-                chain::Evidence::double_vote(
-                    vote.clone(),
-                    SignedVote::sign(
-                        chain::Vote {
-                            block: None,
-                            ..vote.vote.clone()
-                        },
-                        &key,
-                        chain_id,
-                    )
-                    .unwrap(),
-                )
-                .unwrap(),
-            )),
-        ] {
+        let s = samples::Samples::new(&key, 5);
+        round_trip(&s.record, decode_record);
+        round_trip(&s.tx, decode_tx);
+        for msg in s.consensus() {
             match &msg {
                 ConsensusMsg::Proposal { .. }
                 | ConsensusMsg::Vote(_)
@@ -480,38 +555,9 @@ mod tests {
                 | ConsensusMsg::Evidence(_) => round_trip(&msg, decode_consensus),
             }
         }
-        round_trip(
-            &SignedCapability::sign(
-                Capability {
-                    address: key.address(),
-                    peer: libp2p::PeerId::random().to_bytes(),
-                    models: vec![ModelId([1; 32]), ModelId([2; 32])],
-                    load: 4,
-                    issued_ms: 6,
-                },
-                &key,
-                chain_id,
-            )
-            .unwrap(),
-            decode_capability,
-        );
-        round_trip(
-            &JobCall {
-                job: record.job.clone(),
-                input: record.input.clone(),
-            },
-            |b| decode::<JobCall>(b, MAX_JOB_BYTES),
-        );
-        for reply in [
-            JobReply::Done {
-                record: Box::new(record),
-                output: "[[0.5]]".into(),
-            },
-            JobReply::Refused {
-                code: "busy".into(),
-                message: "later".into(),
-            },
-        ] {
+        round_trip(&s.capability(), decode_capability);
+        round_trip(&s.job_call(), |b| decode::<JobCall>(b, MAX_JOB_BYTES));
+        for reply in s.job_replies() {
             match &reply {
                 JobReply::Done { .. } | JobReply::Refused { .. } => {
                     round_trip(&reply, |b| decode::<JobReply>(b, MAX_JOB_BYTES))
@@ -521,10 +567,7 @@ mod tests {
         round_trip(&SyncRequest { from: 1, to: 64 }, |b| {
             decode::<SyncRequest>(b, 1024)
         });
-        for reply in [
-            SyncReply::Blocks(vec![(block, certificate)]),
-            SyncReply::Error("no".into()),
-        ] {
+        for reply in s.sync_replies() {
             match &reply {
                 SyncReply::Blocks(_) | SyncReply::Error(_) => {
                     round_trip(&reply, |b| decode::<SyncReply>(b, MAX_SYNC_RESPONSE_BYTES))

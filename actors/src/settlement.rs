@@ -276,7 +276,7 @@ impl Handler<InboundSync> for Settlement {
 /// The heights to serve for a sync request when this node is at `height`: the requested range,
 /// cut to [`MAX_SYNC_BLOCKS`] and to what this node has. Every number comes from a peer, so no
 /// arithmetic on them may overflow; a range this node cannot serve at all is an error reply.
-fn sync_range(
+pub(crate) fn sync_range(
     r: &crate::protocol::SyncRequest,
     height: Height,
 ) -> Result<std::ops::RangeInclusive<Height>, String> {

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod consensus;
 pub mod error;
 pub mod evidence;
+pub mod fuzzing;
 pub mod genesis;
 pub mod merkle;
 pub mod record;

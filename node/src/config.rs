@@ -346,4 +346,25 @@ mod tests {
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }
+
+    /// The default config, mutated byte by byte as a damaged or hostile file would be: always a
+    /// config or a clear error, never a panic.
+    #[test]
+    fn mutated_configs_load_or_fail_cleanly() {
+        use chain::fuzzing::{Rng, mutate};
+        let dir = tempfile::tempdir().unwrap();
+        let text = Config {
+            roles: vec![Role::Validator, Role::Inference],
+            ..Config::default()
+        }
+        .to_toml();
+        let mut rng = Rng(0x00c0_ff1e);
+        for _ in 0..300 {
+            let bytes = mutate(text.as_bytes(), text.as_bytes(), &mut rng);
+            std::fs::write(dir.path().join("node.toml"), &bytes).unwrap();
+            if let Err(e) = Config::load(dir.path()) {
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
 }

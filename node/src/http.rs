@@ -545,3 +545,47 @@ async function refresh(){
 }
 refresh();setInterval(refresh,2000);
 </script></body></html>"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chain::fuzzing::{Rng, mutate};
+
+    /// The JSON bodies the API reads (a transaction, a job), mutated: parsed or refused,
+    /// never a panic; the unmutated ones parse.
+    #[test]
+    fn mutated_json_bodies_parse_or_fail_cleanly() {
+        let key = chain::signing::seeded_key(3, 1);
+        let tx = Tx::Transfer(
+            chain::Transfer {
+                from: key.address(),
+                to: Address::repeat_byte(2),
+                amount: 5,
+                nonce: 0,
+            }
+            .sign(&key, 9)
+            .unwrap(),
+        );
+        let job = chain::JobRequest {
+            client: key.address(),
+            model_id: kernels::ModelId([1; 32]),
+            input_hash: alloy::primitives::keccak256(b"{}"),
+            max_fee: 1,
+            nonce: 1,
+            expiry: 2_000_000_000,
+        }
+        .sign(&key, 9)
+        .unwrap();
+        let tx_json = serde_json::to_vec(&tx).unwrap();
+        let job_json = serde_json::to_vec(&json!({"job": job, "input": "{}"})).unwrap();
+        assert!(serde_json::from_slice::<Tx>(&tx_json).is_ok());
+        assert!(serde_json::from_slice::<JobBody>(&job_json).is_ok());
+        let mut rng = Rng(0x004a_504e);
+        for _ in 0..2000 {
+            let t = mutate(&tx_json, &job_json, &mut rng);
+            let _ = serde_json::from_slice::<Tx>(&t);
+            let j = mutate(&job_json, &tx_json, &mut rng);
+            let _ = serde_json::from_slice::<JobBody>(&j);
+        }
+    }
+}

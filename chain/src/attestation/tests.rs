@@ -281,3 +281,29 @@ fn root_sets_from_pem() {
     assert_eq!("Genoa".parse::<Product>().unwrap(), Product::Genoa);
     assert!("naples".parse::<Product>().is_err());
 }
+
+/// Real reports and VCEKs, mutated as a hostile inference node would: whatever the edit, the
+/// verifier answers (an error, or for edits in unsigned padding a verdict), never panics; edits
+/// of the signed part never verify.
+#[test]
+fn mutated_reports_and_vceks_are_errors() {
+    use crate::fuzzing::{Rng, mutate};
+    let report = milan_report();
+    let vcek = sev_test_data("vcek_milan.der");
+    let (policy, data) = admitting(&report);
+    let roots = milan();
+    assert!(verify_report(&report, &vcek, &roots, &policy, Some(&data)).is_ok());
+    let mut rng = Rng(0x5eed_0f5e_75a1);
+    for _ in 0..300 {
+        let r = mutate(&report, &report, &mut rng);
+        let signed_part_changed = r.len() != report.len() || r[..0x2A0] != report[..0x2A0];
+        let verdict = verify_report(&r, &vcek, &roots, &policy, Some(&data));
+        if signed_part_changed {
+            assert!(verdict.is_err());
+        }
+        let v = mutate(&vcek, &vcek, &mut rng);
+        if v != vcek {
+            let _ = verify_report(&report, &v, &roots, &policy, Some(&data));
+        }
+    }
+}
