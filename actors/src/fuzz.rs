@@ -9,7 +9,7 @@
 //! admission, sync ranges, certificates). A panic anywhere fails the test, prints the input in
 //! hex and saves it under `target/fuzz-crashes/`, ready to be added to the corpus.
 //!
-//! Each target runs for `PROOFMESH_FUZZ_MS` milliseconds (default 1500; `scripts/test` keeps
+//! Each target runs for `PROOFMESH_FUZZ_MS` milliseconds (default 1000; `scripts/test` keeps
 //! the default), from a seed taken from `PROOFMESH_FUZZ_SEED` or the clock (printed, so a run
 //! can be repeated).
 
@@ -240,7 +240,7 @@ fn budget() -> Duration {
     let ms = std::env::var("PROOFMESH_FUZZ_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1500);
+        .unwrap_or(1000);
     Duration::from_millis(ms)
 }
 

@@ -15,8 +15,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHas
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, connection_limits, identify, identity, kad, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, allow_block_list, connection_limits, identify, identity,
+    kad, noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,6 +103,15 @@ pub struct GetPeers;
 pub struct PenalisePeer {
     pub peer: PeerId,
     pub reason: &'static str,
+}
+
+/// The operator blocks (`blocked: true`) or unblocks a peer: a blocked peer is disconnected at
+/// once and no connection to or from it is allowed until it is unblocked.
+#[derive(Message)]
+#[rtype(result = "Result<(), NetError>")]
+pub struct BlockPeer {
+    pub peer: PeerId,
+    pub blocked: bool,
 }
 
 // ---- messages the Network actor sends ----
@@ -265,6 +274,8 @@ const DIAL_TARGET_PEERS: usize = 48;
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    /// Peers the operator blocked: disconnected, and refused both ways until unblocked.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     gossipsub: gossipsub::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
@@ -313,6 +324,10 @@ enum Command {
         peer: PeerId,
         reason: &'static str,
     },
+    Block {
+        peer: PeerId,
+        blocked: bool,
+    },
 }
 
 impl Command {
@@ -325,6 +340,7 @@ impl Command {
             Command::Sync { .. } => "sync",
             Command::RespondSync { .. } => "respond_sync",
             Command::Penalise { .. } => "penalise",
+            Command::Block { .. } => "block",
         }
     }
 }
@@ -524,6 +540,7 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                     key.public(),
                 )),
                 ping: ping::Behaviour::new(ping::Config::new()),
+                blocked: allow_block_list::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
@@ -724,6 +741,16 @@ impl SwarmTask {
                 }
             }
             Command::Penalise { peer, reason } => self.penalise(peer, reason),
+            Command::Block { peer, blocked } => {
+                if blocked {
+                    tracing::warn!(%peer, "peer blocked by the operator");
+                    b.blocked.block_peer(peer);
+                } else {
+                    tracing::info!(%peer, "peer unblocked by the operator");
+                    b.blocked.unblock_peer(peer);
+                    self.redial.remove(&peer);
+                }
+            }
         }
     }
 
@@ -1305,6 +1332,16 @@ impl Handler<PenalisePeer> for Network {
             peer: msg.peer,
             reason: msg.reason,
         });
+    }
+}
+
+impl Handler<BlockPeer> for Network {
+    type Result = Result<(), NetError>;
+    fn handle(&mut self, msg: BlockPeer, _: &mut Self::Context) -> Self::Result {
+        self.commands.send(Command::Block {
+            peer: msg.peer,
+            blocked: msg.blocked,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, SubmitJob};
 use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord};
-use actors::network::{GetPeers, Network, Publish};
+use actors::network::{BlockPeer, GetPeers, Network, Publish};
 use actors::protocol::{self, topics};
 use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
 use chain::{Address, Genesis, JobId, JobStatus, SignedJobRequest, Tx};
@@ -72,6 +72,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/v1/models").to(models))
         .service(post("/v1/txs").to(submit_tx))
         .service(get("/v1/evidence").to(evidence))
+        .service(post("/v1/admin/peers/{peer}/block").to(block_peer))
+        .service(post("/v1/admin/peers/{peer}/unblock").to(unblock_peer))
         .default_service(web::to(|| async {
             error(404, "not_found", "no such endpoint; see GET /v1/status")
         }));
@@ -490,6 +492,36 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
             };
             error(status, e.label(), e)
         }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn block_peer(s: S, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    set_blocked(&s, &req, &path, true).await
+}
+
+async fn unblock_peer(s: S, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    set_blocked(&s, &req, &path, false).await
+}
+
+/// Operator only (the request must come from this machine): blocks or unblocks a peer.
+async fn set_blocked(s: &AppState, req: &HttpRequest, peer: &str, blocked: bool) -> HttpResponse {
+    if !req.peer_addr().is_some_and(|a| a.ip().is_loopback()) {
+        return error(
+            403,
+            "forbidden",
+            "admin endpoints answer only on this machine",
+        );
+    }
+    let peer: libp2p::PeerId = match peer.parse() {
+        Ok(p) => p,
+        Err(e) => return error(400, "bad_peer_id", format!("{peer:?}: {e}")),
+    };
+    match s.network.send(BlockPeer { peer, blocked }).await {
+        Ok(Ok(())) => {
+            HttpResponse::Ok().json(json!({"peer": peer.to_string(), "blocked": blocked}))
+        }
+        Ok(Err(e)) => unavailable(e),
         Err(e) => unavailable(e),
     }
 }

@@ -662,6 +662,49 @@ impl Testnet {
         }
     }
 
+    /// Splits the network: every node blocks every node outside its group (a node in no group
+    /// blocks everyone), through its operator endpoint. Connections across are closed at once
+    /// and refused until [`Testnet::heal`].
+    pub fn partition(&self, groups: &[&[usize]]) -> Result<()> {
+        let group_of = |i: usize| groups.iter().position(|g| g.contains(&i));
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (j, other) in self.nodes.iter().enumerate() {
+                if i != j && (group_of(i).is_none() || group_of(i) != group_of(j)) {
+                    self.set_blocked(node, other, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every partition: each node unblocks every other.
+    pub fn heal(&self) -> Result<()> {
+        for node in &self.nodes {
+            for other in &self.nodes {
+                if node.peer_id != other.peer_id {
+                    self.set_blocked(node, other, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_blocked(&self, node: &NodeInfo, other: &NodeInfo, blocked: bool) -> Result<()> {
+        let action = if blocked { "block" } else { "unblock" };
+        let url = format!("{}/v1/admin/peers/{}/{action}", node.http, other.peer_id);
+        let r = Client::new().post(&url, &serde_json::json!({}))?;
+        if r.status != 200 {
+            bail!(
+                "{}: {action} {}: {} {}",
+                node.name,
+                other.name,
+                r.status,
+                r.body
+            );
+        }
+        Ok(())
+    }
+
     /// Restarts node `i` on its home dir.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let pid = start_node(&self.bin, &self.nodes[i].home)?;
