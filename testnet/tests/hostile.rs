@@ -252,11 +252,16 @@ fn hostile_clients_and_peers_are_refused_before_they_cost_anything() {
 fn request_floods_are_rate_limited(run: &Running) {
     let validator = &run.net().nodes[0];
     let request = protocol::encode(&protocol::SyncRequest { from: 1, to: 1 });
+    let started = Instant::now();
     let (answered, refused) = testnet::garbage::sync_flood(&validator.p2p, request, 200).unwrap();
-    let burst = actors::network::SYNC_REQUESTS.burst as usize;
+    // The burst, plus what the bucket refilled while the requests arrived (at most the whole
+    // call, on a slow machine), plus slack.
+    let limit = actors::network::SYNC_REQUESTS;
+    let most = limit.burst + limit.per_second * started.elapsed().as_secs_f64() + 8.0;
     assert!(
-        answered >= burst / 2 && answered <= burst + 8,
-        "{answered} answered, {refused} refused"
+        answered as f64 >= limit.burst / 2.0 && answered as f64 <= most && answered < 150,
+        "{answered} answered, {refused} refused in {:?}",
+        started.elapsed()
     );
     assert_eq!(answered + refused, 200);
     let r = submit_job(&Client::new(), run.net(), &validator.http);
