@@ -208,9 +208,6 @@ impl Inference {
             }
             None => {}
         }
-        if input.len() > chain::record::MAX_INPUT_BYTES {
-            return Err(Self::refuse("bad_input", "input too large"));
-        }
         if keccak256(input.as_bytes()) != job.request.input_hash {
             return Err(Self::refuse("bad_input", "input does not match input_hash"));
         }

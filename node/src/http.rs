@@ -81,19 +81,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// A GET endpoint (HEAD too, as HTTP expects; actix answers it without the body).
 fn get(path: &str) -> EndpointBuilder {
-    EndpointBuilder {
-        path: path.to_string(),
-        method: actix_web::http::Method::GET,
-        allow: "GET, HEAD",
-    }
+    EndpointBuilder::new(path, actix_web::http::Method::GET, "GET, HEAD")
 }
 
 fn post(path: &str) -> EndpointBuilder {
-    EndpointBuilder {
-        path: path.to_string(),
-        method: actix_web::http::Method::POST,
-        allow: "POST",
-    }
+    EndpointBuilder::new(path, actix_web::http::Method::POST, "POST")
 }
 
 struct EndpointBuilder {
@@ -103,6 +95,14 @@ struct EndpointBuilder {
 }
 
 impl EndpointBuilder {
+    fn new(path: &str, method: actix_web::http::Method, allow: &'static str) -> Self {
+        EndpointBuilder {
+            path: path.to_string(),
+            method,
+            allow,
+        }
+    }
+
     fn to<F, Args>(self, handler: F) -> actix_web::Resource
     where
         F: actix_web::Handler<Args>,

@@ -232,13 +232,14 @@ pub fn start_node(bin: &Path, home: &Path) -> Result<u32> {
 /// Whether `pid` is a live `proofmesh` process (guards against pid reuse).
 pub fn is_ours(pid: u32) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit(')')
-        .next()
-        .map(|s| s.trim_start().starts_with('Z'))
-        .unwrap_or(true);
-    !zombie && String::from_utf8_lossy(&cmdline).contains("proofmesh")
+    process_state(pid).is_some_and(|state| state != 'Z')
+        && String::from_utf8_lossy(&cmdline).contains("proofmesh")
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `Z`, ...); `None` without a process.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
 /// The last `n` lines of a log file (empty if it cannot be read).
@@ -260,14 +261,10 @@ fn tail(path: &Path, n: usize) -> String {
 /// other threads share the open files and may still be exiting (seen: a restarted node found
 /// RocksDB's lock held). Only a gone process, or a zombie with no thread left, has let go.
 fn holds_resources(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(state) = process_state(pid) else {
         return false;
     };
-    let zombie = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.trim_start().chars().next())
-        .is_some_and(|state| state == 'Z' || state == 'X');
+    let zombie = state == 'Z' || state == 'X';
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.count())
         .unwrap_or(0);
