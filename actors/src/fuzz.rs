@@ -26,7 +26,10 @@ use crate::consensus::inbox::{FutureBuffer, Place, Position};
 use crate::mempool::TxPool;
 use crate::protocol::{self, ConsensusMsg, JobCall, JobReply, SyncReply, SyncRequest};
 
-const CHAIN: u64 = 5;
+const CHAIN: chain::signing::Domain = chain::signing::Domain {
+    chain_id: 5,
+    salt: chain::B256::ZERO,
+};
 
 /// What the node holds when messages arrive: one validator (the signer of the samples) at
 /// height 2.
@@ -49,25 +52,25 @@ impl World {
             height: 2,
             round: 0,
             validators: &self.validators,
-            chain_id: CHAIN,
+            domain: &CHAIN,
         }
     }
 
     fn record(&self, r: &InferenceRecord) {
-        if r.verify_signatures(CHAIN).is_ok() {
-            let _ = r.leaf(CHAIN);
+        if r.verify_signatures(&CHAIN).is_ok() {
+            let _ = r.leaf(&CHAIN);
         }
     }
 
     fn tx(&self, tx: Tx) {
         let mut pool = TxPool::default();
-        if let Ok(hash) = pool.precheck(&tx, CHAIN) {
+        if let Ok(hash) = pool.precheck(&tx, &CHAIN) {
             let account = Account {
                 balance: u128::MAX,
                 stake: 0,
                 nonce: 0,
             };
-            let _ = pool.admit(tx, hash, &account);
+            let _ = pool.admit(tx, hash, &account, true);
         }
     }
 
@@ -102,16 +105,16 @@ impl World {
                 }
             }
             ConsensusMsg::Evidence(e) => {
-                let _ = e.verify(&self.powers, CHAIN);
+                let _ = e.verify(&self.powers, &CHAIN);
             }
         }
     }
 
     fn blocks(&self, blocks: &[(Block, CommitCertificate)]) {
         for (block, certificate) in blocks {
-            if certificate.verify(&self.powers, CHAIN).is_ok() {
-                let _ = Block::records_root(&block.records, CHAIN);
-                let _ = Block::txs_root(&block.txs, CHAIN);
+            if certificate.verify(&self.powers, &CHAIN).is_ok() {
+                let _ = Block::records_root(&block.records, &CHAIN);
+                let _ = Block::txs_root(&block.txs, &CHAIN);
                 let _ = block.hash();
             }
         }
@@ -176,12 +179,12 @@ impl Target {
             }
             Target::Capability => {
                 if let Ok(c) = protocol::decode_capability(bytes) {
-                    let _ = c.verify(CHAIN);
+                    let _ = c.verify(&CHAIN);
                 }
             }
             Target::JobCall => {
                 if let Ok(call) = protocol::decode::<JobCall>(bytes, protocol::MAX_JOB_BYTES) {
-                    let _ = call.job.verify(CHAIN);
+                    let _ = call.job.verify(&CHAIN);
                     let _ = alloy::primitives::keccak256(call.input.as_bytes());
                 }
             }
@@ -210,7 +213,7 @@ impl Target {
 
 /// Valid encodings of every message of `target`.
 fn seeds(target: Target, key: &chain::PrivateKeySigner) -> Vec<Vec<u8>> {
-    let s = protocol::samples::Samples::new(key, CHAIN);
+    let s = protocol::samples::Samples::new(key, &CHAIN);
     match target {
         Target::Record => vec![protocol::encode(&s.record)],
         Target::Tx => vec![protocol::encode(&s.tx)],

@@ -79,6 +79,8 @@ struct Pending {
 
 pub struct Gateway {
     genesis: Arc<Genesis>,
+    /// What this network's signatures are bound to (computed once from the genesis).
+    domain: chain::signing::Domain,
     network: Addr<Network>,
     settlement: Addr<Settlement>,
     inference: Option<Addr<Inference>>,
@@ -100,6 +102,7 @@ impl Gateway {
             None => (None, Vec::new()),
         };
         Gateway {
+            domain: genesis.domain(),
             genesis,
             network,
             settlement,
@@ -152,7 +155,7 @@ impl Gateway {
                 "keccak256(input) differs from request.input_hash",
             ));
         }
-        let id = msg.job.verify(self.genesis.chain_id).map_err(|e| {
+        let id = msg.job.verify(&self.domain).map_err(|e| {
             GatewayError::new(401, "bad_signature", format!("job signature invalid: {e}"))
         })?;
         let model = self.genesis.model(&req.model_id).ok_or_else(|| {
@@ -334,9 +337,9 @@ impl Handler<SubmitJob> for Gateway {
                     Box::pin(route.into_actor(act).map(move |reply, act, _| {
                         let result = match reply {
                             Ok(JobReply::Done { record, output }) => {
-                                if record.job_id(act.genesis.chain_id) != id {
+                                if record.job_id(&act.domain) != id {
                                     Err(GatewayError::new(502, "executor_failed", "record is for another job"))
-                                } else if let Err(e) = record.verify_signatures(act.genesis.chain_id) {
+                                } else if let Err(e) = record.verify_signatures(&act.domain) {
                                     Err(GatewayError::new(502, "executor_failed", format!("record invalid: {e}")))
                                 } else {
                                     Ok(JobResult { job_id: id, output, record: *record })
@@ -383,7 +386,7 @@ impl Gateway {
         if !self.genesis.is_inference_node(&cap.address) {
             return Err((MessageAcceptance::Reject, "unregistered_executor"));
         }
-        if msg.capability.verify(self.genesis.chain_id).is_err() {
+        if msg.capability.verify(&self.domain).is_err() {
             return Err((MessageAcceptance::Reject, "bad_signature"));
         }
         if cap.peer != msg.peer.to_bytes() {

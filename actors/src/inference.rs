@@ -72,6 +72,8 @@ pub struct Proving {
 
 pub struct Inference {
     genesis: Arc<Genesis>,
+    /// What this network's signatures are bound to (computed once from the genesis).
+    domain: chain::signing::Domain,
     models: Models,
     backend: Arc<dyn Backend>,
     key: Arc<PrivateKeySigner>,
@@ -120,6 +122,7 @@ impl Inference {
             })
             .collect();
         Inference {
+            domain: genesis.domain(),
             genesis,
             models,
             backend,
@@ -145,7 +148,7 @@ impl Inference {
             load: self.in_flight.len() as u32,
             issued_ms: chain::types::now_ms(),
         };
-        match SignedCapability::sign(cap, &self.key, self.genesis.chain_id) {
+        match SignedCapability::sign(cap, &self.key, &self.domain) {
             Ok(signed) => self.network.do_send(Publish {
                 topic: topics::CAPABILITIES,
                 data: protocol::encode(&signed),
@@ -187,7 +190,7 @@ impl Inference {
             return Err(Self::refuse("bad_input", "input too large"));
         }
         let id = job
-            .verify(self.genesis.chain_id)
+            .verify(&self.domain)
             .map_err(|e| Self::refuse("bad_signature", e.to_string()))?;
         if self.in_flight.contains_key(&id) {
             return Err(Self::refuse("duplicate", format!("job {id} is in flight")));
@@ -318,7 +321,7 @@ impl Inference {
     fn remember(&mut self, record: &InferenceRecord) {
         let req = &record.job.request;
         let key = (req.client, req.nonce);
-        let id = record.job_id(self.genesis.chain_id);
+        let id = record.job_id(&self.domain);
         if self.recent.insert(key, (id, req.expiry)).is_none() {
             self.recent_order.push_back(key);
         }
@@ -351,7 +354,7 @@ impl Inference {
         tracing::debug!(job = %job_id, "job admitted");
         let backend = self.backend.clone();
         let key = self.key.clone();
-        let chain_id = self.genesis.chain_id;
+        let domain = self.domain;
         let faulty = self.faulty;
         let started = Instant::now();
         let attestation = self
@@ -382,7 +385,7 @@ impl Inference {
             let proof = match attestation {
                 Some(att) => {
                     let leaf =
-                        chain::record::leaf(&call.job.request, &hash, &key.address(), chain_id);
+                        chain::record::leaf(&call.job.request, &hash, &key.address(), &domain);
                     let proof = att
                         .send(Attest { leaf })
                         .await
@@ -392,7 +395,7 @@ impl Inference {
                 }
                 None => Proof::Reexec,
             };
-            let record = InferenceRecord::create(call.job, call.input, hash, proof, &key, chain_id)
+            let record = InferenceRecord::create(call.job, call.input, hash, proof, &key, &domain)
                 .map_err(|e| Self::refuse("internal", e.to_string()))?;
             Ok::<_, JobReply>((record, output))
         };

@@ -13,13 +13,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chain::signing::Domain;
 use chain::{Account, Address, B256, InferenceRecord, JobId, Store, Tx};
 use libp2p::gossipsub::MessageAcceptance;
 
 use crate::metrics::METRICS;
-use crate::network::GossipTx;
+use crate::network::{GossipTx, Publish};
+use crate::protocol::{self, topics};
 use crate::settlement::GetAccount;
 
 /// Most records (and, separately, transactions) held; beyond it new ones are refused. A block
@@ -29,6 +32,20 @@ pub const MEMPOOL_CAPACITY: usize = 50_000;
 /// Most transactions pending from one sender: nonces are sequential, so one account cannot fill
 /// the pool, and a sender rarely needs more than a few blocks' worth in flight.
 pub const MAX_PENDING_PER_SENDER: usize = 64;
+/// Transactions from gossip waiting for an earlier nonce, all senders together.
+pub const FUTURE_CAPACITY: usize = 4096;
+
+/// A record or transaction still pending this long is gossiped again. Gossip is published
+/// once: whatever a restarting validator missed, or an author published while it had no mesh
+/// peers, would otherwise wait forever, and a missed transaction holds back every later nonce
+/// of its sender. Longer than gossipsub's duplicate cache (`network::DUPLICATE_CACHE`), so the
+/// copy is not refused as already published.
+pub const REBROADCAST_AFTER: Duration = Duration::from_secs(30);
+/// How often the mempool looks for entries to gossip again.
+const REBROADCAST_TICK: Duration = Duration::from_secs(5);
+/// Entries of each kind gossiped again per tick, oldest first (each sender's transactions in
+/// nonce order).
+const REBROADCAST_MAX: usize = 64;
 
 /// Why a transaction was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +167,21 @@ pub struct TxPool {
     by_hash: HashMap<B256, PendingTx>,
     /// Each sender's pending transactions by nonce: always consecutive from its account nonce.
     by_sender: HashMap<Address, BTreeMap<u64, B256>>,
+    /// Transactions from gossip whose nonce is ahead of the sender's next one, by sender and
+    /// nonce, waiting for the missing ones (gossip does not keep a sender's order): at most
+    /// [`MAX_PENDING_PER_SENDER`] per sender, [`FUTURE_CAPACITY`] in all. Not candidates, not
+    /// relayed; promoted to pending once the gap closes.
+    future: HashMap<Address, BTreeMap<u64, (B256, Tx)>>,
+    future_len: usize,
+}
+
+/// Whether an admitted transaction applies now or waits for earlier nonces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Pending: applies after the sender's pending transactions; a candidate for blocks.
+    Pending,
+    /// Its nonce is ahead; it waits for the missing ones (gossip only).
+    Queued,
 }
 
 /// Sender, nonce and cost of a transaction.
@@ -172,10 +204,22 @@ impl TxPool {
         self.by_hash.contains_key(hash)
     }
 
+    /// Whether `hash` waits for an earlier nonce.
+    pub fn is_queued(&self, hash: &B256) -> bool {
+        self.future
+            .values()
+            .any(|q| q.values().any(|(h, _)| h == hash))
+    }
+
+    /// How many transactions wait for an earlier nonce.
+    pub fn queued(&self) -> usize {
+        self.future_len
+    }
+
     /// Checks that need no ledger: signature, amount, capacity. Returns the hash.
-    pub fn precheck(&self, tx: &Tx, chain_id: u64) -> Result<B256, MempoolError> {
+    pub fn precheck(&self, tx: &Tx, domain: &Domain) -> Result<B256, MempoolError> {
         let hash = tx
-            .verify(chain_id)
+            .verify(domain)
             .map_err(|e| MempoolError::BadSignature(e.to_string()))?;
         let (sender, _, cost) = tx_terms(tx);
         if self.contains(&hash) {
@@ -209,21 +253,23 @@ impl TxPool {
     }
 
     /// Admits `tx` (already prechecked, hash `hash`) against the sender's committed `account`.
-    pub fn admit(&mut self, tx: Tx, hash: B256, account: &Account) -> Result<(), MempoolError> {
+    /// A nonce ahead of the sender's next one is refused (`NonceGap`), or, with `queue_gaps`
+    /// (transactions from gossip, which may arrive out of order), held until the missing ones
+    /// arrive, within [`MAX_PENDING_PER_SENDER`] of the next nonce.
+    pub fn admit(
+        &mut self,
+        tx: Tx,
+        hash: B256,
+        account: &Account,
+        queue_gaps: bool,
+    ) -> Result<Admitted, MempoolError> {
         if self.contains(&hash) {
-            return Ok(());
+            return Ok(Admitted::Pending);
         }
         let (sender, nonce, cost) = tx_terms(&tx);
         let (expected, available) = self.pending_state(&sender, account);
         if nonce < expected {
             return Err(MempoolError::NonceUsed {
-                sender,
-                nonce,
-                expected,
-            });
-        }
-        if nonce > expected {
-            return Err(MempoolError::NonceGap {
                 sender,
                 nonce,
                 expected,
@@ -236,6 +282,41 @@ impl TxPool {
                 needed: cost,
             });
         }
+        if nonce > expected {
+            let gap = MempoolError::NonceGap {
+                sender,
+                nonce,
+                expected,
+            };
+            let queue = self.future.get(&sender);
+            if !queue_gaps
+                || nonce - expected > MAX_PENDING_PER_SENDER as u64
+                || queue.is_some_and(|q| q.len() >= MAX_PENDING_PER_SENDER)
+                || self.future_len >= FUTURE_CAPACITY
+            {
+                return Err(gap);
+            }
+            if let Some((held, _)) = queue.and_then(|q| q.get(&nonce)) {
+                // The first transaction seen at a nonce keeps its place.
+                return if *held == hash {
+                    Ok(Admitted::Queued)
+                } else {
+                    Err(gap)
+                };
+            }
+            self.future
+                .entry(sender)
+                .or_default()
+                .insert(nonce, (hash, tx));
+            self.future_len += 1;
+            return Ok(Admitted::Queued);
+        }
+        self.insert(tx, hash, sender, nonce, cost);
+        self.promote(&sender, account);
+        Ok(Admitted::Pending)
+    }
+
+    fn insert(&mut self, tx: Tx, hash: B256, sender: Address, nonce: u64, cost: u128) {
         self.seq += 1;
         self.order.insert(self.seq, hash);
         self.by_sender
@@ -252,7 +333,40 @@ impl TxPool {
                 cost,
             },
         );
-        Ok(())
+    }
+
+    /// Moves `sender`'s queued transactions that now follow its pending ones into pending (those
+    /// it can pay for), and drops the queued ones at nonces already used. Returns the dropped.
+    fn promote(&mut self, sender: &Address, account: &Account) -> Vec<B256> {
+        let mut dropped = Vec::new();
+        loop {
+            let (expected, available) = self.pending_state(sender, account);
+            let Some(queue) = self.future.get_mut(sender) else {
+                break;
+            };
+            while let Some(entry) = queue.first_entry() {
+                if *entry.key() >= expected {
+                    break;
+                }
+                dropped.push(entry.remove().0);
+                self.future_len -= 1;
+            }
+            let next = queue.remove(&expected);
+            if queue.is_empty() {
+                self.future.remove(sender);
+            }
+            let Some((hash, tx)) = next else {
+                break;
+            };
+            self.future_len -= 1;
+            let (_, nonce, cost) = tx_terms(&tx);
+            if cost > available {
+                dropped.push(hash);
+                continue;
+            }
+            self.insert(tx, hash, *sender, nonce, cost);
+        }
+        dropped
     }
 
     /// Removes one transaction; returns whether it was there.
@@ -299,6 +413,7 @@ impl TxPool {
             .collect();
         for (sender, account) in accounts {
             let Some(pending) = self.by_sender.get(sender) else {
+                removed.extend(self.promote(sender, account));
                 continue;
             };
             let mut next = account.nonce;
@@ -319,6 +434,7 @@ impl TxPool {
                 self.remove(&h);
                 removed.push(h);
             }
+            removed.extend(self.promote(sender, account));
         }
         removed
     }
@@ -329,6 +445,23 @@ impl TxPool {
             .get(sender)
             .and_then(|m| m.keys().next_back())
             .map(|n| n.saturating_add(1))
+    }
+
+    /// The pending transactions with their hashes, in admission order (each sender's in nonce
+    /// order).
+    pub fn iter(&self) -> impl Iterator<Item = (&B256, &Tx)> {
+        self.order
+            .values()
+            .filter_map(|h| self.by_hash.get(h).map(|p| (h, &p.tx)))
+    }
+
+    /// `sender`'s pending transactions with their hashes, in nonce order.
+    pub fn of_sender(&self, sender: &Address) -> impl Iterator<Item = (&B256, &Tx)> {
+        self.by_sender
+            .get(sender)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|h| self.by_hash.get(h).map(|p| (h, &p.tx)))
     }
 
     /// Up to `max` transactions in admission order (each sender's in nonce order).
@@ -342,7 +475,7 @@ impl TxPool {
 }
 
 pub struct Mempool {
-    chain_id: u64,
+    domain: Domain,
     /// Where waiting records and transactions are saved; `None` in tests without a store.
     store: Option<Arc<Store>>,
     /// Committed accounts, for transaction admission.
@@ -351,18 +484,101 @@ pub struct Mempool {
     order: BTreeMap<u64, JobId>,
     records: HashMap<JobId, (u64, InferenceRecord)>,
     txs: TxPool,
+    /// Where pending entries are gossiped again; `None` in tests without a network.
+    publish: Option<Recipient<Publish>>,
+    /// When each pending entry (job id or transaction hash) was last gossiped, as far as this
+    /// node knows (first seen by the rebroadcast tick, or sent again by it).
+    sent: HashMap<B256, Instant>,
 }
 
 impl Mempool {
-    pub fn new(chain_id: u64, store: Option<Arc<Store>>, accounts: Recipient<GetAccount>) -> Self {
+    pub fn new(domain: Domain, store: Option<Arc<Store>>, accounts: Recipient<GetAccount>) -> Self {
         Mempool {
-            chain_id,
+            domain,
             store,
             accounts,
             seq: 0,
             order: BTreeMap::new(),
             records: HashMap::new(),
             txs: TxPool::default(),
+            publish: None,
+            sent: HashMap::new(),
+        }
+    }
+
+    /// Gossips entries again that stay pending longer than [`REBROADCAST_AFTER`] through
+    /// `publish`.
+    pub fn with_publisher(mut self, publish: Recipient<Publish>) -> Self {
+        self.publish = Some(publish);
+        self
+    }
+
+    /// Gossips again, oldest first and at most [`REBROADCAST_MAX`] of each kind, the entries
+    /// pending for [`REBROADCAST_AFTER`] since they were last sent.
+    fn rebroadcast(&mut self) {
+        let Some(publish) = self.publish.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let last = std::mem::take(&mut self.sent);
+        // Entries no longer pending are not carried over.
+        let mut sent = HashMap::with_capacity(last.len());
+        let mut due = |key: B256| {
+            let at = last.get(&key).copied().unwrap_or(now);
+            let due = now.duration_since(at) >= REBROADCAST_AFTER;
+            sent.insert(key, if due { now } else { at });
+            due
+        };
+        // A sender's transactions go out together, in nonce order: a node that missed one
+        // refuses every later nonce, so sending them one by one would fix one gap per round.
+        let mut senders: Vec<Address> = Vec::new();
+        for (hash, tx) in self.txs.iter() {
+            let (sender, _, _) = tx_terms(tx);
+            if due(*hash) && !senders.contains(&sender) {
+                senders.push(sender);
+            }
+        }
+        let mut resend: Vec<(B256, &Tx)> = Vec::new();
+        for sender in senders {
+            if resend.len() >= REBROADCAST_MAX {
+                break;
+            }
+            resend.extend(self.txs.of_sender(&sender).map(|(h, tx)| (*h, tx)));
+        }
+        let mut records: Vec<&InferenceRecord> = Vec::new();
+        for id in self.order.values() {
+            if let Some((_, record)) = self.records.get(id)
+                && due(id.0)
+                && records.len() < REBROADCAST_MAX
+            {
+                records.push(record);
+            }
+        }
+        for (hash, tx) in &resend {
+            sent.insert(*hash, now);
+            publish.do_send(Publish {
+                topic: topics::TXS,
+                data: protocol::encode(*tx),
+            });
+        }
+        for record in &records {
+            publish.do_send(Publish {
+                topic: topics::RECORDS,
+                data: protocol::encode(*record),
+            });
+        }
+        let (txs, records) = (resend.len(), records.len());
+        self.sent = sent;
+        if txs + records > 0 {
+            METRICS
+                .mempool_rebroadcast
+                .with_label_values(&["tx"])
+                .inc_by(txs as u64);
+            METRICS
+                .mempool_rebroadcast
+                .with_label_values(&["record"])
+                .inc_by(records as u64);
+            tracing::debug!(txs, records, "pending entries gossiped again");
         }
     }
 
@@ -422,9 +638,12 @@ impl Mempool {
         &mut self,
         tx: Tx,
         persist: bool,
-    ) -> ResponseActFuture<Self, Result<B256, MempoolError>> {
-        let hash = match self.txs.precheck(&tx, self.chain_id) {
-            Ok(hash) if self.txs.contains(&hash) => return Box::pin(fut::ready(Ok(hash))),
+        queue_gaps: bool,
+    ) -> ResponseActFuture<Self, Result<(B256, Admitted), MempoolError>> {
+        let hash = match self.txs.precheck(&tx, &self.domain) {
+            Ok(hash) if self.txs.contains(&hash) => {
+                return Box::pin(fut::ready(Ok((hash, Admitted::Pending))));
+            }
             Ok(hash) => hash,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
@@ -436,9 +655,9 @@ impl Mempool {
                 .map(move |account, act, _| {
                     let account = account.map_err(|e| MempoolError::Unavailable(e.to_string()))?;
                     if act.txs.contains(&hash) {
-                        return Ok(hash);
+                        return Ok((hash, Admitted::Pending));
                     }
-                    act.txs.admit(tx.clone(), hash, &account)?;
+                    let admitted = act.txs.admit(tx.clone(), hash, &account, queue_gaps)?;
                     if persist
                         && let Some(store) = &act.store
                         && let Err(e) = store.put_pending_tx(&hash, &tx)
@@ -446,7 +665,7 @@ impl Mempool {
                         tracing::error!(tx = %hash, error = %e, "cannot save a pending transaction");
                     }
                     act.gauges();
-                    Ok(hash)
+                    Ok((hash, admitted))
                 }),
         )
     }
@@ -458,6 +677,7 @@ impl Actor for Mempool {
     /// Reloads what was pending before a restart: records as they were, transactions through
     /// admission again (the ledger may have moved on).
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(REBROADCAST_TICK, |act, _| act.rebroadcast());
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -476,12 +696,12 @@ impl Actor for Mempool {
         }
         let (records, txs) = (pending.records.len(), pending.txs.len());
         for r in pending.records {
-            let id = r.job_id(self.chain_id);
+            let id = r.job_id(&self.domain);
             self.add_record(id, r, false);
         }
         for tx in pending.txs {
-            let hash = tx.hash(self.chain_id);
-            ctx.spawn(self.add_tx(tx, false).map(move |res, act, _| {
+            let hash = tx.hash(&self.domain);
+            ctx.spawn(self.add_tx(tx, false, true).map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::info!(tx = %hash, error = %e, "saved transaction no longer applies");
                     act.forget(&[], &[hash]);
@@ -503,8 +723,12 @@ impl Handler<AddRecord> for Mempool {
 
 impl Handler<AddTx> for Mempool {
     type Result = ResponseActFuture<Self, Result<B256, MempoolError>>;
+    /// From this node's API: a nonce gap is refused, so the client learns it at once.
     fn handle(&mut self, msg: AddTx, _: &mut Self::Context) -> Self::Result {
-        self.add_tx(msg.0, true)
+        Box::pin(
+            self.add_tx(msg.0, true, false)
+                .map(|res, _, _| res.map(|(hash, _)| hash)),
+        )
     }
 }
 
@@ -514,11 +738,13 @@ impl Handler<GossipTx> for Mempool {
     /// it was admitted. Refusals that no state can cure (bad signature, zero amount) cost the
     /// sender; the rest depend on the state this node sees and are only not relayed.
     fn handle(&mut self, msg: GossipTx, _: &mut Self::Context) -> Self::Result {
-        if self.txs.contains(&msg.0.hash(self.chain_id)) {
+        if self.txs.contains(&msg.0.hash(&self.domain)) {
             return Box::pin(fut::ready(MessageAcceptance::Ignore));
         }
-        Box::pin(self.add_tx(msg.0, true).map(|res, _, _| match res {
-            Ok(_) => MessageAcceptance::Accept,
+        Box::pin(self.add_tx(msg.0, true, true).map(|res, _, _| match res {
+            Ok((_, Admitted::Pending)) => MessageAcceptance::Accept,
+            // Relayed, if ever, by its author's rebroadcast once it applies.
+            Ok((_, Admitted::Queued)) => MessageAcceptance::Ignore,
             Err(e) => {
                 METRICS
                     .gossip_rejected
@@ -601,7 +827,10 @@ mod tests {
     use super::*;
     use chain::signing::seeded_key;
 
-    const CHAIN: u64 = 9;
+    const CHAIN: Domain = Domain {
+        chain_id: 9,
+        salt: B256::ZERO,
+    };
 
     fn transfer(key: &chain::PrivateKeySigner, nonce: u64, amount: u128) -> (Tx, B256) {
         let tx = Tx::Transfer(
@@ -611,10 +840,10 @@ mod tests {
                 amount,
                 nonce,
             }
-            .sign(key, CHAIN)
+            .sign(key, &CHAIN)
             .unwrap(),
         );
-        let hash = tx.hash(CHAIN);
+        let hash = tx.hash(&CHAIN);
         (tx, hash)
     }
 
@@ -627,9 +856,68 @@ mod tests {
     }
 
     fn add(pool: &mut TxPool, tx: (Tx, B256), acc: &Account) -> Result<(), MempoolError> {
-        let hash = pool.precheck(&tx.0, CHAIN)?;
+        let hash = pool.precheck(&tx.0, &CHAIN)?;
         assert_eq!(hash, tx.1);
-        pool.admit(tx.0, hash, acc)
+        pool.admit(tx.0, hash, acc, false).map(|_| ())
+    }
+
+    /// Gossip reorders a sender's transactions: the later nonces wait (bounded) for the missing
+    /// one and follow it into pending; the API path still refuses gaps; a block that uses a
+    /// queued nonce otherwise drops the queued one.
+    #[test]
+    fn transactions_ahead_of_their_nonce_wait_for_the_missing_ones() {
+        let k = seeded_key(5, 2);
+        let acc = account(100, 3);
+        let mut pool = TxPool::default();
+        let gossip = |pool: &mut TxPool, tx: (Tx, B256), acc: &Account| {
+            let hash = pool.precheck(&tx.0, &CHAIN).unwrap();
+            pool.admit(tx.0, hash, acc, true)
+        };
+        assert!(matches!(
+            add(&mut pool, transfer(&k, 5, 1), &acc),
+            Err(MempoolError::NonceGap { .. })
+        ));
+        assert_eq!(
+            gossip(&mut pool, transfer(&k, 5, 10), &acc),
+            Ok(Admitted::Queued)
+        );
+        assert_eq!(
+            gossip(&mut pool, transfer(&k, 4, 10), &acc),
+            Ok(Admitted::Queued)
+        );
+        // Another transaction at a queued nonce does not replace the first.
+        assert!(gossip(&mut pool, transfer(&k, 5, 11), &acc).is_err());
+        // Too far ahead of the next nonce: refused.
+        let far = 3 + MAX_PENDING_PER_SENDER as u64 + 1;
+        assert!(gossip(&mut pool, transfer(&k, far, 1), &acc).is_err());
+        assert!(pool.candidates(10).is_empty());
+        assert_eq!(pool.queued(), 2);
+        assert_eq!(
+            gossip(&mut pool, transfer(&k, 3, 10), &acc),
+            Ok(Admitted::Pending)
+        );
+        assert_eq!(
+            pool.candidates(10),
+            vec![
+                transfer(&k, 3, 10).0,
+                transfer(&k, 4, 10).0,
+                transfer(&k, 5, 10).0
+            ]
+        );
+        assert_eq!(pool.queued(), 0);
+
+        // Queued at 8 and 9 while 6 is missing; a block then takes nonces 6 to 8 from
+        // elsewhere: 8 is dropped, 9 becomes pending.
+        let mut pool = TxPool::default();
+        let acc = account(100, 6);
+        let (t8, t9) = (transfer(&k, 8, 1), transfer(&k, 9, 1));
+        let h8 = t8.1;
+        assert_eq!(gossip(&mut pool, t8, &acc), Ok(Admitted::Queued));
+        assert_eq!(gossip(&mut pool, t9.clone(), &acc), Ok(Admitted::Queued));
+        let removed = pool.committed(&[], &[(k.address(), account(97, 9))]);
+        assert_eq!(removed, vec![h8]);
+        assert_eq!(pool.candidates(10), vec![t9.0]);
+        assert_eq!(pool.queued(), 0);
     }
 
     #[test]
@@ -685,7 +973,7 @@ mod tests {
         let Tx::Transfer(t) = &mut forged;
         t.transfer.amount = 2;
         assert!(matches!(
-            pool.precheck(&forged, CHAIN),
+            pool.precheck(&forged, &CHAIN),
             Err(MempoolError::BadSignature(_))
         ));
     }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub attestation_seconds: Histogram,
     pub mempool_records: IntGauge,
     pub mempool_txs: IntGauge,
+    pub mempool_rebroadcast: IntCounterVec,
     pub height: IntGauge,
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
@@ -177,6 +178,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         attestation_seconds: histogram(&r, "attestation_seconds", "time to obtain one report", lat),
         mempool_records: gauge(&r, "mempool_records", "records waiting for a block"),
         mempool_txs: gauge(&r, "mempool_txs", "transactions waiting for a block"),
+        mempool_rebroadcast: counter_vec(
+            &r,
+            "mempool_rebroadcast_total",
+            "pending records and transactions gossiped again after waiting",
+            &["kind"],
+        ),
         height: gauge(&r, "height", "committed height"),
         blocks_committed: counter(&r, "blocks_committed_total", "blocks committed"),
         consensus_rounds: counter(

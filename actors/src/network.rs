@@ -461,6 +461,12 @@ impl Bucket {
 const BAN_THRESHOLD: u32 = 20;
 const BAN_TIME: Duration = Duration::from_secs(60);
 
+/// How long gossipsub remembers a message id, refusing to publish or deliver it again. Well
+/// above the time a message takes to cross the mesh (gossip about it stops after three
+/// heartbeats); below [`crate::mempool::REBROADCAST_AFTER`], so a pending entry can be sent
+/// again.
+pub const DUPLICATE_CACHE: Duration = Duration::from_secs(20);
+
 fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -481,6 +487,7 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
             }
             let gs_config = gs_config
                 .heartbeat_interval(Duration::from_millis(700))
+                .duplicate_cache_time(DUPLICATE_CACHE)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(protocol::max_topic_bytes(topics::CONSENSUS))

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chain::codec;
+use chain::signing::Domain;
 use chain::{
     Address, Block, CommitCertificate, Height, InferenceRecord, ModelId, SignedJobRequest,
     SignedProposal, SignedVote, Tx,
@@ -141,9 +142,10 @@ pub struct SignedCapability {
 }
 
 impl SignedCapability {
-    fn digest(capability: &Capability, chain_id: u64) -> chain::B256 {
+    fn digest(capability: &Capability, domain: &Domain) -> chain::B256 {
         let mut bytes = b"proofmesh capability".to_vec();
-        bytes.extend_from_slice(&chain_id.to_be_bytes());
+        bytes.extend_from_slice(&domain.chain_id.to_be_bytes());
+        bytes.extend_from_slice(domain.salt.as_slice());
         bytes.extend_from_slice(&codec::encode(capability));
         alloy::primitives::keccak256(bytes)
     }
@@ -151,9 +153,9 @@ impl SignedCapability {
     pub fn sign(
         capability: Capability,
         key: &chain::PrivateKeySigner,
-        chain_id: u64,
+        domain: &Domain,
     ) -> chain::Result<Self> {
-        let signature = chain::signing::sign(key, &Self::digest(&capability, chain_id))?;
+        let signature = chain::signing::sign(key, &Self::digest(&capability, domain))?;
         Ok(SignedCapability {
             capability,
             signature,
@@ -161,10 +163,10 @@ impl SignedCapability {
     }
 
     /// Checks that the advertised executor signed it, for this chain.
-    pub fn verify(&self, chain_id: u64) -> chain::Result<()> {
+    pub fn verify(&self, domain: &Domain) -> chain::Result<()> {
         chain::signing::verify(
             &self.signature,
-            &Self::digest(&self.capability, chain_id),
+            &Self::digest(&self.capability, domain),
             self.capability.address,
         )
     }
@@ -253,7 +255,7 @@ pub(crate) mod samples {
 
     pub struct Samples {
         pub key: chain::PrivateKeySigner,
-        pub chain_id: u64,
+        pub domain: Domain,
         pub record: InferenceRecord,
         pub tx: Tx,
         pub block: Block,
@@ -262,7 +264,7 @@ pub(crate) mod samples {
         pub certificate: CommitCertificate,
     }
 
-    pub fn sample_record(key: &chain::PrivateKeySigner, chain_id: u64) -> InferenceRecord {
+    pub fn sample_record(key: &chain::PrivateKeySigner, domain: &Domain) -> InferenceRecord {
         let input = "{\"inputs\":[[1.0]]}".to_string();
         let job = chain::JobRequest {
             client: key.address(),
@@ -272,7 +274,7 @@ pub(crate) mod samples {
             nonce: 1,
             expiry: 2_000_000_000,
         }
-        .sign(key, chain_id)
+        .sign(key, domain)
         .unwrap();
         InferenceRecord::create(
             job,
@@ -280,15 +282,15 @@ pub(crate) mod samples {
             chain::B256::repeat_byte(9),
             chain::Proof::Reexec,
             key,
-            chain_id,
+            domain,
         )
         .unwrap()
     }
 
     impl Samples {
-        pub fn new(key: &chain::PrivateKeySigner, chain_id: u64) -> Samples {
+        pub fn new(key: &chain::PrivateKeySigner, domain: &Domain) -> Samples {
             let key = key.clone();
-            let record = sample_record(&key, chain_id);
+            let record = sample_record(&key, domain);
             let tx = Tx::Transfer(
                 chain::Transfer {
                     from: key.address(),
@@ -296,7 +298,7 @@ pub(crate) mod samples {
                     amount: 12,
                     nonce: 0,
                 }
-                .sign(&key, chain_id)
+                .sign(&key, domain)
                 .unwrap(),
             );
             let header = chain::BlockHeader {
@@ -304,8 +306,8 @@ pub(crate) mod samples {
                 parent: chain::B256::repeat_byte(1),
                 proposer: key.address(),
                 timestamp_ms: 1_700_000_000_000,
-                records_root: Block::records_root(std::slice::from_ref(&record), chain_id),
-                txs_root: Block::txs_root(std::slice::from_ref(&tx), chain_id),
+                records_root: Block::records_root(std::slice::from_ref(&record), domain),
+                txs_root: Block::txs_root(std::slice::from_ref(&tx), domain),
                 state_root: chain::B256::repeat_byte(2),
             };
             let block = Block {
@@ -322,7 +324,7 @@ pub(crate) mod samples {
                     validator: key.address(),
                 },
                 &key,
-                chain_id,
+                domain,
             )
             .unwrap();
             let proposal = SignedProposal::sign(
@@ -334,7 +336,7 @@ pub(crate) mod samples {
                     proposer: key.address(),
                 },
                 &key,
-                chain_id,
+                domain,
             )
             .unwrap();
             let certificate = CommitCertificate {
@@ -345,7 +347,7 @@ pub(crate) mod samples {
             };
             Samples {
                 key,
-                chain_id,
+                domain: *domain,
                 record,
                 tx,
                 block,
@@ -362,7 +364,7 @@ pub(crate) mod samples {
                     ..self.vote.vote.clone()
                 },
                 &self.key,
-                self.chain_id,
+                &self.domain,
             )
             .unwrap();
             vec![
@@ -392,7 +394,7 @@ pub(crate) mod samples {
                     issued_ms: 6,
                 },
                 &self.key,
-                self.chain_id,
+                &self.domain,
             )
             .unwrap()
         }
@@ -430,6 +432,13 @@ pub(crate) mod samples {
 mod tests {
     use super::*;
 
+    fn d(chain_id: u64) -> Domain {
+        Domain {
+            chain_id,
+            salt: chain::B256::ZERO,
+        }
+    }
+
     #[test]
     fn envelope_round_trip_and_version() {
         let key = chain::signing::seeded_key(4, 0);
@@ -442,7 +451,7 @@ mod tests {
                 issued_ms: 5,
             },
             &key,
-            7,
+            &d(7),
         )
         .unwrap();
         let bytes = encode(&c);
@@ -471,17 +480,22 @@ mod tests {
             load: 0,
             issued_ms: 5,
         };
-        let signed = SignedCapability::sign(cap.clone(), &key, 7).unwrap();
-        signed.verify(7).unwrap();
-        assert!(signed.verify(8).is_err(), "another chain");
+        let signed = SignedCapability::sign(cap.clone(), &key, &d(7)).unwrap();
+        signed.verify(&d(7)).unwrap();
+        assert!(signed.verify(&d(8)).is_err(), "another chain");
+        let elsewhere = Domain {
+            salt: chain::B256::repeat_byte(1),
+            ..d(7)
+        };
+        assert!(signed.verify(&elsewhere).is_err(), "another network");
         let mut moved = signed.clone();
         moved.capability.peer = libp2p::PeerId::random().to_bytes();
-        assert!(moved.verify(7).is_err(), "another peer");
+        assert!(moved.verify(&d(7)).is_err(), "another peer");
         let mut lighter = signed.clone();
         lighter.capability.load = 99;
-        assert!(lighter.verify(7).is_err(), "another load");
-        let forged = SignedCapability::sign(cap, &other, 7).unwrap();
-        assert!(forged.verify(7).is_err(), "signed by someone else");
+        assert!(lighter.verify(&d(7)).is_err(), "another load");
+        let forged = SignedCapability::sign(cap, &other, &d(7)).unwrap();
+        assert!(forged.verify(&d(7)).is_err(), "signed by someone else");
     }
 
     #[test]
@@ -497,7 +511,7 @@ mod tests {
                     validator: key.address(),
                 },
                 &key,
-                1,
+                &d(1),
             )
             .unwrap()
         };
@@ -544,7 +558,7 @@ mod tests {
     #[test]
     fn every_wire_message_round_trips() {
         let key = chain::signing::seeded_key(8, 1);
-        let s = samples::Samples::new(&key, 5);
+        let s = samples::Samples::new(&key, &d(5));
         round_trip(&s.record, decode_record);
         round_trip(&s.tx, decode_tx);
         for msg in s.consensus() {

@@ -75,6 +75,8 @@ pub struct Settlement {
     store: Arc<Store>,
     ledger: Ledger,
     genesis: Arc<Genesis>,
+    /// What this network's signatures are bound to (computed once from the genesis).
+    domain: chain::signing::Domain,
     subscribers: Vec<Recipient<Committed>>,
 }
 
@@ -95,6 +97,7 @@ impl Settlement {
         Ok(Settlement {
             store,
             ledger,
+            domain: genesis.domain(),
             genesis,
             subscribers: Vec::new(),
         })
@@ -195,7 +198,7 @@ impl Handler<CommitBlock> for Settlement {
             return Ok(()); // already applied (sync and consensus can race)
         }
         msg.certificate
-            .verify(&self.genesis.validator_powers(), self.genesis.chain_id)
+            .verify(&self.genesis.validator_powers(), &self.domain)
             .map_err(|e| e.to_string())?;
         if msg.certificate.block_hash != block.hash()
             || msg.certificate.height != block.header.height

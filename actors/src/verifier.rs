@@ -83,6 +83,7 @@ pub struct Verifier {
 #[derive(Clone)]
 struct Checker {
     genesis: Arc<Genesis>,
+    domain: chain::signing::Domain,
     models: Models,
     backend: Arc<dyn Backend>,
     tee: Option<Arc<TeeVerifier>>,
@@ -94,7 +95,7 @@ impl Checker {
     /// mode includes it and the job is sampled.
     fn check(&self, record: &InferenceRecord) -> Result<JobId, RecordError> {
         let genesis = &self.genesis;
-        let id = record.verify_signatures(genesis.chain_id)?;
+        let id = record.verify_signatures(&self.domain)?;
         if !genesis.is_inference_node(&record.executor) {
             return Err(chain::Error::UnknownExecutor(record.executor).into());
         }
@@ -104,12 +105,7 @@ impl Checker {
         };
         if entry.mode.needs_tee() {
             let started = Instant::now();
-            chain::record::check_tee_proof(
-                record,
-                entry.mode,
-                self.tee.as_deref(),
-                genesis.chain_id,
-            )?;
+            chain::record::check_tee_proof(record, entry.mode, self.tee.as_deref(), &self.domain)?;
             METRICS
                 .tee_verify_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -168,6 +164,7 @@ impl Verifier {
         });
         Verifier {
             checker: Checker {
+                domain: genesis.domain(),
                 genesis,
                 models,
                 backend,
@@ -194,18 +191,18 @@ impl Verifier {
         }
     }
 
-    fn log_rejection(record: &InferenceRecord, e: &RecordError, chain_id: u64) {
+    fn log_rejection(record: &InferenceRecord, e: &RecordError, domain: &chain::signing::Domain) {
         METRICS
             .records_rejected
             .with_label_values(&[&e.label()])
             .inc();
         if let RecordError::Fraud { .. } = e {
             METRICS.fraud_detected.inc();
-            tracing::error!(job = %record.job_id(chain_id), executor = %record.executor, error = %e, "FRAUD: record rejected");
+            tracing::error!(job = %record.job_id(domain), executor = %record.executor, error = %e, "FRAUD: record rejected");
         } else if let RecordError::Attestation(_) = e {
-            tracing::error!(job = %record.job_id(chain_id), executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected");
+            tracing::error!(job = %record.job_id(domain), executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected");
         } else {
-            tracing::warn!(job = %record.job_id(chain_id), error = %e, "record rejected");
+            tracing::warn!(job = %record.job_id(domain), error = %e, "record rejected");
         }
     }
 }
@@ -242,7 +239,7 @@ impl Handler<GossipRecord> for Verifier {
     /// fault: honest peers relay in good faith). Only then signatures and re-execution.
     fn handle(&mut self, msg: GossipRecord, _: &mut Self::Context) -> Self::Result {
         let (mid, source) = (msg.id, msg.source);
-        let id = msg.record.job_id(self.checker.genesis.chain_id);
+        let id = msg.record.job_id(&self.checker.domain);
         let expiry_ms = msg.record.job.request.expiry.saturating_mul(1000);
         let early = if self.verified.contains(&id) || self.checking.contains(&id) {
             skip("duplicate")
@@ -297,7 +294,7 @@ impl Handler<GossipRecord> for Verifier {
                     MessageAcceptance::Accept
                 }
                 Err(e) => {
-                    Verifier::log_rejection(&record, &e, act.checker.genesis.chain_id);
+                    Verifier::log_rejection(&record, &e, &act.checker.domain);
                     match e {
                         // Not the sender's fault: we lack the model.
                         RecordError::ModelMissing(_) => MessageAcceptance::Ignore,
@@ -317,14 +314,13 @@ impl Handler<GossipRecord> for Verifier {
 impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
-        let chain_id = self.checker.genesis.chain_id;
+        let domain = self.checker.domain;
         let todo: Vec<InferenceRecord> = msg
             .0
             .into_iter()
-            .filter(|r| !self.verified.contains(&r.job_id(chain_id)))
+            .filter(|r| !self.verified.contains(&r.job_id(&domain)))
             .collect();
         let checker = self.checker.clone();
-        let g = self.checker.genesis.clone();
         let fut = async move {
             let mut ok = Vec::new();
             for record in todo {
@@ -332,11 +328,8 @@ impl Handler<VerifyRecords> for Verifier {
                 match check_blocking(checker.clone(), record.clone()).await {
                     Ok(id) => ok.push(id),
                     Err(e) => {
-                        Verifier::log_rejection(&record, &e, g.chain_id);
-                        return (
-                            ok,
-                            Err(format!("record {}: {e}", record.job_id(g.chain_id))),
-                        );
+                        Verifier::log_rejection(&record, &e, &domain);
+                        return (ok, Err(format!("record {}: {e}", record.job_id(&domain))));
                     }
                 }
             }
@@ -392,6 +385,8 @@ mod tests {
                 min_tcb: tcb,
             }),
         };
+        // The records are signed for this genesis; the variants below keep its domain.
+        let domain = genesis.domain();
         let input = "{}".to_string();
         let request = JobRequest {
             client: client.address(),
@@ -402,7 +397,7 @@ mod tests {
             expiry: u64::MAX,
         };
         let output = chain::B256::repeat_byte(1);
-        let leaf = chain::record::leaf(&request, &output, &exec.address(), 5);
+        let leaf = chain::record::leaf(&request, &output, &exec.address(), &domain);
         let report = chip
             .report(&ReportRequest {
                 report_data: chain::attestation::report_data(&leaf, &exec.address()),
@@ -415,9 +410,10 @@ mod tests {
             vcek: chip.vcek_der().to_vec(),
             path: vec![],
         });
-        let job = request.sign(&client, 5).unwrap();
+        let job = request.sign(&client, &domain).unwrap();
         let make = |proof: Proof| {
-            InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, 5).unwrap()
+            InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, &domain)
+                .unwrap()
         };
         let (with_tee, without) = (make(tee_proof), make(Proof::Reexec));
         let backend = kernels::select("cpu").unwrap();
@@ -425,6 +421,7 @@ mod tests {
         let run = |g: &Genesis, r: &InferenceRecord| {
             let checker = Checker {
                 genesis: Arc::new(g.clone()),
+                domain,
                 models: models.clone(),
                 backend: backend.clone(),
                 tee: g.tee.as_ref().map(|t| Arc::new(t.verifier().unwrap())),

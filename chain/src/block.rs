@@ -7,7 +7,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::merkle;
 use crate::record::{InferenceRecord, Tx};
-use crate::signing::{self, PrivateKeySigner};
+use crate::signing::{self, Domain, PrivateKeySigner};
 use crate::types::{Height, Sig};
 
 /// Largest encoded block accepted from the network or the store.
@@ -46,13 +46,13 @@ impl Block {
         self.header.hash()
     }
 
-    pub fn records_root(records: &[InferenceRecord], chain_id: u64) -> B256 {
-        let leaves: Vec<B256> = records.iter().map(|r| r.leaf(chain_id)).collect();
+    pub fn records_root(records: &[InferenceRecord], domain: &Domain) -> B256 {
+        let leaves: Vec<B256> = records.iter().map(|r| r.leaf(domain)).collect();
         merkle::root(&leaves)
     }
 
-    pub fn txs_root(txs: &[Tx], chain_id: u64) -> B256 {
-        let leaves: Vec<B256> = txs.iter().map(|t| t.hash(chain_id)).collect();
+    pub fn txs_root(txs: &[Tx], domain: &Domain) -> B256 {
+        let leaves: Vec<B256> = txs.iter().map(|t| t.hash(domain)).collect();
         merkle::root(&leaves)
     }
 }
@@ -79,20 +79,20 @@ pub struct SignedVote {
     pub signature: Sig,
 }
 
-fn vote_digest(vote: &Vote, chain_id: u64) -> B256 {
-    signing::tagged_digest(b"proofmesh/vote/1", chain_id, &codec::encode(vote))
+fn vote_digest(vote: &Vote, domain: &Domain) -> B256 {
+    signing::tagged_digest(b"proofmesh/vote/1", domain, &codec::encode(vote))
 }
 
 impl SignedVote {
-    pub fn sign(vote: Vote, key: &PrivateKeySigner, chain_id: u64) -> Result<Self> {
-        let signature = signing::sign(key, &vote_digest(&vote, chain_id))?;
+    pub fn sign(vote: Vote, key: &PrivateKeySigner, domain: &Domain) -> Result<Self> {
+        let signature = signing::sign(key, &vote_digest(&vote, domain))?;
         Ok(SignedVote { vote, signature })
     }
 
-    pub fn verify(&self, chain_id: u64) -> Result<()> {
+    pub fn verify(&self, domain: &Domain) -> Result<()> {
         signing::verify(
             &self.signature,
-            &vote_digest(&self.vote, chain_id),
+            &vote_digest(&self.vote, domain),
             self.vote.validator,
         )
     }
@@ -115,19 +115,19 @@ pub struct SignedProposal {
 }
 
 impl SignedProposal {
-    pub fn sign(proposal: Proposal, key: &PrivateKeySigner, chain_id: u64) -> Result<Self> {
+    pub fn sign(proposal: Proposal, key: &PrivateKeySigner, domain: &Domain) -> Result<Self> {
         let digest =
-            signing::tagged_digest(b"proofmesh/proposal/1", chain_id, &codec::encode(&proposal));
+            signing::tagged_digest(b"proofmesh/proposal/1", domain, &codec::encode(&proposal));
         Ok(SignedProposal {
             signature: signing::sign(key, &digest)?,
             proposal,
         })
     }
 
-    pub fn verify(&self, chain_id: u64) -> Result<()> {
+    pub fn verify(&self, domain: &Domain) -> Result<()> {
         let digest = signing::tagged_digest(
             b"proofmesh/proposal/1",
-            chain_id,
+            domain,
             &codec::encode(&self.proposal),
         );
         signing::verify(&self.signature, &digest, self.proposal.proposer)
@@ -146,7 +146,7 @@ pub struct CommitCertificate {
 impl CommitCertificate {
     /// Checks every signature and that distinct validators of `validators` (address, power)
     /// holding more than 2/3 of the power precommitted this block.
-    pub fn verify(&self, validators: &[(Address, u64)], chain_id: u64) -> Result<()> {
+    pub fn verify(&self, validators: &[(Address, u64)], domain: &Domain) -> Result<()> {
         let total: u64 = validators.iter().map(|(_, p)| *p).sum();
         let mut seen = std::collections::BTreeSet::new();
         let mut power = 0u64;
@@ -174,7 +174,7 @@ impl CommitCertificate {
                     vote.validator
                 )));
             }
-            v.verify(chain_id)?;
+            v.verify(domain)?;
             power += p;
         }
         if power * 3 <= total * 2 {
@@ -203,7 +203,7 @@ mod tests {
                     block: Some(hash),
                     validator: k.address(),
                 };
-                SignedVote::sign(vote, &k, 1).unwrap()
+                SignedVote::sign(vote, &k, &crate::signing::test_domain(1)).unwrap()
             })
             .collect();
         CommitCertificate {
@@ -221,20 +221,33 @@ mod tests {
     #[test]
     fn certificate_needs_two_thirds() {
         let h = B256::repeat_byte(1);
-        cert(&[0, 1, 2], h).verify(&vals(), 1).unwrap();
-        assert!(cert(&[0, 1], h).verify(&vals(), 1).is_err());
+        cert(&[0, 1, 2], h)
+            .verify(&vals(), &crate::signing::test_domain(1))
+            .unwrap();
         assert!(
-            cert(&[0, 1, 1], h).verify(&vals(), 1).is_err(),
+            cert(&[0, 1], h)
+                .verify(&vals(), &crate::signing::test_domain(1))
+                .is_err()
+        );
+        assert!(
+            cert(&[0, 1, 1], h)
+                .verify(&vals(), &crate::signing::test_domain(1))
+                .is_err(),
             "duplicates do not count"
         );
-        assert!(cert(&[0, 1, 7], h).verify(&vals(), 1).is_err(), "outsider");
+        assert!(
+            cert(&[0, 1, 7], h)
+                .verify(&vals(), &crate::signing::test_domain(1))
+                .is_err(),
+            "outsider"
+        );
         let mut c = cert(&[0, 1, 2], h);
         c.block_hash = B256::repeat_byte(2);
-        assert!(c.verify(&vals(), 1).is_err());
+        assert!(c.verify(&vals(), &crate::signing::test_domain(1)).is_err());
         let mut c = cert(&[0, 1, 2, 3], h);
         c.votes[3].signature.0[5] ^= 1;
         assert!(
-            c.verify(&vals(), 1).is_err(),
+            c.verify(&vals(), &crate::signing::test_domain(1)).is_err(),
             "a bad signature fails the whole certificate"
         );
     }
@@ -249,9 +262,9 @@ mod tests {
             pol_round: None,
             proposer: k.address(),
         };
-        let mut sp = SignedProposal::sign(p, &k, 1).unwrap();
-        sp.verify(1).unwrap();
+        let mut sp = SignedProposal::sign(p, &k, &crate::signing::test_domain(1)).unwrap();
+        sp.verify(&crate::signing::test_domain(1)).unwrap();
         sp.proposal.round = 1;
-        assert!(sp.verify(1).is_err());
+        assert!(sp.verify(&crate::signing::test_domain(1)).is_err());
     }
 }

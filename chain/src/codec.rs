@@ -129,7 +129,7 @@ mod tests {
         use crate::state::{Account, JobEntry, JobStatus, TxOutcome};
         use alloy::primitives::{Address, B256};
 
-        let chain_id = 7;
+        let domain = &crate::record::tests::D7;
         let key = seeded_key(3, 0);
         let transfer = Tx::Transfer(
             Transfer {
@@ -138,7 +138,7 @@ mod tests {
                 amount: u128::MAX - 1,
                 nonce: u64::MAX,
             }
-            .sign(&key, chain_id)
+            .sign(&key, domain)
             .unwrap(),
         );
         // Every Tx variant: the match is exhaustive, so a new kind must be added here.
@@ -148,8 +148,8 @@ mod tests {
                 Tx::Transfer(_) => round_trip(tx),
             }
         }
-        let reexec = sample_record(chain_id);
-        let mut tee = sample_record(chain_id);
+        let reexec = sample_record(domain);
+        let mut tee = sample_record(domain);
         tee.proof = Proof::Tee(TeeProof {
             report: vec![1; 1184],
             vcek: vec![2; 40],
@@ -163,8 +163,8 @@ mod tests {
             parent: B256::repeat_byte(1),
             proposer: key.address(),
             timestamp_ms: 1_700_000_000_000,
-            records_root: Block::records_root(&[reexec.clone(), tee.clone()], chain_id),
-            txs_root: Block::txs_root(&txs, chain_id),
+            records_root: Block::records_root(&[reexec.clone(), tee.clone()], domain),
+            txs_root: Block::txs_root(&txs, domain),
             state_root: B256::repeat_byte(3),
         };
         round_trip(&header);
@@ -184,7 +184,7 @@ mod tests {
                     validator: key.address(),
                 },
                 &key,
-                chain_id,
+                domain,
             )
             .unwrap()
         };
@@ -206,7 +206,7 @@ mod tests {
                     proposer: key.address(),
                 },
                 &key,
-                chain_id,
+                domain,
             )
             .unwrap();
             round_trip(&p);
@@ -227,7 +227,7 @@ mod tests {
             (JobStatus::Failed, Some("expired".to_string())),
         ] {
             round_trip(&JobEntry {
-                job_id: block.records[0].job_id(chain_id),
+                job_id: block.records[0].job_id(domain),
                 status,
                 height: 9,
                 output_hash: B256::repeat_byte(6),
@@ -239,7 +239,7 @@ mod tests {
             });
         }
         round_trip(&TxOutcome {
-            hash: transfer.hash(chain_id),
+            hash: transfer.hash(domain),
             ok: false,
             reason: Some("nonce".into()),
         });
@@ -256,7 +256,7 @@ mod tests {
                 amount: 5,
                 nonce: 0,
             }
-            .sign(&key, 1)
+            .sign(&key, &crate::signing::test_domain(1))
             .unwrap(),
         );
         let v = serde_json::to_value(&tx).unwrap();

@@ -484,6 +484,16 @@ where
             self.signed.insert((*r, *t), *v);
         }
         let Some(me) = self.me else { return outs };
+        // Our own votes count in every round we signed in, not only the last: a proof of lock
+        // from an earlier round needs ours among its prevotes, and nobody else holds them
+        // after a restart.
+        for (r, t, v) in &state.signed {
+            self.rounds
+                .entry(*r)
+                .or_default()
+                .votes_mut(*t)
+                .insert(me, *v);
+        }
         let last = state.signed.iter().map(|(r, _, _)| *r).max();
         if let Some(last) = last {
             if last > self.round {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{SignedProposal, SignedVote};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::signing::Domain;
 use crate::types::Height;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +85,7 @@ impl Evidence {
 
     /// Checks that the two messages conflict, are in canonical order, are both signed by the
     /// offender, and that the offender is one of `validators`.
-    pub fn verify(&self, validators: &[(Address, u64)], chain_id: u64) -> Result<()> {
+    pub fn verify(&self, validators: &[(Address, u64)], domain: &Domain) -> Result<()> {
         let rebuilt = match self {
             Evidence::DoubleVote { first, second } => {
                 Evidence::double_vote(first.clone(), second.clone())
@@ -107,12 +108,12 @@ impl Evidence {
         }
         match self {
             Evidence::DoubleVote { first, second } => {
-                first.verify(chain_id)?;
-                second.verify(chain_id)
+                first.verify(domain)?;
+                second.verify(domain)
             }
             Evidence::DoubleProposal { first, second } => {
-                first.verify(chain_id)?;
-                second.verify(chain_id)
+                first.verify(domain)?;
+                second.verify(domain)
             }
         }
     }
@@ -135,7 +136,7 @@ mod tests {
                 validator: k.address(),
             },
             &k,
-            1,
+            &crate::signing::test_domain(1),
         )
         .unwrap()
     }
@@ -151,7 +152,7 @@ mod tests {
                 proposer: k.address(),
             },
             &k,
-            1,
+            &crate::signing::test_domain(1),
         )
         .unwrap()
     }
@@ -166,7 +167,7 @@ mod tests {
         let e = Evidence::double_vote(a.clone(), b.clone()).unwrap();
         assert_eq!(e, Evidence::double_vote(b.clone(), a.clone()).unwrap());
         assert_eq!(e.id(), Evidence::double_vote(b, a.clone()).unwrap().id());
-        e.verify(&set, 1).unwrap();
+        e.verify(&set, &crate::signing::test_domain(1)).unwrap();
         assert_eq!(e.offender(), seeded_key(9, 0).address());
         assert_eq!(e.height(), 4);
         // Not conflicts: the same vote, another round, another validator.
@@ -184,7 +185,7 @@ mod tests {
                 first: first.clone(),
                 second: forged
             }
-            .verify(&set, 1)
+            .verify(&set, &crate::signing::test_domain(1))
             .is_err()
         );
         assert!(
@@ -192,12 +193,15 @@ mod tests {
                 first: second,
                 second: first
             }
-            .verify(&set, 1)
+            .verify(&set, &crate::signing::test_domain(1))
             .is_err()
         );
-        assert!(e.verify(&set[1..], 1).is_err());
         assert!(
-            e.verify(&set, 2).is_err(),
+            e.verify(&set[1..], &crate::signing::test_domain(1))
+                .is_err()
+        );
+        assert!(
+            e.verify(&set, &crate::signing::test_domain(2)).is_err(),
             "signatures are bound to the chain id"
         );
 
@@ -206,7 +210,7 @@ mod tests {
             proposal(1, B256::repeat_byte(2)),
         )
         .unwrap();
-        p.verify(&set, 1).unwrap();
+        p.verify(&set, &crate::signing::test_domain(1)).unwrap();
         assert!(
             Evidence::double_proposal(proposal(1, B256::ZERO), proposal(1, B256::ZERO)).is_none()
         );

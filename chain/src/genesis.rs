@@ -196,6 +196,15 @@ impl Genesis {
         keccak256(crate::codec::encode(self))
     }
 
+    /// The signing domain of the network this genesis starts: its chain id and its hash.
+    /// Computing it encodes and hashes the whole genesis; keep the result.
+    pub fn domain(&self) -> crate::signing::Domain {
+        crate::signing::Domain {
+            chain_id: self.chain_id,
+            salt: self.hash(),
+        }
+    }
+
     /// Checks supply, uniqueness, stakes and parameters.
     pub fn validate(&self) -> Result<()> {
         let mut seen = BTreeSet::new();

@@ -4,7 +4,7 @@ use alloy::primitives::{Address, B256, keccak256};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::signing::{self, PrivateKeySigner, typed};
+use crate::signing::{self, Domain, PrivateKeySigner, typed};
 use crate::types::{JobId, ModelId, Sig, amount};
 
 /// Largest job input (bytes) a record may carry.
@@ -40,13 +40,13 @@ impl JobRequest {
     }
 
     /// The job id: the EIP-712 signing hash.
-    pub fn id(&self, chain_id: u64) -> JobId {
-        JobId(signing::signing_hash(&self.typed(), chain_id))
+    pub fn id(&self, domain: &Domain) -> JobId {
+        JobId(signing::signing_hash(&self.typed(), domain))
     }
 
     /// Signs the request with the client's key.
-    pub fn sign(self, key: &PrivateKeySigner, chain_id: u64) -> Result<SignedJobRequest> {
-        let signature = signing::sign(key, &self.id(chain_id).0)?;
+    pub fn sign(self, key: &PrivateKeySigner, domain: &Domain) -> Result<SignedJobRequest> {
+        let signature = signing::sign(key, &self.id(domain).0)?;
         Ok(SignedJobRequest {
             request: self,
             signature,
@@ -63,8 +63,8 @@ pub struct SignedJobRequest {
 
 impl SignedJobRequest {
     /// Checks the client's signature and returns the job id.
-    pub fn verify(&self, chain_id: u64) -> Result<JobId> {
-        let id = self.request.id(chain_id);
+    pub fn verify(&self, domain: &Domain) -> Result<JobId> {
+        let id = self.request.id(domain);
         signing::verify(&self.signature, &id.0, self.request.client)?;
         Ok(id)
     }
@@ -97,9 +97,9 @@ pub struct TeeProof {
 
 /// The Merkle leaf of a record: `keccak(job_id ‖ model_id ‖ input_hash ‖ output_hash ‖
 /// executor)`. Known before the record is signed, so a TEE can prove it first.
-pub fn leaf(request: &JobRequest, output_hash: &B256, executor: &Address, chain_id: u64) -> B256 {
+pub fn leaf(request: &JobRequest, output_hash: &B256, executor: &Address, domain: &Domain) -> B256 {
     let mut buf = Vec::with_capacity(32 * 4 + 20);
-    buf.extend_from_slice(request.id(chain_id).0.as_slice());
+    buf.extend_from_slice(request.id(domain).0.as_slice());
     buf.extend_from_slice(&request.model_id.0);
     buf.extend_from_slice(request.input_hash.as_slice());
     buf.extend_from_slice(output_hash.as_slice());
@@ -122,9 +122,9 @@ pub struct InferenceRecord {
 }
 
 impl InferenceRecord {
-    fn result(&self, chain_id: u64) -> typed::InferenceResult {
+    fn result(&self, domain: &Domain) -> typed::InferenceResult {
         typed::InferenceResult {
-            jobId: self.job.request.id(chain_id).0,
+            jobId: self.job.request.id(domain).0,
             modelId: B256::from(self.job.request.model_id.0),
             inputHash: self.job.request.input_hash,
             outputHash: self.output_hash,
@@ -139,7 +139,7 @@ impl InferenceRecord {
         output_hash: B256,
         proof: Proof,
         key: &PrivateKeySigner,
-        chain_id: u64,
+        domain: &Domain,
     ) -> Result<Self> {
         let mut record = InferenceRecord {
             job,
@@ -149,30 +149,23 @@ impl InferenceRecord {
             proof,
             signature: Sig([0; 65]),
         };
-        record.signature = signing::sign(
-            key,
-            &signing::signing_hash(&record.result(chain_id), chain_id),
-        )?;
+        record.signature =
+            signing::sign(key, &signing::signing_hash(&record.result(domain), domain))?;
         Ok(record)
     }
 
-    pub fn job_id(&self, chain_id: u64) -> JobId {
-        self.job.request.id(chain_id)
+    pub fn job_id(&self, domain: &Domain) -> JobId {
+        self.job.request.id(domain)
     }
 
     /// The Merkle leaf of this record (see [`leaf`]).
-    pub fn leaf(&self, chain_id: u64) -> B256 {
-        leaf(
-            &self.job.request,
-            &self.output_hash,
-            &self.executor,
-            chain_id,
-        )
+    pub fn leaf(&self, domain: &Domain) -> B256 {
+        leaf(&self.job.request, &self.output_hash, &self.executor, domain)
     }
 
     /// Stateless checks: input size and hash, the client's and the executor's signatures.
     /// Returns the job id.
-    pub fn verify_signatures(&self, chain_id: u64) -> Result<JobId> {
+    pub fn verify_signatures(&self, domain: &Domain) -> Result<JobId> {
         if self.input.len() > MAX_INPUT_BYTES {
             return Err(Error::TooLarge {
                 size: self.input.len(),
@@ -185,8 +178,8 @@ impl InferenceRecord {
                 reason: "keccak256(input) differs from the request's input_hash".into(),
             });
         }
-        let id = self.job.verify(chain_id)?;
-        let digest = signing::signing_hash(&self.result(chain_id), chain_id);
+        let id = self.job.verify(domain)?;
+        let digest = signing::signing_hash(&self.result(domain), domain);
         signing::verify(&self.signature, &digest, self.executor)?;
         Ok(id)
     }
@@ -199,7 +192,7 @@ pub fn check_tee_proof(
     record: &InferenceRecord,
     mode: crate::VerificationMode,
     tee: Option<&crate::attestation::TeeVerifier>,
-    chain_id: u64,
+    domain: &Domain,
 ) -> std::result::Result<(), crate::attestation::AttestationError> {
     use crate::attestation::AttestationError;
     if !mode.needs_tee() {
@@ -217,7 +210,7 @@ pub fn check_tee_proof(
         &proof.report,
         &proof.vcek,
         &proof.path,
-        &record.leaf(chain_id),
+        &record.leaf(domain),
         &record.executor,
     )
     .map(|_| ())
@@ -234,7 +227,7 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    pub fn signing_hash(&self, chain_id: u64) -> B256 {
+    pub fn signing_hash(&self, domain: &Domain) -> B256 {
         signing::signing_hash(
             &typed::Transfer {
                 from: self.from,
@@ -242,12 +235,12 @@ impl Transfer {
                 amount: self.amount,
                 nonce: self.nonce,
             },
-            chain_id,
+            domain,
         )
     }
 
-    pub fn sign(self, key: &PrivateKeySigner, chain_id: u64) -> Result<SignedTransfer> {
-        let signature = signing::sign(key, &self.signing_hash(chain_id))?;
+    pub fn sign(self, key: &PrivateKeySigner, domain: &Domain) -> Result<SignedTransfer> {
+        let signature = signing::sign(key, &self.signing_hash(domain))?;
         Ok(SignedTransfer {
             transfer: self,
             signature,
@@ -322,19 +315,19 @@ impl<'de> Deserialize<'de> for Tx {
 
 impl Tx {
     /// Checks the signature; returns the transaction hash.
-    pub fn verify(&self, chain_id: u64) -> Result<B256> {
+    pub fn verify(&self, domain: &Domain) -> Result<B256> {
         match self {
             Tx::Transfer(t) => {
-                let digest = t.transfer.signing_hash(chain_id);
+                let digest = t.transfer.signing_hash(domain);
                 signing::verify(&t.signature, &digest, t.transfer.from)?;
                 Ok(digest)
             }
         }
     }
 
-    pub fn hash(&self, chain_id: u64) -> B256 {
+    pub fn hash(&self, domain: &Domain) -> B256 {
         match self {
-            Tx::Transfer(t) => t.transfer.signing_hash(chain_id),
+            Tx::Transfer(t) => t.transfer.signing_hash(domain),
         }
     }
 }
@@ -344,7 +337,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::signing::seeded_key;
 
-    pub(crate) fn sample_record(chain_id: u64) -> InferenceRecord {
+    pub(crate) const D7: Domain = Domain {
+        chain_id: 7,
+        salt: B256::ZERO,
+    };
+    const D1: Domain = Domain {
+        chain_id: 1,
+        salt: B256::ZERO,
+    };
+
+    pub(crate) fn sample_record(domain: &Domain) -> InferenceRecord {
         let client = seeded_key(1, 1);
         let exec = seeded_key(1, 2);
         let input = "{\"inputs\":[[1.0]]}".to_string();
@@ -356,47 +358,59 @@ pub(crate) mod tests {
             nonce: 1,
             expiry: 2_000_000_000,
         };
-        let job = req.sign(&client, chain_id).unwrap();
+        let job = req.sign(&client, domain).unwrap();
         InferenceRecord::create(
             job,
             input,
             B256::repeat_byte(9),
             Proof::Reexec,
             &exec,
-            chain_id,
+            domain,
         )
         .unwrap()
     }
 
     #[test]
     fn record_verifies_and_tampering_is_caught() {
-        let r = sample_record(7);
-        assert_eq!(r.verify_signatures(7).unwrap(), r.job_id(7));
-        // other chain: the client's signature no longer matches
-        assert!(r.verify_signatures(8).is_err());
+        let r = sample_record(&D7);
+        assert_eq!(r.verify_signatures(&D7).unwrap(), r.job_id(&D7));
+        // Another chain id, or the same chain id on another network (genesis): the client's
+        // signature no longer matches.
+        for other in [
+            Domain { chain_id: 8, ..D7 },
+            Domain {
+                salt: B256::repeat_byte(1),
+                ..D7
+            },
+        ] {
+            assert!(r.verify_signatures(&other).is_err());
+        }
         let mut t = r.clone();
         t.output_hash = B256::repeat_byte(1);
         assert!(matches!(
-            t.verify_signatures(7),
+            t.verify_signatures(&D7),
             Err(Error::WrongSigner { .. })
         ));
         let mut t = r.clone();
         t.input.push(' ');
-        assert!(matches!(t.verify_signatures(7), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            t.verify_signatures(&D7),
+            Err(Error::Invalid { .. })
+        ));
         let mut t = r.clone();
         t.job.request.max_fee = 11;
-        assert!(t.verify_signatures(7).is_err());
+        assert!(t.verify_signatures(&D7).is_err());
         let mut t = r;
         t.input = "x".repeat(MAX_INPUT_BYTES + 1);
         assert!(matches!(
-            t.verify_signatures(7),
+            t.verify_signatures(&D7),
             Err(Error::TooLarge { .. })
         ));
     }
 
     #[test]
     fn tee_proofs_round_trip_in_json_and_on_the_wire() {
-        let mut r = sample_record(7);
+        let mut r = sample_record(&D7);
         r.proof = Proof::Tee(TeeProof {
             report: vec![1, 2, 3],
             vcek: vec![0xff; 5],
@@ -420,7 +434,7 @@ pub(crate) mod tests {
 
     #[test]
     fn json_shape_is_stable() {
-        let r = sample_record(7);
+        let r = sample_record(&D7);
         let v = serde_json::to_value(&r.job).unwrap();
         assert!(v["request"]["max_fee"].is_string());
         assert!(v["signature"].as_str().unwrap().starts_with("0x"));
@@ -437,8 +451,8 @@ pub(crate) mod tests {
             amount: 5,
             nonce: 0,
         };
-        let tx = Tx::Transfer(t.clone().sign(&k, 1).unwrap());
-        tx.verify(1).unwrap();
+        let tx = Tx::Transfer(t.clone().sign(&k, &D1).unwrap());
+        tx.verify(&D1).unwrap();
         let other = seeded_key(2, 1);
         let forged = Tx::Transfer(SignedTransfer {
             transfer: t,
@@ -449,12 +463,12 @@ pub(crate) mod tests {
                     amount: 5,
                     nonce: 0,
                 }
-                .sign(&other, 1)
+                .sign(&other, &D1)
                 .unwrap(),
             ) {
                 Tx::Transfer(s) => s.signature,
             },
         });
-        assert!(forged.verify(1).is_err());
+        assert!(forged.verify(&D1).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! EIP-712 typed data and secp256k1 signatures: what clients, inference nodes and validators sign.
 //!
 //! Job requests and transfers are EIP-712 structs under the domain `proofmesh` / `1` /
-//! `chainId`, so any Ethereum wallet (`eth_signTypedData_v4`) can sign them.
+//! `chainId` / `salt` (the genesis hash, see [`Domain`]), so any Ethereum wallet
+//! (`eth_signTypedData_v4`) can sign them.
 
 use std::path::Path;
 
@@ -40,14 +41,31 @@ pub mod typed {
     }
 }
 
-/// The EIP-712 domain of a proofmesh chain.
-pub fn domain(chain_id: u64) -> Eip712Domain {
-    eip712_domain! { name: "proofmesh", version: "1", chain_id: chain_id, }
+/// What every signature on a proofmesh network is bound to: the chain id and the network's
+/// genesis hash.
+///
+/// A chain id alone does not name a network: two testnets started with the same id would accept
+/// each other's signatures. The genesis hash commits to the whole genesis (accounts, validators,
+/// models, start time), so it differs between any two networks; it is the EIP-712 domain's
+/// `salt`, and part of every other signed digest ([`tagged_digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Domain {
+    pub chain_id: u64,
+    /// The genesis hash.
+    pub salt: B256,
 }
 
-/// The EIP-712 signing hash of `value` on chain `chain_id`.
-pub fn signing_hash<T: SolStruct>(value: &T, chain_id: u64) -> B256 {
-    value.eip712_signing_hash(&domain(chain_id))
+impl Domain {
+    /// The EIP-712 domain, as a wallet is given it: name `proofmesh`, version `1`, `chainId`,
+    /// `salt`.
+    pub fn eip712(&self) -> Eip712Domain {
+        eip712_domain! { name: "proofmesh", version: "1", chain_id: self.chain_id, salt: self.salt, }
+    }
+}
+
+/// The EIP-712 signing hash of `value` on the network `domain`.
+pub fn signing_hash<T: SolStruct>(value: &T, domain: &Domain) -> B256 {
+    value.eip712_signing_hash(&domain.eip712())
 }
 
 /// Signs a 32-byte digest.
@@ -97,11 +115,12 @@ pub fn verify(sig: &Sig, digest: &B256, expected: Address) -> Result<()> {
 }
 
 /// Domain-separated digest for messages that are not EIP-712 structs (consensus votes):
-/// `keccak(tag ‖ chain_id ‖ payload)`.
-pub fn tagged_digest(tag: &[u8], chain_id: u64, payload: &[u8]) -> B256 {
-    let mut buf = Vec::with_capacity(tag.len() + 8 + payload.len());
+/// `keccak(tag ‖ chain_id ‖ salt ‖ payload)`.
+pub fn tagged_digest(tag: &[u8], domain: &Domain, payload: &[u8]) -> B256 {
+    let mut buf = Vec::with_capacity(tag.len() + 8 + 32 + payload.len());
     buf.extend_from_slice(tag);
-    buf.extend_from_slice(&chain_id.to_be_bytes());
+    buf.extend_from_slice(&domain.chain_id.to_be_bytes());
+    buf.extend_from_slice(domain.salt.as_slice());
     buf.extend_from_slice(payload);
     keccak256(&buf)
 }
@@ -156,6 +175,15 @@ pub fn seeded_key(seed: u64, index: u64) -> PrivateKeySigner {
             return k;
         }
         counter += 1;
+    }
+}
+
+/// A domain for unit tests: chain `chain_id`, zero salt.
+#[cfg(test)]
+pub(crate) fn test_domain(chain_id: u64) -> Domain {
+    Domain {
+        chain_id,
+        salt: B256::ZERO,
     }
 }
 
@@ -249,13 +277,24 @@ mod tests {
     }
 
     #[test]
-    fn eip712_domain_separates_chains() {
+    fn eip712_domain_separates_chains_and_networks() {
         let t = typed::Transfer {
             from: Address::ZERO,
             to: Address::ZERO,
             amount: 1,
             nonce: 0,
         };
-        assert_ne!(signing_hash(&t, 1), signing_hash(&t, 2));
+        let one = test_domain(1);
+        assert_ne!(signing_hash(&t, &one), signing_hash(&t, &test_domain(2)));
+        // Same chain id, another genesis.
+        let other = Domain {
+            salt: B256::repeat_byte(1),
+            ..one
+        };
+        assert_ne!(signing_hash(&t, &one), signing_hash(&t, &other));
+        assert_ne!(
+            tagged_digest(b"t", &one, b"x"),
+            tagged_digest(b"t", &other, b"x")
+        );
     }
 }

@@ -208,7 +208,7 @@ impl Ledger {
     /// `header.state_root`; [`Ledger::validate`] does.
     pub fn execute(&self, g: &Genesis, block: &Block) -> Result<Changes> {
         let h = &block.header;
-        let chain_id = g.chain_id;
+        let domain = &g.domain();
         if h.height != self.height + 1 {
             return Err(Error::InvalidBlock(format!(
                 "height {} follows {}",
@@ -234,10 +234,10 @@ impl Ledger {
                 "too many records or transactions".into(),
             ));
         }
-        if Block::records_root(&block.records, chain_id) != h.records_root {
+        if Block::records_root(&block.records, domain) != h.records_root {
             return Err(Error::InvalidBlock("records root mismatch".into()));
         }
-        if Block::txs_root(&block.txs, chain_id) != h.txs_root {
+        if Block::txs_root(&block.txs, domain) != h.txs_root {
             return Err(Error::InvalidBlock("transactions root mismatch".into()));
         }
         let powers = g.validator_powers();
@@ -255,8 +255,8 @@ impl Ledger {
         };
         let mut jobs = Vec::with_capacity(block.records.len());
         for record in &block.records {
-            let id = record.verify_signatures(chain_id).map_err(|e| {
-                Error::InvalidBlock(format!("record {}: {e}", record.job_id(chain_id)))
+            let id = record.verify_signatures(domain).map_err(|e| {
+                Error::InvalidBlock(format!("record {}: {e}", record.job_id(domain)))
             })?;
             if !g.is_inference_node(&record.executor) {
                 return Err(Error::InvalidBlock(format!(
@@ -279,8 +279,8 @@ impl Ledger {
         }
         let mut txs = Vec::with_capacity(block.txs.len());
         for tx in &block.txs {
-            let hash = tx.verify(chain_id).map_err(|e| {
-                Error::InvalidBlock(format!("transaction {}: {e}", tx.hash(chain_id)))
+            let hash = tx.verify(domain).map_err(|e| {
+                Error::InvalidBlock(format!("transaction {}: {e}", tx.hash(domain)))
             })?;
             let result = apply_tx(&mut o, tx);
             txs.push(TxOutcome {
@@ -346,7 +346,7 @@ impl Ledger {
         records: Vec<InferenceRecord>,
         txs: Vec<Tx>,
     ) -> Result<Built> {
-        let chain_id = g.chain_id;
+        let domain = &g.domain();
         let timestamp_ms = self
             .tip_time_ms
             .checked_add(1)
@@ -376,10 +376,10 @@ impl Ledger {
             if kept_records.len() >= g.params.max_block_records as usize {
                 break;
             }
-            let id = match r.verify_signatures(chain_id) {
+            let id = match r.verify_signatures(domain) {
                 Ok(id) => id,
                 Err(e) => {
-                    dropped_records.push((r.job_id(chain_id), e.to_string()));
+                    dropped_records.push((r.job_id(domain), e.to_string()));
                     continue;
                 }
             };
@@ -402,20 +402,20 @@ impl Ledger {
             if kept_txs.len() >= g.params.max_block_txs as usize {
                 break;
             }
-            if let Err(e) = t.verify(chain_id) {
-                dropped_txs.push((t.hash(chain_id), e.to_string()));
+            if let Err(e) = t.verify(domain) {
+                dropped_txs.push((t.hash(domain), e.to_string()));
                 continue;
             }
             // `apply_tx` changes the overlay only when it succeeds.
             match apply_tx(&mut o, &t) {
                 Ok(()) => kept_txs.push(t),
-                Err(e) => dropped_txs.push((t.hash(chain_id), e)),
+                Err(e) => dropped_txs.push((t.hash(domain), e)),
             }
         }
         let mut block = Block {
             header: BlockHeader {
-                records_root: Block::records_root(&kept_records, chain_id),
-                txs_root: Block::txs_root(&kept_txs, chain_id),
+                records_root: Block::records_root(&kept_records, domain),
+                txs_root: Block::txs_root(&kept_txs, domain),
                 ..header
             },
             records: kept_records,
@@ -620,12 +620,12 @@ mod tests {
             expiry: 4_000_000_000,
         };
         InferenceRecord::create(
-            req.sign(&client, g.chain_id).unwrap(),
+            req.sign(&client, &g.domain()).unwrap(),
             input,
             B256::repeat_byte(3),
             Proof::Reexec,
             &exec,
-            g.chain_id,
+            &g.domain(),
         )
         .unwrap()
     }
@@ -688,13 +688,13 @@ mod tests {
                 .job
                 .request
                 .clone()
-                .sign(&client, g.chain_id)
+                .sign(&client, &g.domain())
                 .unwrap(),
             replay.input.clone(),
             replay.output_hash,
             Proof::Reexec,
             &seeded_key(42, 20),
-            g.chain_id,
+            &g.domain(),
         )
         .unwrap();
         let c = next(&mut l, &g, vec![replay], vec![]);
@@ -728,7 +728,7 @@ mod tests {
             .unwrap()
             .block;
         block.records = vec![r];
-        block.header.records_root = Block::records_root(&block.records, g.chain_id);
+        block.header.records_root = Block::records_root(&block.records, &g.domain());
         assert!(
             l.execute(&g, &block)
                 .unwrap_err()
@@ -751,7 +751,7 @@ mod tests {
                     amount,
                     nonce,
                 }
-                .sign(&k, g.chain_id)
+                .sign(&k, &g.domain())
                 .unwrap(),
             )
         };
@@ -793,7 +793,7 @@ mod tests {
             .unwrap()
             .block;
         block.txs = vec![t(0, 5), t(2, 1)];
-        block.header.txs_root = Block::txs_root(&block.txs, g.chain_id);
+        block.header.txs_root = Block::txs_root(&block.txs, &g.domain());
         let c = l.execute(&g, &block).unwrap();
         assert_eq!(
             c.txs.iter().map(|t| t.ok).collect::<Vec<_>>(),
@@ -924,7 +924,7 @@ mod tests {
         assert!(l.validate(&g, &b).is_err());
         let mut b = block.clone();
         b.records[0].output_hash = B256::ZERO;
-        b.header.records_root = Block::records_root(&b.records, g.chain_id);
+        b.header.records_root = Block::records_root(&b.records, &g.domain());
         assert!(
             l.validate(&g, &b).is_err(),
             "executor signature no longer matches"

@@ -391,8 +391,8 @@ mod tests {
     fn pending_survives_a_reopen_and_garbage_is_dropped() {
         use crate::record::{Transfer, Tx, tests::sample_record};
         let dir = tempfile::tempdir().unwrap();
-        let record = sample_record(7);
-        let id = record.job_id(7);
+        let record = sample_record(&crate::signing::test_domain(7));
+        let id = record.job_id(&crate::signing::test_domain(7));
         let key = crate::signing::seeded_key(1, 1);
         let tx = Tx::Transfer(
             Transfer {
@@ -401,10 +401,10 @@ mod tests {
                 amount: 1,
                 nonce: 0,
             }
-            .sign(&key, 7)
+            .sign(&key, &crate::signing::test_domain(7))
             .unwrap(),
         );
-        let hash = tx.hash(7);
+        let hash = tx.hash(&crate::signing::test_domain(7));
         {
             let store = Store::open(dir.path()).unwrap();
             store.put_pending_record(&id, &record).unwrap();
@@ -446,7 +446,7 @@ mod tests {
                     validator: key.address(),
                 },
                 &key,
-                1,
+                &crate::signing::test_domain(1),
             )
             .unwrap()
         };

@@ -32,6 +32,8 @@ pub struct AppState {
     pub network: Addr<Network>,
     pub consensus: Addr<actors::consensus::Consensus>,
     pub genesis: Arc<Genesis>,
+    /// What signatures on this network are bound to (from the genesis).
+    pub domain: chain::signing::Domain,
     pub peer_id: String,
     pub address: Address,
     pub roles: Vec<String>,
@@ -239,7 +241,15 @@ async fn status(s: S) -> HttpResponse {
         "roles": s.roles,
         "address": s.address,
         "peers": peers.len(),
-        "chain_id": s.genesis.chain_id,
+        "chain_id": s.domain.chain_id,
+        "genesis_hash": s.domain.salt,
+        // The EIP-712 domain a wallet signs job requests and transactions under.
+        "eip712_domain": {
+            "name": "proofmesh",
+            "version": "1",
+            "chainId": s.domain.chain_id,
+            "salt": s.domain.salt,
+        },
         "served_models": s.served,
     }))
 }
@@ -346,16 +356,17 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
         Ok(Err(e)) => return error(500, "storage", e),
         Err(e) => return unavailable(e),
     };
-    let chain_id = s.genesis.chain_id;
-    let leaves: Vec<chain::B256> = block.records.iter().map(|r| r.leaf(chain_id)).collect();
-    let Some(index) = block.records.iter().position(|r| r.job_id(chain_id) == id) else {
+    let domain = &s.domain;
+    let leaves: Vec<chain::B256> = block.records.iter().map(|r| r.leaf(domain)).collect();
+    let Some(index) = block.records.iter().position(|r| r.job_id(domain) == id) else {
         return error(500, "storage", "job index names a block without the record");
     };
     let record = &block.records[index];
     HttpResponse::Ok().json(json!({
         "job_id": id,
         "status": match entry.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },
-        "chain_id": chain_id,
+        "chain_id": domain.chain_id,
+        "genesis_hash": domain.salt,
         "height": entry.height,
         "block_hash": block.hash(),
         "records_root": block.header.records_root,
@@ -386,7 +397,7 @@ async fn get_block(s: S, path: web::Path<String>) -> HttpResponse {
             );
         }
     };
-    let chain_id = s.genesis.chain_id;
+    let domain = &s.domain;
     match s.settlement.send(GetBlock(height)).await {
         Ok(Ok(Some((b, cert)))) => HttpResponse::Ok().json(json!({
             "height": b.header.height,
@@ -398,7 +409,7 @@ async fn get_block(s: S, path: web::Path<String>) -> HttpResponse {
             "txs_root": b.header.txs_root,
             "state_root": b.header.state_root,
             "records": b.records.iter().map(|r| json!({
-                "job_id": r.job_id(chain_id),
+                "job_id": r.job_id(domain),
                 "model_id": r.job.request.model_id,
                 "client": r.job.request.client,
                 "executor": r.executor,
@@ -588,6 +599,10 @@ mod tests {
     #[test]
     fn mutated_json_bodies_parse_or_fail_cleanly() {
         let key = chain::signing::seeded_key(3, 1);
+        let domain = chain::signing::Domain {
+            chain_id: 9,
+            salt: chain::B256::ZERO,
+        };
         let tx = Tx::Transfer(
             chain::Transfer {
                 from: key.address(),
@@ -595,7 +610,7 @@ mod tests {
                 amount: 5,
                 nonce: 0,
             }
-            .sign(&key, 9)
+            .sign(&key, &domain)
             .unwrap(),
         );
         let job = chain::JobRequest {
@@ -606,7 +621,7 @@ mod tests {
             nonce: 1,
             expiry: 2_000_000_000,
         }
-        .sign(&key, 9)
+        .sign(&key, &domain)
         .unwrap();
         let tx_json = serde_json::to_vec(&tx).unwrap();
         let job_json = serde_json::to_vec(&json!({"job": job, "input": "{}"})).unwrap();

@@ -95,10 +95,11 @@ pub fn run(home: &Path) -> Result<()> {
             .context("loading the ledger")?
             .start();
         let mempool = Mempool::new(
-            genesis.chain_id,
+            genesis.domain(),
             Some(store.clone()),
             settlement.clone().recipient(),
         )
+        .with_publisher(network.clone().recipient())
         .start();
         let verifier = Verifier::new(
             genesis.clone(),
@@ -187,6 +188,7 @@ pub fn run(home: &Path) -> Result<()> {
             network,
             consensus,
             genesis: genesis.clone(),
+            domain: genesis.domain(),
             peer_id: started.peer_id.to_string(),
             address: account.address(),
             roles: config

@@ -127,9 +127,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     if st != 200 {
         return Err(api_error(st, &status));
     }
-    let chain_id = status["chain_id"]
-        .as_u64()
-        .context("status has no chain_id")?;
+    let domain = domain_of(&status)?;
     let max_fee = match a.max_fee {
         Some(f) => f,
         None => {
@@ -163,7 +161,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         nonce: a.nonce.unwrap_or_else(random_nonce),
         expiry: now + a.expires_in,
     };
-    let job = request.sign(&key, chain_id)?;
+    let job = request.sign(&key, &domain)?;
     let (st, mut body) = post(
         &agent,
         &format!("{node}/v1/jobs"),
@@ -202,6 +200,18 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     Ok(())
 }
 
+/// The signing domain a node's `/v1/status` names: its chain id and genesis hash.
+fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Domain> {
+    let chain_id = status["chain_id"]
+        .as_u64()
+        .context("status has no chain_id")?;
+    let salt = status["genesis_hash"]
+        .as_str()
+        .and_then(|h| h.parse().ok())
+        .context("status has no genesis_hash")?;
+    Ok(chain::signing::Domain { chain_id, salt })
+}
+
 pub fn transfer(a: TransferArgs) -> Result<()> {
     let agent = agent();
     let node = a.node.trim_end_matches('/');
@@ -210,9 +220,7 @@ pub fn transfer(a: TransferArgs) -> Result<()> {
     if st != 200 {
         return Err(api_error(st, &status));
     }
-    let chain_id = status["chain_id"]
-        .as_u64()
-        .context("status has no chain_id")?;
+    let domain = domain_of(&status)?;
     let (st, acct) = get(&agent, &format!("{node}/v1/accounts/{}", key.address()))?;
     if st != 200 {
         return Err(api_error(st, &acct));
@@ -229,7 +237,7 @@ pub fn transfer(a: TransferArgs) -> Result<()> {
             amount: a.amount,
             nonce,
         }
-        .sign(&key, chain_id)?,
+        .sign(&key, &domain)?,
     );
     let (st, body) = post(
         &agent,

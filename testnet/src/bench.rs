@@ -82,7 +82,7 @@ pub fn run(
                 key.clone(),
                 input.clone(),
             );
-            let chain_id = net.chain_id;
+            let domain = net.domain;
             std::thread::spawn(move || {
                 let client = Client::new();
                 loop {
@@ -97,7 +97,7 @@ pub fn run(
                     let outcome = (|| -> Result<(f64, f64, bool)> {
                         let body = signed_job(
                             &key,
-                            chain_id,
+                            &domain,
                             model_id,
                             &text,
                             price,

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::keccak256;
 use anyhow::{Context, Result, anyhow};
+use chain::signing::Domain;
 use chain::{JobRequest, ModelId, PrivateKeySigner};
 use serde_json::{Value, json};
 
@@ -117,7 +118,7 @@ impl Client {
 /// Signs a job request; returns the JSON body for `POST /v1/jobs`.
 pub fn signed_job(
     key: &PrivateKeySigner,
-    chain_id: u64,
+    domain: &Domain,
     model: ModelId,
     input: &str,
     max_fee: u128,
@@ -134,6 +135,6 @@ pub fn signed_job(
         nonce,
         expiry: now + 600,
     };
-    let job = req.sign(key, chain_id)?;
+    let job = req.sign(key, domain)?;
     Ok(json!({"job": job, "input": input}))
 }

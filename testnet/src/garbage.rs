@@ -422,6 +422,12 @@ pub fn lie_about_sync(target: &str, duration: Duration, junk: Junk) -> Result<Li
 }
 
 /// Junk proposal number `seed` (see [`Junk`]).
+/// Junk is signed for no network in particular: its signatures need only parse.
+const JUNK_DOMAIN: chain::signing::Domain = chain::signing::Domain {
+    chain_id: 1,
+    salt: chain::B256::ZERO,
+};
+
 fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
     let bytes = junk.bytes;
     let height = junk.height + seed % 3;
@@ -438,14 +444,14 @@ fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
                 nonce: seed * 1000 + i as u64,
                 expiry: 1,
             }
-            .sign(&key, 1)?;
+            .sign(&key, &JUNK_DOMAIN)?;
             Ok(chain::InferenceRecord::create(
                 job,
                 input.clone(),
                 chain::B256::ZERO,
                 chain::Proof::Reexec,
                 &key,
-                1,
+                &JUNK_DOMAIN,
             )?)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -472,7 +478,7 @@ fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
             proposer,
         },
         &key,
-        1,
+        &JUNK_DOMAIN,
     )?;
     Ok(protocol::encode(&protocol::ConsensusMsg::Proposal {
         proposal,

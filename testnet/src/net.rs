@@ -61,7 +61,8 @@ pub const TEE_MODEL: &str = "mlp-tee";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Testnet {
     pub dir: PathBuf,
-    pub chain_id: u64,
+    /// What signatures on this testnet are bound to: its chain id and genesis hash.
+    pub domain: chain::signing::Domain,
     pub nodes: Vec<NodeInfo>,
     pub client_key: PathBuf,
     pub client_address: Address,
@@ -503,6 +504,11 @@ impl Testnet {
             if let Some(net) = cfg.get_mut("network").and_then(|v| v.as_table_mut()) {
                 net.insert("bootstrap".into(), toml::Value::Array(others));
             }
+            // Every node's log filter, for a run being debugged (e.g.
+            // `info,actors::consensus=debug`).
+            if let Ok(filter) = std::env::var("PROOFMESH_NODE_LOG") {
+                cfg.insert("log".into(), filter.into());
+            }
             if n.role == "validator" {
                 let fault = if o.garbage_proposers.contains(&validator_index) {
                     Some("garbage-proposals")
@@ -545,7 +551,7 @@ impl Testnet {
 
         let mut net = Testnet {
             dir: dir.clone(),
-            chain_id,
+            domain: genesis.domain(),
             nodes,
             client_key,
             client_address: client.address(),
@@ -818,9 +824,13 @@ mod tests {
             amount: 1,
             nonce: 0,
         };
-        let signed = chain::Tx::Transfer(transfer.sign(&key, ids[0]).unwrap());
-        assert!(signed.verify(ids[0]).is_ok());
-        assert!(signed.verify(ids[1]).is_err());
+        let domain = |chain_id| chain::signing::Domain {
+            chain_id,
+            salt: chain::B256::ZERO,
+        };
+        let signed = chain::Tx::Transfer(transfer.sign(&key, &domain(ids[0])).unwrap());
+        assert!(signed.verify(&domain(ids[0])).is_ok());
+        assert!(signed.verify(&domain(ids[1])).is_err());
     }
 
     #[test]

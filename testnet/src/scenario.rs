@@ -24,7 +24,7 @@ pub fn submit_and_wait(
     let node = &net.nodes[via].http;
     let body = signed_job(
         &key,
-        net.chain_id,
+        &net.domain,
         model_id,
         &input,
         model.price.parse()?,

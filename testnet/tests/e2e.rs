@@ -98,8 +98,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
     let mut finalized: Vec<(String, Value)> = Vec::new();
     let mut first_body = None;
     for (i, node) in net.nodes.iter().enumerate() {
-        let body =
-            signed_job(&key, net.chain_id, model_id, &input, price, base + i as u64).unwrap();
+        let body = signed_job(&key, &net.domain, model_id, &input, price, base + i as u64).unwrap();
         let reply = client
             .post(&format!("{}/v1/jobs", node.http), &body)
             .unwrap();
@@ -175,12 +174,12 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
     for node in [&v0, &inf] {
         // A signature over other fields (the fee was raised after signing).
         let mut tampered =
-            signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+            signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
         tampered["job"]["request"]["max_fee"] = json!((price * 2).to_string());
         bad(node, &tampered, 401, "bad_signature");
         // A signature that is not one.
         let mut garbled =
-            signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+            signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
         garbled["job"]["signature"] = json!(format!("0x{}", "ab".repeat(65)));
         bad(node, &garbled, 401, "bad_signature");
         // The same signed job again: it is settled already.
@@ -188,7 +187,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         // Another job that reuses a spent nonce: replay protection.
         let reuse = signed_job(
             &key,
-            net.chain_id,
+            &net.domain,
             model_id,
             &format!("{input} "),
             price,
@@ -199,7 +198,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         // A model nobody registered.
         let unknown = signed_job(
             &key,
-            net.chain_id,
+            &net.domain,
             ModelId([7u8; 32]),
             &input,
             price,
@@ -209,19 +208,12 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         bad(node, &unknown, 404, "unknown_model");
         // A client with nothing to pay.
         let pauper = PrivateKeySigner::random();
-        let broke = signed_job(
-            &pauper,
-            net.chain_id,
-            model_id,
-            &input,
-            price,
-            fresh_nonce(),
-        )
-        .unwrap();
+        let broke =
+            signed_job(&pauper, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
         bad(node, &broke, 402, "insufficient_balance");
         // Input that is not what was signed.
         let mut swapped =
-            signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+            signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
         swapped["input"] = json!(input.replacen('{', "{ ", 1));
         bad(node, &swapped, 400, "bad_input_hash");
         // Not JSON at all.
@@ -243,7 +235,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
         amount: 5,
         nonce: 0,
     };
-    let signed = tx.sign(&pauper, net.chain_id).unwrap();
+    let signed = tx.sign(&pauper, &net.domain).unwrap();
     let r = client
         .post(
             &format!("{v0}/v1/txs"),
@@ -273,6 +265,10 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
             "{} stopped answering after garbage",
             node.name
         );
+        // Every node names the same signing domain, the one the jobs above were signed under.
+        let domain = &st.body["eip712_domain"];
+        assert_eq!(domain["chainId"], net.domain.chain_id, "{}", node.name);
+        assert_eq!(domain["salt"], net.domain.salt.to_string(), "{}", node.name);
     }
     for node in &net.nodes {
         let log = std::fs::read_to_string(node.home.join("node.log")).unwrap();
@@ -375,12 +371,7 @@ fn testnet_serves_proves_verifies_orders_and_settles_jobs() {
     // finalized (refused ones cost nothing); the inference nodes earned their share.
     std::thread::sleep(Duration::from_secs(1));
     for node in &net.nodes {
-        let s = client
-            .get(&format!("{}/v1/supply", node.http))
-            .unwrap()
-            .ok()
-            .unwrap();
-        assert_eq!(s["total"], TOTAL_SUPPLY.to_string(), "{}", node.name);
+        common::assert_supply_exact(&client, node);
     }
     let client_after = balance(&client, &v0, &net.client_address.to_string());
     assert_eq!(

@@ -27,7 +27,7 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
     let paid_before = balance(&client, v0, &net.client_address.to_string());
 
     // Submitted at the faulty node, the job runs there (local first) and gets a wrong result.
-    let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+    let body = signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
     let reply = client
         .post(&format!("{}/v1/jobs", faulty.http), &body)
         .unwrap()
@@ -36,7 +36,7 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
     let bad_job = reply["job_id"].as_str().unwrap().to_string();
 
     // An honest job submitted afterwards finalizes...
-    let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+    let body = signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
     let reply = client
         .post(&format!("{}/v1/jobs", honest.http), &body)
         .unwrap()

@@ -33,7 +33,7 @@ fn submit_job(client: &Client, net: &testnet::Testnet, node: &str) -> testnet::c
     let input = std::fs::read_to_string(&model.example_input).unwrap();
     let body = testnet::client::signed_job(
         &net.client_key().unwrap(),
-        net.chain_id,
+        &net.domain,
         model.id.parse().unwrap(),
         &input,
         model.price.parse().unwrap(),
@@ -305,7 +305,7 @@ fn direct_job_calls_are_admitted_as_a_gateway_would(run: &Running) {
             nonce,
             expiry,
         }
-        .sign(key, net.chain_id)
+        .sign(key, &net.domain)
         .unwrap();
         let bytes = protocol::encode(&protocol::JobCall {
             job,
@@ -387,7 +387,7 @@ fn spoofed_capabilities_route_no_job(run: &Running) {
             issued_ms: chain::types::now_ms(),
         },
         &PrivateKeySigner::random(),
-        net.chain_id,
+        &net.domain,
     )
     .unwrap();
     let rejected = |why: &str| {
@@ -499,7 +499,7 @@ fn replayed_settled_records_cost_no_verification(run: &Running) {
 fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
     let net = run.net();
     let client = Client::new();
-    let chain_id = net.chain_id;
+    let domain = net.domain;
     let (target, other) = (&net.nodes[0], &net.nodes[1]);
     let txs_in = |node: &str| {
         counter(
@@ -546,8 +546,8 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
     let before = txs_in(&other.http);
 
     let stranger = PrivateKeySigner::random();
-    let unfunded = transfer(&stranger, chain_id, Address::repeat_byte(1), OPG, 0);
-    let Tx::Transfer(mut forged) = transfer(&stranger, chain_id, Address::repeat_byte(1), 1, 0);
+    let unfunded = transfer(&stranger, &domain, Address::repeat_byte(1), OPG, 0);
+    let Tx::Transfer(mut forged) = transfer(&stranger, &domain, Address::repeat_byte(1), 1, 0);
     forged.signature.0[10] ^= 0x40;
     let key = net.client_key().unwrap();
     let next = client
@@ -557,7 +557,7 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
         .as_u64()
         .unwrap();
     let to = PrivateKeySigner::random().address();
-    let honest = transfer(&key, chain_id, to, 3 * OPG, next);
+    let honest = transfer(&key, &domain, to, 3 * OPG, next);
     let Tx::Transfer(mut malleated) = honest.clone();
     malleated.signature = malleate(&malleated.signature);
     let sent = testnet::garbage::publish(

@@ -45,7 +45,7 @@ fn tee_records_are_verified_and_forged_or_replayed_proofs_are_rejected() {
 
     // Jobs submitted at an inference node run there (local first).
     let submit = |node: &testnet::NodeInfo| -> Value {
-        let body = signed_job(&key, net.chain_id, model_id, &input, price, fresh_nonce()).unwrap();
+        let body = signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
         let reply = client
             .post(&format!("{}/v1/jobs", node.http), &body)
             .unwrap();

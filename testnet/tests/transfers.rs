@@ -89,7 +89,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
     });
     let client = Client::new();
     let net = run.net();
-    let chain_id = net.chain_id;
+    let domain = net.domain;
     let key = net.client_key().unwrap();
     let me = key.address();
     let v0 = net.nodes[0].http.clone();
@@ -118,36 +118,36 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let tx = transfer(&key, chain_id, *to, *amount, next);
+        let tx = transfer(&key, &domain, *to, *amount, next);
         let (status, body) = post(&client, node, &tx);
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "pending");
-        assert_eq!(body["hash"], format!("{}", tx.hash(chain_id)), "{body}");
+        assert_eq!(body["hash"], format!("{}", tx.hash(&domain)), "{body}");
     }
     // What cannot apply is refused with its own status, and nothing of it is kept.
     let refusals = [
         (
-            transfer(&key, chain_id, a.address(), 1, nonce),
+            transfer(&key, &domain, a.address(), 1, nonce),
             409,
             "nonce_used",
         ),
         (
-            transfer(&key, chain_id, a.address(), 1, nonce + 9),
+            transfer(&key, &domain, a.address(), 1, nonce + 9),
             400,
             "nonce_gap",
         ),
         (
-            transfer(&key, chain_id, a.address(), 0, nonce + 3),
+            transfer(&key, &domain, a.address(), 0, nonce + 3),
             400,
             "zero_amount",
         ),
         (
-            transfer(&key, chain_id, a.address(), balance, nonce + 3),
+            transfer(&key, &domain, a.address(), balance, nonce + 3),
             402,
             "insufficient_balance",
         ),
         (
-            transfer(&PrivateKeySigner::random(), chain_id, me, 1, 0),
+            transfer(&PrivateKeySigner::random(), &domain, me, 1, 0),
             402,
             "insufficient_balance",
         ),
@@ -172,7 +172,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
         ],
     );
     // The new account spends what it received, through the inference node.
-    let tx = transfer(&a, chain_id, b.address(), 2 * OPG, 0);
+    let tx = transfer(&a, &domain, b.address(), 2 * OPG, 0);
     assert_eq!(post(&client, &inf, &tx).0, 200);
     wait_accounts(
         &run,
@@ -259,7 +259,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
     let input = std::fs::read_to_string(&model.example_input).unwrap();
     let body = signed_job(
         &key,
-        chain_id,
+        &domain,
         model.id.parse().unwrap(),
         &input,
         model.price.parse().unwrap(),

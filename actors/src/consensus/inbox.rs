@@ -54,7 +54,7 @@ pub struct Position<'a> {
     pub height: Height,
     pub round: u32,
     pub validators: &'a ValidatorSet<Address>,
-    pub chain_id: u64,
+    pub domain: &'a chain::signing::Domain,
 }
 
 impl Position<'_> {
@@ -81,7 +81,7 @@ impl Position<'_> {
         if self.validators.power(&sv.vote.validator).is_none() {
             return Err(Verdict::Reject("vote by a non-validator"));
         }
-        if sv.verify(self.chain_id).is_err() {
+        if sv.verify(self.domain).is_err() {
             return Err(Verdict::Reject("bad vote signature"));
         }
         Ok(place)
@@ -111,7 +111,7 @@ impl Position<'_> {
                 "proposal names another block than it carries",
             ));
         }
-        if proposal.verify(self.chain_id).is_err() {
+        if proposal.verify(self.domain).is_err() {
             return Err(Verdict::Reject("bad proposal signature"));
         }
         Ok(place)
@@ -249,7 +249,10 @@ mod tests {
     use chain::signing::seeded_key;
     use chain::{B256, Block, BlockHeader, Proposal, Vote};
 
-    const CHAIN: u64 = 3;
+    const CHAIN: chain::signing::Domain = chain::signing::Domain {
+        chain_id: 3,
+        salt: chain::B256::ZERO,
+    };
 
     fn keys() -> Vec<chain::PrivateKeySigner> {
         (0..4).map(|i| seeded_key(41, i)).collect()
@@ -269,7 +272,7 @@ mod tests {
                 validator: key.address(),
             },
             key,
-            CHAIN,
+            &CHAIN,
         )
         .unwrap()
     }
@@ -307,7 +310,7 @@ mod tests {
                 proposer,
             },
             key,
-            CHAIN,
+            &CHAIN,
         )
         .unwrap()
     }
@@ -317,7 +320,7 @@ mod tests {
             height: 10,
             round: 0,
             validators: set,
-            chain_id: CHAIN,
+            domain: &CHAIN,
         }
     }
 
@@ -471,7 +474,7 @@ mod tests {
         let nil = vote(k, 11, 0);
         let mut for_block = nil.clone();
         for_block.vote.block = Some(B256::repeat_byte(1));
-        let for_block = SignedVote::sign(for_block.vote, k, CHAIN).unwrap();
+        let for_block = SignedVote::sign(for_block.vote, k, &CHAIN).unwrap();
         buf.push(11, ConsensusMsg::Vote(nil.clone()), peer, 200)
             .unwrap();
         let second = ConsensusMsg::Vote(for_block.clone());
@@ -479,7 +482,7 @@ mod tests {
             panic!("the buffered vote holds the slot");
         };
         let e = chain::Evidence::double_vote(first.clone(), for_block).unwrap();
-        e.verify(set().validators(), CHAIN).unwrap();
+        e.verify(set().validators(), &CHAIN).unwrap();
         assert_eq!(buf.push(11, second, peer, 200), Err("duplicate"));
         assert!(buf.slot_of(12, &ConsensusMsg::Vote(nil.clone())).is_none());
         assert!(

@@ -99,6 +99,8 @@ pub struct GetEvidence;
 
 pub struct Consensus {
     genesis: Arc<Genesis>,
+    /// What this network's signatures are bound to (computed once from the genesis).
+    domain: chain::signing::Domain,
     /// `None` on observers, and on a validator whose write-ahead log is unreadable (it must
     /// not sign what it cannot check against what it signed before).
     signer: Option<Signer<StoreWal>>,
@@ -151,7 +153,7 @@ impl Consensus {
             .filter(|_| config.byzantine == Some(Byzantine::DoubleVote))
             .map(Arc::new);
         let signer = key.and_then(|k| {
-            match Signer::open(StoreWal(store.clone()), Arc::new(k), genesis.chain_id) {
+            match Signer::open(StoreWal(store.clone()), Arc::new(k), genesis.domain()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(error = %e, "the consensus write-ahead log is unreadable: observing only, signing nothing until it is repaired or removed");
@@ -172,6 +174,7 @@ impl Consensus {
             validators,
             signer,
             store,
+            domain: genesis.domain(),
             genesis,
             network,
             settlement: settlement.into(),
@@ -219,7 +222,7 @@ impl Consensus {
             block: None,
             ..sv.vote.clone()
         };
-        if let Ok(second) = SignedVote::sign(nil, key, self.genesis.chain_id) {
+        if let Ok(second) = SignedVote::sign(nil, key, &self.domain) {
             tracing::warn!(
                 height = sv.vote.height,
                 round = sv.vote.round,
@@ -270,6 +273,7 @@ impl Consensus {
                             match &msg {
                                 ConsensusMsg::Vote(sv) => {
                                     let v = &sv.vote;
+                                    tracing::debug!(height = v.height, round = v.round, kind = ?v.kind, block = ?v.block, "voting");
                                     self.votes
                                         .insert((v.round, v.kind, v.validator), sv.clone());
                                     self.double_vote_fault(sv);
@@ -465,7 +469,7 @@ impl Consensus {
             height: self.height,
             round: self.core.round(),
             validators: &self.validators,
-            chain_id: self.genesis.chain_id,
+            domain: &self.domain,
         }
     }
 
@@ -502,7 +506,7 @@ impl Consensus {
                 Verdict::Accept
             }
             ConsensusMsg::Evidence(e) => {
-                if let Err(err) = e.verify(self.validators.validators(), self.genesis.chain_id) {
+                if let Err(err) = e.verify(self.validators.validators(), &self.domain) {
                     tracing::warn!(%origin, error = %err, "invalid evidence");
                     return Verdict::Reject("invalid evidence");
                 }
@@ -563,6 +567,7 @@ impl Consensus {
                 };
                 let settlement = self.settlement.validate.clone();
                 let verifier = self.verifier.clone();
+                let started = Instant::now();
                 let fut = async move {
                     if let Some(v) = verifier {
                         v.send(VerifyRecords(block.records.clone()))
@@ -578,6 +583,8 @@ impl Consensus {
                     if act.height != core_p.height {
                         return;
                     }
+                    tracing::debug!(height = core_p.height, round = core_p.round, ok = res.is_ok(),
+                        ms = started.elapsed().as_millis() as u64, "proposal checked");
                     let valid = match res {
                         Ok(()) => true,
                         Err(e) => {
@@ -664,16 +671,34 @@ impl Consensus {
     /// the height is slow, and sync when stalled.
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if self.height > 0 {
-            let votes: Vec<SignedVote> = self
-                .core
-                .heartbeat()
-                .into_iter()
-                .filter_map(|v| {
-                    self.votes
-                        .get(&(v.round, kind(v.vote_type), v.validator))
-                        .cloned()
-                })
-                .collect();
+            let mut votes: Vec<SignedVote> = Vec::new();
+            for v in self.core.heartbeat() {
+                let key = (v.round, kind(v.vote_type), v.validator);
+                if let Some(sv) = self.votes.get(&key) {
+                    votes.push(sv.clone());
+                    continue;
+                }
+                // Signed before a restart: the write-ahead log kept the value, not the
+                // signature. The signer signs the same value again (the same bytes: RFC 6979).
+                // Without this, the prevotes of a proof-of-lock round are lost once their
+                // signers restarted, and a re-proposed locked block can never gather a polka.
+                let Some(signer) = self.signer.as_mut() else {
+                    continue;
+                };
+                let lock = lock_of(&self.core);
+                let blocks = &self.blocks;
+                let lookup = |h: &B256| blocks.get(h).cloned();
+                match signer.sign_output(&Output::Vote(v), lock, &lookup) {
+                    Some(Ok(ConsensusMsg::Vote(sv))) => {
+                        self.votes.insert(key, sv.clone());
+                        votes.push(sv);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot sign a restored vote again")
+                    }
+                    _ => {}
+                }
+            }
             if !votes.is_empty() {
                 METRICS.consensus_rebroadcasts.inc_by(votes.len() as u64);
                 tracing::debug!(

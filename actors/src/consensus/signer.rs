@@ -144,19 +144,23 @@ impl Wal for StoreWal {
 pub struct Signer<W> {
     wal: W,
     key: Arc<PrivateKeySigner>,
-    chain_id: u64,
+    domain: chain::signing::Domain,
     state: SignedState,
 }
 
 impl<W: Wal> Signer<W> {
     /// Opens the signer on `wal`. An unreadable WAL is an error: the caller must not sign at
     /// all then, since it cannot know what it signed before.
-    pub fn open(wal: W, key: Arc<PrivateKeySigner>, chain_id: u64) -> Result<Self, String> {
+    pub fn open(
+        wal: W,
+        key: Arc<PrivateKeySigner>,
+        domain: chain::signing::Domain,
+    ) -> Result<Self, String> {
         let state = wal.load()?.unwrap_or_default();
         Ok(Signer {
             wal,
             key,
-            chain_id,
+            domain,
             state,
         })
     }
@@ -232,7 +236,7 @@ impl<W: Wal> Signer<W> {
         (next.locked, next.valid) = lock;
         Self::prune_blocks(&mut next);
         self.commit(next)?;
-        SignedProposal::sign(proposal, &self.key, self.chain_id)
+        SignedProposal::sign(proposal, &self.key, &self.domain)
             .map_err(|e| SignError::Key(e.to_string()))
     }
 
@@ -274,7 +278,7 @@ impl<W: Wal> Signer<W> {
         }
         Self::prune_blocks(&mut next);
         self.commit(next)?;
-        SignedVote::sign(vote, &self.key, self.chain_id).map_err(|e| SignError::Key(e.to_string()))
+        SignedVote::sign(vote, &self.key, &self.domain).map_err(|e| SignError::Key(e.to_string()))
     }
 }
 

@@ -96,7 +96,7 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
         .unwrap()
         .start();
     let mempool = Mempool::new(
-        genesis.chain_id,
+        genesis.domain(),
         Some(store.clone()),
         settlement.clone().recipient(),
     )
@@ -164,6 +164,6 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
     let certificate = store.certificate(1).unwrap().unwrap();
     assert_eq!(certificate.block_hash, block.hash());
     certificate
-        .verify(&genesis.validator_powers(), genesis.chain_id)
+        .verify(&genesis.validator_powers(), &genesis.domain())
         .unwrap();
 }

@@ -1063,6 +1063,80 @@ fn a_restored_validator_resumes_in_its_last_round_with_its_lock() {
     assert_eq!(c.snapshot(), state);
 }
 
+/// Found by killing validators under load: a validator that prevoted X in round 0 and then
+/// restarted must count that prevote of its own in the proof of lock of a later proposal of X
+/// (`pol_round` 0). Before, only its last round's votes were restored into the vote sets, so with
+/// the two other round-0 prevotes (re-sent by their signers) it saw no quorum, prevoted nil, and
+/// every restarted validator did the same: the height never ended.
+#[test]
+fn a_restored_validator_counts_its_own_earlier_prevotes_in_a_proof_of_lock() {
+    let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());
+    let me = 2u8;
+    let mut c = Core::new(Some(me), set.clone(), timeouts());
+    c.handle(Input::StartHeight(1));
+    // Before the restart: prevoted 7 in round 0, nil in round 1.
+    c.restore(
+        1,
+        RestoreState {
+            signed: vec![
+                (0, VoteType::Prevote, Some(7)),
+                (1, VoteType::Prevote, None),
+                (1, VoteType::Precommit, None),
+            ],
+            ..RestoreState::default()
+        },
+    );
+    assert_eq!(c.round(), 1);
+    // Round 1 ends: everyone precommitted nil.
+    for v in [0u8, 1, 3] {
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 1,
+            vote_type: VoteType::Precommit,
+            value: None,
+            validator: v,
+        }));
+    }
+    c.handle(Input::Timeout {
+        height: 1,
+        round: 1,
+        step: Step::Precommit,
+    });
+    assert_eq!(c.round(), 2);
+    // The round-0 prevotes of two others arrive (re-sent by their signers), then the round-2
+    // proposal re-proposing 7 with its proof of lock.
+    for v in [0u8, 1] {
+        c.handle(Input::Vote(Vote {
+            height: 1,
+            round: 0,
+            vote_type: VoteType::Prevote,
+            value: Some(7),
+            validator: v,
+        }));
+    }
+    let proposer = *set.proposer(1, 2).unwrap();
+    let outs = c.handle(Input::Proposal {
+        proposal: Proposal {
+            height: 1,
+            round: 2,
+            value: 7,
+            pol_round: Some(0),
+            proposer,
+        },
+        valid: true,
+    });
+    assert!(
+        outs.contains(&Output::Vote(Vote {
+            height: 1,
+            round: 2,
+            vote_type: VoteType::Prevote,
+            value: Some(7),
+            validator: me
+        })),
+        "{outs:?}"
+    );
+}
+
 #[test]
 fn messages_of_other_heights_and_strangers_are_ignored() {
     let set = ValidatorSet::new((0..4u8).map(|i| (i, 1)).collect());

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chain::signing::Domain;
 use testnet::client::Client;
 use testnet::{Testnet, UpOptions};
 
@@ -123,6 +124,16 @@ pub fn balance(client: &Client, node: &str, address: &str) -> u128 {
     r["balance"].as_str().unwrap().parse().unwrap()
 }
 
+/// Asserts that `node` reports the total supply unchanged.
+pub fn assert_supply_exact(client: &Client, node: &testnet::net::NodeInfo) {
+    let s = client
+        .get(&format!("{}/v1/supply", node.http))
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(s["total"], chain::TOTAL_SUPPLY.to_string(), "{}", node.name);
+}
+
 /// A job nonce no earlier test or run used (nonces are unordered, per client).
 pub fn fresh_nonce() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,10 +155,10 @@ pub fn metric(client: &Client, node: &str, series: &str) -> f64 {
 /// One OPG in base units.
 pub const OPG: u128 = 1_000_000_000_000_000_000;
 
-/// A transfer signed by `key` for chain `chain_id`.
+/// A transfer signed by `key` for the network `domain`.
 pub fn transfer(
     key: &chain::PrivateKeySigner,
-    chain_id: u64,
+    domain: &Domain,
     to: chain::Address,
     amount: u128,
     nonce: u64,
@@ -159,7 +170,7 @@ pub fn transfer(
             amount,
             nonce,
         }
-        .sign(key, chain_id)
+        .sign(key, domain)
         .unwrap(),
     )
 }

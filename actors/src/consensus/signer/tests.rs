@@ -16,7 +16,10 @@ use chain::{Address, B256, Block, BlockHeader};
 
 use super::*;
 
-const CHAIN: u64 = 31;
+const CHAIN: chain::signing::Domain = chain::signing::Domain {
+    chain_id: 31,
+    salt: chain::B256::ZERO,
+};
 const HEIGHT: Height = 1;
 
 /// A WAL in memory that outlives the node using it (the "disk"). `forgetful` loses everything
