@@ -258,16 +258,17 @@ impl Handler<SubmitJob> for Gateway {
                 .then(move |(used, account), act, _| {
                     let gate = (|| {
                         match used {
-                            Ok(Some(prev)) if prev == id => {
+                            Ok(Ok(Some(prev))) if prev == id => {
                                 return Err(GatewayError::new(409, "duplicate", format!("job {id} is already settled")));
                             }
-                            Ok(Some(prev)) => {
+                            Ok(Ok(Some(prev))) => {
                                 return Err(GatewayError::new(409, "nonce_used", format!(
                                     "nonce {} was used by job {prev}",
                                     msg.job.request.nonce
                                 )));
                             }
-                            Ok(None) => {}
+                            Ok(Ok(None)) => {}
+                            Ok(Err(e)) => return Err(GatewayError::new(500, "storage", e)),
                             Err(e) => return Err(GatewayError::new(503, "unavailable", e.to_string())),
                         }
                         let balance = account.map_err(|e| GatewayError::new(503, "unavailable", e.to_string()))?.balance;

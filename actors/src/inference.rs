@@ -277,7 +277,8 @@ impl Inference {
             let used = settlement
                 .send(NonceUsed { client, nonce })
                 .await
-                .map_err(|e| Self::refuse("unavailable", e.to_string()))?;
+                .map_err(|e| Self::refuse("unavailable", e.to_string()))?
+                .map_err(|e| Self::refuse("internal", e))?;
             if let Some(prev) = used {
                 return Err(if prev == id {
                     Self::refuse("duplicate", format!("job {id} is already settled"))

@@ -37,7 +37,7 @@ pub struct GetSupply;
 
 /// Which job used this (client, nonce), if any.
 #[derive(Message)]
-#[rtype(result = "Option<JobId>")]
+#[rtype(result = "Result<Option<JobId>, String>")]
 pub struct NonceUsed {
     pub client: Address,
     pub nonce: u64,
@@ -159,9 +159,11 @@ impl Handler<GetSupply> for Settlement {
 }
 
 impl Handler<NonceUsed> for Settlement {
-    type Result = Option<JobId>;
+    type Result = Result<Option<JobId>, String>;
     fn handle(&mut self, msg: NonceUsed, _: &mut Self::Context) -> Self::Result {
-        self.ledger.nonce_used(&msg.client, msg.nonce)
+        self.ledger
+            .nonce_used(&msg.client, msg.nonce)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -1,8 +1,9 @@
 //! The ledger state machine: applies blocks deterministically.
 //!
-//! Pure Rust with no I/O: [`Ledger::execute`] takes a block and returns the changes; the store
-//! persists them atomically and [`Ledger::commit`] applies them in memory. Accounts and used job
-//! nonces are held in memory (the store is the durable copy); fine for testnet scale.
+//! Deterministic: [`Ledger::execute`] takes a block and returns the changes; the store persists
+//! them atomically and [`Ledger::commit`] applies them in memory. Accounts are held in memory
+//! (their number does not grow with jobs); used job nonces, which do, are read from the store
+//! ([`UsedNonces`]), the only I/O here.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -86,14 +87,54 @@ pub struct Built {
     pub dropped_txs: Vec<(B256, String)>,
 }
 
-/// In-memory ledger at some height.
+/// Where a ledger finds the job nonces used in committed blocks.
+pub trait NonceLookup: Send + Sync {
+    /// The job that used `client`'s `nonce`, if one did.
+    fn used_nonce(&self, client: &Address, nonce: u64) -> Result<Option<JobId>>;
+}
+
+/// The job nonces used so far: the one part of the state that grows with every job. A ledger
+/// opened from a store reads them there (RocksDB, which wrote them with their block), so a
+/// node's memory does not grow with the jobs it settled; a ledger without a store (tests,
+/// tools) keeps them in memory.
+#[derive(Clone)]
+pub enum UsedNonces {
+    Memory(HashMap<(Address, u64), JobId>),
+    Stored(std::sync::Arc<dyn NonceLookup>),
+}
+
+impl Default for UsedNonces {
+    fn default() -> Self {
+        UsedNonces::Memory(HashMap::new())
+    }
+}
+
+impl std::fmt::Debug for UsedNonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsedNonces::Memory(m) => write!(f, "UsedNonces::Memory({} nonces)", m.len()),
+            UsedNonces::Stored(_) => f.write_str("UsedNonces::Stored"),
+        }
+    }
+}
+
+impl UsedNonces {
+    fn get(&self, client: &Address, nonce: u64) -> Result<Option<JobId>> {
+        match self {
+            UsedNonces::Memory(m) => Ok(m.get(&(*client, nonce)).copied()),
+            UsedNonces::Stored(s) => s.used_nonce(client, nonce),
+        }
+    }
+}
+
+/// Ledger at some height: accounts in memory, used job nonces as [`UsedNonces`] says.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub height: Height,
     pub tip_hash: B256,
     pub tip_time_ms: u64,
     accounts: BTreeMap<Address, Account>,
-    nonces: HashMap<(Address, u64), JobId>,
+    nonces: UsedNonces,
     /// Digest of everything settled so far that is not an account: each block with used job
     /// nonces or job entries chains `keccak(history ‖ nonces ‖ jobs)`. The state root covers it,
     /// so two ledgers that differ only in used nonces or in the job index have different roots,
@@ -123,11 +164,11 @@ impl Overlay<'_> {
         self.accounts.insert(a, acc);
     }
 
-    fn nonce_owner(&self, key: &(Address, u64)) -> Option<JobId> {
-        self.nonces
-            .get(key)
-            .or_else(|| self.base.nonces.get(key))
-            .copied()
+    fn nonce_owner(&self, key: &(Address, u64)) -> Result<Option<JobId>> {
+        match self.nonces.get(key) {
+            Some(id) => Ok(Some(*id)),
+            None => self.base.nonces.get(&key.0, key.1),
+        }
     }
 }
 
@@ -152,7 +193,7 @@ impl Ledger {
             tip_hash: g.hash(),
             tip_time_ms: g.genesis_time_ms,
             accounts,
-            nonces: HashMap::new(),
+            nonces: UsedNonces::default(),
             history: B256::ZERO,
         }
     }
@@ -163,7 +204,7 @@ impl Ledger {
         tip_hash: B256,
         tip_time_ms: u64,
         accounts: BTreeMap<Address, Account>,
-        nonces: HashMap<(Address, u64), JobId>,
+        nonces: UsedNonces,
         history: B256,
     ) -> Ledger {
         Ledger {
@@ -190,8 +231,8 @@ impl Ledger {
     }
 
     /// Whether `client` already used job nonce `nonce`, and for which job.
-    pub fn nonce_used(&self, client: &Address, nonce: u64) -> Option<JobId> {
-        self.nonces.get(&(*client, nonce)).copied()
+    pub fn nonce_used(&self, client: &Address, nonce: u64) -> Result<Option<JobId>> {
+        self.nonces.get(client, nonce)
     }
 
     /// Sum of all balances and stakes: the supply, which must never change.
@@ -271,7 +312,7 @@ impl Ledger {
                     Error::UnknownModel(model_id)
                 )));
             };
-            if let Some(entry) = settle_job(&mut o, g, h, record, id, model.price, model.owner) {
+            if let Some(entry) = settle_job(&mut o, g, h, record, id, model.price, model.owner)? {
                 jobs.push(entry);
             } else {
                 return Err(Error::InvalidBlock(format!("job {id} is already settled")));
@@ -392,7 +433,7 @@ impl Ledger {
                 dropped_records.push((id, e.to_string()));
                 continue;
             };
-            match settle_job(&mut o, g, &header, &r, id, model.price, model.owner) {
+            match settle_job(&mut o, g, &header, &r, id, model.price, model.owner)? {
                 Some(_) => kept_records.push(r),
                 None => dropped_records.push((id, "already settled".into())),
             }
@@ -440,8 +481,11 @@ impl Ledger {
         for (a, acc) in &c.accounts {
             self.accounts.insert(*a, *acc);
         }
-        for (k, id) in &c.nonces {
-            self.nonces.insert(*k, *id);
+        // A stored index has them already: the store wrote them with the block.
+        if let UsedNonces::Memory(m) = &mut self.nonces {
+            for (k, id) in &c.nonces {
+                m.insert(*k, *id);
+            }
         }
         self.height = c.height;
         self.tip_hash = c.block_hash;
@@ -459,7 +503,7 @@ fn settle_job(
     id: JobId,
     price: u128,
     owner: Address,
-) -> Option<JobEntry> {
+) -> Result<Option<JobEntry>> {
     let req = &record.job.request;
     let key = (req.client, req.nonce);
     let mut entry = JobEntry {
@@ -473,25 +517,25 @@ fn settle_job(
         fee: 0,
         reason: None,
     };
-    match o.nonce_owner(&key) {
-        Some(prev) if prev == id => return None,
+    match o.nonce_owner(&key)? {
+        Some(prev) if prev == id => return Ok(None),
         Some(prev) => {
             entry.reason = Some(format!("nonce {} already used by job {prev}", req.nonce));
-            return Some(entry);
+            return Ok(Some(entry));
         }
         None => {}
     }
     o.nonces.insert(key, id);
     if req.expiry.saturating_mul(1000) < h.timestamp_ms {
         entry.reason = Some(format!("expired at {} (unix seconds)", req.expiry));
-        return Some(entry);
+        return Ok(Some(entry));
     }
     if price > req.max_fee {
         entry.reason = Some(format!(
             "model price {price} exceeds max_fee {}",
             req.max_fee
         ));
-        return Some(entry);
+        return Ok(Some(entry));
     }
     let mut client = o.get(&req.client);
     if client.balance < price {
@@ -499,7 +543,7 @@ fn settle_job(
             "insufficient balance: {} < price {price}",
             client.balance
         ));
-        return Some(entry);
+        return Ok(Some(entry));
     }
     client.balance -= price;
     o.accounts.insert(req.client, client);
@@ -522,7 +566,7 @@ fn settle_job(
     o.credit(h.proposer, val_pool - paid);
     entry.status = JobStatus::Finalized;
     entry.fee = price;
-    Some(entry)
+    Ok(Some(entry))
 }
 
 fn apply_tx(o: &mut Overlay<'_>, tx: &Tx) -> std::result::Result<(), String> {
@@ -852,7 +896,7 @@ mod tests {
             B256::ZERO,
             u64::MAX,
             BTreeMap::new(),
-            HashMap::new(),
+            UsedNonces::default(),
             B256::ZERO,
         );
         let e = stuck

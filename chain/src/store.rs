@@ -2,7 +2,7 @@
 //! job index and node metadata (tip, consensus write-ahead state), one column family each.
 //! A block and every change it makes are written in one atomic batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use alloy::primitives::{Address, B256};
@@ -13,7 +13,7 @@ use crate::block::{Block, CommitCertificate, MAX_BLOCK_BYTES};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::genesis::Genesis;
-use crate::state::{Account, Changes, JobEntry, Ledger};
+use crate::state::{Account, Changes, JobEntry, Ledger, NonceLookup, UsedNonces};
 use crate::types::{Height, JobId};
 
 const CF_BLOCKS: &str = "blocks";
@@ -66,15 +66,47 @@ pub struct Store {
     db: DB,
 }
 
+/// All memtables together (RocksDB's write buffer manager flushes the largest when they reach
+/// it). RocksDB's default is 64 MiB per column family, up to two each: with eight families a
+/// node's memory would grow with every block until hundreds of MiB were buffered.
+const WRITE_BUFFERS_BYTES: usize = 32 << 20;
+/// One column family's memtable.
+const CF_WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// The block cache every column family shares, index and filter blocks included, so that the
+/// memory tables' readers hold does not grow with the number of files on disk.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+
+impl NonceLookup for Store {
+    fn used_nonce(&self, client: &Address, nonce: u64) -> Result<Option<JobId>> {
+        let mut k = client.to_vec();
+        k.extend_from_slice(&nonce.to_be_bytes());
+        self.get(CF_NONCES, &k, 64)
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`. RocksDB's memory is bounded whatever the chain's
+    /// length: [`WRITE_BUFFERS_BYTES`] of memtables and a [`BLOCK_CACHE_BYTES`] cache.
     pub fn open(path: &Path) -> Result<Store> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        opts.set_db_write_buffer_size(WRITE_BUFFERS_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_write_buffer_size(CF_WRITE_BUFFER_BYTES);
+            o.set_max_write_buffer_number(2);
+            o.set_block_based_table_factory(&table);
+            o
+        };
         let cfs = CFS
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Store { db })
     }
@@ -127,8 +159,8 @@ impl Store {
             .ok_or_else(|| Error::Corrupt("no tip: genesis was never written".into()))
     }
 
-    /// Loads the ledger at the tip.
-    pub fn load_ledger(&self) -> Result<Ledger> {
+    /// Loads the ledger at the tip; it reads used job nonces from this store.
+    pub fn load_ledger(self: &std::sync::Arc<Self>) -> Result<Ledger> {
         let tip = self.tip()?;
         let mut accounts = BTreeMap::new();
         for item in self
@@ -141,28 +173,13 @@ impl Store {
             let acc: Account = codec::decode(&v, 1024)?;
             accounts.insert(addr, acc);
         }
-        let mut nonces = HashMap::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_NONCES)?, rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            if k.len() != 28 {
-                return Err(Error::Corrupt(format!("nonce key of {} bytes", k.len())));
-            }
-            let addr = Address::from_slice(&k[..20]);
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&k[20..]);
-            let id: JobId = codec::decode(&v, 64)?;
-            nonces.insert((addr, u64::from_be_bytes(n)), id);
-        }
         let history = self.get(CF_META, META_HISTORY, 64)?.unwrap_or(B256::ZERO);
         Ok(Ledger::from_parts(
             tip.height,
             tip.hash,
             tip.timestamp_ms,
             accounts,
-            nonces,
+            UsedNonces::Stored(self.clone()),
             history,
         ))
     }
@@ -337,7 +354,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = sample();
         let (block, _) = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
             store.init_genesis(&g).unwrap();
             let ledger = store.load_ledger().unwrap();
             assert_eq!(ledger.state_root(), Ledger::from_genesis(&g).state_root());
@@ -354,6 +371,7 @@ mod tests {
             // What a block with settled jobs would carry: the reopened ledger must have it.
             let changes = Changes {
                 history: B256::repeat_byte(5),
+                nonces: vec![((Address::repeat_byte(1), 7), JobId(B256::repeat_byte(6)))],
                 ..built.changes
             };
             let cert = CommitCertificate {
@@ -366,13 +384,22 @@ mod tests {
             store.put_meta("wal", &(1u64, 2u32)).unwrap();
             (block, changes)
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
         store.init_genesis(&g).unwrap();
         assert_eq!(store.tip().unwrap().height, 1);
         assert_eq!(store.block(1).unwrap().unwrap(), block);
         assert!(store.block(2).unwrap().is_none());
         let ledger = store.load_ledger().unwrap();
         assert_eq!(ledger.history(), B256::repeat_byte(5));
+        // Used nonces are read from the store, not loaded into memory.
+        assert_eq!(
+            ledger.nonce_used(&Address::repeat_byte(1), 7).unwrap(),
+            Some(JobId(B256::repeat_byte(6)))
+        );
+        assert_eq!(
+            ledger.nonce_used(&Address::repeat_byte(1), 8).unwrap(),
+            None
+        );
         assert_eq!(ledger.tip_hash, block.hash());
         assert_eq!(store.get_meta::<(u64, u32)>("wal").unwrap(), Some((1, 2)));
 

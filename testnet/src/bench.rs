@@ -33,6 +33,49 @@ fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
     })
 }
 
+/// One node's resident memory (MiB) when the run started, when half its jobs were done and at
+/// the end, and the size of its data directory (RocksDB) before and after.
+#[derive(Debug, Serialize)]
+pub struct NodeFootprint {
+    pub name: String,
+    pub rss_start_mib: f64,
+    pub rss_middle_mib: f64,
+    pub rss_end_mib: f64,
+    pub disk_start_mib: f64,
+    pub disk_end_mib: f64,
+    /// Growth of the data directory per finalized job.
+    pub disk_bytes_per_job: f64,
+}
+
+/// Resident set size of process `pid` in MiB (`VmRSS`), 0 when it cannot be read.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Total size in bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub jobs: usize,
@@ -47,6 +90,7 @@ pub struct BenchReport {
     pub jobs_per_s: f64,
     pub submit_to_result: Option<Percentiles>,
     pub submit_to_finalized: Option<Percentiles>,
+    pub footprint: Vec<NodeFootprint>,
 }
 
 /// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
@@ -70,6 +114,12 @@ pub fn run(
     let urls: Vec<String> = net.nodes.iter().map(|n| n.http.clone()).collect();
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
+    // Memory at the start, when half the jobs are done, and at the end; disk before and after.
+    let data_dirs: Vec<std::path::PathBuf> =
+        net.nodes.iter().map(|n| n.home.join("data")).collect();
+    let rss_start: Vec<f64> = net.nodes.iter().map(|n| rss_mib(n.pid)).collect();
+    let disk_start: Vec<u64> = data_dirs.iter().map(|d| dir_bytes(d)).collect();
+    let rss_middle = Arc::new(Mutex::new(None::<Vec<f64>>));
     let started = Instant::now();
     let base_nonce =
         seed.wrapping_mul(1_000_003) % (1 << 40) + (chain::types::now_ms() % (1 << 20)) * (1 << 20);
@@ -82,6 +132,8 @@ pub fn run(
                 key.clone(),
                 input.clone(),
             );
+            let rss_middle = rss_middle.clone();
+            let pids: Vec<u32> = net.nodes.iter().map(|n| n.pid).collect();
             let domain = net.domain;
             std::thread::spawn(move || {
                 let client = Client::new();
@@ -89,6 +141,11 @@ pub fn run(
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= jobs {
                         break;
+                    }
+                    if i == jobs / 2
+                        && let Ok(mut m) = rss_middle.lock()
+                    {
+                        *m = Some(pids.iter().map(|p| rss_mib(*p)).collect());
                     }
                     let node = &urls[i % urls.len()];
                     // Vary the input a little so jobs differ; the model ignores whitespace.
@@ -143,7 +200,27 @@ pub fn run(
             }
         }
     }
+    let rss_middle = rss_middle.lock().ok().and_then(|m| m.clone());
+    let footprint = net
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let disk_end = dir_bytes(&data_dirs[i]);
+            NodeFootprint {
+                name: n.name.clone(),
+                rss_start_mib: rss_start[i],
+                rss_middle_mib: rss_middle.as_ref().map_or(0.0, |m| m[i]),
+                rss_end_mib: rss_mib(n.pid),
+                disk_start_mib: disk_start[i] as f64 / MIB,
+                disk_end_mib: disk_end as f64 / MIB,
+                disk_bytes_per_job: disk_end.saturating_sub(disk_start[i]) as f64
+                    / finalized.max(1) as f64,
+            }
+        })
+        .collect();
     Ok(BenchReport {
+        footprint,
         jobs,
         concurrency,
         nodes: urls.len(),
