@@ -152,3 +152,137 @@ fn minilm_ids_equal_the_reference_tokenizer() {
         assert_eq!(t.encode(&case.text, 256), case.ids, "text {:?}", case.text);
     }
 }
+
+/// Milliseconds each fuzz loop below runs (`PROOFMESH_FUZZ_MS`, as for the network decoders).
+fn fuzz_budget() -> std::time::Duration {
+    std::time::Duration::from_millis(
+        std::env::var("PROOFMESH_FUZZ_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    )
+}
+
+/// One to four hostile edits of `text`: characters the normaliser and pre-tokeniser treat
+/// specially (combining marks, CJK, control and zero-width characters, punctuation, special
+/// token literals, a long word), splices of another text, deletions.
+fn mutate_text(text: &str, other: &str, rng: &mut crate::rng::SplitMix64) -> String {
+    const PIECES: &[&str] = &[
+        "\u{301}",
+        "\u{0}",
+        "\u{200d}",
+        "\u{feff}",
+        "\u{3000}",
+        "中文",
+        "\u{1f600}",
+        "é",
+        "ﬁ",
+        "İ",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "##",
+        "!",
+        "\t\n",
+        "\u{202e}",
+        "Ⅻ",
+        "ǅ",
+    ];
+    let mut chars: Vec<char> = text.chars().collect();
+    for _ in 0..=(rng.next_u64() % 4) {
+        let at = (rng.next_u64() as usize) % (chars.len() + 1);
+        match rng.next_u64() % 5 {
+            0 => {
+                let p = PIECES[(rng.next_u64() as usize) % PIECES.len()];
+                chars.splice(at..at, p.chars());
+            }
+            1 => {
+                let run = "x".repeat(1 + (rng.next_u64() as usize) % 300);
+                chars.splice(at..at, run.chars());
+            }
+            2 => {
+                let end = (at + (rng.next_u64() as usize) % 8).min(chars.len());
+                chars.drain(at..end);
+            }
+            3 => {
+                let tail: Vec<char> = other.chars().collect();
+                let from = (rng.next_u64() as usize) % (tail.len() + 1);
+                chars.truncate(at);
+                chars.extend_from_slice(&tail[from..]);
+            }
+            _ => {
+                // Any scalar value.
+                if let Some(c) = char::from_u32((rng.next_u64() % 0x11_0000) as u32) {
+                    chars.insert(at, c);
+                }
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// Job inputs are text from anyone: mutated versions of the tricky fixture texts, fed to the real
+/// MiniLM tokenizer, always give `[CLS] … [SEP]` within the length limit and ids inside the
+/// vocabulary; and mutated bytes of its tokenizer.json load or fail cleanly, never panic.
+#[test]
+fn mutated_inputs_and_tokenizer_files_never_panic() {
+    let dir = crate::testing::minilm_dir();
+    let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let t = Tokenizer::from_json(&bytes).unwrap();
+    let fixtures: Fixtures = serde_json::from_str(include_str!("fixtures.json")).unwrap();
+    let texts: Vec<&str> = fixtures.cases.iter().map(|c| c.text.as_str()).collect();
+    let seed = fuzz_seed();
+    println!("tokenizer fuzz seed {seed} (PROOFMESH_FUZZ_SEED)");
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let (cls, sep) = (t.encode("", 8)[0], t.encode("", 8)[1]);
+    let budget = fuzz_budget();
+    let started = std::time::Instant::now();
+    let mut inputs = 0u64;
+    while started.elapsed() < budget {
+        let a = texts[(rng.next_u64() as usize) % texts.len()];
+        let b = texts[(rng.next_u64() as usize) % texts.len()];
+        let text = mutate_text(a, b, &mut rng);
+        let max_len = [2usize, 3, 16, 256][(rng.next_u64() % 4) as usize];
+        let ids = t.encode(&text, max_len);
+        assert!(ids.len() >= 2 && ids.len() <= max_len, "{text:?}: {ids:?}");
+        assert_eq!((ids[0], ids[ids.len() - 1]), (cls, sep), "{text:?}");
+        assert!(
+            ids.iter().all(|&id| (id as usize) < t.vocab_size()),
+            "{text:?}: {ids:?}"
+        );
+        inputs += 1;
+    }
+    // The file: a few whole-file mutations (each parse reads ~700 KB).
+    let file_started = std::time::Instant::now();
+    let mut files = 0u64;
+    while file_started.elapsed() < budget / 2 || files < 4 {
+        let mut b = bytes.clone();
+        for _ in 0..=(rng.next_u64() % 3) {
+            let at = (rng.next_u64() as usize) % b.len();
+            match rng.next_u64() % 3 {
+                0 => b[at] ^= 1 << (rng.next_u64() % 8),
+                1 => b.truncate(at),
+                _ => b[at] = [b'"', b'{', b'}', b'\\', b'0', 0xff][(rng.next_u64() % 6) as usize],
+            }
+        }
+        if let Ok(t) = Tokenizer::from_json(&b) {
+            let ids = t.encode("hello world", 16);
+            assert!(ids.len() <= 16);
+        }
+        files += 1;
+    }
+    println!("{inputs} texts, {files} tokenizer files");
+    assert!(inputs > 100, "the fuzz loop barely ran");
+}
+
+/// `PROOFMESH_FUZZ_SEED`, or the clock.
+fn fuzz_seed() -> u64 {
+    std::env::var("PROOFMESH_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
