@@ -94,22 +94,7 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
         bail!("target has no /p2p/ peer id");
     };
 
-    // Wait until the node has told us its subscriptions (so publishing reaches it).
-    let mut subscribed = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while subscribed < topics::ALL.len() {
-        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .context("node never subscribed")?;
-        if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
-            peer_id,
-            ..
-        })) = ev
-            && peer_id == peer
-        {
-            subscribed += 1;
-        }
-    }
+    subscribed(&mut swarm, peer, &topics::ALL).await?;
 
     let mut report = GarbageReport::default();
     let mut s = seed | 1;
@@ -203,6 +188,31 @@ fn block_on<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
+/// Waits, 15 s at most, until `peer` has told us it subscribes to each of `topics`: only then
+/// does what we publish there reach it.
+async fn subscribed(
+    swarm: &mut libp2p::Swarm<Hostile>,
+    peer: libp2p::PeerId,
+    topics: &[&str],
+) -> Result<()> {
+    let mut missing: Vec<&str> = topics.to_vec();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !missing.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .with_context(|| format!("node never subscribed to {missing:?}"))?;
+        if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
+            peer_id,
+            topic,
+        })) = ev
+            && peer_id == peer
+        {
+            missing.retain(|t| *t != topic.as_str());
+        }
+    }
+    Ok(())
+}
+
 /// A fresh hostile peer subscribed to `topic`, dialing `target` (`/ip4/…/tcp/…/p2p/…`);
 /// returns it with the target's peer id. Must run inside the runtime.
 fn join(target: &str, topic: &str) -> Result<(libp2p::Swarm<Hostile>, libp2p::PeerId)> {
@@ -225,21 +235,7 @@ fn join(target: &str, topic: &str) -> Result<(libp2p::Swarm<Hostile>, libp2p::Pe
 pub fn publish(target: &str, topic: &'static str, messages: Vec<Vec<u8>>) -> Result<usize> {
     block_on(async move {
         let (mut swarm, peer) = join(target, topic)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
-                .await
-                .context("node never subscribed")?;
-            if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
-                peer_id,
-                topic: t,
-            })) = ev
-                && peer_id == peer
-                && t.as_str() == topic
-            {
-                break;
-            }
-        }
+        subscribed(&mut swarm, peer, &[topic]).await?;
         let mut sent = 0;
         for m in messages {
             if swarm
@@ -494,21 +490,7 @@ async fn liar(target: Multiaddr, duration: Duration, junk: Junk) -> Result<LiarR
     let Some(libp2p::multiaddr::Protocol::P2p(peer)) = target.iter().last() else {
         bail!("target has no /p2p/ peer id");
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
-            .await
-            .context("node never subscribed to consensus")?;
-        if let SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Subscribed {
-            peer_id,
-            topic: t,
-        })) = ev
-            && peer_id == peer
-            && t == topic.hash()
-        {
-            break;
-        }
-    }
+    subscribed(&mut swarm, peer, &[topics::CONSENSUS]).await?;
     let mut report = LiarReport::default();
     swarm.behaviour_mut().sync.send_request(
         &peer,
