@@ -23,21 +23,63 @@ use crate::settlement::{GetAccount, NonceUsed, Settlement};
 /// A capability older than this is ignored when routing.
 const CAPABILITY_TTL: Duration = Duration::from_secs(10);
 
-/// A refused or failed job, with the HTTP status it maps to.
+/// Why the gateway refused or could not finish a job. The HTTP API decides the status each
+/// maps to (`node/src/http.rs`); [`Refusal::code`] is the stable code clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    InputTooLarge,
+    BadInputHash,
+    BadSignature,
+    UnknownModel,
+    Expired,
+    FeeTooLow,
+    Duplicate,
+    NonceUsed,
+    Storage,
+    Unavailable,
+    InsufficientBalance,
+    NoExecutor,
+    ExecutorBusy,
+    ExecutorFailed,
+    ExecutorRefused,
+}
+
+impl Refusal {
+    /// The stable error code (API `error.code`, metric label).
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::InputTooLarge => "input_too_large",
+            Refusal::BadInputHash => "bad_input_hash",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::UnknownModel => "unknown_model",
+            Refusal::Expired => "expired",
+            Refusal::FeeTooLow => "fee_too_low",
+            Refusal::Duplicate => "duplicate",
+            Refusal::NonceUsed => "nonce_used",
+            Refusal::Storage => "storage",
+            Refusal::Unavailable => "unavailable",
+            Refusal::InsufficientBalance => "insufficient_balance",
+            Refusal::NoExecutor => "no_executor",
+            Refusal::ExecutorBusy => "executor_busy",
+            Refusal::ExecutorFailed => "executor_failed",
+            Refusal::ExecutorRefused => "executor_refused",
+        }
+    }
+}
+
+/// A refused or failed job: why, and the details.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}: {message}", kind.code())]
 pub struct GatewayError {
-    pub status: u16,
-    pub code: &'static str,
+    pub kind: Refusal,
     pub message: String,
 }
 
 impl GatewayError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        METRICS.jobs_refused.with_label_values(&[code]).inc();
+    fn new(kind: Refusal, message: impl Into<String>) -> Self {
+        METRICS.jobs_refused.with_label_values(&[kind.code()]).inc();
         GatewayError {
-            status,
-            code,
+            kind,
             message: message.into(),
         }
     }
@@ -139,8 +181,7 @@ impl Gateway {
         let req = &msg.job.request;
         if msg.input.len() > chain::record::MAX_INPUT_BYTES {
             return Err(GatewayError::new(
-                413,
-                "input_too_large",
+                Refusal::InputTooLarge,
                 format!(
                     "input has {} bytes, the limit is {}",
                     msg.input.len(),
@@ -150,18 +191,16 @@ impl Gateway {
         }
         if keccak256(msg.input.as_bytes()) != req.input_hash {
             return Err(GatewayError::new(
-                400,
-                "bad_input_hash",
+                Refusal::BadInputHash,
                 "keccak256(input) differs from request.input_hash",
             ));
         }
         let id = msg.job.verify(&self.domain).map_err(|e| {
-            GatewayError::new(401, "bad_signature", format!("job signature invalid: {e}"))
+            GatewayError::new(Refusal::BadSignature, format!("job signature invalid: {e}"))
         })?;
         let model = self.genesis.model(&req.model_id).ok_or_else(|| {
             GatewayError::new(
-                404,
-                "unknown_model",
+                Refusal::UnknownModel,
                 format!(
                     "model {} is not registered (see GET /v1/models)",
                     req.model_id
@@ -171,15 +210,13 @@ impl Gateway {
         let now_s = chain::types::now_ms() / 1000;
         if req.expiry <= now_s {
             return Err(GatewayError::new(
-                400,
-                "expired",
+                Refusal::Expired,
                 format!("job expired at {} (now {now_s})", req.expiry),
             ));
         }
         if model.price > req.max_fee {
             return Err(GatewayError::new(
-                402,
-                "fee_too_low",
+                Refusal::FeeTooLow,
                 format!(
                     "model price is {} base units, max_fee is {}",
                     model.price, req.max_fee
@@ -188,8 +225,7 @@ impl Gateway {
         }
         if self.pending.contains_key(&id) {
             return Err(GatewayError::new(
-                409,
-                "duplicate",
+                Refusal::Duplicate,
                 format!("job {id} is already in flight"),
             ));
         }
@@ -199,8 +235,7 @@ impl Gateway {
             .any(|p| p.client == req.client && p.nonce == req.nonce)
         {
             return Err(GatewayError::new(
-                409,
-                "nonce_used",
+                Refusal::NonceUsed,
                 format!("nonce {} is in use by another job", req.nonce),
             ));
         }
@@ -259,22 +294,22 @@ impl Handler<SubmitJob> for Gateway {
                     let gate = (|| {
                         match used {
                             Ok(Ok(Some(prev))) if prev == id => {
-                                return Err(GatewayError::new(409, "duplicate", format!("job {id} is already settled")));
+                                return Err(GatewayError::new(Refusal::Duplicate, format!("job {id} is already settled")));
                             }
                             Ok(Ok(Some(prev))) => {
-                                return Err(GatewayError::new(409, "nonce_used", format!(
+                                return Err(GatewayError::new(Refusal::NonceUsed, format!(
                                     "nonce {} was used by job {prev}",
                                     msg.job.request.nonce
                                 )));
                             }
                             Ok(Ok(None)) => {}
-                            Ok(Err(e)) => return Err(GatewayError::new(500, "storage", e)),
-                            Err(e) => return Err(GatewayError::new(503, "unavailable", e.to_string())),
+                            Ok(Err(e)) => return Err(GatewayError::new(Refusal::Storage, e)),
+                            Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
                         }
-                        let balance = account.map_err(|e| GatewayError::new(503, "unavailable", e.to_string()))?.balance;
+                        let balance = account.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))?.balance;
                         let reserved = act.reserved(&msg.job.request.client);
                         if balance < reserved.saturating_add(price) {
-                            return Err(GatewayError::new(402, "insufficient_balance", format!(
+                            return Err(GatewayError::new(Refusal::InsufficientBalance, format!(
                                 "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
                             )));
                         }
@@ -296,15 +331,14 @@ impl Handler<SubmitJob> for Gateway {
                     let route: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JobReply, GatewayError>>>> =
                         if let (Some(inf), true) = (act.inference.clone(), act.local_models.contains(&model)) {
                             Box::pin(async move {
-                                inf.send(RunJob(call)).await.map_err(|e| GatewayError::new(503, "unavailable", e.to_string()))
+                                inf.send(RunJob(call)).await.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))
                             })
                         } else {
                             let peers = act.executors(&model);
                             if peers.is_empty() {
                                 act.pending.remove(&id);
                                 return Box::pin(actix::fut::ready(Err(GatewayError::new(
-                                    503,
-                                    "no_executor",
+                                    Refusal::NoExecutor,
                                     format!("no inference node currently serves model {model}"),
                                 ))));
                             }
@@ -313,7 +347,7 @@ impl Handler<SubmitJob> for Gateway {
                             let network = act.network.clone();
                             Box::pin(async move {
                                 // Try each advertising node once, starting from a rotating one.
-                                let mut last = GatewayError::new(503, "no_executor", "no inference node answered");
+                                let mut last = GatewayError::new(Refusal::NoExecutor, "no inference node answered");
                                 for i in 0..peers.len() {
                                     let peer = peers[(first + i) % peers.len()];
                                     match network.send(SendJob { peer, call: call.clone() }).await {
@@ -322,14 +356,14 @@ impl Handler<SubmitJob> for Gateway {
                                             if matches!(code.as_str(), "busy" | "internal" | "attestation_failed" | "unavailable") =>
                                         {
                                             tracing::warn!(%peer, code, message, "inference node declined, trying the next");
-                                            last = GatewayError::new(503, "executor_busy", format!("{code}: {message}"));
+                                            last = GatewayError::new(Refusal::ExecutorBusy, format!("{code}: {message}"));
                                         }
                                         Ok(Ok(reply)) => return Ok(reply),
                                         Ok(Err(e)) => {
                                             tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
-                                            last = GatewayError::new(502, "executor_failed", e.to_string());
+                                            last = GatewayError::new(Refusal::ExecutorFailed, e.to_string());
                                         }
-                                        Err(e) => return Err(GatewayError::new(503, "unavailable", e.to_string())),
+                                        Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
                                     }
                                 }
                                 Err(last)
@@ -339,15 +373,15 @@ impl Handler<SubmitJob> for Gateway {
                         let result = match reply {
                             Ok(JobReply::Done { record, output }) => {
                                 if record.job_id(&act.domain) != id {
-                                    Err(GatewayError::new(502, "executor_failed", "record is for another job"))
+                                    Err(GatewayError::new(Refusal::ExecutorFailed, "record is for another job"))
                                 } else if let Err(e) = record.verify_signatures(&act.domain) {
-                                    Err(GatewayError::new(502, "executor_failed", format!("record invalid: {e}")))
+                                    Err(GatewayError::new(Refusal::ExecutorFailed, format!("record invalid: {e}")))
                                 } else {
                                     Ok(JobResult { job_id: id, output, record: *record })
                                 }
                             }
                             Ok(JobReply::Refused { code, message }) => {
-                                Err(GatewayError::new(502, "executor_refused", format!("{code}: {message}")))
+                                Err(GatewayError::new(Refusal::ExecutorRefused, format!("{code}: {message}")))
                             }
                             Err(e) => Err(e),
                         };

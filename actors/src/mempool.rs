@@ -723,12 +723,20 @@ impl Handler<AddRecord> for Mempool {
 
 impl Handler<AddTx> for Mempool {
     type Result = ResponseActFuture<Self, Result<B256, MempoolError>>;
-    /// From this node's API: a nonce gap is refused, so the client learns it at once.
+    /// From this node's API: a nonce gap is refused, so the client learns it at once. An
+    /// admitted transaction is gossiped from here.
     fn handle(&mut self, msg: AddTx, _: &mut Self::Context) -> Self::Result {
-        Box::pin(
-            self.add_tx(msg.0, true, false)
-                .map(|res, _, _| res.map(|(hash, _)| hash)),
-        )
+        let data = protocol::encode(&msg.0);
+        Box::pin(self.add_tx(msg.0, true, false).map(move |res, act, _| {
+            let (hash, _) = res?;
+            if let Some(publish) = &act.publish {
+                publish.do_send(Publish {
+                    topic: topics::TXS,
+                    data,
+                });
+            }
+            Ok(hash)
+        }))
     }
 }
 

@@ -9,10 +9,9 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, SubmitJob};
+use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, Refusal, SubmitJob};
 use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord};
-use actors::network::{BlockPeer, GetPeers, Network, Publish};
-use actors::protocol::{self, topics};
+use actors::network::{BlockPeer, GetPeers, Network};
 use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
 use chain::{Address, Genesis, JobId, JobStatus, SignedJobRequest, Tx};
 use futures::StreamExt;
@@ -285,12 +284,25 @@ async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespon
                 "proof": r.record.proof,
             }))
         }
-        Ok(Err(GatewayError {
-            status,
-            code,
-            message,
-        })) => error(status, code, message),
+        Ok(Err(GatewayError { kind, message })) => {
+            error(refusal_status(kind), kind.code(), message)
+        }
         Err(e) => unavailable(e),
+    }
+}
+
+/// The HTTP status of each way a job can be refused or fail at the gateway.
+fn refusal_status(kind: Refusal) -> u16 {
+    match kind {
+        Refusal::BadInputHash | Refusal::Expired => 400,
+        Refusal::BadSignature => 401,
+        Refusal::FeeTooLow | Refusal::InsufficientBalance => 402,
+        Refusal::UnknownModel => 404,
+        Refusal::Duplicate | Refusal::NonceUsed => 409,
+        Refusal::InputTooLarge => 413,
+        Refusal::Storage => 500,
+        Refusal::ExecutorFailed | Refusal::ExecutorRefused => 502,
+        Refusal::Unavailable | Refusal::NoExecutor | Refusal::ExecutorBusy => 503,
     }
 }
 
@@ -482,15 +494,10 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
         Err(r) => return r,
     };
     // The mempool admits only what applies on the committed state plus the sender's pending
-    // transactions, so nothing is accepted here that a block would refuse.
-    match s.mempool.send(AddTx(tx.clone())).await {
-        Ok(Ok(hash)) => {
-            s.network.do_send(Publish {
-                topic: topics::TXS,
-                data: protocol::encode(&tx),
-            });
-            HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"}))
-        }
+    // transactions, so nothing is accepted here that a block would refuse; it gossips what it
+    // admits.
+    match s.mempool.send(AddTx(tx)).await {
+        Ok(Ok(hash)) => HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"})),
         Ok(Err(e)) => {
             let status = match &e {
                 MempoolError::InsufficientBalance { .. } => 402,
@@ -593,6 +600,35 @@ refresh();setInterval(refresh,2000);
 mod tests {
     use super::*;
     use chain::fuzzing::{Rng, mutate};
+
+    /// Each gateway refusal has its own code and a client (4xx) or server (5xx) status as the
+    /// README documents: a client error is never blamed on the node, nor the reverse.
+    #[test]
+    fn refusals_map_to_documented_statuses() {
+        use actors::gateway::Refusal::*;
+        let all = [
+            (InputTooLarge, 413),
+            (BadInputHash, 400),
+            (BadSignature, 401),
+            (UnknownModel, 404),
+            (Expired, 400),
+            (FeeTooLow, 402),
+            (Duplicate, 409),
+            (NonceUsed, 409),
+            (InsufficientBalance, 402),
+            (Storage, 500),
+            (Unavailable, 503),
+            (NoExecutor, 503),
+            (ExecutorBusy, 503),
+            (ExecutorFailed, 502),
+            (ExecutorRefused, 502),
+        ];
+        let codes: std::collections::HashSet<&str> = all.iter().map(|(k, _)| k.code()).collect();
+        assert_eq!(codes.len(), all.len());
+        for (kind, status) in all {
+            assert_eq!(refusal_status(kind), status, "{kind:?}");
+        }
+    }
 
     /// The JSON bodies the API reads (a transaction, a job), mutated: parsed or refused,
     /// never a panic; the unmutated ones parse.
