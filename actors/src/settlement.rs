@@ -78,7 +78,16 @@ pub struct Settlement {
     /// What this network's signatures are bound to (computed once from the genesis).
     domain: chain::signing::Domain,
     subscribers: Vec<Recipient<Committed>>,
+    /// Blocks of the next height this node built or validated, with the changes they make: a
+    /// decided one is committed with them instead of being executed again (every signature of
+    /// every record checked a second time, on this actor's thread). Cleared at each commit.
+    executed: std::collections::HashMap<chain::B256, chain::Changes>,
+    /// How many times a block was executed to commit it (tests).
+    commit_executions: u64,
 }
+
+/// At most this many executed blocks are kept for the next height (one per round normally).
+const EXECUTED_KEPT: usize = 16;
 
 impl Settlement {
     /// Loads the ledger at the store's tip (writing genesis on first start).
@@ -100,11 +109,24 @@ impl Settlement {
             domain: genesis.domain(),
             genesis,
             subscribers: Vec::new(),
+            executed: std::collections::HashMap::new(),
+            commit_executions: 0,
         })
     }
 
     pub fn height(&self) -> Height {
         self.ledger.height
+    }
+
+    /// Keeps what executing `block` would change, for its commit.
+    fn keep_executed(&mut self, block_hash: chain::B256, changes: chain::Changes) {
+        if changes.height != self.ledger.height + 1 {
+            return;
+        }
+        if self.executed.len() >= EXECUTED_KEPT {
+            self.executed.clear();
+        }
+        self.executed.insert(block_hash, changes);
     }
 }
 
@@ -170,17 +192,20 @@ impl Handler<NonceUsed> for Settlement {
 impl Handler<ValidateBlock> for Settlement {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: ValidateBlock, _: &mut Self::Context) -> Self::Result {
-        self.ledger
+        let changes = self
+            .ledger
             .validate_proposal(&self.genesis, &msg.0, chain::types::now_ms())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.keep_executed(msg.0.hash(), changes);
+        Ok(())
     }
 }
 
 impl Handler<BuildBlock> for Settlement {
     type Result = Result<chain::Built, String>;
     fn handle(&mut self, msg: BuildBlock, _: &mut Self::Context) -> Self::Result {
-        self.ledger
+        let built = self
+            .ledger
             .build_block(
                 &self.genesis,
                 msg.proposer,
@@ -188,7 +213,9 @@ impl Handler<BuildBlock> for Settlement {
                 msg.records,
                 msg.txs,
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.keep_executed(built.changes.block_hash, built.changes.clone());
+        Ok(built)
     }
 }
 
@@ -207,10 +234,19 @@ impl Handler<CommitBlock> for Settlement {
         {
             return Err("certificate is for another block".into());
         }
-        let changes = self
-            .ledger
-            .validate(&self.genesis, block)
-            .map_err(|e| e.to_string())?;
+        // Executed when it was built or validated here, against this same parent (the block's
+        // hash covers its parent and state root); otherwise (sync, a block first seen decided)
+        // executed now.
+        let changes = match self.executed.remove(&msg.certificate.block_hash) {
+            Some(changes) => changes,
+            None => {
+                self.commit_executions += 1;
+                self.ledger
+                    .validate(&self.genesis, block)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        self.executed.clear();
         self.store
             .commit_block(block, &msg.certificate, &changes)
             .map_err(|e| format!("store: {e}"))?;
@@ -242,6 +278,20 @@ impl Handler<CommitBlock> for Settlement {
             s.do_send(note.clone());
         }
         Ok(())
+    }
+}
+
+/// How many blocks were executed again to commit them (tests).
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct CommitExecutions;
+
+#[cfg(test)]
+impl Handler<CommitExecutions> for Settlement {
+    type Result = u64;
+    fn handle(&mut self, _: CommitExecutions, _: &mut Self::Context) -> u64 {
+        self.commit_executions
     }
 }
 

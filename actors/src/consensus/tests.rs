@@ -166,4 +166,12 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
     certificate
         .verify(&genesis.validator_powers(), &genesis.domain())
         .unwrap();
+    // Each block was executed when built (and validated); none again to commit it.
+    assert_eq!(
+        settlement
+            .send(crate::settlement::CommitExecutions)
+            .await
+            .unwrap(),
+        0
+    );
 }
