@@ -23,8 +23,9 @@ use common::{OPG, Running, assert_supply_exact, balance, fresh_nonce, transfer};
 use testnet::client::{Client, signed_job};
 
 const ROUNDS: usize = 50;
-/// After the last restart, every accepted job and transfer must be final within this long.
-const SETTLE_BOUND: Duration = Duration::from_secs(90);
+/// After the last restart, every accepted job and transfer must be final within this long:
+/// five rounds of the mempool's 30 s re-gossip (measured alone: 18–44 s).
+const SETTLE_BOUND: Duration = Duration::from_secs(150);
 
 /// What the load threads saw.
 #[derive(Default)]
