@@ -204,13 +204,6 @@ impl TxPool {
         self.by_hash.contains_key(hash)
     }
 
-    /// Whether `hash` waits for an earlier nonce.
-    pub fn is_queued(&self, hash: &B256) -> bool {
-        self.future
-            .values()
-            .any(|q| q.values().any(|(h, _)| h == hash))
-    }
-
     /// How many transactions wait for an earlier nonce.
     pub fn queued(&self) -> usize {
         self.future_len
@@ -532,9 +525,10 @@ impl Mempool {
         // A sender's transactions go out together, in nonce order: a node that missed one
         // refuses every later nonce, so sending them one by one would fix one gap per round.
         let mut senders: Vec<Address> = Vec::new();
+        let mut seen: std::collections::HashSet<Address> = std::collections::HashSet::new();
         for (hash, tx) in self.txs.iter() {
             let (sender, _, _) = tx_terms(tx);
-            if due(*hash) && !senders.contains(&sender) {
+            if due(*hash) && seen.insert(sender) {
                 senders.push(sender);
             }
         }

@@ -95,6 +95,14 @@ impl Client {
         Ok(Reply { status, body })
     }
 
+    /// The committed height `node` reports, `None` when it does not answer.
+    pub fn height(&self, node: &str) -> Option<u64> {
+        self.get(&format!("{node}/v1/status"))
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| r.body["height"].as_u64())
+    }
+
     /// Polls `GET /v1/jobs/{id}` on `node` until the status is final or `timeout` passes.
     pub fn wait_job(&self, node: &str, job_id: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;

@@ -39,13 +39,6 @@ pub fn submit_and_wait(
     Ok((id, status))
 }
 
-fn height(client: &Client, url: &str) -> Option<u64> {
-    client
-        .get(&format!("{url}/v1/status"))
-        .ok()
-        .and_then(|r| r.body["height"].as_u64())
-}
-
 fn nonce_base() -> u64 {
     chain::types::now_ms() * 1000
 }
@@ -63,7 +56,7 @@ pub fn kill(net: &mut Testnet) -> Result<Value> {
     let alive: Vec<usize> = (0..net.nodes.len()).filter(|i| *i != victim).collect();
     let (before, _) = submit_and_wait(net, alive[0], base, Duration::from_secs(30))?;
     net.kill(victim);
-    let killed_at = height(&client, &net.nodes[alive[0]].http).unwrap_or(0);
+    let killed_at = client.height(&net.nodes[alive[0]].http).unwrap_or(0);
     let t = Instant::now();
     let mut during = Vec::new();
     for (k, i) in alive.iter().enumerate() {
@@ -79,9 +72,9 @@ pub fn kill(net: &mut Testnet) -> Result<Value> {
     let during_s = t.elapsed().as_secs_f64();
     net.restart(victim)?;
     let t = Instant::now();
-    let target = height(&client, &net.nodes[alive[0]].http).unwrap_or(0);
+    let target = client.height(&net.nodes[alive[0]].http).unwrap_or(0);
     loop {
-        if height(&client, &net.nodes[victim].http).unwrap_or(0) >= target {
+        if client.height(&net.nodes[victim].http).unwrap_or(0) >= target {
             break;
         }
         if t.elapsed() > Duration::from_secs(60) {

@@ -41,14 +41,6 @@ struct Seen {
     finalized: HashMap<String, u64>,
 }
 
-fn height(client: &Client, node: &str) -> Option<u64> {
-    client
-        .get(&format!("{node}/v1/status"))
-        .ok()
-        .filter(|r| r.status == 200)
-        .and_then(|r| r.body["height"].as_u64())
-}
-
 #[test]
 fn validators_killed_at_random_under_load_lose_and_double_charge_nothing() {
     let mut run = Running::up(4, 1, Vec::new());
@@ -238,7 +230,7 @@ fn validators_killed_at_random_under_load_lose_and_double_charge_nothing() {
     let top = net
         .nodes
         .iter()
-        .map(|n| height(&client, &n.http).unwrap())
+        .map(|n| client.height(&n.http).unwrap())
         .min()
         .unwrap();
     let mut in_blocks: HashSet<String> = HashSet::new();

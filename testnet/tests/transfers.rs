@@ -310,11 +310,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
 }
 
 fn height(client: &Client, node: &str) -> u64 {
-    client
-        .get(&format!("{node}/v1/status"))
-        .ok()
-        .and_then(|r| r.body["height"].as_u64())
-        .unwrap_or(0)
+    client.height(node).unwrap_or(0)
 }
 
 /// Validator 3 is down while the chain moves on, then restarts next to a peer that claims
