@@ -103,19 +103,25 @@ impl Client {
             .and_then(|r| r.body["height"].as_u64())
     }
 
-    /// Polls `GET /v1/jobs/{id}` on `node` until the status is final or `timeout` passes.
+    /// Polls `GET /v1/jobs/{id}` on `node` until the status is final or `timeout` passes. A
+    /// node that does not answer (restarting, or not yet listening) is asked again until then;
+    /// the error names its last answer or failure.
     pub fn wait_job(&self, node: &str, job_id: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let r = self.get(&format!("{node}/v1/jobs/{job_id}"))?;
-            if r.status == 200 && matches!(r.body["status"].as_str(), Some("finalized" | "failed"))
-            {
-                return Ok(r.body);
-            }
+            let last = match self.get(&format!("{node}/v1/jobs/{job_id}")) {
+                Ok(r)
+                    if r.status == 200
+                        && matches!(r.body["status"].as_str(), Some("finalized" | "failed")) =>
+                {
+                    return Ok(r.body);
+                }
+                Ok(r) => r.body.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
             if Instant::now() > deadline {
                 return Err(anyhow!(
-                    "job {job_id} on {node} not final after {timeout:?}: {}",
-                    r.body
+                    "job {job_id} on {node} not final after {timeout:?}: {last}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -184,8 +184,11 @@ fn validators_killed_at_random_under_load_lose_and_double_charge_nothing() {
         "too little load to mean anything"
     );
 
-    // Everything accepted becomes final, on every node.
+    // Everything accepted becomes final, on every node. The last victim may still be starting.
     let settle = Instant::now();
+    run.net()
+        .wait_ready(SETTLE_BOUND, 0)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", run.logs()));
     let mut paid_transfers: BTreeMap<Address, u128> = BTreeMap::new();
     for (to, amount) in &seen.transfers {
         *paid_transfers.entry(*to).or_default() += amount;
