@@ -1,0 +1,633 @@
+//! The Swarm and the one task that owns it: a bounded `select!` loop over the commands from the
+//! actors, the Swarm's events and its timers.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, allow_block_list, connection_limits, identify, identity,
+    kad, noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::FrameCodec;
+use super::peers::{Peers, REDIAL_TICK};
+use super::{
+    COMMAND_QUEUE, DUPLICATE_CACHE, EVENT_QUEUE, MAX_CONNECTIONS_PER_PEER, MAX_ESTABLISHED,
+    MAX_ESTABLISHED_INCOMING, MAX_PENDING_INCOMING, NetError, NetworkConfig,
+};
+use crate::metrics::METRICS;
+use crate::protocol::{self, topics};
+
+/// Listen addresses taken from one peer's identify message: the rest are not dialed.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Peers we dial on our own (from the DHT) until we have this many; beyond it only others
+/// connect to us.
+const DIAL_TARGET_PEERS: usize = 48;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    /// Peers the operator blocked: disconnected, and refused both ways until unblocked.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    job: request_response::Behaviour<FrameCodec>,
+    sync: request_response::Behaviour<FrameCodec>,
+}
+
+pub(super) enum Command {
+    Publish {
+        topic: &'static str,
+        data: Vec<u8>,
+    },
+    Validation {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Job {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    RespondJob {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Sync {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    RespondSync {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Penalise {
+        peer: PeerId,
+        reason: &'static str,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
+    },
+}
+
+impl Command {
+    fn kind(&self) -> &'static str {
+        match self {
+            Command::Publish { .. } => "publish",
+            Command::Validation { .. } => "validation",
+            Command::Job { .. } => "job",
+            Command::RespondJob { .. } => "respond_job",
+            Command::Sync { .. } => "sync",
+            Command::RespondSync { .. } => "respond_sync",
+            Command::Penalise { .. } => "penalise",
+            Command::Block { .. } => "block",
+        }
+    }
+}
+
+/// The bounded command queue's sending side: a full queue drops the command and counts it
+/// (`queue_dropped_total{queue="commands"}`) instead of growing.
+#[derive(Clone)]
+pub(super) struct Commands(mpsc::Sender<Command>);
+
+impl Commands {
+    pub(super) fn send(&self, command: Command) -> Result<(), NetError> {
+        let kind = command.kind();
+        let sent = self.0.try_send(command);
+        METRICS
+            .queue_len
+            .with_label_values(&["commands"])
+            .set((COMMAND_QUEUE - self.0.capacity()) as i64);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                METRICS
+                    .queue_dropped
+                    .with_label_values(&["commands", kind])
+                    .inc();
+                Err(NetError::Busy)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NetError::Stopped),
+        }
+    }
+}
+
+pub(super) enum Event {
+    Gossip {
+        topic: TopicHash,
+        data: Vec<u8>,
+        id: MessageId,
+        source: PeerId,
+        origin: Option<PeerId>,
+    },
+    JobRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    SyncRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    Peers(Vec<PeerId>),
+    Listening(Multiaddr),
+}
+
+fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| {
+            let mut gs_config = gossipsub::ConfigBuilder::default();
+            for t in topics::ALL {
+                gs_config.max_transmit_size_for_topic(
+                    protocol::max_topic_bytes(t),
+                    IdentTopic::new(t).hash(),
+                );
+            }
+            let gs_config = gs_config
+                .heartbeat_interval(Duration::from_millis(700))
+                .duplicate_cache_time(DUPLICATE_CACHE)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(protocol::max_topic_bytes(topics::CONSENSUS))
+                .mesh_n_low(2)
+                .mesh_n(4)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    // Content-addressed ids over (topic, author, payload): one message however
+                    // many peers relay it, while two nodes saying the same thing (a status at the
+                    // same height) stay two messages.
+                    let mut h = m.topic.as_str().as_bytes().to_vec();
+                    h.extend_from_slice(&m.source.map(|p| p.to_bytes()).unwrap_or_default());
+                    h.extend_from_slice(&m.data);
+                    MessageId::from(chain::B256::from(alloy::primitives::keccak256(&h)).to_vec())
+                })
+                .build()
+                .map_err(|e| format!("gossipsub config: {e}"))?;
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gs_config,
+            )?;
+            let mut params = gossipsub::PeerScoreParams::default();
+            for t in topics::ALL {
+                let tp = gossipsub::TopicScoreParams {
+                    invalid_message_deliveries_weight: -10.0,
+                    invalid_message_deliveries_decay: 0.9,
+                    ..Default::default()
+                };
+                params.topics.insert(IdentTopic::new(t).hash(), tp);
+            }
+            gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new(protocol::KAD_PROTOCOL));
+            kad_config.set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let rr = |proto: &'static str, max_request, max_response, timeout| {
+                request_response::Behaviour::with_codec(
+                    FrameCodec::new(max_request, max_response),
+                    [(StreamProtocol::new(proto), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(timeout),
+                )
+            };
+            Ok(Behaviour {
+                gossipsub,
+                kad,
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/proofmesh/id/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                        .with_max_established(Some(MAX_ESTABLISHED))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                ),
+                job: rr(
+                    protocol::JOB_PROTOCOL,
+                    protocol::MAX_JOB_BYTES,
+                    protocol::MAX_JOB_BYTES,
+                    Duration::from_secs(60),
+                ),
+                sync: rr(
+                    protocol::SYNC_PROTOCOL,
+                    1024,
+                    protocol::MAX_SYNC_RESPONSE_BYTES,
+                    Duration::from_secs(30),
+                ),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+/// Builds the Swarm, subscribes to every topic, starts listening and dialing, and spawns the task
+/// that alone drives it. Returns the command queue's sending side and the event queue's receiving
+/// side. Must run inside an actix system.
+pub(super) fn spawn(
+    key: identity::Keypair,
+    config: NetworkConfig,
+) -> Result<(Commands, mpsc::Receiver<Event>), NetError> {
+    let peer_id = key.public().to_peer_id();
+    let mut swarm = build_swarm(key)?;
+    for t in topics::ALL {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(t))
+            .map_err(|e| NetError::Setup(e.to_string()))?;
+    }
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Setup(format!("listen on {addr}: {e}")))?;
+    }
+    for addr in &config.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            if peer == peer_id {
+                continue;
+            }
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let task = SwarmTask {
+        swarm,
+        events: ev_tx,
+        pending_out: HashMap::new(),
+        job_channels: HashMap::new(),
+        sync_channels: HashMap::new(),
+        next_inbound: 0,
+        peers: Peers::new(config.bootstrap),
+    };
+    actix::spawn(task.run(cmd_rx));
+    Ok((Commands(cmd_tx), ev_rx))
+}
+
+/// The task that owns the Swarm: the actors reach it only through [`Commands`], and it reaches
+/// them only through the bounded event queue.
+struct SwarmTask {
+    swarm: libp2p::Swarm<Behaviour>,
+    events: mpsc::Sender<Event>,
+    pending_out:
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    next_inbound: u64,
+    /// Penalties, bans, request budgets and redials.
+    peers: Peers,
+}
+
+impl SwarmTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut redial = tokio::time::interval(REDIAL_TICK);
+        let mut flush = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = flush.tick(), if self.peers.disconnects_pending() => {
+                    for peer in self.peers.due_disconnects(Instant::now()) {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                _ = tick.tick() => self.maintain(),
+                _ = redial.tick() => self.peers.redial_bootstrap(&mut self.swarm),
+            }
+        }
+    }
+
+    fn maintain(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        if connected.is_empty() {
+            // Bootstrap addresses without a peer id (the others are redialed per peer).
+            for addr in self.peers.bootstrap().to_vec() {
+                if !matches!(
+                    addr.iter().last(),
+                    Some(libp2p::multiaddr::Protocol::P2p(_))
+                ) {
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+        }
+        if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+            tracing::trace!("kademlia bootstrap: no known peers yet");
+        }
+        self.peers.maintain();
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Publish { topic, data } => {
+                if let Err(e) = b.gossipsub.publish(IdentTopic::new(topic), data) {
+                    tracing::debug!(topic, error = %e, "publish failed");
+                }
+            }
+            Command::Validation {
+                id,
+                source,
+                acceptance,
+            } => {
+                b.gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Job { peer, data, reply } => {
+                let id = b.job.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::Sync { peer, data, reply } => {
+                let id = b.sync.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::RespondJob { id, data } => {
+                if let Some(ch) = self.job_channels.remove(&id) {
+                    let _ = b.job.send_response(ch, data);
+                }
+            }
+            Command::RespondSync { id, data } => {
+                if let Some(ch) = self.sync_channels.remove(&id) {
+                    let _ = b.sync.send_response(ch, data);
+                }
+            }
+            Command::Penalise { peer, reason } => self.peers.penalise(peer, reason),
+            Command::Block { peer, blocked } => {
+                if blocked {
+                    tracing::warn!(%peer, "peer blocked by the operator");
+                    b.blocked.block_peer(peer);
+                } else {
+                    tracing::info!(%peer, "peer unblocked by the operator");
+                    b.blocked.unblock_peer(peer);
+                    self.peers.unblocked(&peer);
+                }
+            }
+        }
+    }
+
+    fn rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>, is_job: bool) {
+        use request_response::{Event as E, Message as M};
+        match ev {
+            E::Message {
+                peer,
+                message: M::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                if self.peers.is_banned(&peer) {
+                    // Dropping the channel closes the stream: banned peers get no answers.
+                    drop(channel);
+                    return;
+                }
+                if !self.peers.allow_request(peer, is_job) {
+                    let proto = if is_job {
+                        protocol::JOB_PROTOCOL
+                    } else {
+                        protocol::SYNC_PROTOCOL
+                    };
+                    METRICS
+                        .rpc_rejected
+                        .with_label_values(&[proto, "rate_limited"])
+                        .inc();
+                    drop(channel);
+                    return;
+                }
+                self.next_inbound += 1;
+                let id = self.next_inbound;
+                if is_job {
+                    self.job_channels.insert(id, channel);
+                    self.emit(Event::JobRequest {
+                        id,
+                        peer,
+                        data: request,
+                    });
+                } else {
+                    self.sync_channels.insert(id, channel);
+                    self.emit(Event::SyncRequest {
+                        id,
+                        peer,
+                        data: request,
+                    });
+                }
+            }
+            E::Message {
+                message:
+                    M::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(tx) = self.pending_out.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+            E::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(tx) = self.pending_out.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            E::InboundFailure { peer, error, .. } => {
+                let proto = if is_job {
+                    protocol::JOB_PROTOCOL
+                } else {
+                    protocol::SYNC_PROTOCOL
+                };
+                tracing::warn!(%peer, protocol = proto, %error, "inbound request failed");
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    METRICS
+                        .rpc_rejected
+                        .with_label_values(&[proto, "malformed"])
+                        .inc();
+                    self.peers.penalise(peer, "malformed request frame");
+                }
+            }
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if self.peers.is_banned(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                tracing::debug!(%peer_id, "connected");
+                self.peers_changed();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::debug!(%peer_id, "disconnected");
+                }
+                self.peers_changed();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                self.emit(Event::Gossip {
+                    origin: message.source,
+                    topic: message.topic,
+                    data: message.data,
+                    id: message_id,
+                    source: propagation_source,
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            // Small networks: connect to everyone we learn about, so gossip meshes fill.
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) if !self.swarm.is_connected(&peer)
+                && !self.peers.is_banned(&peer)
+                && self.swarm.connected_peers().count() < DIAL_TARGET_PEERS =>
+            {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Job(ev)) => self.rr_event(ev, true),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.rr_event(ev, false),
+            _ => {}
+        }
+    }
+
+    /// Hands an event to the Network actor. A full queue drops it and counts it: a gossip
+    /// message is ignored (neither relayed nor held against its sender), a request's stream is
+    /// closed unanswered.
+    fn emit(&mut self, event: Event) {
+        let sent = self.events.try_send(event);
+        METRICS
+            .queue_len
+            .with_label_values(&["events"])
+            .set((EVENT_QUEUE - self.events.capacity()) as i64);
+        let Err(mpsc::error::TrySendError::Full(event)) = sent else {
+            return;
+        };
+        let kind = match event {
+            Event::Gossip { id, source, .. } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+                "gossip"
+            }
+            Event::JobRequest { id, .. } => {
+                self.job_channels.remove(&id);
+                "job"
+            }
+            Event::SyncRequest { id, .. } => {
+                self.sync_channels.remove(&id);
+                "sync"
+            }
+            Event::Peers(_) => "peers",
+            Event::Listening(_) => "listening",
+        };
+        METRICS
+            .queue_dropped
+            .with_label_values(&["events", kind])
+            .inc();
+    }
+
+    fn peers_changed(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        METRICS.peers.set(peers.len() as i64);
+        self.emit(Event::Peers(peers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish() -> Command {
+        Command::Publish {
+            topic: topics::TXS,
+            data: vec![1, 2, 3],
+        }
+    }
+
+    /// A full command queue refuses (and counts) instead of growing; a stopped task is
+    /// reported as such.
+    #[test]
+    fn the_command_queue_is_bounded() {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let commands = Commands(tx);
+        let dropped = || {
+            METRICS
+                .queue_dropped
+                .with_label_values(&["commands", "publish"])
+                .get()
+        };
+        let before = dropped();
+        for _ in 0..COMMAND_QUEUE {
+            commands.send(publish()).unwrap();
+        }
+        assert!(matches!(commands.send(publish()), Err(NetError::Busy)));
+        assert_eq!(dropped(), before + 1);
+        assert_eq!(
+            METRICS.queue_len.with_label_values(&["commands"]).get(),
+            COMMAND_QUEUE as i64
+        );
+        drop(rx);
+        assert!(matches!(commands.send(publish()), Err(NetError::Stopped)));
+    }
+}
