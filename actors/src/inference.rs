@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use alloy::primitives::keccak256;
-use chain::{Address, Genesis, InferenceRecord, JobId, PrivateKeySigner, Proof, SignedJobRequest};
+use chain::{
+    Address, Admission, Genesis, InferenceRecord, JobId, PrivateKeySigner, Proof, SignedJobRequest,
+};
 use kernels::Backend;
 use libp2p::PeerId;
 
@@ -68,10 +70,14 @@ pub struct Proving {
     pub attestation: Option<Addr<Attestation>>,
     /// Testnet fault injection: sign a wrong output hash (a cheating node).
     pub faulty: bool,
+    /// Testnet fault injection (a lying TEE): records that fail this node's own checks are
+    /// still returned and gossiped, for the validators to refuse, instead of the job failing.
+    pub unchecked: bool,
 }
 
 pub struct Inference {
     genesis: Arc<Genesis>,
+    admission: Admission,
     /// What this network's signatures are bound to (computed once from the genesis).
     domain: chain::signing::Domain,
     models: Models,
@@ -92,11 +98,15 @@ pub struct Inference {
     recent_order: VecDeque<(Address, u64)>,
     /// Testnet fault injection: sign a wrong output hash (a cheating node).
     faulty: bool,
+    /// See [`Proving::unchecked`].
+    unchecked: bool,
 }
 
 impl Inference {
+    /// `admission` checks each record made here before it enters the mempool, as the
+    /// Verifier checks gossiped ones.
     pub fn new(
-        genesis: Arc<Genesis>,
+        admission: Admission,
         models: Models,
         backend: Arc<dyn Backend>,
         executor: Executor,
@@ -106,7 +116,9 @@ impl Inference {
         let Proving {
             attestation,
             faulty,
+            unchecked,
         } = proving;
+        let genesis = admission.genesis().clone();
         if faulty {
             tracing::warn!("FAULT INJECTION: this inference node signs wrong output hashes");
         }
@@ -122,8 +134,9 @@ impl Inference {
             })
             .collect();
         Inference {
-            domain: genesis.domain(),
+            domain: *admission.domain(),
             genesis,
+            admission,
             models,
             backend,
             key: Arc::new(executor.key),
@@ -137,6 +150,7 @@ impl Inference {
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             faulty,
+            unchecked,
         }
     }
 
@@ -356,7 +370,8 @@ impl Inference {
         let backend = self.backend.clone();
         let key = self.key.clone();
         let domain = self.domain;
-        let faulty = self.faulty;
+        let admission = self.admission.clone();
+        let (faulty, unchecked) = (self.faulty, self.unchecked);
         let started = Instant::now();
         let attestation = self
             .genesis
@@ -396,22 +411,41 @@ impl Inference {
                 }
                 None => Proof::Reexec,
             };
-            let record = InferenceRecord::create(call.job, call.input, hash, proof, &key, &domain)
-                .map_err(|e| Self::refuse("internal", e.to_string()))?;
-            Ok::<_, JobReply>((record, output))
+            // Signed and checked as any record is before it enters a mempool, off the actix
+            // thread (ECDSA signing and recovery).
+            let signed = tokio::task::spawn_blocking(move || {
+                let record =
+                    InferenceRecord::create(call.job, call.input, hash, proof, &key, &domain)
+                        .map_err(|e| Self::refuse("internal", e.to_string()))?;
+                let record = Arc::new(record);
+                match admission.check(record.clone()) {
+                    Ok(verified) => Ok((record, Some(verified))),
+                    Err(e) if unchecked => {
+                        tracing::warn!(error = %e, "FAULT INJECTION: a record that fails its checks leaves this node");
+                        Ok((record, None))
+                    }
+                    Err(e) => Err(Self::refuse("internal", format!("own record refused: {e}"))),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(Self::refuse("internal", format!("signing task failed: {e}"))))?;
+            Ok::<_, JobReply>((signed, output))
         };
         Box::pin(work.into_actor(self).map(move |res, act, _| {
             act.in_flight.remove(&job_id);
-            if let Ok((record, _)) = &res {
+            if let Ok(((record, _), _)) = &res {
                 act.remember(record);
             }
             match res {
-                Ok((record, output)) => {
+                Ok(((record, verified), output)) => {
                     METRICS.jobs_executed.inc();
                     tracing::info!(job = %job_id, ms = started.elapsed().as_millis() as u64, "job executed");
-                    act.network.do_send(Publish { topic: topics::RECORDS, data: protocol::encode(&record) });
+                    act.network.do_send(Publish { topic: topics::RECORDS, data: protocol::encode(&*record) });
                     // Gossip does not deliver our own messages back to us.
-                    act.mempool.do_send(AddRecord { id: job_id, record: record.clone() });
+                    if let Some(verified) = verified {
+                        act.mempool.do_send(AddRecord(verified));
+                    }
+                    let record = Arc::try_unwrap(record).unwrap_or_else(|r| (*r).clone());
                     JobReply::Done { record: Box::new(record), output }
                 }
                 Err(reply) => reply,

@@ -8,8 +8,9 @@
 //! saved in the store's pending column family while they wait, and reloaded at start: a node
 //! restart loses no executed job.
 //!
-//! It does not verify records (the Verifier does, before [`AddRecord`]) and does not decide
-//! whether a gossiped message is relayed (the Network does).
+//! It holds only [`VerifiedRecord`]s (checked by the Verifier, or by the inference node that made
+//! them, before [`AddRecord`]) and does not decide whether a gossiped message is relayed (the
+//! Network does).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chain::signing::Domain;
-use chain::{Account, Address, B256, InferenceRecord, JobId, Store, Tx};
+use chain::{Account, Address, Admission, B256, InferenceRecord, JobId, Store, Tx, VerifiedRecord};
 use libp2p::gossipsub::MessageAcceptance;
 
 use crate::metrics::METRICS;
@@ -100,10 +101,7 @@ impl MempoolError {
 
 #[derive(Message)]
 #[rtype(result = "bool")]
-pub struct AddRecord {
-    pub id: JobId,
-    pub record: InferenceRecord,
-}
+pub struct AddRecord(pub VerifiedRecord);
 
 /// A transaction submitted locally (HTTP) or from gossip; its hash, or why it was refused.
 #[derive(Message)]
@@ -112,7 +110,7 @@ pub struct AddTx(pub Tx);
 
 /// Records and transactions for the next block, oldest first.
 #[derive(Message)]
-#[rtype(result = "(Vec<InferenceRecord>, Vec<Tx>)")]
+#[rtype(result = "(Vec<VerifiedRecord>, Vec<Tx>)")]
 pub struct Candidates {
     pub max_records: usize,
     pub max_txs: usize,
@@ -475,7 +473,9 @@ pub struct Mempool {
     accounts: Recipient<GetAccount>,
     seq: u64,
     order: BTreeMap<u64, JobId>,
-    records: HashMap<JobId, (u64, InferenceRecord)>,
+    records: HashMap<JobId, (u64, VerifiedRecord)>,
+    /// Re-checks what was saved before a restart.
+    admission: Admission,
     txs: TxPool,
     /// Where pending entries are gossiped again; `None` in tests without a network.
     publish: Option<Recipient<Publish>>,
@@ -485,9 +485,14 @@ pub struct Mempool {
 }
 
 impl Mempool {
-    pub fn new(domain: Domain, store: Option<Arc<Store>>, accounts: Recipient<GetAccount>) -> Self {
+    pub fn new(
+        admission: Admission,
+        store: Option<Arc<Store>>,
+        accounts: Recipient<GetAccount>,
+    ) -> Self {
         Mempool {
-            domain,
+            domain: *admission.domain(),
+            admission,
             store,
             accounts,
             seq: 0,
@@ -545,7 +550,7 @@ impl Mempool {
                 && due(id.0)
                 && records.len() < REBROADCAST_MAX
             {
-                records.push(record);
+                records.push(record.record());
             }
         }
         for (hash, tx) in &resend {
@@ -581,7 +586,8 @@ impl Mempool {
         METRICS.mempool_txs.set(self.txs.len() as i64);
     }
 
-    fn add_record(&mut self, id: JobId, record: InferenceRecord, persist: bool) -> bool {
+    fn add_record(&mut self, record: VerifiedRecord, persist: bool) -> bool {
+        let id = record.id();
         if self.records.contains_key(&id) {
             return true;
         }
@@ -591,7 +597,7 @@ impl Mempool {
         }
         if persist
             && let Some(store) = &self.store
-            && let Err(e) = store.put_pending_record(&id, &record)
+            && let Err(e) = store.put_pending_record(&id, record.record())
         {
             tracing::error!(job = %id, error = %e, "cannot save a pending record");
         }
@@ -689,10 +695,23 @@ impl Actor for Mempool {
             );
         }
         let (records, txs) = (pending.records.len(), pending.txs.len());
+        // Saved records were checked before they were saved; checked again all the same
+        // (signatures and TEE proofs, no re-execution), as the only way into the mempool.
+        let mut dropped = Vec::new();
         for r in pending.records {
-            let id = r.job_id(&self.domain);
-            self.add_record(id, r, false);
+            let r = Arc::new(r);
+            match self.admission.check(r.clone()) {
+                Ok(verified) => {
+                    self.add_record(verified, false);
+                }
+                Err(e) => {
+                    let id = r.job_id(&self.domain);
+                    tracing::warn!(job = %id, error = %e, "saved record fails its checks: dropped");
+                    dropped.push(id);
+                }
+            }
         }
+        self.forget(&dropped, &[]);
         for tx in pending.txs {
             let hash = tx.hash(&self.domain);
             ctx.spawn(self.add_tx(tx, false, true).map(move |res, act, _| {
@@ -711,7 +730,7 @@ impl Actor for Mempool {
 impl Handler<AddRecord> for Mempool {
     type Result = bool;
     fn handle(&mut self, msg: AddRecord, _: &mut Self::Context) -> bool {
-        self.add_record(msg.id, msg.record, true)
+        self.add_record(msg.0, true)
     }
 }
 
@@ -820,7 +839,7 @@ impl Handler<PendingRecord> for Mempool {
     fn handle(&mut self, msg: PendingRecord, _: &mut Self::Context) -> Self::Result {
         self.records
             .get(&msg.0)
-            .map(|(_, r)| (r.output_hash, r.executor))
+            .map(|(_, r)| (r.record().output_hash, r.record().executor))
     }
 }
 
@@ -1036,5 +1055,107 @@ mod tests {
             ),
             Err(MempoolError::SenderFull { .. })
         ));
+    }
+}
+
+/// The mempool against a real RocksDB store and Settlement.
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use chain::genesis::{GenesisAccount, ModelEntry, Params, VerificationMode};
+    use chain::signing::seeded_key;
+    use chain::{JobRequest, ModelId, Proof, TOTAL_SUPPLY};
+
+    use crate::settlement::Settlement;
+
+    /// A saved record is admitted again at start only if it still passes the checks; one that
+    /// fails them (here: signed for another network) is dropped and deleted from the store.
+    #[actix::test]
+    async fn saved_records_are_checked_again_at_start() {
+        let (client, exec) = (seeded_key(21, 1), seeded_key(21, 2));
+        let model = ModelId([4; 32]);
+        let genesis = Arc::new(chain::Genesis {
+            chain_id: 77,
+            genesis_time_ms: 0,
+            accounts: vec![GenesisAccount {
+                address: client.address(),
+                balance: TOTAL_SUPPLY,
+                stake: 0,
+                label: "client".into(),
+            }],
+            validators: vec![],
+            inference_nodes: vec![exec.address()],
+            models: vec![ModelEntry {
+                id: model,
+                name: "m".into(),
+                owner: client.address(),
+                price: 1,
+                mode: VerificationMode::Reexec,
+            }],
+            params: Params::default(),
+            tee: None,
+        });
+        let record = |domain: &Domain, nonce: u64| {
+            let input = "{}".to_string();
+            let job = JobRequest {
+                client: client.address(),
+                model_id: model,
+                input_hash: alloy::primitives::keccak256(input.as_bytes()),
+                max_fee: 1,
+                nonce,
+                expiry: u64::MAX,
+            }
+            .sign(&client, domain)
+            .unwrap();
+            let r = InferenceRecord::create(
+                job,
+                input,
+                B256::repeat_byte(3),
+                Proof::Reexec,
+                &exec,
+                domain,
+            )
+            .unwrap();
+            (r.job_id(domain), r)
+        };
+        let domain = genesis.domain();
+        let (good_id, good) = record(&domain, 1);
+        let other = Domain {
+            chain_id: 77,
+            salt: B256::repeat_byte(1),
+        };
+        let (_, bad) = record(&other, 2);
+        // Saved under its id on this network, as this node would have.
+        let bad_id = bad.job_id(&domain);
+        assert!(
+            Admission::new(genesis.clone(), None)
+                .check(Arc::new(bad.clone()))
+                .is_err()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store.put_pending_record(&good_id, &good).unwrap();
+        store.put_pending_record(&bad_id, &bad).unwrap();
+        let settlement = Settlement::open(store.clone(), genesis.clone())
+            .unwrap()
+            .start();
+        let mempool = Mempool::new(
+            Admission::new(genesis.clone(), None),
+            Some(store.clone()),
+            settlement.recipient(),
+        )
+        .start();
+        let (records, _) = mempool
+            .send(Candidates {
+                max_records: 10,
+                max_txs: 10,
+            })
+            .await
+            .unwrap();
+        let records: Vec<InferenceRecord> = records.into_iter().map(|r| r.into_record()).collect();
+        assert_eq!(records, vec![good.clone()]);
+        let saved = store.pending().unwrap();
+        assert_eq!(saved.records, vec![good]);
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chain::{
-    Account, Address, Block, CommitCertificate, Genesis, Height, InferenceRecord, JobEntry, JobId,
-    Ledger, Store, Tip, Tx,
+    Account, Address, Block, CommitCertificate, Genesis, Height, JobEntry, JobId, Ledger, Store,
+    Tip, Tx,
 };
 
 use crate::mempool::Committed;
@@ -54,7 +54,8 @@ pub struct ValidateBlock(pub Arc<Block>);
 pub struct BuildBlock {
     pub proposer: Address,
     pub timestamp_ms: u64,
-    pub records: Vec<InferenceRecord>,
+    /// From the mempool, which holds only checked records.
+    pub records: Vec<chain::VerifiedRecord>,
     pub txs: Vec<Tx>,
 }
 

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chain::attestation::TeeVerifier;
-use chain::{Genesis, InferenceRecord, JobId};
+use chain::{Admission, AdmissionError, InferenceRecord, JobId, VerifiedRecord};
 use kernels::Backend;
 use libp2p::gossipsub::MessageAcceptance;
 
@@ -52,6 +51,15 @@ pub enum RecordError {
     },
 }
 
+impl From<AdmissionError> for RecordError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Chain(e) => RecordError::Chain(e),
+            AdmissionError::Attestation(e) => RecordError::Attestation(e),
+        }
+    }
+}
+
 impl RecordError {
     fn label(&self) -> String {
         match self {
@@ -82,38 +90,38 @@ pub struct Verifier {
 /// What the checks need, cheap to clone into a blocking task.
 #[derive(Clone)]
 struct Checker {
-    genesis: Arc<Genesis>,
-    domain: chain::signing::Domain,
+    admission: Admission,
     models: Models,
     backend: Arc<dyn Backend>,
-    tee: Option<Arc<TeeVerifier>>,
     reexecute: bool,
 }
 
 impl Checker {
-    /// Stateless record checks and the TEE proof, then re-execution when `reexecute`, the model's
-    /// mode includes it and the job is sampled.
-    fn check(&self, record: &InferenceRecord) -> Result<JobId, RecordError> {
-        let genesis = &self.genesis;
-        let id = record.verify_signatures(&self.domain)?;
-        if !genesis.is_inference_node(&record.executor) {
-            return Err(chain::Error::UnknownExecutor(record.executor).into());
-        }
-        let model_id = record.job.request.model_id;
-        let Some(entry) = genesis.model(&model_id) else {
-            return Err(chain::Error::UnknownModel(model_id).into());
-        };
-        if entry.mode.needs_tee() {
-            let started = Instant::now();
-            chain::record::check_tee_proof(record, entry.mode, self.tee.as_deref(), &self.domain)?;
+    /// The admission checks (signatures, executor, model, TEE proof), then re-execution when
+    /// `reexecute`, the model's mode includes it and the job is sampled.
+    fn check(&self, record: Arc<InferenceRecord>) -> Result<VerifiedRecord, RecordError> {
+        let needs_tee = self
+            .admission
+            .genesis()
+            .model(&record.job.request.model_id)
+            .is_some_and(|m| m.mode.needs_tee());
+        let started = Instant::now();
+        let verified = self.admission.check(record)?;
+        if needs_tee {
             METRICS
                 .tee_verify_seconds
                 .observe(started.elapsed().as_secs_f64());
             METRICS.tee_verified.inc();
         }
+        let genesis = self.admission.genesis();
+        let record = verified.record();
+        let model_id = record.job.request.model_id;
+        let needs_reexec = genesis
+            .model(&model_id)
+            .is_some_and(|m| m.mode.needs_reexec());
         if self.reexecute
-            && entry.mode.needs_reexec()
-            && sampled(&id, genesis.params.reexec_sample_bps)
+            && needs_reexec
+            && sampled(&verified.id(), genesis.params.reexec_sample_bps)
         {
             let model = self
                 .models
@@ -135,7 +143,7 @@ impl Checker {
                 });
             }
         }
-        Ok(id)
+        Ok(verified)
     }
 }
 
@@ -147,7 +155,7 @@ pub fn sampled(id: &JobId, rate_bps: u32) -> bool {
 
 impl Verifier {
     pub fn new(
-        genesis: Arc<Genesis>,
+        admission: Admission,
         models: Models,
         backend: Arc<dyn Backend>,
         reexecute: bool,
@@ -155,20 +163,11 @@ impl Verifier {
         mempool: Addr<Mempool>,
         jobs: Recipient<GetJob>,
     ) -> Self {
-        let tee = genesis.tee.as_ref().and_then(|t| match t.verifier() {
-            Ok(v) => Some(Arc::new(v)),
-            Err(e) => {
-                tracing::error!(error = %e, "genesis tee section unusable: records of tee models will be rejected");
-                None
-            }
-        });
         Verifier {
             checker: Checker {
-                domain: genesis.domain(),
-                genesis,
+                admission,
                 models,
                 backend,
-                tee,
                 reexecute,
             },
             network,
@@ -216,8 +215,11 @@ impl Actor for Verifier {
 }
 
 /// Runs [`Checker::check`] on a blocking thread.
-async fn check_blocking(v: Checker, record: Arc<InferenceRecord>) -> Result<JobId, RecordError> {
-    tokio::task::spawn_blocking(move || v.check(&record))
+async fn check_blocking(
+    v: Checker,
+    record: Arc<InferenceRecord>,
+) -> Result<VerifiedRecord, RecordError> {
+    tokio::task::spawn_blocking(move || v.check(record))
         .await
         .unwrap_or_else(|e| {
             Err(RecordError::Execution(format!(
@@ -239,7 +241,7 @@ impl Handler<GossipRecord> for Verifier {
     /// fault: honest peers relay in good faith). Only then signatures and re-execution.
     fn handle(&mut self, msg: GossipRecord, _: &mut Self::Context) -> Self::Result {
         let (mid, source) = (msg.id, msg.source);
-        let id = msg.record.job_id(&self.checker.domain);
+        let id = msg.record.job_id(self.checker.admission.domain());
         let expiry_ms = msg.record.job.request.expiry.saturating_mul(1000);
         let early = if self.verified.contains(&id) || self.checking.contains(&id) {
             skip("duplicate")
@@ -286,15 +288,14 @@ impl Handler<GossipRecord> for Verifier {
                 return;
             };
             let acceptance = match result {
-                Ok(id) => {
+                Ok(verified) => {
                     METRICS.records_verified.inc();
-                    act.remember(id);
-                    let record = Arc::try_unwrap(record).unwrap_or_else(|r| (*r).clone());
-                    act.mempool.do_send(AddRecord { id, record });
+                    act.remember(verified.id());
+                    act.mempool.do_send(AddRecord(verified));
                     MessageAcceptance::Accept
                 }
                 Err(e) => {
-                    Verifier::log_rejection(&record, &e, &act.checker.domain);
+                    Verifier::log_rejection(&record, &e, act.checker.admission.domain());
                     match e {
                         // Not the sender's fault: we lack the model.
                         RecordError::ModelMissing(_) => MessageAcceptance::Ignore,
@@ -314,7 +315,7 @@ impl Handler<GossipRecord> for Verifier {
 impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
-        let domain = self.checker.domain;
+        let domain = *self.checker.admission.domain();
         let todo: Vec<InferenceRecord> = msg
             .0
             .into_iter()
@@ -326,7 +327,7 @@ impl Handler<VerifyRecords> for Verifier {
             for record in todo {
                 let record = Arc::new(record);
                 match check_blocking(checker.clone(), record.clone()).await {
-                    Ok(id) => ok.push(id),
+                    Ok(verified) => ok.push(verified.id()),
                     Err(e) => {
                         Verifier::log_rejection(&record, &e, &domain);
                         return (ok, Err(format!("record {}: {e}", record.job_id(&domain))));
@@ -347,6 +348,7 @@ impl Handler<VerifyRecords> for Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chain::Genesis;
     use chain::attestation::Tcb;
     use chain::attestation::sim::{ReportRequest, SimRoot};
     use chain::genesis::{ModelEntry, Params, TeeParams, VerificationMode};
@@ -385,8 +387,8 @@ mod tests {
                 min_tcb: tcb,
             }),
         };
-        // The records are signed for this genesis; the variants below keep its domain.
-        let domain = genesis.domain();
+        // Records are signed for one genesis (its hash is in the domain): each variant below
+        // gets its own pair, with and without a TEE proof.
         let input = "{}".to_string();
         let request = JobRequest {
             client: client.address(),
@@ -397,39 +399,44 @@ mod tests {
             expiry: u64::MAX,
         };
         let output = chain::B256::repeat_byte(1);
-        let leaf = chain::record::leaf(&request, &output, &exec.address(), &domain);
-        let report = chip
-            .report(&ReportRequest {
-                report_data: chain::attestation::report_data(&leaf, &exec.address()),
-                measurement,
-                debug: false,
-            })
-            .unwrap();
-        let tee_proof = Proof::Tee(TeeProof {
-            report,
-            vcek: chip.vcek_der().to_vec(),
-            path: vec![],
-        });
-        let job = request.sign(&client, &domain).unwrap();
-        let make = |proof: Proof| {
-            InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, &domain)
-                .unwrap()
+        let records = |g: &Genesis| {
+            let domain = g.domain();
+            let leaf = chain::record::leaf(&request, &output, &exec.address(), &domain);
+            let report = chip
+                .report(&ReportRequest {
+                    report_data: chain::attestation::report_data(&leaf, &exec.address()),
+                    measurement,
+                    debug: false,
+                })
+                .unwrap();
+            let tee_proof = Proof::Tee(TeeProof {
+                report,
+                vcek: chip.vcek_der().to_vec(),
+                path: vec![],
+            });
+            let job = request.clone().sign(&client, &domain).unwrap();
+            let make = |proof: Proof| {
+                InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, &domain)
+                    .unwrap()
+            };
+            (make(tee_proof), make(Proof::Reexec))
         };
-        let (with_tee, without) = (make(tee_proof), make(Proof::Reexec));
         let backend = kernels::select("cpu").unwrap();
         let models = Models::default();
         let run = |g: &Genesis, r: &InferenceRecord| {
             let checker = Checker {
-                genesis: Arc::new(g.clone()),
-                domain,
+                admission: Admission::new(
+                    Arc::new(g.clone()),
+                    g.tee.as_ref().map(|t| Arc::new(t.verifier().unwrap())),
+                ),
                 models: models.clone(),
                 backend: backend.clone(),
-                tee: g.tee.as_ref().map(|t| Arc::new(t.verifier().unwrap())),
                 reexecute: true,
             };
-            checker.check(r)
+            checker.check(Arc::new(r.clone()))
         };
         // tee: the proof is checked, nothing is re-executed (the model is not even here).
+        let (with_tee, without) = records(&genesis);
         assert!(run(&genesis, &with_tee).is_ok());
         assert!(matches!(
             run(&genesis, &without),
@@ -439,6 +446,7 @@ mod tests {
         ));
         // reexec: re-execution is attempted with or without a proof.
         genesis.models[0].mode = VerificationMode::Reexec;
+        let (with_tee, without) = records(&genesis);
         assert!(matches!(
             run(&genesis, &with_tee),
             Err(RecordError::ModelMissing(_))
@@ -449,6 +457,7 @@ mod tests {
         ));
         // tee+reexec: the proof first, then re-execution.
         genesis.models[0].mode = VerificationMode::TeeReexec;
+        let (with_tee, without) = records(&genesis);
         assert!(matches!(
             run(&genesis, &without),
             Err(RecordError::Attestation(_))

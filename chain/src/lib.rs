@@ -27,7 +27,8 @@ pub use error::{Error, Result};
 pub use evidence::Evidence;
 pub use genesis::{Genesis, ModelEntry, Params, VerificationMode};
 pub use record::{
-    InferenceRecord, JobRequest, Proof, SignedJobRequest, SignedTransfer, Transfer, Tx,
+    Admission, AdmissionError, InferenceRecord, JobRequest, Proof, SignedJobRequest,
+    SignedTransfer, Transfer, Tx, VerifiedRecord,
 };
 pub use signing::PrivateKeySigner;
 pub use state::{Account, Built, Changes, JobEntry, JobStatus, Ledger, TxOutcome};

@@ -1,5 +1,7 @@
 //! Job requests, inference records and transactions: the signed objects that enter blocks.
 
+use std::sync::Arc;
+
 use alloy::primitives::{Address, B256, keccak256};
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +218,94 @@ pub fn check_tee_proof(
     .map(|_| ())
 }
 
+/// Why a record fails [`Admission::check`].
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("{0}")]
+    Chain(#[from] Error),
+    #[error("invalid TEE proof: {0}")]
+    Attestation(#[from] crate::attestation::AttestationError),
+}
+
+/// The rules every node applies to a record before it keeps, relays or proposes it: the ones
+/// that need no model. One per node, shared by the actors that admit records.
+#[derive(Clone)]
+pub struct Admission {
+    genesis: Arc<crate::Genesis>,
+    domain: Domain,
+    tee: Option<Arc<crate::attestation::TeeVerifier>>,
+}
+
+impl Admission {
+    /// `tee` verifies the proofs of `tee` models (`None`: such records are refused).
+    pub fn new(
+        genesis: Arc<crate::Genesis>,
+        tee: Option<Arc<crate::attestation::TeeVerifier>>,
+    ) -> Self {
+        Admission {
+            domain: genesis.domain(),
+            genesis,
+            tee,
+        }
+    }
+
+    pub fn genesis(&self) -> &Arc<crate::Genesis> {
+        &self.genesis
+    }
+
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// The input's size and hash, the client's and the executor's signatures (canonical, over
+    /// this network's domain), a registered executor, a known model, and the TEE proof where
+    /// the model's mode requires one, in that order: the cheapest refusal first.
+    pub fn check(
+        &self,
+        record: Arc<InferenceRecord>,
+    ) -> std::result::Result<VerifiedRecord, AdmissionError> {
+        let id = record.verify_signatures(&self.domain)?;
+        if !self.genesis.is_inference_node(&record.executor) {
+            return Err(Error::UnknownExecutor(record.executor).into());
+        }
+        let model_id = record.job.request.model_id;
+        let Some(entry) = self.genesis.model(&model_id) else {
+            return Err(Error::UnknownModel(model_id).into());
+        };
+        check_tee_proof(&record, entry.mode, self.tee.as_deref(), &self.domain)?;
+        Ok(VerifiedRecord { id, record })
+    }
+}
+
+/// A record that passed [`Admission::check`], the only way to make one: what takes a
+/// `VerifiedRecord` (the mempool, block building) cannot be handed an unchecked record.
+/// Re-execution, which needs the model, is a further check for validators.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedRecord {
+    id: JobId,
+    record: Arc<InferenceRecord>,
+}
+
+impl VerifiedRecord {
+    /// The job id, computed by the check.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    pub fn record(&self) -> &InferenceRecord {
+        &self.record
+    }
+
+    pub fn shared(&self) -> &Arc<InferenceRecord> {
+        &self.record
+    }
+
+    /// The record, copied only if it is shared.
+    pub fn into_record(self) -> InferenceRecord {
+        Arc::try_unwrap(self.record).unwrap_or_else(|shared| (*shared).clone())
+    }
+}
+
 /// A token transfer (EIP-712 struct `Transfer`), with the sender's sequential account nonce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
@@ -405,6 +495,81 @@ pub(crate) mod tests {
         assert!(matches!(
             t.verify_signatures(&D7),
             Err(Error::TooLarge { .. })
+        ));
+    }
+
+    /// Admission runs every model-free check, and only a record that passes them all becomes a
+    /// `VerifiedRecord` (with the job id of its own domain).
+    #[test]
+    fn admission_refuses_each_failing_check() {
+        use crate::attestation::AttestationError;
+        use crate::genesis::{ModelEntry, Params, VerificationMode};
+        let mut genesis = crate::Genesis {
+            chain_id: 7,
+            genesis_time_ms: 0,
+            accounts: vec![],
+            validators: vec![],
+            inference_nodes: vec![seeded_key(1, 2).address()],
+            models: vec![ModelEntry {
+                id: ModelId([5; 32]),
+                name: "m".into(),
+                owner: Address::ZERO,
+                price: 1,
+                mode: VerificationMode::Reexec,
+            }],
+            params: Params::default(),
+            tee: None,
+        };
+        let admit = |g: &crate::Genesis, r: &InferenceRecord| {
+            Admission::new(Arc::new(g.clone()), None).check(Arc::new(r.clone()))
+        };
+        let domain = genesis.domain();
+        let r = sample_record(&domain);
+        let ok = admit(&genesis, &r).unwrap();
+        assert_eq!(ok.id(), r.job_id(&domain));
+        assert_eq!(ok.record(), &r);
+
+        // Signed for another network.
+        assert!(matches!(
+            admit(&genesis, &sample_record(&D7)),
+            Err(AdmissionError::Chain(Error::WrongSigner { .. }))
+        ));
+        let mut tampered = r.clone();
+        tampered.output_hash = B256::repeat_byte(2);
+        assert!(matches!(
+            admit(&genesis, &tampered),
+            Err(AdmissionError::Chain(Error::WrongSigner { .. }))
+        ));
+        // The record's domain is the genesis hash: changing the genesis changes it, so each
+        // variant below is signed again for its own genesis.
+        let mut g = genesis.clone();
+        g.inference_nodes.clear();
+        assert!(matches!(
+            admit(&g, &sample_record(&g.domain())),
+            Err(AdmissionError::Chain(Error::UnknownExecutor(_)))
+        ));
+        let mut g = genesis.clone();
+        g.models[0].id = ModelId([6; 32]);
+        assert!(matches!(
+            admit(&g, &sample_record(&g.domain())),
+            Err(AdmissionError::Chain(Error::UnknownModel(_)))
+        ));
+        // A `tee` model: a record without a proof, and a network without TEE roots.
+        genesis.models[0].mode = VerificationMode::Tee;
+        let d = genesis.domain();
+        assert!(matches!(
+            admit(&genesis, &sample_record(&d)),
+            Err(AdmissionError::Attestation(AttestationError::MissingProof))
+        ));
+        let mut with_proof = sample_record(&d);
+        with_proof.proof = Proof::Tee(TeeProof {
+            report: vec![1],
+            vcek: vec![2],
+            path: vec![],
+        });
+        assert!(matches!(
+            admit(&genesis, &with_proof),
+            Err(AdmissionError::Attestation(AttestationError::BadRoots(_)))
         ));
     }
 

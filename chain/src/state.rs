@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Block, BlockHeader};
 use crate::error::{Error, Result};
 use crate::genesis::Genesis;
-use crate::record::{InferenceRecord, Tx};
+use crate::record::{InferenceRecord, Tx, VerifiedRecord};
 use crate::types::{Height, JobId, ModelId, amount};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +248,18 @@ impl Ledger {
     /// signatures and registrations) and computes its changes. Does not check
     /// `header.state_root`; [`Ledger::validate`] does.
     pub fn execute(&self, g: &Genesis, block: &Block) -> Result<Changes> {
+        self.execute_checked(g, block, None)
+    }
+
+    /// [`Ledger::execute`]; `checked[i]`, where given, is the job id of `block.records[i]`,
+    /// which passed [`crate::Admission::check`] under this genesis: its signatures are not
+    /// recovered again.
+    fn execute_checked(
+        &self,
+        g: &Genesis,
+        block: &Block,
+        checked: Option<&[JobId]>,
+    ) -> Result<Changes> {
         let h = &block.header;
         let domain = &g.domain();
         if h.height != self.height + 1 {
@@ -295,10 +307,13 @@ impl Ledger {
             nonces: BTreeMap::new(),
         };
         let mut jobs = Vec::with_capacity(block.records.len());
-        for record in &block.records {
-            let id = record.verify_signatures(domain).map_err(|e| {
-                Error::InvalidBlock(format!("record {}: {e}", record.job_id(domain)))
-            })?;
+        for (i, record) in block.records.iter().enumerate() {
+            let id = match checked.and_then(|ids| ids.get(i)) {
+                Some(id) => *id,
+                None => record.verify_signatures(domain).map_err(|e| {
+                    Error::InvalidBlock(format!("record {}: {e}", record.job_id(domain)))
+                })?,
+            };
             if !g.is_inference_node(&record.executor) {
                 return Err(Error::InvalidBlock(format!(
                     "record {id}: {}",
@@ -373,18 +388,19 @@ impl Ledger {
         Ok(changes)
     }
 
-    /// Builds the next block from candidate records and transactions. Every candidate is tried
-    /// against the state the block has built so far; the ones that would make the block invalid
-    /// (bad signature, unknown executor or model, job already settled) or that would fail
-    /// (transaction nonce or balance) are left out and reported, so the block is valid by
-    /// construction. The timestamp is `now_ms`, or the parent's plus 1 ms if the clock is behind;
+    /// Builds the next block from candidate records and transactions. Records come checked
+    /// ([`VerifiedRecord`]: their signatures are not recovered again, here or when the block is
+    /// executed). Every candidate is tried against the state the block has built so far; the
+    /// ones that would make the block invalid (unknown executor or model under `g`, job already
+    /// settled) or that would fail (transaction signature, nonce or balance) are left out and
+    /// reported, so the block is valid by construction. The timestamp is `now_ms`, or the parent's plus 1 ms if the clock is behind;
     /// an error only if the parent's time leaves no later millisecond.
     pub fn build_block(
         &self,
         g: &Genesis,
         proposer: Address,
         now_ms: u64,
-        records: Vec<InferenceRecord>,
+        records: Vec<VerifiedRecord>,
         txs: Vec<Tx>,
     ) -> Result<Built> {
         let domain = &g.domain();
@@ -413,17 +429,13 @@ impl Ledger {
             nonces: BTreeMap::new(),
         };
         let (mut kept_records, mut dropped_records) = (Vec::new(), Vec::new());
-        for r in records {
+        let mut kept_ids = Vec::new();
+        for verified in records {
             if kept_records.len() >= g.params.max_block_records as usize {
                 break;
             }
-            let id = match r.verify_signatures(domain) {
-                Ok(id) => id,
-                Err(e) => {
-                    dropped_records.push((r.job_id(domain), e.to_string()));
-                    continue;
-                }
-            };
+            let id = verified.id();
+            let r = verified.into_record();
             if !g.is_inference_node(&r.executor) {
                 dropped_records.push((id, Error::UnknownExecutor(r.executor).to_string()));
                 continue;
@@ -434,7 +446,10 @@ impl Ledger {
                 continue;
             };
             match settle_job(&mut o, g, &header, &r, id, model.price, model.owner)? {
-                Some(_) => kept_records.push(r),
+                Some(_) => {
+                    kept_records.push(r);
+                    kept_ids.push(id);
+                }
                 None => dropped_records.push((id, "already settled".into())),
             }
         }
@@ -462,7 +477,7 @@ impl Ledger {
             records: kept_records,
             txs: kept_txs,
         };
-        let changes = self.execute(g, &block)?;
+        let changes = self.execute_checked(g, &block, Some(&kept_ids))?;
         block.header.state_root = changes.state_root;
         let changes = Changes {
             block_hash: block.hash(),
@@ -674,8 +689,18 @@ mod tests {
         .unwrap()
     }
 
+    /// Records through admission, as the mempool hands them to the block builder.
+    fn verified(g: &Genesis, records: Vec<InferenceRecord>) -> Vec<VerifiedRecord> {
+        let admission = crate::Admission::new(std::sync::Arc::new(g.clone()), None);
+        records
+            .into_iter()
+            .map(|r| admission.check(std::sync::Arc::new(r)).unwrap())
+            .collect()
+    }
+
     fn next(l: &mut Ledger, g: &Genesis, records: Vec<InferenceRecord>, txs: Vec<Tx>) -> Changes {
         let proposer = g.validators[0].address;
+        let records = verified(g, records);
         let built = l
             .build_block(g, proposer, l.tip_time_ms + 1000, records, txs)
             .unwrap();
@@ -951,7 +976,7 @@ mod tests {
                 &g,
                 g.validators[0].address,
                 l.tip_time_ms + 1,
-                vec![job(&g, 1, u128::MAX, 10)],
+                verified(&g, vec![job(&g, 1, u128::MAX, 10)]),
                 vec![],
             )
             .unwrap()

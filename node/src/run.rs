@@ -94,15 +94,25 @@ pub fn run(home: &Path) -> Result<()> {
         let settlement = Settlement::open(store.clone(), genesis.clone())
             .context("loading the ledger")?
             .start();
+        // One set of record checks (and one TEE verifier cache) for every actor that admits
+        // records.
+        let tee = genesis.tee.as_ref().and_then(|t| match t.verifier() {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::error!(error = %e, "genesis tee section unusable: records of tee models will be rejected");
+                None
+            }
+        });
+        let admission = chain::Admission::new(genesis.clone(), tee);
         let mempool = Mempool::new(
-            genesis.domain(),
+            admission.clone(),
             Some(store.clone()),
             settlement.clone().recipient(),
         )
         .with_publisher(network.clone().recipient())
         .start();
         let verifier = Verifier::new(
-            genesis.clone(),
+            admission.clone(),
             models.clone(),
             backend.clone(),
             is_validator,
@@ -114,7 +124,7 @@ pub fn run(home: &Path) -> Result<()> {
         let inference = if config.has(Role::Inference) {
             let attestation = start_attestation(&config, &home, account.address())?;
             let addr = Inference::new(
-                genesis.clone(),
+                admission.clone(),
                 models.clone(),
                 backend.clone(),
                 actors::inference::Executor {
@@ -129,6 +139,7 @@ pub fn run(home: &Path) -> Result<()> {
                 actors::inference::Proving {
                     attestation,
                     faulty: config.inference.faulty,
+                    unchecked: config.attestation.byzantine.is_some(),
                 },
             )
             .start();

@@ -96,7 +96,7 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
         .unwrap()
         .start();
     let mempool = Mempool::new(
-        genesis.domain(),
+        chain::Admission::new(genesis.clone(), None),
         Some(store.clone()),
         settlement.clone().recipient(),
     )
