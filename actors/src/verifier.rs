@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chain::{Admission, AdmissionError, InferenceRecord, JobId, VerifiedRecord};
+use chain::{Admission, AdmissionError, B256, InferenceRecord, JobId, VerifiedRecord};
 use kernels::Backend;
 use libp2p::gossipsub::MessageAcceptance;
 
@@ -24,7 +24,8 @@ use crate::models::Models;
 use crate::network::{GossipRecord, Network, ReportValidation};
 use crate::settlement::GetJob;
 
-/// Remember this many verified job ids, so proposals need not re-execute what gossip did.
+/// Remember this many verified records (by leaf), so proposals need not re-execute what gossip
+/// did.
 const VERIFIED_CACHE: usize = 100_000;
 
 /// Verify records proposed in a block. `Err` names the first bad record.
@@ -81,8 +82,11 @@ pub struct Verifier {
     mempool: Addr<Mempool>,
     /// Where settled jobs are looked up, so a replayed record costs one read, not a check.
     jobs: Recipient<GetJob>,
-    verified: HashSet<JobId>,
-    verified_order: VecDeque<JobId>,
+    /// Leaves of records verified here ([`InferenceRecord::leaf`]: job, model, input, output
+    /// and executor), not job ids: a second record of a verified job, with another output
+    /// signed by its executor, is not the record that was verified and is checked in full.
+    verified: HashSet<B256>,
+    verified_order: VecDeque<B256>,
     /// Gossiped records being checked now: a copy arriving meanwhile is not checked again.
     checking: HashSet<JobId>,
 }
@@ -179,9 +183,9 @@ impl Verifier {
         }
     }
 
-    fn remember(&mut self, id: JobId) {
-        if self.verified.insert(id) {
-            self.verified_order.push_back(id);
+    fn remember(&mut self, leaf: B256) {
+        if self.verified.insert(leaf) {
+            self.verified_order.push_back(leaf);
             if self.verified_order.len() > VERIFIED_CACHE
                 && let Some(old) = self.verified_order.pop_front()
             {
@@ -243,7 +247,8 @@ impl Handler<GossipRecord> for Verifier {
         let (mid, source) = (msg.id, msg.source);
         let id = msg.record.job_id(self.checker.admission.domain());
         let expiry_ms = msg.record.job.request.expiry.saturating_mul(1000);
-        let early = if self.verified.contains(&id) || self.checking.contains(&id) {
+        let leaf = msg.record.leaf(self.checker.admission.domain());
+        let early = if self.verified.contains(&leaf) || self.checking.contains(&id) {
             skip("duplicate")
         } else if expiry_ms < chain::types::now_ms() {
             skip("expired")
@@ -278,7 +283,7 @@ impl Handler<GossipRecord> for Verifier {
         Box::pin(fut.into_actor(self).map(move |result, act, _| {
             act.checking.remove(&id);
             let Some(result) = result else {
-                act.remember(id);
+                act.remember(leaf);
                 skip("settled");
                 act.network.do_send(ReportValidation {
                     id: mid,
@@ -290,7 +295,7 @@ impl Handler<GossipRecord> for Verifier {
             let acceptance = match result {
                 Ok(verified) => {
                     METRICS.records_verified.inc();
-                    act.remember(verified.id());
+                    act.remember(leaf);
                     act.mempool.do_send(AddRecord(verified));
                     MessageAcceptance::Accept
                 }
@@ -319,7 +324,7 @@ impl Handler<VerifyRecords> for Verifier {
         let todo: Vec<InferenceRecord> = msg
             .0
             .into_iter()
-            .filter(|r| !self.verified.contains(&r.job_id(&domain)))
+            .filter(|r| !self.verified.contains(&r.leaf(&domain)))
             .collect();
         let checker = self.checker.clone();
         let fut = async move {
@@ -327,7 +332,7 @@ impl Handler<VerifyRecords> for Verifier {
             for record in todo {
                 let record = Arc::new(record);
                 match check_blocking(checker.clone(), record.clone()).await {
-                    Ok(verified) => ok.push(verified.id()),
+                    Ok(verified) => ok.push(verified.record().leaf(&domain)),
                     Err(e) => {
                         Verifier::log_rejection(&record, &e, &domain);
                         return (ok, Err(format!("record {}: {e}", record.job_id(&domain))));
@@ -337,8 +342,8 @@ impl Handler<VerifyRecords> for Verifier {
             (ok, Ok(()))
         };
         Box::pin(fut.into_actor(self).map(|(ok, result), act, _| {
-            for id in ok {
-                act.remember(id);
+            for leaf in ok {
+                act.remember(leaf);
             }
             result
         }))
@@ -355,21 +360,28 @@ mod tests {
     use chain::record::{JobRequest, Proof, TeeProof};
     use chain::signing::seeded_key;
 
-    /// The model's mode decides the checks: `tee` needs a valid proof and no re-execution,
-    /// `reexec` re-executes whatever the proof, `tee+reexec` does both (here re-execution is
-    /// reached, and stops at the model this validator lacks, only once the proof holds).
-    #[test]
-    fn each_mode_runs_its_checks() {
+    /// A network with one `tee` model served by one simulated chip, and a maker of records of
+    /// one job: `make(genesis, claimed, proven, with_proof)` is signed for `genesis` and claims
+    /// output `claimed`; its TEE proof (if `with_proof`) attests output `proven`.
+    fn tee_fixture() -> (
+        Genesis,
+        impl Fn(&Genesis, chain::B256, chain::B256, bool) -> InferenceRecord,
+    ) {
         let root = SimRoot::generate().unwrap();
         let tcb = Tcb::default();
         let chip = root.issue_chip(tcb).unwrap();
         let measurement = [3u8; 48];
         let (client, exec) = (seeded_key(9, 1), seeded_key(9, 2));
         let model_id = kernels::ModelId([8; 32]);
-        let mut genesis = Genesis {
+        let genesis = Genesis {
             chain_id: 5,
             genesis_time_ms: 0,
-            accounts: vec![],
+            accounts: vec![chain::genesis::GenesisAccount {
+                address: client.address(),
+                balance: chain::TOTAL_SUPPLY,
+                stake: 0,
+                label: "client".into(),
+            }],
             validators: vec![],
             inference_nodes: vec![exec.address()],
             models: vec![ModelEntry {
@@ -387,8 +399,6 @@ mod tests {
                 min_tcb: tcb,
             }),
         };
-        // Records are signed for one genesis (its hash is in the domain): each variant below
-        // gets its own pair, with and without a TEE proof.
         let input = "{}".to_string();
         let request = JobRequest {
             client: client.address(),
@@ -398,28 +408,45 @@ mod tests {
             nonce: 1,
             expiry: u64::MAX,
         };
+        let make = move |g: &Genesis, claimed, proven, with_proof: bool| {
+            let domain = g.domain();
+            let proof = if with_proof {
+                let leaf = chain::record::leaf(&request, &proven, &exec.address(), &domain);
+                let report = chip
+                    .report(&ReportRequest {
+                        report_data: chain::attestation::report_data(&leaf, &exec.address()),
+                        measurement,
+                        debug: false,
+                    })
+                    .unwrap();
+                Proof::Tee(TeeProof {
+                    report,
+                    vcek: chip.vcek_der().to_vec(),
+                    path: vec![],
+                })
+            } else {
+                Proof::Reexec
+            };
+            let job = request.clone().sign(&client, &domain).unwrap();
+            InferenceRecord::create(job, input.clone(), claimed, proof, &exec, &domain).unwrap()
+        };
+        (genesis, make)
+    }
+
+    /// The model's mode decides the checks: `tee` needs a valid proof and no re-execution,
+    /// `reexec` re-executes whatever the proof, `tee+reexec` does both (here re-execution is
+    /// reached, and stops at the model this validator lacks, only once the proof holds).
+    #[test]
+    fn each_mode_runs_its_checks() {
+        let (mut genesis, make) = tee_fixture();
+        // Records are signed for one genesis (its hash is in the domain): each variant below
+        // gets its own pair, with and without a TEE proof.
         let output = chain::B256::repeat_byte(1);
         let records = |g: &Genesis| {
-            let domain = g.domain();
-            let leaf = chain::record::leaf(&request, &output, &exec.address(), &domain);
-            let report = chip
-                .report(&ReportRequest {
-                    report_data: chain::attestation::report_data(&leaf, &exec.address()),
-                    measurement,
-                    debug: false,
-                })
-                .unwrap();
-            let tee_proof = Proof::Tee(TeeProof {
-                report,
-                vcek: chip.vcek_der().to_vec(),
-                path: vec![],
-            });
-            let job = request.clone().sign(&client, &domain).unwrap();
-            let make = |proof: Proof| {
-                InferenceRecord::create(job.clone(), input.clone(), output, proof, &exec, &domain)
-                    .unwrap()
-            };
-            (make(tee_proof), make(Proof::Reexec))
+            (
+                make(g, output, output, true),
+                make(g, output, output, false),
+            )
         };
         let backend = kernels::select("cpu").unwrap();
         let models = Models::default();
@@ -466,6 +493,68 @@ mod tests {
             run(&genesis, &with_tee),
             Err(RecordError::ModelMissing(_))
         ));
+    }
+
+    /// A block may carry a second record of a job whose honest record was verified from
+    /// gossip: another output, signed by the same executor, with the honest record's TEE proof.
+    /// The verified cache knows records, not jobs: that one is checked in full and refused.
+    #[actix::test]
+    async fn a_verified_job_does_not_vouch_for_another_record_of_it() {
+        let (genesis, make) = tee_fixture();
+        let honest = chain::B256::repeat_byte(1);
+        let good = make(&genesis, honest, honest, true);
+        let forged = make(&genesis, chain::B256::repeat_byte(2), honest, true);
+        let domain = genesis.domain();
+        assert_eq!(good.job_id(&domain), forged.job_id(&domain));
+
+        let genesis = Arc::new(genesis);
+        let tee = genesis
+            .tee
+            .as_ref()
+            .map(|t| Arc::new(t.verifier().unwrap()));
+        let admission = Admission::new(genesis.clone(), tee);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(chain::Store::open(dir.path()).unwrap());
+        let settlement = crate::settlement::Settlement::open(store.clone(), genesis.clone())
+            .unwrap()
+            .start();
+        let mempool = Mempool::new(admission.clone(), None, settlement.clone().recipient()).start();
+        let network = Network::start(
+            libp2p::identity::Keypair::generate_ed25519(),
+            crate::network::NetworkConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: vec![],
+            },
+        )
+        .unwrap()
+        .addr;
+        let verifier = Verifier::new(
+            admission,
+            Models::default(),
+            kernels::select("cpu").unwrap(),
+            true,
+            network,
+            mempool,
+            settlement.recipient(),
+        )
+        .start();
+        verifier
+            .send(VerifyRecords(vec![good.clone()]))
+            .await
+            .unwrap()
+            .unwrap();
+        // Known now: not checked again.
+        verifier
+            .send(VerifyRecords(vec![good]))
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = verifier
+            .send(VerifyRecords(vec![forged]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(refused.contains("report_data"), "{refused}");
     }
 
     #[test]
