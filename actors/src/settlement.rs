@@ -191,14 +191,38 @@ impl Handler<NonceUsed> for Settlement {
 }
 
 impl Handler<ValidateBlock> for Settlement {
-    type Result = Result<(), String>;
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+    /// The records' signatures are recovered on a blocking thread (two ECDSA recoveries per
+    /// record: the bulk of the work), so this actor keeps answering balance, nonce and job
+    /// lookups meanwhile; the block is then executed here, against the tip of that moment.
     fn handle(&mut self, msg: ValidateBlock, _: &mut Self::Context) -> Self::Result {
-        let changes = self
-            .ledger
-            .validate_proposal(&self.genesis, &msg.0, chain::types::now_ms())
-            .map_err(|e| e.to_string())?;
-        self.keep_executed(msg.0.hash(), changes);
-        Ok(())
+        let block = msg.0;
+        let domain = self.domain;
+        let recover = {
+            let block = block.clone();
+            async move {
+                if block.records.is_empty() {
+                    return chain::RecoveredRecords::of(&block, &domain).map_err(|e| e.to_string());
+                }
+                tokio::task::spawn_blocking(move || chain::RecoveredRecords::of(&block, &domain))
+                    .await
+                    .map_err(|e| format!("signature task failed: {e}"))?
+                    .map_err(|e| e.to_string())
+            }
+        };
+        Box::pin(recover.into_actor(self).map(move |recovered, act, _| {
+            let changes = act
+                .ledger
+                .validate_proposal_recovered(
+                    &act.genesis,
+                    &block,
+                    chain::types::now_ms(),
+                    &recovered?,
+                )
+                .map_err(|e| e.to_string())?;
+            act.keep_executed(block.hash(), changes);
+            Ok(())
+        }))
     }
 }
 

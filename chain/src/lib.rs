@@ -31,6 +31,8 @@ pub use record::{
     SignedTransfer, Transfer, Tx, VerifiedRecord,
 };
 pub use signing::PrivateKeySigner;
-pub use state::{Account, Built, Changes, JobEntry, JobStatus, Ledger, TxOutcome};
+pub use state::{
+    Account, Built, Changes, JobEntry, JobStatus, Ledger, RecoveredRecords, TxOutcome,
+};
 pub use store::{Pending, Store, Tip};
 pub use types::{Address, B256, Height, JobId, ModelId, Sig, TOTAL_SUPPLY};

@@ -74,6 +74,35 @@ pub struct Changes {
     pub state_root: B256,
 }
 
+/// The job ids of a block's records, both signatures of each recovered and checked: the
+/// costly part of executing a block (two ECDSA recoveries per record), done apart from the
+/// ledger so that a node can run it on another thread. Only [`RecoveredRecords::of`] makes one,
+/// and it names its block: the ledger refuses it for any other.
+#[derive(Clone, Debug)]
+pub struct RecoveredRecords {
+    block_hash: B256,
+    ids: Vec<JobId>,
+}
+
+impl RecoveredRecords {
+    /// Fails on the first record whose input or signatures do not check, as executing the
+    /// block would.
+    pub fn of(block: &Block, domain: &crate::signing::Domain) -> Result<Self> {
+        let ids = block
+            .records
+            .iter()
+            .map(|r| {
+                r.verify_signatures(domain)
+                    .map_err(|e| Error::InvalidBlock(format!("record {}: {e}", r.job_id(domain))))
+            })
+            .collect::<Result<Vec<JobId>>>()?;
+        Ok(RecoveredRecords {
+            block_hash: block.hash(),
+            ids,
+        })
+    }
+}
+
 /// A block built by [`Ledger::build_block`], with what the builder left out and why.
 #[derive(Clone, Debug)]
 pub struct Built {
@@ -366,6 +395,28 @@ impl Ledger {
     /// own clock. (A committed block is not checked against the clock: more than 2/3 of the
     /// validators already accepted it, and a node that was offline must still apply it.)
     pub fn validate_proposal(&self, g: &Genesis, block: &Block, now_ms: u64) -> Result<Changes> {
+        self.validate_proposal_with(g, block, now_ms, None)
+    }
+
+    /// [`Ledger::validate_proposal`] with the records' signatures already recovered (on
+    /// another thread): the block is executed without recovering them again.
+    pub fn validate_proposal_recovered(
+        &self,
+        g: &Genesis,
+        block: &Block,
+        now_ms: u64,
+        recovered: &RecoveredRecords,
+    ) -> Result<Changes> {
+        self.validate_proposal_with(g, block, now_ms, Some(recovered))
+    }
+
+    fn validate_proposal_with(
+        &self,
+        g: &Genesis,
+        block: &Block,
+        now_ms: u64,
+        recovered: Option<&RecoveredRecords>,
+    ) -> Result<Changes> {
         let latest = now_ms.saturating_add(g.params.max_clock_drift_ms);
         if block.header.timestamp_ms > latest {
             return Err(Error::InvalidBlock(format!(
@@ -373,12 +424,30 @@ impl Ledger {
                 block.header.timestamp_ms, g.params.max_clock_drift_ms
             )));
         }
-        self.validate(g, block)
+        let ids = match recovered {
+            Some(r) if r.block_hash != block.hash() => {
+                return Err(Error::InvalidBlock(
+                    "signatures recovered for another block".into(),
+                ));
+            }
+            Some(r) => Some(r.ids.as_slice()),
+            None => None,
+        };
+        self.validate_checked(g, block, ids)
     }
 
     /// [`Ledger::execute`] plus the state root check: what a validator runs on a block.
     pub fn validate(&self, g: &Genesis, block: &Block) -> Result<Changes> {
-        let changes = self.execute(g, block)?;
+        self.validate_checked(g, block, None)
+    }
+
+    fn validate_checked(
+        &self,
+        g: &Genesis,
+        block: &Block,
+        checked: Option<&[JobId]>,
+    ) -> Result<Changes> {
+        let changes = self.execute_checked(g, block, checked)?;
         if changes.state_root != block.header.state_root {
             return Err(Error::InvalidBlock(format!(
                 "state root {} differs from the computed {}",
@@ -965,6 +1034,43 @@ mod tests {
         let empty = BTreeMap::new();
         assert_eq!(merge_sorted(&empty, &overlay).count(), overlay.len());
         assert_eq!(merge_sorted(&base, &empty).count(), base.len());
+    }
+
+    /// Signatures recovered apart give the same changes as executing the block whole, and are
+    /// refused for another block.
+    #[test]
+    fn recovered_signatures_serve_their_block_only() {
+        let g = sample();
+        let l = Ledger::from_genesis(&g);
+        let build = |records| {
+            l.build_block(
+                &g,
+                g.validators[0].address,
+                l.tip_time_ms + 1,
+                records,
+                vec![],
+            )
+            .unwrap()
+            .block
+        };
+        let block = build(verified(&g, vec![job(&g, 1, u128::MAX, 10)]));
+        let other = build(verified(&g, vec![job(&g, 2, u128::MAX, 11)]));
+        let now = block.header.timestamp_ms;
+        let recovered = RecoveredRecords::of(&block, &g.domain()).unwrap();
+        assert_eq!(recovered.ids, vec![block.records[0].job_id(&g.domain())]);
+        assert_eq!(
+            l.validate_proposal_recovered(&g, &block, now, &recovered)
+                .unwrap(),
+            l.validate_proposal(&g, &block, now).unwrap()
+        );
+        let e = l
+            .validate_proposal_recovered(&g, &other, now, &recovered)
+            .unwrap_err();
+        assert!(e.to_string().contains("another block"), "{e}");
+        // A record whose executor signature no longer matches is refused while recovering.
+        let mut bad = block.clone();
+        bad.records[0].output_hash = B256::ZERO;
+        assert!(RecoveredRecords::of(&bad, &g.domain()).is_err());
     }
 
     #[test]
