@@ -36,6 +36,7 @@ pub struct Metrics {
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
     pub consensus_rebroadcasts: IntCounter,
+    pub consensus_known_votes: IntCounter,
     pub consensus_sign_refused: IntCounterVec,
     pub consensus_equivocations: IntCounter,
     pub sync_blocks: IntCounter,
@@ -195,6 +196,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "consensus_votes_resent_total",
             "own votes sent again in heartbeats while a height was slow",
+        ),
+        consensus_known_votes: counter(
+            &r,
+            "consensus_votes_known_total",
+            "votes received again (heartbeats) and not checked again: already held, same bytes",
         ),
         consensus_sign_refused: counter_vec(
             &r,

@@ -464,6 +464,13 @@ impl Consensus {
         }
     }
 
+    /// Whether this exact signed vote (same bytes) is already held for the current height: it
+    /// was checked when it first arrived, and heartbeats send it again every second while the
+    /// height is slow, so it is not checked again.
+    fn known_vote(&self, sv: &SignedVote) -> bool {
+        is_held(&self.votes, self.height, sv)
+    }
+
     fn position(&self) -> Position<'_> {
         Position {
             height: self.height,
@@ -488,6 +495,10 @@ impl Consensus {
                 // is penalised, and its status is not relayed.
                 let mut fresh = Vec::new();
                 for v in votes {
+                    if self.known_vote(&v) {
+                        METRICS.consensus_known_votes.inc();
+                        continue;
+                    }
                     match self.position().check_vote(&v) {
                         Ok(place) => fresh.push((v, place)),
                         Err(Verdict::Reject(why)) => return Verdict::Reject(why),
@@ -515,6 +526,10 @@ impl Consensus {
                 } else {
                     Verdict::Ignore("known evidence")
                 }
+            }
+            ConsensusMsg::Vote(sv) if self.known_vote(&sv) => {
+                METRICS.consensus_known_votes.inc();
+                Verdict::Ignore("known vote")
             }
             ConsensusMsg::Vote(sv) => match self.position().check_vote(&sv) {
                 Ok(place) => {
@@ -855,6 +870,19 @@ impl Consensus {
                 }),
         );
     }
+}
+
+/// Whether `votes`, the votes held at `height`, hold `sv` itself (same vote, same signature).
+fn is_held(
+    votes: &HashMap<(u32, VoteKind, Address), SignedVote>,
+    height: Height,
+    sv: &SignedVote,
+) -> bool {
+    let v = &sv.vote;
+    v.height == height
+        && votes
+            .get(&(v.round, v.kind, v.validator))
+            .is_some_and(|held| held == sv)
 }
 
 impl Actor for Consensus {

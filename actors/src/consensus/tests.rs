@@ -175,3 +175,38 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
         0
     );
 }
+
+/// A vote is skipped unchecked only when the very same signed vote is held at this height: a
+/// different value, another signature or another height is checked as new.
+#[test]
+fn only_the_same_signed_vote_at_this_height_counts_as_held() {
+    let key = chain::signing::seeded_key(12, 0);
+    let domain = chain::signing::Domain {
+        chain_id: 9,
+        salt: chain::B256::ZERO,
+    };
+    let vote = |height, block: Option<chain::B256>| {
+        SignedVote::sign(
+            chain::Vote {
+                height,
+                round: 0,
+                kind: VoteKind::Prevote,
+                block,
+                validator: key.address(),
+            },
+            &key,
+            &domain,
+        )
+        .unwrap()
+    };
+    let held = vote(5, Some(chain::B256::repeat_byte(1)));
+    let mut votes = HashMap::new();
+    votes.insert((0, VoteKind::Prevote, key.address()), held.clone());
+    assert!(is_held(&votes, 5, &held));
+    assert!(!is_held(&votes, 6, &held), "held at another height");
+    assert!(!is_held(&votes, 5, &vote(5, None)), "a conflicting vote");
+    let mut resigned = held.clone();
+    resigned.signature.0[10] ^= 1;
+    assert!(!is_held(&votes, 5, &resigned), "other signature bytes");
+    assert!(!is_held(&HashMap::new(), 5, &held));
+}
