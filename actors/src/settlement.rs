@@ -245,35 +245,68 @@ impl Handler<BuildBlock> for Settlement {
 }
 
 impl Handler<CommitBlock> for Settlement {
-    type Result = Result<(), String>;
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+    /// A block this node built or validated against the same parent is committed with the
+    /// changes found then (the block's hash covers its parent and state root). Any other (sync,
+    /// a block first seen decided) has its certificate and its records' signatures checked on
+    /// a blocking thread, then is executed here against the tip of that moment.
     fn handle(&mut self, msg: CommitBlock, _: &mut Self::Context) -> Self::Result {
-        let block = &msg.block;
+        let block = msg.block;
+        let certificate = msg.certificate;
         if block.header.height <= self.ledger.height {
-            return Ok(()); // already applied (sync and consensus can race)
+            // Already applied (sync and consensus can race).
+            return Box::pin(fut::ready(Ok(())));
         }
-        msg.certificate
-            .verify(&self.genesis.validator_powers(), &self.domain)
-            .map_err(|e| e.to_string())?;
-        if msg.certificate.block_hash != block.hash()
-            || msg.certificate.height != block.header.height
-        {
-            return Err("certificate is for another block".into());
+        if certificate.block_hash != block.hash() || certificate.height != block.header.height {
+            return Box::pin(fut::ready(Err("certificate is for another block".into())));
         }
-        // Executed when it was built or validated here, against this same parent (the block's
-        // hash covers its parent and state root); otherwise (sync, a block first seen decided)
-        // executed now.
-        let changes = match self.executed.remove(&msg.certificate.block_hash) {
-            Some(changes) => changes,
-            None => {
-                self.commit_executions += 1;
-                self.ledger
-                    .validate(&self.genesis, block)
-                    .map_err(|e| e.to_string())?
+        if let Some(changes) = self.executed.remove(&certificate.block_hash) {
+            let checked = certificate
+                .verify(&self.genesis.validator_powers(), &self.domain)
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.apply(&block, &certificate, changes));
+            return Box::pin(fut::ready(checked));
+        }
+        let (powers, domain) = (self.genesis.validator_powers(), self.domain);
+        let check = {
+            let (block, certificate) = (block.clone(), certificate.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    certificate
+                        .verify(&powers, &domain)
+                        .map_err(|e| e.to_string())?;
+                    chain::RecoveredRecords::of(&block, &domain).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| format!("verification task failed: {e}"))?
             }
         };
+        Box::pin(check.into_actor(self).map(move |recovered, act, _| {
+            let recovered = recovered?;
+            if block.header.height <= act.ledger.height {
+                return Ok(()); // applied meanwhile
+            }
+            act.commit_executions += 1;
+            let changes = act
+                .ledger
+                .validate_recovered(&act.genesis, &block, &recovered)
+                .map_err(|e| e.to_string())?;
+            act.apply(&block, &certificate, changes)
+        }))
+    }
+}
+
+impl Settlement {
+    /// Writes a checked block and its changes, moves the ledger on and tells the subscribers.
+    fn apply(
+        &mut self,
+        block: &Block,
+        certificate: &CommitCertificate,
+        changes: chain::Changes,
+    ) -> Result<(), String> {
         self.executed.clear();
         self.store
-            .commit_block(block, &msg.certificate, &changes)
+            .commit_block(block, certificate, &changes)
             .map_err(|e| format!("store: {e}"))?;
         self.ledger.commit(&changes);
         METRICS.height.set(self.ledger.height as i64);

@@ -101,6 +101,16 @@ impl RecoveredRecords {
             ids,
         })
     }
+
+    /// The ids, if these were recovered for `block`.
+    fn ids_for(&self, block: &Block) -> Result<&[JobId]> {
+        if self.block_hash != block.hash() {
+            return Err(Error::InvalidBlock(
+                "signatures recovered for another block".into(),
+            ));
+        }
+        Ok(&self.ids)
+    }
 }
 
 /// A block built by [`Ledger::build_block`], with what the builder left out and why.
@@ -425,12 +435,7 @@ impl Ledger {
             )));
         }
         let ids = match recovered {
-            Some(r) if r.block_hash != block.hash() => {
-                return Err(Error::InvalidBlock(
-                    "signatures recovered for another block".into(),
-                ));
-            }
-            Some(r) => Some(r.ids.as_slice()),
+            Some(r) => Some(r.ids_for(block)?),
             None => None,
         };
         self.validate_checked(g, block, ids)
@@ -439,6 +444,16 @@ impl Ledger {
     /// [`Ledger::execute`] plus the state root check: what a validator runs on a block.
     pub fn validate(&self, g: &Genesis, block: &Block) -> Result<Changes> {
         self.validate_checked(g, block, None)
+    }
+
+    /// [`Ledger::validate`] with the records' signatures already recovered.
+    pub fn validate_recovered(
+        &self,
+        g: &Genesis,
+        block: &Block,
+        recovered: &RecoveredRecords,
+    ) -> Result<Changes> {
+        self.validate_checked(g, block, Some(recovered.ids_for(block)?))
     }
 
     fn validate_checked(
@@ -1067,6 +1082,11 @@ mod tests {
             .validate_proposal_recovered(&g, &other, now, &recovered)
             .unwrap_err();
         assert!(e.to_string().contains("another block"), "{e}");
+        assert_eq!(
+            l.validate_recovered(&g, &block, &recovered).unwrap(),
+            l.validate(&g, &block).unwrap()
+        );
+        assert!(l.validate_recovered(&g, &other, &recovered).is_err());
         // A record whose executor signature no longer matches is refused while recovering.
         let mut bad = block.clone();
         bad.records[0].output_hash = B256::ZERO;
