@@ -47,6 +47,8 @@ const REBROADCAST_TICK: Duration = Duration::from_secs(5);
 /// Entries of each kind gossiped again per tick, oldest first (each sender's transactions in
 /// nonce order).
 const REBROADCAST_MAX: usize = 64;
+/// Pending records looked up in the store per rebroadcast tick, to drop those already settled.
+const SETTLED_CHECKS: usize = 1024;
 
 /// Why a transaction was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -511,6 +513,39 @@ impl Mempool {
         self
     }
 
+    /// Drops records pending for `older_than` whose job a committed block settled meanwhile
+    /// (at most [`SETTLED_CHECKS`] looked up per call, oldest first). Such a record's
+    /// [`AddRecord`] raced the commit: it came after the [`Committed`] that would have removed
+    /// it, and a node that never proposes would otherwise keep it and gossip it forever.
+    fn drop_settled(&mut self, older_than: Duration) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let settled: Vec<JobId> = self
+            .order
+            .values()
+            .filter(|id| {
+                self.sent
+                    .get(&id.0)
+                    .is_some_and(|at| now.duration_since(*at) >= older_than)
+            })
+            .take(SETTLED_CHECKS)
+            .filter(|id| matches!(store.job(id), Ok(Some(_))))
+            .copied()
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        let removed = self.remove_records(&settled);
+        self.forget(&removed, &[]);
+        self.gauges();
+        tracing::debug!(
+            records = removed.len(),
+            "pending records of settled jobs dropped"
+        );
+    }
+
     /// Gossips again, oldest first and at most [`REBROADCAST_MAX`] of each kind, the entries
     /// pending for [`REBROADCAST_AFTER`] since they were last sent.
     fn rebroadcast(&mut self) {
@@ -677,7 +712,10 @@ impl Actor for Mempool {
     /// Reloads what was pending before a restart: records as they were, transactions through
     /// admission again (the ledger may have moved on).
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(REBROADCAST_TICK, |act, _| act.rebroadcast());
+        ctx.run_interval(REBROADCAST_TICK, |act, _| {
+            act.drop_settled(REBROADCAST_AFTER);
+            act.rebroadcast();
+        });
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -1068,22 +1106,36 @@ mod restore_tests {
 
     use crate::settlement::Settlement;
 
-    /// A saved record is admitted again at start only if it still passes the checks; one that
-    /// fails them (here: signed for another network) is dropped and deleted from the store.
-    #[actix::test]
-    async fn saved_records_are_checked_again_at_start() {
+    /// A network with one validator (address 0x01…), one client, one executor and one model,
+    /// and a maker of that client's jobs' records: `record(domain, nonce)`.
+    fn network() -> (
+        Arc<chain::Genesis>,
+        impl Fn(&Domain, u64) -> (JobId, InferenceRecord),
+    ) {
         let (client, exec) = (seeded_key(21, 1), seeded_key(21, 2));
         let model = ModelId([4; 32]);
+        let stake = 1_000_000;
         let genesis = Arc::new(chain::Genesis {
             chain_id: 77,
             genesis_time_ms: 0,
-            accounts: vec![GenesisAccount {
-                address: client.address(),
-                balance: TOTAL_SUPPLY,
-                stake: 0,
-                label: "client".into(),
+            accounts: vec![
+                GenesisAccount {
+                    address: client.address(),
+                    balance: TOTAL_SUPPLY - stake,
+                    stake: 0,
+                    label: "client".into(),
+                },
+                GenesisAccount {
+                    address: Address::repeat_byte(1),
+                    balance: 0,
+                    stake,
+                    label: "validator".into(),
+                },
+            ],
+            validators: vec![chain::genesis::GenesisValidator {
+                address: Address::repeat_byte(1),
+                peer_id: String::new(),
             }],
-            validators: vec![],
             inference_nodes: vec![exec.address()],
             models: vec![ModelEntry {
                 id: model,
@@ -1095,7 +1147,7 @@ mod restore_tests {
             params: Params::default(),
             tee: None,
         });
-        let record = |domain: &Domain, nonce: u64| {
+        let record = move |domain: &Domain, nonce: u64| {
             let input = "{}".to_string();
             let job = JobRequest {
                 client: client.address(),
@@ -1118,6 +1170,14 @@ mod restore_tests {
             .unwrap();
             (r.job_id(domain), r)
         };
+        (genesis, record)
+    }
+
+    /// A saved record is admitted again at start only if it still passes the checks; one that
+    /// fails them (here: signed for another network) is dropped and deleted from the store.
+    #[actix::test]
+    async fn saved_records_are_checked_again_at_start() {
+        let (genesis, record) = network();
         let domain = genesis.domain();
         let (good_id, good) = record(&domain, 1);
         let other = Domain {
@@ -1157,5 +1217,61 @@ mod restore_tests {
         assert_eq!(records, vec![good.clone()]);
         let saved = store.pending().unwrap();
         assert_eq!(saved.records, vec![good]);
+    }
+
+    /// A record that reached the mempool after its block was committed (its AddRecord raced
+    /// the Committed) is dropped, with its saved copy, once it has waited; until then it stays.
+    #[actix::test]
+    async fn a_record_of_a_settled_job_is_dropped() {
+        let (genesis, record) = network();
+        let (_, good) = record(&genesis.domain(), 1);
+        let admission = Admission::new(genesis.clone(), None);
+        let verified = admission.check(Arc::new(good.clone())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settlement = Settlement::open(store.clone(), genesis.clone())
+            .unwrap()
+            .start();
+        let mut pool = Mempool::new(admission, Some(store.clone()), settlement.recipient());
+        assert!(pool.add_record(verified.clone(), true));
+        pool.sent.insert(verified.id().0, Instant::now());
+        // Another job's record, not settled: it stays whatever its age.
+        let (_, waiting) = record(&genesis.domain(), 2);
+        let waiting = pool.admission.check(Arc::new(waiting)).unwrap();
+        assert!(pool.add_record(waiting.clone(), true));
+        pool.sent.insert(waiting.id().0, Instant::now());
+
+        // The job settles in a block.
+        let ledger = store.load_ledger().unwrap();
+        let built = ledger
+            .build_block(
+                &genesis,
+                Address::repeat_byte(1),
+                ledger.tip_time_ms + 1,
+                vec![verified.clone()],
+                vec![],
+            )
+            .unwrap();
+        assert_eq!(built.block.records.len(), 1);
+        let certificate = chain::CommitCertificate {
+            height: built.block.header.height,
+            round: 0,
+            block_hash: built.block.hash(),
+            votes: vec![],
+        };
+        store
+            .commit_block(&built.block, &certificate, &built.changes)
+            .unwrap();
+
+        // Not yet waited long enough: kept.
+        pool.drop_settled(Duration::from_secs(30));
+        assert_eq!(pool.records.len(), 2);
+        pool.drop_settled(Duration::ZERO);
+        let left: Vec<JobId> = pool.records.keys().copied().collect();
+        assert_eq!(left, vec![waiting.id()]);
+        assert_eq!(
+            store.pending().unwrap().records,
+            vec![waiting.record().clone()]
+        );
     }
 }

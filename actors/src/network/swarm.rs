@@ -350,6 +350,11 @@ impl SwarmTask {
             tracing::trace!("kademlia bootstrap: no known peers yet");
         }
         self.peers.maintain();
+        // Inbound requests whose answer will never come (its command dropped on a full queue,
+        // or the actor gone): the behaviour closed the channel at the request timeout, and the
+        // entry goes with it.
+        self.job_channels.retain(|_, ch| ch.is_open());
+        self.sync_channels.retain(|_, ch| ch.is_open());
     }
 
     fn command(&mut self, cmd: Command) {
