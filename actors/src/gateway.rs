@@ -16,12 +16,16 @@ use libp2p::gossipsub::MessageAcceptance;
 use crate::inference::{Inference, RunJob};
 use crate::mempool::Committed;
 use crate::metrics::METRICS;
-use crate::network::{GossipCapability, Network, SendJob};
+use crate::network::{GossipCapability, NetError, Network, SendJob};
 use crate::protocol::{Capability, JobCall, JobReply};
 use crate::settlement::{GetAccount, NonceUsed, Settlement};
 
 /// A capability older than this is ignored when routing.
 const CAPABILITY_TTL: Duration = Duration::from_secs(10);
+/// Rounds over the executors while none of them can be reached (the job was delivered to none,
+/// so trying again cannot run it twice), pausing 250 ms, then 500 ms, ... between rounds.
+const UNREACHABLE_PASSES: u32 = 4;
+const UNREACHABLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// Why the gateway refused or could not finish a job. The HTTP API decides the status each
 /// maps to (`node/src/http.rs`); [`Refusal::code`] is the stable code clients see.
@@ -347,23 +351,36 @@ impl Handler<SubmitJob> for Gateway {
                             let network = act.network.clone();
                             Box::pin(async move {
                                 // Try each advertising node once, starting from a rotating one.
+                                // When none could even be reached (no connection yet, e.g. just
+                                // after start), nothing ran: try them all again, a little later.
                                 let mut last = GatewayError::new(Refusal::NoExecutor, "no inference node answered");
-                                for i in 0..peers.len() {
-                                    let peer = peers[(first + i) % peers.len()];
-                                    match network.send(SendJob { peer, call: call.clone() }).await {
-                                        // A busy or broken node: the next one may serve it.
-                                        Ok(Ok(JobReply::Refused { code, message }))
-                                            if matches!(code.as_str(), "busy" | "internal" | "attestation_failed" | "unavailable") =>
-                                        {
-                                            tracing::warn!(%peer, code, message, "inference node declined, trying the next");
-                                            last = GatewayError::new(Refusal::ExecutorBusy, format!("{code}: {message}"));
+                                for pass in 0..UNREACHABLE_PASSES {
+                                    if pass > 0 {
+                                        tokio::time::sleep(UNREACHABLE_PAUSE * pass).await;
+                                    }
+                                    let mut all_unreachable = true;
+                                    for i in 0..peers.len() {
+                                        let peer = peers[(first + i) % peers.len()];
+                                        match network.send(SendJob { peer, call: call.clone() }).await {
+                                            // A busy or broken node: the next one may serve it.
+                                            Ok(Ok(JobReply::Refused { code, message }))
+                                                if matches!(code.as_str(), "busy" | "internal" | "attestation_failed" | "unavailable") =>
+                                            {
+                                                tracing::warn!(%peer, code, message, "inference node declined, trying the next");
+                                                last = GatewayError::new(Refusal::ExecutorBusy, format!("{code}: {message}"));
+                                                all_unreachable = false;
+                                            }
+                                            Ok(Ok(reply)) => return Ok(reply),
+                                            Ok(Err(e)) => {
+                                                tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
+                                                all_unreachable &= matches!(e, NetError::Unreachable { .. });
+                                                last = GatewayError::new(Refusal::ExecutorFailed, e.to_string());
+                                            }
+                                            Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
                                         }
-                                        Ok(Ok(reply)) => return Ok(reply),
-                                        Ok(Err(e)) => {
-                                            tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
-                                            last = GatewayError::new(Refusal::ExecutorFailed, e.to_string());
-                                        }
-                                        Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
+                                    }
+                                    if !all_unreachable {
+                                        break;
                                     }
                                 }
                                 Err(last)

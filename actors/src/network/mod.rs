@@ -37,6 +37,9 @@ pub enum NetError {
     Setup(String),
     #[error("request to {peer} failed: {reason}")]
     Request { peer: PeerId, reason: String },
+    /// The request never reached the peer (no connection could be made): safe to send again.
+    #[error("request to {peer} not delivered: {reason}")]
+    Unreachable { peer: PeerId, reason: String },
     #[error("the network task has stopped")]
     Stopped,
     #[error("the network task is overloaded; try again")]

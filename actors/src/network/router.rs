@@ -7,7 +7,7 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId, TopicHash};
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::{mpsc, oneshot};
 
-use super::swarm::{self, Command, Commands, Event};
+use super::swarm::{self, Command, Commands, Event, Failure};
 use super::{
     BlockPeer, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx, InboundJob,
     InboundSync, MAX_PENDING_VERDICTS, NetError, NetworkConfig, PenalisePeer, Publish,
@@ -375,14 +375,24 @@ impl Handler<GetPeers> for Network {
 
 async fn request(
     commands: Commands,
-    make: impl FnOnce(oneshot::Sender<Result<Vec<u8>, String>>) -> Command,
+    make: impl FnOnce(oneshot::Sender<Result<Vec<u8>, Failure>>) -> Command,
     peer: PeerId,
 ) -> Result<Vec<u8>, NetError> {
     let (tx, rx) = oneshot::channel();
     commands.send(make(tx))?;
-    rx.await
-        .map_err(|_| NetError::Stopped)?
-        .map_err(|reason| NetError::Request { peer, reason })
+    rx.await.map_err(|_| NetError::Stopped)?.map_err(|f| {
+        if f.undelivered {
+            NetError::Unreachable {
+                peer,
+                reason: f.reason,
+            }
+        } else {
+            NetError::Request {
+                peer,
+                reason: f.reason,
+            }
+        }
+    })
 }
 
 impl Handler<SendJob> for Network {

@@ -55,7 +55,7 @@ pub(super) enum Command {
     Job {
         peer: PeerId,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
     },
     RespondJob {
         id: u64,
@@ -64,7 +64,7 @@ pub(super) enum Command {
     Sync {
         peer: PeerId,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
     },
     RespondSync {
         id: u64,
@@ -302,12 +302,29 @@ struct SwarmTask {
     swarm: libp2p::Swarm<Behaviour>,
     events: mpsc::Sender<Event>,
     pending_out:
-        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Failure>>>,
     job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     next_inbound: u64,
     /// Penalties, bans, request budgets and redials.
     peers: Peers,
+}
+
+/// Why an outbound request got no answer.
+#[derive(Debug)]
+pub(super) struct Failure {
+    /// The request never left: no connection to the peer could be made.
+    pub(super) undelivered: bool,
+    pub(super) reason: String,
+}
+
+impl Failure {
+    pub(super) fn of(error: &request_response::OutboundFailure) -> Failure {
+        Failure {
+            undelivered: matches!(error, request_response::OutboundFailure::DialFailure),
+            reason: error.to_string(),
+        }
+    }
 }
 
 impl SwarmTask {
@@ -467,7 +484,7 @@ impl SwarmTask {
                 request_id, error, ..
             } => {
                 if let Some(tx) = self.pending_out.remove(&request_id) {
-                    let _ = tx.send(Err(error.to_string()));
+                    let _ = tx.send(Err(Failure::of(&error)));
                 }
             }
             E::InboundFailure { peer, error, .. } => {
@@ -612,6 +629,16 @@ mod tests {
 
     /// A full command queue refuses (and counts) instead of growing; a stopped task is
     /// reported as such.
+    /// Only a failed dial means the peer never got the request (a retry cannot run it twice).
+    #[test]
+    fn only_a_failed_dial_is_undelivered() {
+        use request_response::OutboundFailure as F;
+        assert!(Failure::of(&F::DialFailure).undelivered);
+        for e in [F::Timeout, F::ConnectionClosed, F::UnsupportedProtocols] {
+            assert!(!Failure::of(&e).undelivered, "{e}");
+        }
+    }
+
     #[test]
     fn the_command_queue_is_bounded() {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
