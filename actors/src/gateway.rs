@@ -23,8 +23,9 @@ use crate::settlement::{GetAccount, NonceUsed, Settlement};
 /// A capability older than this is ignored when routing.
 const CAPABILITY_TTL: Duration = Duration::from_secs(10);
 /// Rounds over the executors while none of them can be reached (the job was delivered to none,
-/// so trying again cannot run it twice), pausing 250 ms, then 500 ms, ... between rounds.
-const UNREACHABLE_PASSES: u32 = 4;
+/// so trying again cannot run it twice), pausing 250 ms, then 500 ms, ... between rounds: 3.75 s
+/// in all, as long as a node just started was seen to take to reach an executor it knew of.
+const UNREACHABLE_PASSES: u32 = 6;
 const UNREACHABLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// Why the gateway refused or could not finish a job. The HTTP API decides the status each
