@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use alloy::primitives::keccak256;
 use chain::{
-    Address, Admission, Genesis, InferenceRecord, JobId, PrivateKeySigner, Proof, SignedJobRequest,
+    Address, Admission, InferenceRecord, JobId, PrivateKeySigner, Proof, SignedJobRequest,
 };
 use kernels::Backend;
 use libp2p::PeerId;
@@ -76,10 +76,8 @@ pub struct Proving {
 }
 
 pub struct Inference {
-    genesis: Arc<Genesis>,
+    /// The genesis and the domain this network's signatures are bound to, with the record checks.
     admission: Admission,
-    /// What this network's signatures are bound to (computed once from the genesis).
-    domain: chain::signing::Domain,
     models: Models,
     backend: Arc<dyn Backend>,
     key: Arc<PrivateKeySigner>,
@@ -118,7 +116,7 @@ impl Inference {
             faulty,
             unchecked,
         } = proving;
-        let genesis = admission.genesis().clone();
+        let genesis = admission.genesis();
         if faulty {
             tracing::warn!("FAULT INJECTION: this inference node signs wrong output hashes");
         }
@@ -134,8 +132,6 @@ impl Inference {
             })
             .collect();
         Inference {
-            domain: *admission.domain(),
-            genesis,
             admission,
             models,
             backend,
@@ -162,7 +158,7 @@ impl Inference {
             load: self.in_flight.len() as u32,
             issued_ms: chain::types::now_ms(),
         };
-        match SignedCapability::sign(cap, &self.key, &self.domain) {
+        match SignedCapability::sign(cap, &self.key, self.admission.domain()) {
             Ok(signed) => self.network.do_send(Publish {
                 topic: topics::CAPABILITIES,
                 data: protocol::encode(&signed),
@@ -204,7 +200,7 @@ impl Inference {
             return Err(Self::refuse("bad_input", "input too large"));
         }
         let id = job
-            .verify(&self.domain)
+            .verify(self.admission.domain())
             .map_err(|e| Self::refuse("bad_signature", e.to_string()))?;
         if self.in_flight.contains_key(&id) {
             return Err(Self::refuse("duplicate", format!("job {id} is in flight")));
@@ -239,7 +235,8 @@ impl Inference {
                 )
             })?;
         let price = self
-            .genesis
+            .admission
+            .genesis()
             .model(&job.request.model_id)
             .map(|m| m.price)
             .ok_or_else(|| Self::refuse("unknown_model", "model not in the genesis"))?;
@@ -336,7 +333,7 @@ impl Inference {
     fn remember(&mut self, record: &InferenceRecord) {
         let req = &record.job.request;
         let key = (req.client, req.nonce);
-        let id = record.job_id(&self.domain);
+        let id = record.job_id(self.admission.domain());
         if self.recent.insert(key, (id, req.expiry)).is_none() {
             self.recent_order.push_back(key);
         }
@@ -369,12 +366,13 @@ impl Inference {
         tracing::debug!(job = %job_id, "job admitted");
         let backend = self.backend.clone();
         let key = self.key.clone();
-        let domain = self.domain;
+        let domain = *self.admission.domain();
         let admission = self.admission.clone();
         let (faulty, unchecked) = (self.faulty, self.unchecked);
         let started = Instant::now();
         let attestation = self
-            .genesis
+            .admission
+            .genesis()
             .model(&call.job.request.model_id)
             .filter(|m| m.mode.needs_tee())
             .and(self.attestation.clone());

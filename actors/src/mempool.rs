@@ -468,7 +468,6 @@ impl TxPool {
 }
 
 pub struct Mempool {
-    domain: Domain,
     /// Where waiting records and transactions are saved; `None` in tests without a store.
     store: Option<Arc<Store>>,
     /// Committed accounts, for transaction admission.
@@ -493,7 +492,6 @@ impl Mempool {
         accounts: Recipient<GetAccount>,
     ) -> Self {
         Mempool {
-            domain: *admission.domain(),
             admission,
             store,
             accounts,
@@ -675,7 +673,7 @@ impl Mempool {
         persist: bool,
         queue_gaps: bool,
     ) -> ResponseActFuture<Self, Result<(B256, Admitted), MempoolError>> {
-        let hash = match self.txs.precheck(&tx, &self.domain) {
+        let hash = match self.txs.precheck(&tx, self.admission.domain()) {
             Ok(hash) if self.txs.contains(&hash) => {
                 return Box::pin(fut::ready(Ok((hash, Admitted::Pending))));
             }
@@ -743,7 +741,7 @@ impl Actor for Mempool {
                     self.add_record(verified, false);
                 }
                 Err(e) => {
-                    let id = r.job_id(&self.domain);
+                    let id = r.job_id(self.admission.domain());
                     tracing::warn!(job = %id, error = %e, "saved record fails its checks: dropped");
                     dropped.push(id);
                 }
@@ -751,7 +749,7 @@ impl Actor for Mempool {
         }
         self.forget(&dropped, &[]);
         for tx in pending.txs {
-            let hash = tx.hash(&self.domain);
+            let hash = tx.hash(self.admission.domain());
             ctx.spawn(self.add_tx(tx, false, true).map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::info!(tx = %hash, error = %e, "saved transaction no longer applies");
@@ -797,7 +795,7 @@ impl Handler<GossipTx> for Mempool {
     /// it was admitted. Refusals that no state can cure (bad signature, zero amount) cost the
     /// sender; the rest depend on the state this node sees and are only not relayed.
     fn handle(&mut self, msg: GossipTx, _: &mut Self::Context) -> Self::Result {
-        if self.txs.contains(&msg.0.hash(&self.domain)) {
+        if self.txs.contains(&msg.0.hash(self.admission.domain())) {
             return Box::pin(fut::ready(MessageAcceptance::Ignore));
         }
         Box::pin(self.add_tx(msg.0, true, true).map(|res, _, _| match res {

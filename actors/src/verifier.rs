@@ -104,27 +104,21 @@ impl Checker {
     /// The admission checks (signatures, executor, model, TEE proof), then re-execution when
     /// `reexecute`, the model's mode includes it and the job is sampled.
     fn check(&self, record: Arc<InferenceRecord>) -> Result<VerifiedRecord, RecordError> {
-        let needs_tee = self
-            .admission
-            .genesis()
-            .model(&record.job.request.model_id)
-            .is_some_and(|m| m.mode.needs_tee());
+        let genesis = self.admission.genesis();
+        let model_id = record.job.request.model_id;
+        // Admission refuses an unknown model; `None` never reaches the modes below.
+        let mode = genesis.model(&model_id).map(|m| m.mode);
         let started = Instant::now();
         let verified = self.admission.check(record)?;
-        if needs_tee {
+        if mode.is_some_and(|m| m.needs_tee()) {
             METRICS
                 .tee_verify_seconds
                 .observe(started.elapsed().as_secs_f64());
             METRICS.tee_verified.inc();
         }
-        let genesis = self.admission.genesis();
         let record = verified.record();
-        let model_id = record.job.request.model_id;
-        let needs_reexec = genesis
-            .model(&model_id)
-            .is_some_and(|m| m.mode.needs_reexec());
         if self.reexecute
-            && needs_reexec
+            && mode.is_some_and(|m| m.needs_reexec())
             && sampled(&verified.id(), genesis.params.reexec_sample_bps)
         {
             let model = self

@@ -296,10 +296,6 @@ impl VerifiedRecord {
         &self.record
     }
 
-    pub fn shared(&self) -> &Arc<InferenceRecord> {
-        &self.record
-    }
-
     /// The record, copied only if it is shared.
     pub fn into_record(self) -> InferenceRecord {
         Arc::try_unwrap(self.record).unwrap_or_else(|shared| (*shared).clone())

@@ -91,10 +91,7 @@ impl RecoveredRecords {
         let ids = block
             .records
             .iter()
-            .map(|r| {
-                r.verify_signatures(domain)
-                    .map_err(|e| Error::InvalidBlock(format!("record {}: {e}", r.job_id(domain))))
-            })
+            .map(|r| record_id(r, domain))
             .collect::<Result<Vec<JobId>>>()?;
         Ok(RecoveredRecords {
             block_hash: block.hash(),
@@ -111,6 +108,12 @@ impl RecoveredRecords {
         }
         Ok(&self.ids)
     }
+}
+
+/// A block record's job id, its signatures checked; a failure makes the block invalid.
+fn record_id(r: &InferenceRecord, domain: &crate::signing::Domain) -> Result<JobId> {
+    r.verify_signatures(domain)
+        .map_err(|e| Error::InvalidBlock(format!("record {}: {e}", r.job_id(domain))))
 }
 
 /// A block built by [`Ledger::build_block`], with what the builder left out and why.
@@ -349,9 +352,7 @@ impl Ledger {
         for (i, record) in block.records.iter().enumerate() {
             let id = match checked.and_then(|ids| ids.get(i)) {
                 Some(id) => *id,
-                None => record.verify_signatures(domain).map_err(|e| {
-                    Error::InvalidBlock(format!("record {}: {e}", record.job_id(domain)))
-                })?,
+                None => record_id(record, domain)?,
             };
             if !g.is_inference_node(&record.executor) {
                 return Err(Error::InvalidBlock(format!(
@@ -477,8 +478,9 @@ impl Ledger {
     /// executed). Every candidate is tried against the state the block has built so far; the
     /// ones that would make the block invalid (unknown executor or model under `g`, job already
     /// settled) or that would fail (transaction signature, nonce or balance) are left out and
-    /// reported, so the block is valid by construction. The timestamp is `now_ms`, or the parent's plus 1 ms if the clock is behind;
-    /// an error only if the parent's time leaves no later millisecond.
+    /// reported, so the block is valid by construction. The timestamp is `now_ms`, or the
+    /// parent's plus 1 ms if the clock is behind; an error only if the parent's time leaves no
+    /// later millisecond.
     pub fn build_block(
         &self,
         g: &Genesis,
