@@ -10,6 +10,7 @@ use actix::fut::LocalBoxActorFuture;
 use actix::prelude::*;
 use alloy::primitives::keccak256;
 use chain::{Address, B256, Genesis, InferenceRecord, JobId, SignedJobRequest};
+use futures::future::LocalBoxFuture;
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 
@@ -228,6 +229,13 @@ impl Gateway {
                 ),
             ));
         }
+        self.in_flight_checks(id, req)?;
+        Ok((id, model.price))
+    }
+
+    /// Neither this job nor another with its nonce is in flight here. Checked when the job
+    /// arrives and again once the chain's answers are in: a copy may have arrived meanwhile.
+    fn in_flight_checks(&self, id: JobId, req: &chain::JobRequest) -> Result<(), GatewayError> {
         if self.pending.contains_key(&id) {
             return Err(GatewayError::new(
                 Refusal::Duplicate,
@@ -244,7 +252,7 @@ impl Gateway {
                 format!("nonce {} is in use by another job", req.nonce),
             ));
         }
-        Ok((id, model.price))
+        Ok(())
     }
 }
 
@@ -270,158 +278,241 @@ impl Actor for Gateway {
     }
 }
 
+impl Gateway {
+    /// The checks that need the chain's state, once its answers are in: the nonce unused (or
+    /// this very job already settled) and the balance, minus what this client's jobs in flight
+    /// reserve, covering the price.
+    fn stateful_checks(
+        &self,
+        id: JobId,
+        req: &chain::JobRequest,
+        price: u128,
+        used: Result<Result<Option<JobId>, String>, MailboxError>,
+        account: Result<chain::Account, MailboxError>,
+    ) -> Result<(), GatewayError> {
+        match used {
+            Ok(Ok(Some(prev))) if prev == id => {
+                return Err(GatewayError::new(
+                    Refusal::Duplicate,
+                    format!("job {id} is already settled"),
+                ));
+            }
+            Ok(Ok(Some(prev))) => {
+                return Err(GatewayError::new(
+                    Refusal::NonceUsed,
+                    format!("nonce {} was used by job {prev}", req.nonce),
+                ));
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(GatewayError::new(Refusal::Storage, e)),
+            Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
+        }
+        self.in_flight_checks(id, req)?;
+        let balance = account
+            .map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))?
+            .balance;
+        let reserved = self.reserved(&req.client);
+        if balance < reserved.saturating_add(price) {
+            return Err(GatewayError::new(
+                Refusal::InsufficientBalance,
+                format!(
+                    "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the job runs: this node's own Inference actor when it serves the model, else the
+    /// advertising inference nodes in turn (see [`route_remote`]).
+    fn route(
+        &mut self,
+        id: JobId,
+        call: JobCall,
+    ) -> Result<LocalBoxFuture<'static, Result<JobReply, GatewayError>>, GatewayError> {
+        let model = call.job.request.model_id;
+        if let (Some(inf), true) = (self.inference.clone(), self.local_models.contains(&model)) {
+            return Ok(Box::pin(async move {
+                inf.send(RunJob(call))
+                    .await
+                    .map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))
+            }));
+        }
+        let mut peers = self.executors(&model);
+        if peers.is_empty() {
+            return Err(GatewayError::new(
+                Refusal::NoExecutor,
+                format!("no inference node currently serves model {model}"),
+            ));
+        }
+        // Start from a rotating node, so load spreads over nodes that advertise the same load.
+        self.next = self.next.wrapping_add(1);
+        let first = self.next % peers.len();
+        peers.rotate_left(first);
+        Ok(Box::pin(route_remote(
+            self.network.clone(),
+            id,
+            peers,
+            call,
+        )))
+    }
+
+    /// Checks an executor's reply and records the outcome against the pending job.
+    fn finish(
+        &mut self,
+        id: JobId,
+        started: Instant,
+        reply: Result<JobReply, GatewayError>,
+    ) -> Result<JobResult, GatewayError> {
+        let result = match reply {
+            Ok(JobReply::Done { record, output }) => {
+                if record.job_id(&self.domain) != id {
+                    Err(GatewayError::new(
+                        Refusal::ExecutorFailed,
+                        "record is for another job",
+                    ))
+                } else if let Err(e) = record.verify_signatures(&self.domain) {
+                    Err(GatewayError::new(
+                        Refusal::ExecutorFailed,
+                        format!("record invalid: {e}"),
+                    ))
+                } else {
+                    Ok(JobResult {
+                        job_id: id,
+                        output,
+                        record: *record,
+                    })
+                }
+            }
+            Ok(JobReply::Refused { code, message }) => Err(GatewayError::new(
+                Refusal::ExecutorRefused,
+                format!("{code}: {message}"),
+            )),
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(r) => {
+                if let Some(p) = self.pending.get_mut(&id) {
+                    p.executed = Some((r.record.output_hash, r.record.executor));
+                }
+                METRICS.job_latency.observe(started.elapsed().as_secs_f64());
+                tracing::info!(job = %id, executor = %r.record.executor, "job executed");
+            }
+            Err(e) => {
+                self.pending.remove(&id);
+                tracing::warn!(job = %id, error = %e, "job failed");
+            }
+        }
+        result
+    }
+}
+
+/// Tries each advertising inference node once, in `peers`' order. A busy or broken node is
+/// passed over for the next. When none could even be reached (no connection yet, e.g. just
+/// after start), the job was delivered to none, so nothing ran: all are tried again, up to
+/// [`UNREACHABLE_PASSES`] rounds, pausing a little longer each time.
+async fn route_remote(
+    network: Addr<Network>,
+    id: JobId,
+    peers: Vec<PeerId>,
+    call: JobCall,
+) -> Result<JobReply, GatewayError> {
+    let mut last = GatewayError::new(Refusal::NoExecutor, "no inference node answered");
+    for pass in 0..UNREACHABLE_PASSES {
+        if pass > 0 {
+            tokio::time::sleep(UNREACHABLE_PAUSE * pass).await;
+        }
+        let mut all_unreachable = true;
+        for &peer in &peers {
+            let sent = network
+                .send(SendJob {
+                    peer,
+                    call: call.clone(),
+                })
+                .await;
+            match sent {
+                Ok(Ok(JobReply::Refused { code, message }))
+                    if matches!(
+                        code.as_str(),
+                        "busy" | "internal" | "attestation_failed" | "unavailable"
+                    ) =>
+                {
+                    tracing::warn!(job = %id, %peer, code, message, "inference node declined, trying the next");
+                    last = GatewayError::new(Refusal::ExecutorBusy, format!("{code}: {message}"));
+                    all_unreachable = false;
+                }
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => {
+                    tracing::warn!(job = %id, %peer, error = %e, "inference node failed, trying the next");
+                    all_unreachable &= matches!(e, NetError::Unreachable { .. });
+                    last = GatewayError::new(Refusal::ExecutorFailed, e.to_string());
+                }
+                Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
+            }
+        }
+        if !all_unreachable {
+            break;
+        }
+    }
+    Err(last)
+}
+
 impl Handler<SubmitJob> for Gateway {
     type Result = ResponseActFuture<Self, Result<JobResult, GatewayError>>;
 
+    /// Stateless checks here; the nonce and balance from Settlement; then the job is pending
+    /// (its price reserved) while it runs; the reply is checked before it is returned.
     fn handle(&mut self, msg: SubmitJob, _: &mut Self::Context) -> Self::Result {
         let (id, price) = match self.stateless_checks(&msg) {
             Ok(v) => v,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
-        let req = msg.job.request.clone();
+        let (client, nonce) = (msg.job.request.client, msg.job.request.nonce);
         let settlement = self.settlement.clone();
-        let span = tracing::info_span!("job", job = %id);
         let started = Instant::now();
-        let checks = async move {
-            let used = settlement
-                .send(NonceUsed {
-                    client: req.client,
-                    nonce: req.nonce,
-                })
-                .await;
-            let account = settlement.send(GetAccount(req.client)).await;
+        let lookups = async move {
+            let used = settlement.send(NonceUsed { client, nonce }).await;
+            let account = settlement.send(GetAccount(client)).await;
             (used, account)
         };
         Box::pin(
-            checks
+            lookups
                 .into_actor(self)
                 .then(move |(used, account), act, _| {
-                    let gate = (|| {
-                        match used {
-                            Ok(Ok(Some(prev))) if prev == id => {
-                                return Err(GatewayError::new(Refusal::Duplicate, format!("job {id} is already settled")));
-                            }
-                            Ok(Ok(Some(prev))) => {
-                                return Err(GatewayError::new(Refusal::NonceUsed, format!(
-                                    "nonce {} was used by job {prev}",
-                                    msg.job.request.nonce
-                                )));
-                            }
-                            Ok(Ok(None)) => {}
-                            Ok(Err(e)) => return Err(GatewayError::new(Refusal::Storage, e)),
-                            Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
+                    let req = msg.job.request.clone();
+                    let call = JobCall {
+                        job: msg.job,
+                        input: msg.input,
+                    };
+                    let admitted = act
+                        .stateful_checks(id, &req, price, used, account)
+                        .and_then(|()| {
+                            act.pending.insert(
+                                id,
+                                Pending {
+                                    client: req.client,
+                                    nonce: req.nonce,
+                                    price,
+                                    expiry: req.expiry,
+                                    executed: None,
+                                },
+                            );
+                            METRICS.jobs_submitted.inc();
+                            act.route(id, call).inspect_err(|_| {
+                                act.pending.remove(&id);
+                            })
+                        });
+                    match admitted {
+                        Ok(running) => Box::pin(
+                            running
+                                .into_actor(act)
+                                .map(move |reply, act, _| act.finish(id, started, reply)),
+                        ) as LocalBoxActorFuture<Gateway, _>,
+                        Err(e) => {
+                            tracing::debug!(job = %id, error = %e, "job refused");
+                            Box::pin(actix::fut::ready(Err(e)))
                         }
-                        let balance = account.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))?.balance;
-                        let reserved = act.reserved(&msg.job.request.client);
-                        if balance < reserved.saturating_add(price) {
-                            return Err(GatewayError::new(Refusal::InsufficientBalance, format!(
-                                "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
-                            )));
-                        }
-                        Ok(())
-                    })();
-                    if let Err(e) = gate {
-                        return Box::pin(actix::fut::ready(Err(e))) as LocalBoxActorFuture<Gateway, _>;
                     }
-                    act.pending.insert(id, Pending {
-                        client: msg.job.request.client,
-                        nonce: msg.job.request.nonce,
-                        price,
-                        expiry: msg.job.request.expiry,
-                        executed: None,
-                    });
-                    METRICS.jobs_submitted.inc();
-                    let call = JobCall { job: msg.job, input: msg.input };
-                    let model = call.job.request.model_id;
-                    let route: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JobReply, GatewayError>>>> =
-                        if let (Some(inf), true) = (act.inference.clone(), act.local_models.contains(&model)) {
-                            Box::pin(async move {
-                                inf.send(RunJob(call)).await.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))
-                            })
-                        } else {
-                            let peers = act.executors(&model);
-                            if peers.is_empty() {
-                                act.pending.remove(&id);
-                                return Box::pin(actix::fut::ready(Err(GatewayError::new(
-                                    Refusal::NoExecutor,
-                                    format!("no inference node currently serves model {model}"),
-                                ))));
-                            }
-                            act.next = act.next.wrapping_add(1);
-                            let first = act.next % peers.len();
-                            let network = act.network.clone();
-                            Box::pin(async move {
-                                // Try each advertising node once, starting from a rotating one.
-                                // When none could even be reached (no connection yet, e.g. just
-                                // after start), nothing ran: try them all again, a little later.
-                                let mut last = GatewayError::new(Refusal::NoExecutor, "no inference node answered");
-                                for pass in 0..UNREACHABLE_PASSES {
-                                    if pass > 0 {
-                                        tokio::time::sleep(UNREACHABLE_PAUSE * pass).await;
-                                    }
-                                    let mut all_unreachable = true;
-                                    for i in 0..peers.len() {
-                                        let peer = peers[(first + i) % peers.len()];
-                                        match network.send(SendJob { peer, call: call.clone() }).await {
-                                            // A busy or broken node: the next one may serve it.
-                                            Ok(Ok(JobReply::Refused { code, message }))
-                                                if matches!(code.as_str(), "busy" | "internal" | "attestation_failed" | "unavailable") =>
-                                            {
-                                                tracing::warn!(%peer, code, message, "inference node declined, trying the next");
-                                                last = GatewayError::new(Refusal::ExecutorBusy, format!("{code}: {message}"));
-                                                all_unreachable = false;
-                                            }
-                                            Ok(Ok(reply)) => return Ok(reply),
-                                            Ok(Err(e)) => {
-                                                tracing::warn!(%peer, error = %e, "inference node failed, trying the next");
-                                                all_unreachable &= matches!(e, NetError::Unreachable { .. });
-                                                last = GatewayError::new(Refusal::ExecutorFailed, e.to_string());
-                                            }
-                                            Err(e) => return Err(GatewayError::new(Refusal::Unavailable, e.to_string())),
-                                        }
-                                    }
-                                    if !all_unreachable {
-                                        break;
-                                    }
-                                }
-                                Err(last)
-                            })
-                        };
-                    Box::pin(route.into_actor(act).map(move |reply, act, _| {
-                        let result = match reply {
-                            Ok(JobReply::Done { record, output }) => {
-                                if record.job_id(&act.domain) != id {
-                                    Err(GatewayError::new(Refusal::ExecutorFailed, "record is for another job"))
-                                } else if let Err(e) = record.verify_signatures(&act.domain) {
-                                    Err(GatewayError::new(Refusal::ExecutorFailed, format!("record invalid: {e}")))
-                                } else {
-                                    Ok(JobResult { job_id: id, output, record: *record })
-                                }
-                            }
-                            Ok(JobReply::Refused { code, message }) => {
-                                Err(GatewayError::new(Refusal::ExecutorRefused, format!("{code}: {message}")))
-                            }
-                            Err(e) => Err(e),
-                        };
-                        match &result {
-                            Ok(r) => {
-                                if let Some(p) = act.pending.get_mut(&id) {
-                                    p.executed = Some((r.record.output_hash, r.record.executor));
-                                }
-                                METRICS.job_latency.observe(started.elapsed().as_secs_f64());
-                                tracing::info!(executor = %r.record.executor, "job executed");
-                            }
-                            Err(e) => {
-                                act.pending.remove(&id);
-                                tracing::warn!(error = %e, "job failed");
-                            }
-                        }
-                        result
-                    }))
-                })
-                .map(move |r, _, _| {
-                    let _enter = span.enter();
-                    r
                 }),
         )
     }

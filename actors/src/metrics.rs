@@ -30,6 +30,7 @@ pub struct Metrics {
     pub attestation_batch_records: Histogram,
     pub attestation_seconds: Histogram,
     pub mempool_records: IntGauge,
+    pub verified_cache: IntGauge,
     pub mempool_txs: IntGauge,
     pub mempool_rebroadcast: IntCounterVec,
     pub height: IntGauge,
@@ -178,6 +179,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         attestation_seconds: histogram(&r, "attestation_seconds", "time to obtain one report", lat),
         mempool_records: gauge(&r, "mempool_records", "records waiting for a block"),
+        verified_cache: gauge(
+            &r,
+            "verified_cache_records",
+            "records verified here whose job is not settled yet (the verifier's cache)",
+        ),
         mempool_txs: gauge(&r, "mempool_txs", "transactions waiting for a block"),
         mempool_rebroadcast: counter_vec(
             &r,

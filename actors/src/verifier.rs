@@ -9,7 +9,7 @@
 //! bit-identical output hash; a mismatch is fraud. Rejected records are refused on gossip (the
 //! relaying peer loses score), counted by reason and logged.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,15 +18,82 @@ use chain::{Admission, AdmissionError, B256, InferenceRecord, JobId, VerifiedRec
 use kernels::Backend;
 use libp2p::gossipsub::MessageAcceptance;
 
-use crate::mempool::{AddRecord, Mempool};
+use crate::mempool::{AddRecord, Committed, Mempool};
 use crate::metrics::METRICS;
 use crate::models::Models;
 use crate::network::{GossipRecord, Network, ReportValidation};
 use crate::settlement::GetJob;
 
-/// Remember this many verified records (by leaf), so proposals need not re-execute what gossip
-/// did.
+/// Remember at most this many verified records (by leaf), so proposals need not re-execute what
+/// gossip did. Records leave when their block is committed (settled records are refused by the
+/// job lookup instead); the limit holds only while jobs pile up unsettled, as twice the
+/// mempool's record capacity.
 const VERIFIED_CACHE: usize = 100_000;
+
+/// Leaves of records verified here, each with its job, until the job is settled or the cache
+/// is full (then the oldest go first).
+#[derive(Default)]
+struct VerifiedLeaves {
+    leaves: HashMap<B256, JobId>,
+    /// The last leaf remembered for each job: the one its block is expected to carry.
+    by_job: HashMap<JobId, B256>,
+    /// Insertion order, for eviction; may hold leaves already removed, skipped on the way out
+    /// and swept when they outnumber the live ones.
+    order: VecDeque<B256>,
+    limit: usize,
+}
+
+impl VerifiedLeaves {
+    fn new(limit: usize) -> Self {
+        VerifiedLeaves {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    fn contains(&self, leaf: &B256) -> bool {
+        self.leaves.contains_key(leaf)
+    }
+
+    fn insert(&mut self, leaf: B256, job: JobId) {
+        if self.leaves.insert(leaf, job).is_some() {
+            return;
+        }
+        self.by_job.insert(job, leaf);
+        self.order.push_back(leaf);
+        while self.leaves.len() > self.limit {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, leaf: &B256) {
+        if let Some(job) = self.leaves.remove(leaf)
+            && self.by_job.get(&job) == Some(leaf)
+        {
+            self.by_job.remove(&job);
+        }
+    }
+
+    /// The jobs of a committed block are settled: their records need no cache entry.
+    fn settle(&mut self, jobs: &[JobId]) {
+        for job in jobs {
+            if let Some(leaf) = self.by_job.remove(job) {
+                self.leaves.remove(&leaf);
+            }
+        }
+        if self.order.len() > 2 * self.leaves.len() + 1024 {
+            let leaves = &self.leaves;
+            self.order.retain(|l| leaves.contains_key(l));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.leaves.len()
+    }
+}
 
 /// Verify records proposed in a block. `Err` names the first bad record.
 #[derive(Message)]
@@ -75,7 +142,6 @@ impl RecordError {
     }
 }
 
-#[derive(Clone)]
 pub struct Verifier {
     checker: Checker,
     network: Addr<Network>,
@@ -85,8 +151,7 @@ pub struct Verifier {
     /// Leaves of records verified here ([`InferenceRecord::leaf`]: job, model, input, output
     /// and executor), not job ids: a second record of a verified job, with another output
     /// signed by its executor, is not the record that was verified and is checked in full.
-    verified: HashSet<B256>,
-    verified_order: VecDeque<B256>,
+    verified: VerifiedLeaves,
     /// Gossiped records being checked now: a copy arriving meanwhile is not checked again.
     checking: HashSet<JobId>,
 }
@@ -171,21 +236,14 @@ impl Verifier {
             network,
             mempool,
             jobs,
-            verified: HashSet::new(),
-            verified_order: VecDeque::new(),
+            verified: VerifiedLeaves::new(VERIFIED_CACHE),
             checking: HashSet::new(),
         }
     }
 
-    fn remember(&mut self, leaf: B256) {
-        if self.verified.insert(leaf) {
-            self.verified_order.push_back(leaf);
-            if self.verified_order.len() > VERIFIED_CACHE
-                && let Some(old) = self.verified_order.pop_front()
-            {
-                self.verified.remove(&old);
-            }
-        }
+    fn remember(&mut self, leaf: B256, job: JobId) {
+        self.verified.insert(leaf, job);
+        METRICS.verified_cache.set(self.verified.len() as i64);
     }
 
     fn log_rejection(record: &InferenceRecord, e: &RecordError, domain: &chain::signing::Domain) {
@@ -277,7 +335,7 @@ impl Handler<GossipRecord> for Verifier {
         Box::pin(fut.into_actor(self).map(move |result, act, _| {
             act.checking.remove(&id);
             let Some(result) = result else {
-                act.remember(leaf);
+                // Settled: the job lookup refuses any copy that comes later.
                 skip("settled");
                 act.network.do_send(ReportValidation {
                     id: mid,
@@ -289,7 +347,7 @@ impl Handler<GossipRecord> for Verifier {
             let acceptance = match result {
                 Ok(verified) => {
                     METRICS.records_verified.inc();
-                    act.remember(leaf);
+                    act.remember(leaf, id);
                     act.mempool.do_send(AddRecord(verified));
                     MessageAcceptance::Accept
                 }
@@ -311,6 +369,14 @@ impl Handler<GossipRecord> for Verifier {
     }
 }
 
+impl Handler<Committed> for Verifier {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+        self.verified.settle(&msg.jobs);
+        METRICS.verified_cache.set(self.verified.len() as i64);
+    }
+}
+
 impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
@@ -326,7 +392,7 @@ impl Handler<VerifyRecords> for Verifier {
             for record in todo {
                 let record = Arc::new(record);
                 match check_blocking(checker.clone(), record.clone()).await {
-                    Ok(verified) => ok.push(verified.record().leaf(&domain)),
+                    Ok(verified) => ok.push((verified.record().leaf(&domain), verified.id())),
                     Err(e) => {
                         Verifier::log_rejection(&record, &e, &domain);
                         return (ok, Err(format!("record {}: {e}", record.job_id(&domain))));
@@ -336,8 +402,8 @@ impl Handler<VerifyRecords> for Verifier {
             (ok, Ok(()))
         };
         Box::pin(fut.into_actor(self).map(|(ok, result), act, _| {
-            for leaf in ok {
-                act.remember(leaf);
+            for (leaf, job) in ok {
+                act.remember(leaf, job);
             }
             result
         }))
@@ -353,6 +419,68 @@ mod tests {
     use chain::genesis::{ModelEntry, Params, TeeParams, VerificationMode};
     use chain::record::{JobRequest, Proof, TeeProof};
     use chain::signing::seeded_key;
+
+    fn leaf(i: u8) -> (B256, JobId) {
+        (B256::repeat_byte(i), JobId(B256::repeat_byte(i ^ 0x80)))
+    }
+
+    #[test]
+    fn verified_leaves_leave_when_settled_and_stay_bounded() {
+        let mut cache = VerifiedLeaves::new(4);
+        for i in 0..3 {
+            let (l, j) = leaf(i);
+            cache.insert(l, j);
+        }
+        assert_eq!(cache.len(), 3);
+        // A block settles jobs 0 and 2: their leaves go, job 1's stays.
+        cache.settle(&[leaf(0).1, leaf(2).1]);
+        assert!(!cache.contains(&leaf(0).0) && !cache.contains(&leaf(2).0));
+        assert!(cache.contains(&leaf(1).0));
+        assert_eq!(cache.len(), 1);
+        // Full: the oldest live leaf goes first; removed ones are skipped.
+        for i in 3..7 {
+            let (l, j) = leaf(i);
+            cache.insert(l, j);
+        }
+        assert_eq!(cache.len(), 4);
+        assert!(!cache.contains(&leaf(1).0), "oldest evicted");
+        assert!((3..7).all(|i| cache.contains(&leaf(i).0)));
+        // A second record of a job: both leaves known; settling the job drops the last one,
+        // the first leaves by age.
+        let (other, _) = leaf(40);
+        cache.insert(other, leaf(6).1);
+        assert!(cache.contains(&other) && cache.contains(&leaf(6).0));
+        cache.settle(&[leaf(6).1]);
+        assert!(!cache.contains(&other));
+    }
+
+    #[test]
+    fn verified_leaves_order_is_swept_when_mostly_settled() {
+        let mut cache = VerifiedLeaves::new(100_000);
+        for round in 0..20u32 {
+            let jobs: Vec<JobId> = (0..1000u32)
+                .map(|i| {
+                    let n = round * 1000 + i;
+                    let mut b = [0u8; 32];
+                    b[..4].copy_from_slice(&n.to_be_bytes());
+                    let l = B256::from(b);
+                    b[31] = 1;
+                    let j = JobId(B256::from(b));
+                    cache.insert(l, j);
+                    j
+                })
+                .collect();
+            cache.settle(&jobs);
+        }
+        assert_eq!(cache.len(), 0);
+        assert!(cache.by_job.is_empty());
+        // Settled leaves do not pile up in the eviction order either.
+        assert!(
+            cache.order.len() <= 2 * 1024,
+            "order kept {}",
+            cache.order.len()
+        );
+    }
 
     /// A network with one `tee` model served by one simulated chip, and a maker of records of
     /// one job: `make(genesis, claimed, proven, with_proof)` is signed for `genesis` and claims

@@ -26,6 +26,29 @@ use crate::http::{self, AppState};
 /// Threads serving the HTTP API.
 const HTTP_WORKERS: usize = 2;
 
+/// Heaps glibc's allocator may keep. By default it gives threads that contend for `malloc`
+/// arenas of their own, up to eight per core, and each keeps memory it freed: over a long run a
+/// node's threads (actors, HTTP workers, blocking pool, RocksDB) hold freed memory in every
+/// arena. A 30,000-job soak ended with validators at 164–168 MiB under two arenas against
+/// 166–187 MiB under the default, at the same throughput.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's arenas at [`MALLOC_ARENAS`], unless the operator set `MALLOC_ARENA_MAX`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets a tunable of the process's allocator; it takes the allocator's
+    // own lock and touches no memory of ours.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) } == 0 {
+        tracing::warn!("could not limit malloc arenas");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 pub fn run(home: &Path) -> Result<()> {
     let config = Config::load(home)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
@@ -37,6 +60,7 @@ pub fn run(home: &Path) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     stop_on_panic();
+    limit_malloc_arenas();
 
     let genesis = Arc::new(Genesis::load(&home.join(&config.genesis)).context("loading genesis")?);
     let account = chain::signing::load_key(&home.join(&config.account_key))
@@ -181,6 +205,7 @@ pub fn run(home: &Path) -> Result<()> {
         .start();
         settlement.do_send(Subscribe(mempool.clone().recipient()));
         settlement.do_send(Subscribe(gateway.clone().recipient()));
+        settlement.do_send(Subscribe(verifier.clone().recipient()));
         network.do_send(SetRoutes(Routes {
             records: verifier.clone().recipient(),
             txs: mempool.clone().recipient(),

@@ -41,6 +41,9 @@ pub struct NodeFootprint {
     pub rss_start_mib: f64,
     pub rss_middle_mib: f64,
     pub rss_end_mib: f64,
+    /// Resident memory when each tenth of the jobs had been started (10 %, 20 %, … 90 %), then
+    /// at the end: where it levels off, a soak shows it.
+    pub rss_by_tenth_mib: Vec<f64>,
     pub disk_start_mib: f64,
     pub disk_end_mib: f64,
     /// Growth of the data directory per finalized job.
@@ -119,7 +122,8 @@ pub fn run(
         net.nodes.iter().map(|n| n.home.join("data")).collect();
     let rss_start: Vec<f64> = net.nodes.iter().map(|n| rss_mib(n.pid)).collect();
     let disk_start: Vec<u64> = data_dirs.iter().map(|d| dir_bytes(d)).collect();
-    let rss_middle = Arc::new(Mutex::new(None::<Vec<f64>>));
+    // Per tenth of the jobs (index 0 = 10 %), each node's RSS when that job was taken.
+    let rss_tenths = Arc::new(Mutex::new(vec![None::<Vec<f64>>; 9]));
     let started = Instant::now();
     let base_nonce =
         seed.wrapping_mul(1_000_003) % (1 << 40) + (chain::types::now_ms() % (1 << 20)) * (1 << 20);
@@ -132,7 +136,7 @@ pub fn run(
                 key.clone(),
                 input.clone(),
             );
-            let rss_middle = rss_middle.clone();
+            let rss_tenths = rss_tenths.clone();
             let pids: Vec<u32> = net.nodes.iter().map(|n| n.pid).collect();
             let domain = net.domain;
             std::thread::spawn(move || {
@@ -142,10 +146,10 @@ pub fn run(
                     if i >= jobs {
                         break;
                     }
-                    if i == jobs / 2
-                        && let Ok(mut m) = rss_middle.lock()
+                    if let Some(tenth) = (1..10).find(|t| i == jobs * t / 10)
+                        && let Ok(mut m) = rss_tenths.lock()
                     {
-                        *m = Some(pids.iter().map(|p| rss_mib(*p)).collect());
+                        m[tenth - 1] = Some(pids.iter().map(|p| rss_mib(*p)).collect());
                     }
                     let node = &urls[i % urls.len()];
                     // Vary the input a little so jobs differ; the model ignores whitespace.
@@ -200,18 +204,28 @@ pub fn run(
             }
         }
     }
-    let rss_middle = rss_middle.lock().ok().and_then(|m| m.clone());
+    let rss_tenths = rss_tenths.lock().map(|m| m.clone()).unwrap_or_default();
+    let at_tenth = |t: usize, node: usize| {
+        rss_tenths
+            .get(t)
+            .and_then(|s| s.as_ref())
+            .map_or(0.0, |s| s[node])
+    };
     let footprint = net
         .nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let disk_end = dir_bytes(&data_dirs[i]);
+            let rss_end = rss_mib(n.pid);
+            let mut rss_by_tenth_mib: Vec<f64> = (0..9).map(|t| at_tenth(t, i)).collect();
+            rss_by_tenth_mib.push(rss_end);
             NodeFootprint {
                 name: n.name.clone(),
                 rss_start_mib: rss_start[i],
-                rss_middle_mib: rss_middle.as_ref().map_or(0.0, |m| m[i]),
-                rss_end_mib: rss_mib(n.pid),
+                rss_middle_mib: at_tenth(4, i),
+                rss_end_mib: rss_end,
+                rss_by_tenth_mib,
                 disk_start_mib: disk_start[i] as f64 / MIB,
                 disk_end_mib: disk_end as f64 / MIB,
                 disk_bytes_per_job: disk_end.saturating_sub(disk_start[i]) as f64

@@ -27,11 +27,11 @@ fn malleate(sig: &Sig) -> Sig {
     Sig(Signature::new(s.r(), n - s.s(), !s.v()).as_bytes())
 }
 
-/// Posts a job of the testnet's first model, signed by its funded client, to `node`.
-fn submit_job(client: &Client, net: &testnet::Testnet, node: &str) -> testnet::client::Reply {
+/// A job of the testnet's first model, signed by its funded client, as `POST /v1/jobs` takes it.
+fn job_body(net: &testnet::Testnet) -> serde_json::Value {
     let model = &net.models[0];
     let input = std::fs::read_to_string(&model.example_input).unwrap();
-    let body = testnet::client::signed_job(
+    testnet::client::signed_job(
         &net.client_key().unwrap(),
         &net.domain,
         model.id.parse().unwrap(),
@@ -39,8 +39,14 @@ fn submit_job(client: &Client, net: &testnet::Testnet, node: &str) -> testnet::c
         model.price.parse().unwrap(),
         common::fresh_nonce(),
     )
-    .unwrap();
-    client.post(&format!("{node}/v1/jobs"), &body).unwrap()
+    .unwrap()
+}
+
+/// Posts a fresh job (see [`job_body`]) to `node`.
+fn submit_job(client: &Client, net: &testnet::Testnet, node: &str) -> testnet::client::Reply {
+    client
+        .post(&format!("{node}/v1/jobs"), &job_body(net))
+        .unwrap()
 }
 
 /// Sum of a counter's series whose labels contain every one of `labels`.
@@ -240,12 +246,57 @@ fn hostile_clients_and_peers_are_refused_before_they_cost_anything() {
     );
 
     // The rest of the suite runs on the same testnet.
+    copies_of_one_job_run_once(&run);
     gossiped_transactions_are_relayed_only_once_admitted(&run);
     replayed_settled_records_cost_no_verification(&run);
     direct_job_calls_are_admitted_as_a_gateway_would(&run);
     spoofed_capabilities_route_no_job(&run);
     connection_floods_are_capped(&run);
     request_floods_are_rate_limited(&run);
+}
+
+/// Eight copies of one signed job posted at once to one gateway: one runs, the others are
+/// refused as duplicates (the gateway checks what is in flight again after its chain lookups,
+/// during which the copies arrived).
+fn copies_of_one_job_run_once(run: &Running) {
+    let net = run.net();
+    let gateway = net.nodes[0].http.clone();
+    let inference = net.inference().next().unwrap().http.clone();
+    let body = job_body(net);
+    let client = Client::new();
+    let executed = |c: &Client| counter(c, &inference, "proofmesh_jobs_executed_total", &[]);
+    let before = executed(&client);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body, barrier) =
+                (format!("{gateway}/v1/jobs"), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let client = Client::new();
+                barrier.wait();
+                client.post(&url, &body).unwrap()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = copies
+        .into_iter()
+        .map(|t| t.join().unwrap().status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        executed(&client) - before,
+        1.0,
+        "the job ran more than once"
+    );
 }
 
 /// 200 sync requests at once from one peer: its burst is answered, the rest refused.
@@ -465,9 +516,11 @@ fn replayed_settled_records_cost_no_verification(run: &Running) {
     let verified = |node: &str| counter(&client, node, "proofmesh_records_verified_total", &[]);
     let skipped =
         |node: &str, why: &str| counter(&client, node, "proofmesh_records_rejected_total", &[why]);
-    // The validator verified it before (it relayed it to us): known, dropped from memory. The
-    // inference node never verified it (it made it): dropped on the settled-job lookup.
-    for (node, why) in [(validator, "duplicate"), (&inference, "settled")] {
+    // The validator verified it before (it relayed it to us), but its cache lets go of a record
+    // once its job is settled; the inference node never verified it (it made it). Both drop it
+    // on the settled-job lookup, before any signature check.
+    let why = "settled";
+    for node in [validator, &inference] {
         let before = (verified(&node.http), skipped(&node.http, why));
         let sent = testnet::garbage::publish(&node.p2p, topics::RECORDS, vec![captured[0].clone()])
             .unwrap();
