@@ -12,15 +12,14 @@
 //! Each target runs for `PROOFMESH_FUZZ_MS` milliseconds (default 1000; `scripts/test` keeps
 //! the default), from a seed taken from `PROOFMESH_FUZZ_SEED` or the clock (printed, so a run
 //! can be repeated).
+//!
+//! With the `fuzzing` feature the same targets are public ([`Target`], [`Target::run`],
+//! [`Target::seeds`]) for the coverage-guided libFuzzer build in `fuzz/` (`scripts/fuzz`).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use chain::consensus::ValidatorSet;
 use chain::{Account, Address, Block, CommitCertificate, InferenceRecord, SignedVote, Tx};
-
-use chain::fuzzing::{Rng, mutate};
 
 use crate::consensus::inbox::{FutureBuffer, Place, Position};
 use crate::mempool::TxPool;
@@ -121,9 +120,19 @@ impl World {
     }
 }
 
+/// The key that signs the seeds, and the world that knows it as its one validator.
+fn fixture() -> &'static (chain::PrivateKeySigner, World) {
+    static FIXTURE: OnceLock<(chain::PrivateKeySigner, World)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let key = chain::signing::seeded_key(8, 1);
+        let world = World::new(&key);
+        (key, world)
+    })
+}
+
 /// Every decoder the network layer runs on outside bytes.
-#[derive(Clone, Copy, Debug)]
-enum Target {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
     Record,
     Tx,
     Consensus,
@@ -135,7 +144,7 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 8] = [
+    pub const ALL: [Target; 8] = [
         Target::Record,
         Target::Tx,
         Target::Consensus,
@@ -146,7 +155,11 @@ impl Target {
         Target::SyncReply,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn from_name(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Target::Record => "record",
             Target::Tx => "tx",
@@ -157,6 +170,18 @@ impl Target {
             Target::SyncRequest => "sync_request",
             Target::SyncReply => "sync_reply",
         }
+    }
+
+    /// Decodes `bytes` as the node does and, if that works, runs what the node runs next, with
+    /// an empty future buffer.
+    pub fn run(self, bytes: &[u8]) {
+        let mut buffer = FutureBuffer::default();
+        self.drive(bytes, &fixture().1, &mut buffer);
+    }
+
+    /// Valid encodings of every message of this target: a seed corpus.
+    pub fn seeds(self) -> Vec<Vec<u8>> {
+        seeds(self, &fixture().0)
     }
 
     /// Decodes `bytes` as the node does and, if that works, runs what the node runs next.
@@ -226,98 +251,124 @@ fn seeds(target: Target, key: &chain::PrivateKeySigner) -> Vec<Vec<u8>> {
     }
 }
 
-/// The corpus files kept for `target`.
-fn kept(target: Target) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target.name());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-        .collect()
-}
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::path::Path;
+    use std::time::{Duration, Instant};
 
-fn budget() -> Duration {
-    let ms = std::env::var("PROOFMESH_FUZZ_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    Duration::from_millis(ms)
-}
+    use chain::fuzzing::{Rng, mutate};
 
-#[test]
-fn every_network_decoder_and_its_checks_survive_mutated_input() {
-    let seed = std::env::var("PROOFMESH_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| chain::types::now_ms() | 1);
-    println!("PROOFMESH_FUZZ_SEED={seed}");
-    let key = chain::signing::seeded_key(8, 1);
-    let world = World::new(&key);
-    let mut rng = Rng(seed);
-    let mut report = Vec::new();
-    assert!(
-        !kept(Target::SyncRequest).is_empty(),
-        "the kept corpus is read"
-    );
-    for target in Target::ALL {
-        let mut corpus = seeds(target, &key);
-        corpus.extend(kept(target));
-        let mut buffer = FutureBuffer::default();
-        // Every seed as it is, first: the valid messages must pass through the checks.
-        for input in &corpus {
-            target.drive(input, &world, &mut buffer);
-        }
-        let started = Instant::now();
-        let mut runs = 0u64;
-        while started.elapsed() < budget() {
-            let a = &corpus[rng.below(corpus.len())];
-            let b = &corpus[rng.below(corpus.len())];
-            let input = mutate(a, b, &mut rng);
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                target.drive(&input, &world, &mut buffer)
-            }));
-            if outcome.is_err() {
-                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-crashes");
-                let _ = std::fs::create_dir_all(&dir);
-                let file = dir.join(format!("{}-{seed}-{runs}.bin", target.name()));
-                let _ = std::fs::write(&file, &input);
-                panic!(
-                    "{} panicked on {} (saved as {}): {}",
-                    target.name(),
-                    alloy::primitives::hex::encode(&input),
-                    file.display(),
-                    seed
-                );
-            }
-            runs += 1;
-        }
-        report.push(format!("{} {runs}", target.name()));
-        // The buffer stayed within its bounds throughout.
-        assert!(buffer.bytes() <= crate::consensus::inbox::MAX_FUTURE_BYTES);
+    use super::*;
+
+    /// The corpus files kept for `target`.
+    fn kept(target: Target) -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target.name());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .collect()
     }
-    println!("runs per target: {}", report.join(", "));
-}
 
-/// Mutation keeps inputs near the valid ones (most still decode as far as their body), and
-/// yields every kind of edit.
-#[test]
-fn mutation_is_structure_aware() {
-    let key = chain::signing::seeded_key(8, 1);
-    let seeds = seeds(Target::Tx, &key);
-    let mut rng = Rng(7);
-    let mutants: Vec<Vec<u8>> = (0..500)
-        .map(|_| mutate(&seeds[0], &seeds[0], &mut rng))
-        .collect();
-    assert!(mutants.iter().any(|m| m.len() < seeds[0].len()));
-    assert!(mutants.iter().any(|m| m.len() > seeds[0].len()));
-    assert!(mutants.iter().all(|m| m.len() < seeds[0].len() * 3 + 64));
-    // Most mutants keep the envelope's version bytes.
-    let versioned = mutants
-        .iter()
-        .filter(|m| m.len() > 2 && m[..2] == seeds[0][..2])
-        .count();
-    assert!(versioned > 250, "{versioned}");
+    fn budget() -> Duration {
+        let ms = std::env::var("PROOFMESH_FUZZ_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn every_network_decoder_and_its_checks_survive_mutated_input() {
+        let seed = std::env::var("PROOFMESH_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| chain::types::now_ms() | 1);
+        println!("PROOFMESH_FUZZ_SEED={seed}");
+        let key = chain::signing::seeded_key(8, 1);
+        let world = World::new(&key);
+        let mut rng = Rng(seed);
+        let mut report = Vec::new();
+        assert!(
+            !kept(Target::SyncRequest).is_empty(),
+            "the kept corpus is read"
+        );
+        for target in Target::ALL {
+            let mut corpus = seeds(target, &key);
+            corpus.extend(kept(target));
+            let mut buffer = FutureBuffer::default();
+            // Every seed as it is, first: the valid messages must pass through the checks.
+            for input in &corpus {
+                target.drive(input, &world, &mut buffer);
+            }
+            let started = Instant::now();
+            let mut runs = 0u64;
+            while started.elapsed() < budget() {
+                let a = &corpus[rng.below(corpus.len())];
+                let b = &corpus[rng.below(corpus.len())];
+                let input = mutate(a, b, &mut rng);
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    target.drive(&input, &world, &mut buffer)
+                }));
+                if outcome.is_err() {
+                    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-crashes");
+                    let _ = std::fs::create_dir_all(&dir);
+                    let file = dir.join(format!("{}-{seed}-{runs}.bin", target.name()));
+                    let _ = std::fs::write(&file, &input);
+                    panic!(
+                        "{} panicked on {} (saved as {}): {}",
+                        target.name(),
+                        alloy::primitives::hex::encode(&input),
+                        file.display(),
+                        seed
+                    );
+                }
+                runs += 1;
+            }
+            report.push(format!("{} {runs}", target.name()));
+            // The buffer stayed within its bounds throughout.
+            assert!(buffer.bytes() <= crate::consensus::inbox::MAX_FUTURE_BYTES);
+        }
+        println!("runs per target: {}", report.join(", "));
+    }
+
+    /// The entry points the libFuzzer targets in `fuzz/` call: every target is found by its
+    /// name and runs its own seeds.
+    #[test]
+    fn public_entry_points_run_every_target() {
+        for target in Target::ALL {
+            assert_eq!(Target::from_name(target.name()), Some(target));
+            let seeds = target.seeds();
+            assert!(!seeds.is_empty(), "{}", target.name());
+            for seed in &seeds {
+                target.run(seed);
+            }
+        }
+        assert_eq!(Target::from_name("nothing"), None);
+    }
+
+    /// Mutation keeps inputs near the valid ones (most still decode as far as their body), and
+    /// yields every kind of edit.
+    #[test]
+    fn mutation_is_structure_aware() {
+        let key = chain::signing::seeded_key(8, 1);
+        let seeds = seeds(Target::Tx, &key);
+        let mut rng = Rng(7);
+        let mutants: Vec<Vec<u8>> = (0..500)
+            .map(|_| mutate(&seeds[0], &seeds[0], &mut rng))
+            .collect();
+        assert!(mutants.iter().any(|m| m.len() < seeds[0].len()));
+        assert!(mutants.iter().any(|m| m.len() > seeds[0].len()));
+        assert!(mutants.iter().all(|m| m.len() < seeds[0].len() * 3 + 64));
+        // Most mutants keep the envelope's version bytes.
+        let versioned = mutants
+            .iter()
+            .filter(|m| m.len() > 2 && m[..2] == seeds[0][..2])
+            .count();
+        assert!(versioned > 250, "{versioned}");
+    }
 }

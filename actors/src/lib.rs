@@ -17,5 +17,6 @@ pub mod protocol;
 pub mod settlement;
 pub mod verifier;
 
-#[cfg(test)]
-mod fuzz;
+/// The network decoders as fuzz targets: property tests here, libFuzzer targets in `fuzz/`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;

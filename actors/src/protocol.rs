@@ -249,7 +249,7 @@ pub fn max_topic_bytes(topic: &str) -> usize {
 }
 
 /// Valid messages of every kind, for codec tests and the fuzzer's seed corpus.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod samples {
     use super::*;
 

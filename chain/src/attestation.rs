@@ -295,6 +295,15 @@ struct SplClaim {
 fn trust_vcek(vcek_der: &[u8], roots: &Roots) -> Result<TrustedVcek, AttestationError> {
     let x509 = x509_cert::Certificate::from_der(vcek_der)
         .map_err(|e| AttestationError::BadVcek(e.to_string()))?;
+    // RFC 5280 4.1.1.2: the algorithm beside the signature must be the one inside the signed
+    // part. The chain check reads only the signed part's, so a certificate whose outer
+    // identifier was edited (libFuzzer found one: a hash OID in the RSA-PSS parameters) still
+    // verified, as the same VCEK under other bytes.
+    if x509.signature_algorithm != x509.tbs_certificate.signature {
+        return Err(AttestationError::BadVcek(
+            "the signature algorithm outside the signed part differs from the one inside it".into(),
+        ));
+    }
     let mut hw_id = None;
     let mut spl = Vec::new();
     for ext in x509.tbs_certificate.extensions.iter().flatten() {

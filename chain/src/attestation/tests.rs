@@ -102,6 +102,43 @@ fn a_vcek_of_another_chip_is_refused() {
     }
 }
 
+/// A VCEK whose algorithm identifier outside the signed part was edited is refused: the input
+/// libFuzzer found (`scripts/fuzz`, target `snp_vcek`) changed one byte of the MGF1 hash OID in
+/// the outer RSA-PSS parameters, and the certificate still verified.
+#[test]
+fn a_vcek_with_another_outer_signature_algorithm_is_refused() {
+    use x509_cert::der::Encode;
+    let vcek_der = sev_test_data("vcek_milan.der");
+    assert!(trust_vcek(&vcek_der, &milan()).is_ok());
+    let genuine = x509_cert::Certificate::from_der(&vcek_der).unwrap();
+    // The same certificate, its outer identifier's parameters with one byte changed inside an
+    // OID (still valid DER).
+    let outer = genuine.signature_algorithm.to_der().unwrap();
+    let sha384 = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+    let at = outer
+        .windows(sha384.len())
+        .rposition(|w| w == sha384)
+        .expect("RSA-PSS parameters name SHA-384");
+    let mut edited_outer = outer.clone();
+    edited_outer[at + 3] = 0x31;
+    let mut edited = vcek_der.clone();
+    let start = edited
+        .windows(outer.len())
+        .rposition(|w| w == outer.as_slice())
+        .unwrap();
+    edited[start..start + outer.len()].copy_from_slice(&edited_outer);
+    let reparsed = x509_cert::Certificate::from_der(&edited).expect("still a certificate");
+    assert_ne!(
+        reparsed.signature_algorithm,
+        reparsed.tbs_certificate.signature
+    );
+    match trust_vcek(&edited, &milan()) {
+        Err(AttestationError::BadVcek(m)) => assert!(m.contains("signature algorithm"), "{m}"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("an edited VCEK was trusted"),
+    }
+}
+
 /// The genuine VCEK names its chip (hwID) and TCB in AMD's extensions; both match the genuine
 /// report, and a report claiming another chip or TCB is refused by name before the signature.
 #[test]

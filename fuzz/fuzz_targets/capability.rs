@@ -1,0 +1,10 @@
+//! `capability`: the network decoder and the checks after it (`actors::fuzz`).
+#![no_main]
+
+use actors::fuzz::Target;
+
+libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("capability"), |data: &[u8]| {
+    if let Some(target) = Target::from_name("capability") {
+        target.run(data);
+    }
+});

@@ -1,0 +1,10 @@
+//! `job_call`: the network decoder and the checks after it (`actors::fuzz`).
+#![no_main]
+
+use actors::fuzz::Target;
+
+libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("job_call"), |data: &[u8]| {
+    if let Some(target) = Target::from_name("job_call") {
+        target.run(data);
+    }
+});

@@ -1,0 +1,10 @@
+//! `sync_reply`: the network decoder and the checks after it (`actors::fuzz`).
+#![no_main]
+
+use actors::fuzz::Target;
+
+libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("sync_reply"), |data: &[u8]| {
+    if let Some(target) = Target::from_name("sync_reply") {
+        target.run(data);
+    }
+});

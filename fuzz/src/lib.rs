@@ -1,0 +1,85 @@
+//! Shared setup of the fuzz targets: the outside inputs that are not network messages.
+
+use std::sync::OnceLock;
+
+use chain::attestation::sim::{ReportRequest, SimChip};
+use chain::attestation::{Roots, SnpPolicy, Tcb, TeeVerifier};
+
+/// A simulated chip certified by a simulated AMD root of trust (fixed files, made once by
+/// `proofmesh attest simulate root` and `… chip`, so a crash found once replays anywhere), a
+/// verifier that trusts the root and admits the measurement below, and one genuine report of
+/// that chip.
+pub struct Snp {
+    pub chip: SimChip,
+    pub verifier: TeeVerifier,
+    pub report: Vec<u8>,
+    pub report_data: [u8; 64],
+}
+
+const MEASUREMENT: [u8; 48] = [0x5a; 48];
+
+pub fn snp() -> &'static Snp {
+    static SNP: OnceLock<Snp> = OnceLock::new();
+    SNP.get_or_init(|| {
+        let build = || -> Result<Snp, chain::attestation::AttestationError> {
+            let roots = Roots::from_pem(include_bytes!("../fixtures/roots.pem"))?;
+            let chip = SimChip::from_json(include_str!("../fixtures/chip.json"))?;
+            let report_data = [7u8; 64];
+            let report = chip.report(&ReportRequest {
+                report_data,
+                measurement: MEASUREMENT,
+                debug: false,
+            })?;
+            let policy = SnpPolicy {
+                measurements: vec![MEASUREMENT],
+                min_tcb: Tcb::default(),
+            };
+            Ok(Snp {
+                verifier: TeeVerifier::new(roots, policy),
+                chip,
+                report,
+                report_data,
+            })
+        };
+        // The fixture is ours, not fuzz input: failing to build it is a bug in the harness.
+        build().unwrap_or_else(|e| panic!("simulated SEV-SNP fixture: {e}"))
+    })
+}
+
+/// Valid inputs of the targets defined in this crate (the network targets have
+/// `actors::fuzz::Target::seeds`).
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    match target {
+        "snp_report" => vec![snp().report.clone()],
+        "snp_vcek" => vec![snp().chip.vcek_der().to_vec()],
+        "tx_json" => actors::fuzz::Target::Tx
+            .seeds()
+            .iter()
+            .filter_map(|b| actors::protocol::decode_tx(b).ok())
+            .filter_map(|tx| serde_json::to_vec(&tx).ok())
+            .collect(),
+        name => actors::fuzz::Target::from_name(name)
+            .map(|t| t.seeds())
+            .unwrap_or_default(),
+    }
+}
+
+/// Called once when a target starts: with `PROOFMESH_FUZZ_SEEDS=<dir>` in the environment,
+/// writes `target`'s valid inputs into `<dir>` (libFuzzer reads its corpus directories after
+/// this), so every run starts from messages that pass the decoders.
+pub fn init(target: &str) {
+    let Some(dir) = std::env::var_os("PROOFMESH_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("seeds: {}: {e}", dir.display());
+        return;
+    }
+    for (i, seed) in seeds(target).iter().enumerate() {
+        let path = dir.join(format!("seed-{target}-{i}"));
+        if let Err(e) = std::fs::write(&path, seed) {
+            eprintln!("seeds: {}: {e}", path.display());
+        }
+    }
+}
