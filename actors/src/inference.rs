@@ -419,7 +419,7 @@ impl Inference {
                 match admission.check(record.clone()) {
                     Ok(verified) => Ok((record, Some(verified))),
                     Err(e) if unchecked => {
-                        tracing::warn!(error = %e, "FAULT INJECTION: a record that fails its checks leaves this node");
+                        tracing::warn!(job = %job_id, error = %e, "FAULT INJECTION: a record that fails its checks leaves this node");
                         Ok((record, None))
                     }
                     Err(e) => Err(Self::refuse("internal", format!("own record refused: {e}"))),
