@@ -304,6 +304,14 @@ fn trust_vcek(vcek_der: &[u8], roots: &Roots) -> Result<TrustedVcek, Attestation
             "the signature algorithm outside the signed part differs from the one inside it".into(),
         ));
     }
+    // A signature is whole octets. The chain check reads the octets and not the count of
+    // unused bits before them, so without this a certificate with that count edited verified
+    // as the same VCEK under other bytes.
+    if x509.signature.unused_bits() != 0 {
+        return Err(AttestationError::BadVcek(
+            "the signature bit string has unused bits".into(),
+        ));
+    }
     let mut hw_id = None;
     let mut spl = Vec::new();
     for ext in x509.tbs_certificate.extensions.iter().flatten() {
@@ -564,6 +572,11 @@ fn verify_signature(
         Ok(be)
     };
     let (r, s) = (scalar(SIG_R)?, scalar(SIG_S)?);
+    // The rest of the signature area is reserved, zero in AMD's format (and in AMD's genuine
+    // reports): a report with other bytes there is not the report that was signed.
+    if report[SIG_S + 72..].iter().any(|&b| b != 0) {
+        return Err(AttestationError::Signature);
+    }
     let sig =
         p384::ecdsa::Signature::from_scalars(r, s).map_err(|_| AttestationError::Signature)?;
     let digest = sha2::Sha384::new_with_prefix(&report[..SIGNED_LEN]);

@@ -139,6 +139,50 @@ fn a_vcek_with_another_outer_signature_algorithm_is_refused() {
     }
 }
 
+/// The genuine report with a byte set in the signature area's reserved tail (after R and S) is
+/// refused: it is not the report that was signed, though its R and S verify.
+#[test]
+fn a_report_with_bytes_in_the_reserved_signature_area_is_refused() {
+    let report = milan_report();
+    let vcek_der = sev_test_data("vcek_milan.der");
+    let (policy, data) = admitting(&report);
+    assert!(verify_report(&report, &vcek_der, &milan(), &policy, Some(&data)).is_ok());
+    for at in [SIG_S + 72, REPORT_LEN - 1] {
+        let mut edited = report.clone();
+        edited[at] = 1;
+        assert!(matches!(
+            verify_report(&edited, &vcek_der, &milan(), &policy, Some(&data)),
+            Err(AttestationError::Signature)
+        ));
+    }
+}
+
+/// A VCEK whose signature bit string claims unused bits (DER allows it when those bits are
+/// zero; the genuine Milan VCEK's signature ends in four zero bits) is refused: the octets are
+/// the same, so it verified before.
+#[test]
+fn a_vcek_whose_signature_claims_unused_bits_is_refused() {
+    let vcek_der = sev_test_data("vcek_milan.der");
+    // RSA-4096 signature: BIT STRING of 513 octets, the first the count of unused bits.
+    let header = [0x03, 0x82, 0x02, 0x01, 0x00];
+    let at = vcek_der
+        .windows(header.len())
+        .rposition(|w| w == header)
+        .expect("the signature bit string")
+        + 4;
+    assert_eq!(at + 513, vcek_der.len());
+    assert_eq!(vcek_der.last(), Some(&0x10));
+    for unused in [1u8, 4] {
+        let mut edited = vcek_der.clone();
+        edited[at] = unused;
+        match trust_vcek(&edited, &milan()) {
+            Err(AttestationError::BadVcek(m)) => assert!(m.contains("unused bits"), "{m}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a VCEK claiming {unused} unused bits was trusted"),
+        }
+    }
+}
+
 /// The genuine VCEK names its chip (hwID) and TCB in AMD's extensions; both match the genuine
 /// report, and a report claiming another chip or TCB is refused by name before the signature.
 #[test]
