@@ -289,8 +289,7 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| chain::types::now_ms() | 1);
         println!("PROOFMESH_FUZZ_SEED={seed}");
-        let key = chain::signing::seeded_key(8, 1);
-        let world = World::new(&key);
+        let world = &fixture().1;
         let mut rng = Rng(seed);
         let mut report = Vec::new();
         assert!(
@@ -298,12 +297,12 @@ mod tests {
             "the kept corpus is read"
         );
         for target in Target::ALL {
-            let mut corpus = seeds(target, &key);
+            let mut corpus = target.seeds();
             corpus.extend(kept(target));
             let mut buffer = FutureBuffer::default();
             // Every seed as it is, first: the valid messages must pass through the checks.
             for input in &corpus {
-                target.drive(input, &world, &mut buffer);
+                target.drive(input, world, &mut buffer);
             }
             let started = Instant::now();
             let mut runs = 0u64;
@@ -312,7 +311,7 @@ mod tests {
                 let b = &corpus[rng.below(corpus.len())];
                 let input = mutate(a, b, &mut rng);
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    target.drive(&input, &world, &mut buffer)
+                    target.drive(&input, world, &mut buffer)
                 }));
                 if outcome.is_err() {
                     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-crashes");
@@ -355,8 +354,7 @@ mod tests {
     /// yields every kind of edit.
     #[test]
     fn mutation_is_structure_aware() {
-        let key = chain::signing::seeded_key(8, 1);
-        let seeds = seeds(Target::Tx, &key);
+        let seeds = Target::Tx.seeds();
         let mut rng = Rng(7);
         let mutants: Vec<Vec<u8>> = (0..500)
             .map(|_| mutate(&seeds[0], &seeds[0], &mut rng))

@@ -479,29 +479,27 @@ impl Handler<SubmitJob> for Gateway {
             lookups
                 .into_actor(self)
                 .then(move |(used, account), act, _| {
-                    let req = msg.job.request.clone();
                     let call = JobCall {
                         job: msg.job,
                         input: msg.input,
                     };
-                    let admitted = act
-                        .stateful_checks(id, &req, price, used, account)
-                        .and_then(|()| {
-                            act.pending.insert(
-                                id,
-                                Pending {
-                                    client: req.client,
-                                    nonce: req.nonce,
-                                    price,
-                                    expiry: req.expiry,
-                                    executed: None,
-                                },
-                            );
-                            METRICS.jobs_submitted.inc();
-                            act.route(id, call).inspect_err(|_| {
-                                act.pending.remove(&id);
-                            })
-                        });
+                    let req = &call.job.request;
+                    let pending = Pending {
+                        client: req.client,
+                        nonce: req.nonce,
+                        price,
+                        expiry: req.expiry,
+                        executed: None,
+                    };
+                    let admitted =
+                        act.stateful_checks(id, req, price, used, account)
+                            .and_then(|()| {
+                                act.pending.insert(id, pending);
+                                METRICS.jobs_submitted.inc();
+                                act.route(id, call).inspect_err(|_| {
+                                    act.pending.remove(&id);
+                                })
+                            });
                     match admitted {
                         Ok(running) => Box::pin(
                             running

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("capability"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("capability") {
-        target.run(data);
-    }
+    Target::Capability.run(data);
 });

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("consensus"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("consensus") {
-        target.run(data);
-    }
+    Target::Consensus.run(data);
 });

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("job_call"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("job_call") {
-        target.run(data);
-    }
+    Target::JobCall.run(data);
 });

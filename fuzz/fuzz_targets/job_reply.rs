@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("job_reply"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("job_reply") {
-        target.run(data);
-    }
+    Target::JobReply.run(data);
 });

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("record"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("record") {
-        target.run(data);
-    }
+    Target::Record.run(data);
 });

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("sync_reply"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("sync_reply") {
-        target.run(data);
-    }
+    Target::SyncReply.run(data);
 });

@@ -4,7 +4,5 @@
 use actors::fuzz::Target;
 
 libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("sync_request"), |data: &[u8]| {
-    if let Some(target) = Target::from_name("sync_request") {
-        target.run(data);
-    }
+    Target::SyncRequest.run(data);
 });

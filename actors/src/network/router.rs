@@ -380,19 +380,9 @@ async fn request(
 ) -> Result<Vec<u8>, NetError> {
     let (tx, rx) = oneshot::channel();
     commands.send(make(tx))?;
-    rx.await.map_err(|_| NetError::Stopped)?.map_err(|f| {
-        if f.undelivered {
-            NetError::Unreachable {
-                peer,
-                reason: f.reason,
-            }
-        } else {
-            NetError::Request {
-                peer,
-                reason: f.reason,
-            }
-        }
-    })
+    rx.await
+        .map_err(|_| NetError::Stopped)?
+        .map_err(|f| f.into_error(peer))
 }
 
 impl Handler<SendJob> for Network {

@@ -325,6 +325,16 @@ impl Failure {
             reason: error.to_string(),
         }
     }
+
+    /// The error the requester sees: [`NetError::Unreachable`] when the request never left.
+    pub(super) fn into_error(self, peer: PeerId) -> NetError {
+        let reason = self.reason;
+        if self.undelivered {
+            NetError::Unreachable { peer, reason }
+        } else {
+            NetError::Request { peer, reason }
+        }
+    }
 }
 
 impl SwarmTask {
@@ -627,8 +637,6 @@ mod tests {
         }
     }
 
-    /// A full command queue refuses (and counts) instead of growing; a stopped task is
-    /// reported as such.
     /// Only a failed dial means the peer never got the request (a retry cannot run it twice).
     #[test]
     fn only_a_failed_dial_is_undelivered() {
@@ -639,6 +647,8 @@ mod tests {
         }
     }
 
+    /// A full command queue refuses (and counts) instead of growing; a stopped task is
+    /// reported as such.
     #[test]
     fn the_command_queue_is_bounded() {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);

@@ -115,27 +115,34 @@ fn a_vcek_with_another_outer_signature_algorithm_is_refused() {
     // OID (still valid DER).
     let outer = genuine.signature_algorithm.to_der().unwrap();
     let sha384 = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
-    let at = outer
-        .windows(sha384.len())
-        .rposition(|w| w == sha384)
-        .expect("RSA-PSS parameters name SHA-384");
+    let at = last_position(&outer, &sha384);
     let mut edited_outer = outer.clone();
     edited_outer[at + 3] = 0x31;
     let mut edited = vcek_der.clone();
-    let start = edited
-        .windows(outer.len())
-        .rposition(|w| w == outer.as_slice())
-        .unwrap();
+    let start = last_position(&edited, &outer);
     edited[start..start + outer.len()].copy_from_slice(&edited_outer);
     let reparsed = x509_cert::Certificate::from_der(&edited).expect("still a certificate");
     assert_ne!(
         reparsed.signature_algorithm,
         reparsed.tbs_certificate.signature
     );
-    match trust_vcek(&edited, &milan()) {
-        Err(AttestationError::BadVcek(m)) => assert!(m.contains("signature algorithm"), "{m}"),
+    assert_bad_vcek(&edited, "signature algorithm");
+}
+
+/// Where `needle` last occurs in `haystack`.
+fn last_position(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .unwrap_or_else(|| panic!("{} not found", hex::encode(needle)))
+}
+
+/// `vcek_der` is refused as a bad VCEK, for a reason that mentions `why`.
+fn assert_bad_vcek(vcek_der: &[u8], why: &str) {
+    match trust_vcek(vcek_der, &milan()) {
+        Err(AttestationError::BadVcek(m)) => assert!(m.contains(why), "{m}"),
         Err(other) => panic!("refused for another reason: {other}"),
-        Ok(_) => panic!("an edited VCEK was trusted"),
+        Ok(_) => panic!("an edited VCEK was trusted ({why})"),
     }
 }
 
@@ -165,21 +172,13 @@ fn a_vcek_whose_signature_claims_unused_bits_is_refused() {
     let vcek_der = sev_test_data("vcek_milan.der");
     // RSA-4096 signature: BIT STRING of 513 octets, the first the count of unused bits.
     let header = [0x03, 0x82, 0x02, 0x01, 0x00];
-    let at = vcek_der
-        .windows(header.len())
-        .rposition(|w| w == header)
-        .expect("the signature bit string")
-        + 4;
+    let at = last_position(&vcek_der, &header) + 4;
     assert_eq!(at + 513, vcek_der.len());
     assert_eq!(vcek_der.last(), Some(&0x10));
     for unused in [1u8, 4] {
         let mut edited = vcek_der.clone();
         edited[at] = unused;
-        match trust_vcek(&edited, &milan()) {
-            Err(AttestationError::BadVcek(m)) => assert!(m.contains("unused bits"), "{m}"),
-            Err(other) => panic!("refused for another reason: {other}"),
-            Ok(_) => panic!("a VCEK claiming {unused} unused bits was trusted"),
-        }
+        assert_bad_vcek(&edited, "unused bits");
     }
 }
 
