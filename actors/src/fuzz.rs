@@ -64,12 +64,14 @@ impl World {
     fn tx(&self, tx: Tx) {
         let mut pool = TxPool::default();
         if let Ok(hash) = pool.precheck(&tx, &CHAIN) {
-            let account = Account {
-                balance: u128::MAX,
-                stake: 0,
-                nonce: 0,
+            let ctx = crate::mempool::TxContext {
+                account: Account {
+                    balance: u128::MAX,
+                    ..Account::default()
+                },
+                ..Default::default()
             };
-            let _ = pool.admit(tx, hash, &account, true);
+            let _ = pool.admit(tx, hash, &ctx, true);
         }
     }
 

@@ -3,13 +3,12 @@
 //! Inference actor first) and returns result and record. Tracks jobs until a block settles them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::fut::LocalBoxActorFuture;
 use actix::prelude::*;
 use alloy::primitives::keccak256;
-use chain::{Address, B256, Genesis, InferenceRecord, JobId, SignedJobRequest};
+use chain::{Address, B256, InferenceRecord, JobId, SignedJobRequest};
 use futures::future::LocalBoxFuture;
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
@@ -126,7 +125,9 @@ struct Pending {
 }
 
 pub struct Gateway {
-    genesis: Arc<Genesis>,
+    /// The record checks, with the chain's registrations at the tip: which models exist and
+    /// which inference nodes may be routed jobs.
+    admission: chain::Admission,
     /// What this network's signatures are bound to (computed once from the genesis).
     domain: chain::signing::Domain,
     network: Addr<Network>,
@@ -140,7 +141,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(
-        genesis: Arc<Genesis>,
+        admission: chain::Admission,
         network: Addr<Network>,
         settlement: Addr<Settlement>,
         inference: Option<(Addr<Inference>, Vec<kernels::ModelId>)>,
@@ -150,8 +151,8 @@ impl Gateway {
             None => (None, Vec::new()),
         };
         Gateway {
-            domain: genesis.domain(),
-            genesis,
+            domain: *admission.domain(),
+            admission,
             network,
             settlement,
             inference,
@@ -171,12 +172,15 @@ impl Gateway {
             .sum()
     }
 
-    /// Remote inference nodes advertising `model`, freshest capability first.
+    /// Remote inference nodes advertising `model` that the chain lets serve it now
+    /// (registered for it, bonded, not jailed), least loaded first.
     fn executors(&self, model: &kernels::ModelId) -> Vec<PeerId> {
+        let live = self.admission.registrations();
         let mut v: Vec<(PeerId, u32)> = self
             .capabilities
             .iter()
             .filter(|(_, (c, at))| at.elapsed() < CAPABILITY_TTL && c.models.contains(model))
+            .filter(|(_, (c, _))| live.refuse_executor(&c.address, model).is_none())
             .map(|(p, (c, _))| (*p, c.load))
             .collect();
         v.sort_by_key(|(p, load)| (*load, p.to_bytes()));
@@ -204,15 +208,11 @@ impl Gateway {
         let id = msg.job.verify(&self.domain).map_err(|e| {
             GatewayError::new(Refusal::BadSignature, format!("job signature invalid: {e}"))
         })?;
-        let model = self.genesis.model(&req.model_id).ok_or_else(|| {
-            GatewayError::new(
-                Refusal::UnknownModel,
-                format!(
-                    "model {} is not registered (see GET /v1/models)",
-                    req.model_id
-                ),
-            )
+        let live = self.admission.registrations();
+        let model = live.registry.active_model(&req.model_id).map_err(|e| {
+            GatewayError::new(Refusal::UnknownModel, format!("{e} (see GET /v1/models)"))
         })?;
+        let price = model.price(msg.input.len());
         let now_s = chain::types::now_ms() / 1000;
         if req.expiry <= now_s {
             return Err(GatewayError::new(
@@ -220,17 +220,20 @@ impl Gateway {
                 format!("job expired at {} (now {now_s})", req.expiry),
             ));
         }
-        if model.price > req.max_fee {
+        if price > req.max_fee {
             return Err(GatewayError::new(
                 Refusal::FeeTooLow,
                 format!(
-                    "model price is {} base units, max_fee is {}",
-                    model.price, req.max_fee
+                    "the job's price is {price} base units ({} per job + {} per input byte × {} bytes), max_fee is {}",
+                    model.price_per_job,
+                    model.price_per_unit,
+                    msg.input.len(),
+                    req.max_fee
                 ),
             ));
         }
         self.in_flight_checks(id, req)?;
-        Ok((id, model.price))
+        Ok((id, price))
     }
 
     /// Neither this job nor another with its nonce is in flight here. Checked when the job
@@ -525,7 +528,13 @@ impl Gateway {
         msg: &GossipCapability,
     ) -> Result<(), (MessageAcceptance, &'static str)> {
         let cap = &msg.capability.capability;
-        if !self.genesis.is_inference_node(&cap.address) {
+        if !self
+            .admission
+            .registrations()
+            .registry
+            .nodes
+            .contains_key(&cap.address)
+        {
             return Err((MessageAcceptance::Reject, "unregistered_executor"));
         }
         if msg.capability.verify(&self.domain).is_err() {

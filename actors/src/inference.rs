@@ -116,7 +116,7 @@ impl Inference {
             faulty,
             unchecked,
         } = proving;
-        let genesis = admission.genesis();
+        let live = admission.registrations();
         if faulty {
             tracing::warn!("FAULT INJECTION: this inference node signs wrong output hashes");
         }
@@ -124,7 +124,11 @@ impl Inference {
             .ids()
             .into_iter()
             .filter(|id| {
-                let tee = genesis.model(id).is_some_and(|m| m.mode.needs_tee());
+                let tee = live
+                    .registry
+                    .models
+                    .get(id)
+                    .is_some_and(|m| m.mode.needs_tee());
                 if tee && attestation.is_none() {
                     tracing::warn!(model = %id, "model requires a TEE proof and this node has no TEE ([attestation] tee = \"none\"): not serving it");
                 }
@@ -236,10 +240,11 @@ impl Inference {
             })?;
         let price = self
             .admission
-            .genesis()
-            .model(&job.request.model_id)
-            .map(|m| m.price)
-            .ok_or_else(|| Self::refuse("unknown_model", "model not in the genesis"))?;
+            .registrations()
+            .registry
+            .active_model(&job.request.model_id)
+            .map(|m| m.price(input.len()))
+            .map_err(|e| Self::refuse("unknown_model", e))?;
         let now_s = chain::types::now_ms() / 1000;
         if job.request.expiry <= now_s {
             return Err(Self::refuse(
@@ -372,8 +377,10 @@ impl Inference {
         let started = Instant::now();
         let attestation = self
             .admission
-            .genesis()
-            .model(&call.job.request.model_id)
+            .registrations()
+            .registry
+            .models
+            .get(&call.job.request.model_id)
             .filter(|m| m.mode.needs_tee())
             .and(self.attestation.clone());
         let work = async move {

@@ -24,7 +24,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use crate::metrics::METRICS;
 use crate::network::{GossipTx, Publish};
 use crate::protocol::{self, topics};
-use crate::settlement::GetAccount;
+use crate::settlement::CheckTx;
 
 /// Most records (and, separately, transactions) held; beyond it new ones are refused. A block
 /// takes at most 1,024 of each, so this is minutes of backlog at full load.
@@ -55,8 +55,12 @@ const SETTLED_CHECKS: usize = 1024;
 pub enum MempoolError {
     #[error("invalid signature: {0}")]
     BadSignature(String),
-    #[error("a transfer of 0 does nothing; the amount must be positive")]
+    #[error("an amount of 0 does nothing; the amount must be positive")]
     ZeroAmount,
+    /// It would be included and pay its fee, but its action would fail: refused for a client,
+    /// so that it does not pay for nothing.
+    #[error("{0}")]
+    WouldFail(String),
     #[error("nonce {nonce} is spent or pending; the next nonce of {sender} is {expected}")]
     NonceUsed {
         sender: Address,
@@ -71,11 +75,13 @@ pub enum MempoolError {
         nonce: u64,
         expected: u64,
     },
-    #[error("{sender} can pay {available} after its pending transactions, not {needed}")]
+    #[error("{sender} can pay {available} after its pending transactions, not {needed}{detail}")]
     InsufficientBalance {
         sender: Address,
         available: u128,
         needed: u128,
+        /// The ledger's own reason, when it knows one (`: ...`; vesting says how much vested).
+        detail: String,
     },
     #[error("{sender} already has {MAX_PENDING_PER_SENDER} transactions pending")]
     SenderFull { sender: Address },
@@ -91,6 +97,7 @@ impl MempoolError {
         match self {
             MempoolError::BadSignature(_) => "bad_signature",
             MempoolError::ZeroAmount => "zero_amount",
+            MempoolError::WouldFail(_) => "would_fail",
             MempoolError::NonceUsed { .. } => "nonce_used",
             MempoolError::NonceGap { .. } => "nonce_gap",
             MempoolError::InsufficientBalance { .. } => "insufficient_balance",
@@ -148,6 +155,21 @@ pub struct NextNonce(pub Address);
 #[rtype(result = "Option<(B256, chain::Address)>")]
 pub struct PendingRecord(pub JobId);
 
+/// A transaction this node makes itself (a validator reporting evidence): signed with `key` at
+/// the account's next nonce after its pending ones, paying the chain's fee, then admitted and
+/// gossiped as a client's would be.
+#[derive(Message)]
+#[rtype(result = "Result<B256, MempoolError>")]
+pub struct AddOwnTx {
+    pub key: Arc<chain::PrivateKeySigner>,
+    pub action: chain::Action,
+}
+
+/// Whether a transaction waits in the pool (pending or queued for an earlier nonce).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct TxPending(pub B256);
+
 /// A transaction in the pool with what admission computed from it.
 #[derive(Debug)]
 struct PendingTx {
@@ -173,6 +195,10 @@ pub struct TxPool {
     /// relayed; promoted to pending once the gap closes.
     future: HashMap<Address, BTreeMap<u64, (B256, Tx)>>,
     future_len: usize,
+    /// The transaction fee and tip time of the last admission, for queued transactions
+    /// promoted later.
+    fee: u128,
+    now_ms: u64,
 }
 
 /// Whether an admitted transaction applies now or waits for earlier nonces.
@@ -184,11 +210,31 @@ pub enum Admitted {
     Queued,
 }
 
-/// Sender, nonce and cost of a transaction.
-fn tx_terms(tx: &Tx) -> (Address, u64, u128) {
-    match tx {
-        Tx::Transfer(t) => (t.transfer.from, t.transfer.nonce, t.transfer.amount),
+/// Sender, nonce and cost of a transaction: what it spends plus the transaction fee.
+fn tx_terms(tx: &Tx, fee: u128) -> (Address, u64, u128) {
+    (tx.from, tx.nonce, tx.spends().saturating_add(fee))
+}
+
+/// What a sender's committed account offers a transaction: a bond may use tokens still locked
+/// by vesting, nothing else may.
+fn funds(tx: &Tx, account: &Account, now_ms: u64) -> u128 {
+    match tx.action {
+        chain::Action::Bond { .. } => account.balance,
+        _ => account.spendable(now_ms),
     }
+}
+
+/// The committed state a transaction is admitted against (from the settlement).
+#[derive(Clone, Debug, Default)]
+pub struct TxContext {
+    pub account: Account,
+    /// The chain's transaction fee now.
+    pub fee: u128,
+    /// The tip's time: vesting is reckoned at it.
+    pub now_ms: u64,
+    /// What including the transaction on the tip would do to its action, when its nonce is
+    /// the account's next (`None` when earlier ones are pending: not known yet).
+    pub dry_run: Option<Result<(), String>>,
 }
 
 impl TxPool {
@@ -204,6 +250,13 @@ impl TxPool {
         self.by_hash.contains_key(hash)
     }
 
+    /// Whether `hash` waits for an earlier nonce.
+    pub fn is_queued(&self, hash: &B256) -> bool {
+        self.future
+            .values()
+            .any(|q| q.values().any(|(h, _)| h == hash))
+    }
+
     /// How many transactions wait for an earlier nonce.
     pub fn queued(&self) -> usize {
         self.future_len
@@ -214,11 +267,16 @@ impl TxPool {
         let hash = tx
             .verify(domain)
             .map_err(|e| MempoolError::BadSignature(e.to_string()))?;
-        let (sender, _, cost) = tx_terms(tx);
+        let sender = tx.from;
         if self.contains(&hash) {
             return Ok(hash);
         }
-        if cost == 0 {
+        if matches!(
+            tx.action,
+            chain::Action::Transfer { amount: 0, .. }
+                | chain::Action::Bond { amount: 0 }
+                | chain::Action::Unbond { amount: 0 }
+        ) {
             return Err(MempoolError::ZeroAmount);
         }
         if self.len() >= MEMPOOL_CAPACITY {
@@ -230,10 +288,11 @@ impl TxPool {
         Ok(hash)
     }
 
-    /// What `sender` can still spend and its next nonce, given its committed `account`.
-    fn pending_state(&self, sender: &Address, account: &Account) -> (u64, u128) {
-        let mut next = account.nonce;
-        let mut available = account.balance;
+    /// What `sender` can still spend and its next nonce, given what its committed account
+    /// offers (`funds`).
+    fn pending_state(&self, sender: &Address, nonce: u64, funds: u128) -> (u64, u128) {
+        let mut next = nonce;
+        let mut available = funds;
         if let Some(pending) = self.by_sender.get(sender) {
             for hash in pending.values() {
                 if let Some(p) = self.by_hash.get(hash) {
@@ -253,14 +312,18 @@ impl TxPool {
         &mut self,
         tx: Tx,
         hash: B256,
-        account: &Account,
+        ctx: &TxContext,
         queue_gaps: bool,
     ) -> Result<Admitted, MempoolError> {
         if self.contains(&hash) {
             return Ok(Admitted::Pending);
         }
-        let (sender, nonce, cost) = tx_terms(&tx);
-        let (expected, available) = self.pending_state(&sender, account);
+        self.fee = ctx.fee;
+        self.now_ms = ctx.now_ms;
+        let account = &ctx.account;
+        let (sender, nonce, cost) = tx_terms(&tx, ctx.fee);
+        let (expected, available) =
+            self.pending_state(&sender, account.nonce, funds(&tx, account, ctx.now_ms));
         if nonce < expected {
             return Err(MempoolError::NonceUsed {
                 sender,
@@ -273,7 +336,23 @@ impl TxPool {
                 sender,
                 available,
                 needed: cost,
+                detail: match (&ctx.dry_run, account.vesting) {
+                    (Some(Err(e)), _) if nonce == expected => format!(": {e}"),
+                    (_, Some(v)) => format!(
+                        " ({} locked; {} of {} vested at the tip)",
+                        account.locked_in_balance(ctx.now_ms),
+                        v.vested(ctx.now_ms),
+                        v.amount
+                    ),
+                    _ => String::new(),
+                },
             });
+        }
+        if nonce == expected
+            && !queue_gaps
+            && let Some(Err(e)) = &ctx.dry_run
+        {
+            return Err(MempoolError::WouldFail(e.clone()));
         }
         if nonce > expected {
             let gap = MempoolError::NonceGap {
@@ -333,7 +412,7 @@ impl TxPool {
     fn promote(&mut self, sender: &Address, account: &Account) -> Vec<B256> {
         let mut dropped = Vec::new();
         loop {
-            let (expected, available) = self.pending_state(sender, account);
+            let (expected, _) = self.pending_state(sender, account.nonce, 0);
             let Some(queue) = self.future.get_mut(sender) else {
                 break;
             };
@@ -352,7 +431,9 @@ impl TxPool {
                 break;
             };
             self.future_len -= 1;
-            let (_, nonce, cost) = tx_terms(&tx);
+            let (_, nonce, cost) = tx_terms(&tx, self.fee);
+            let (_, available) =
+                self.pending_state(sender, account.nonce, funds(&tx, account, self.now_ms));
             if cost > available {
                 dropped.push(hash);
                 continue;
@@ -411,17 +492,22 @@ impl TxPool {
             };
             let mut next = account.nonce;
             let mut available = account.balance;
+            let mut spendable = account.spendable(self.now_ms);
             let mut doomed = Vec::new();
             let mut broken = false;
             for (nonce, hash) in pending {
-                let cost = self.by_hash.get(hash).map_or(0, |p| p.cost);
-                if broken || *nonce != next || cost > available {
+                let (cost, bond) = self.by_hash.get(hash).map_or((0, false), |p| {
+                    (p.cost, matches!(p.tx.action, chain::Action::Bond { .. }))
+                });
+                let limit = if bond { available } else { spendable };
+                if broken || *nonce != next || cost > limit {
                     broken |= *nonce >= next;
                     doomed.push(*hash);
                     continue;
                 }
                 next += 1;
                 available -= cost;
+                spendable = spendable.saturating_sub(cost);
             }
             for h in doomed {
                 self.remove(&h);
@@ -471,7 +557,7 @@ pub struct Mempool {
     /// Where waiting records and transactions are saved; `None` in tests without a store.
     store: Option<Arc<Store>>,
     /// Committed accounts, for transaction admission.
-    accounts: Recipient<GetAccount>,
+    accounts: Recipient<CheckTx>,
     seq: u64,
     order: BTreeMap<u64, JobId>,
     records: HashMap<JobId, (u64, VerifiedRecord)>,
@@ -489,7 +575,7 @@ impl Mempool {
     pub fn new(
         admission: Admission,
         store: Option<Arc<Store>>,
-        accounts: Recipient<GetAccount>,
+        accounts: Recipient<CheckTx>,
     ) -> Self {
         Mempool {
             admission,
@@ -565,7 +651,7 @@ impl Mempool {
         let mut senders: Vec<Address> = Vec::new();
         let mut seen: std::collections::HashSet<Address> = std::collections::HashSet::new();
         for (hash, tx) in self.txs.iter() {
-            let (sender, _, _) = tx_terms(tx);
+            let sender = tx.from;
             if due(*hash) && seen.insert(sender) {
                 senders.push(sender);
             }
@@ -680,17 +766,20 @@ impl Mempool {
             Ok(hash) => hash,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        let (sender, _, _) = tx_terms(&tx);
         let accounts = self.accounts.clone();
+        let check = CheckTx {
+            from: tx.from,
+            tx: Some(Box::new(tx.clone())),
+        };
         Box::pin(
-            async move { accounts.send(GetAccount(sender)).await }
+            async move { accounts.send(check).await }
                 .into_actor(self)
-                .map(move |account, act, _| {
-                    let account = account.map_err(|e| MempoolError::Unavailable(e.to_string()))?;
+                .map(move |ctx, act, _| {
+                    let ctx = ctx.map_err(|e| MempoolError::Unavailable(e.to_string()))?;
                     if act.txs.contains(&hash) {
                         return Ok((hash, Admitted::Pending));
                     }
-                    let admitted = act.txs.admit(tx.clone(), hash, &account, queue_gaps)?;
+                    let admitted = act.txs.admit(tx.clone(), hash, &ctx, queue_gaps)?;
                     if persist
                         && let Some(store) = &act.store
                         && let Err(e) = store.put_pending_tx(&hash, &tx)
@@ -789,6 +878,54 @@ impl Handler<AddTx> for Mempool {
     }
 }
 
+impl Handler<AddOwnTx> for Mempool {
+    type Result = ResponseActFuture<Self, Result<B256, MempoolError>>;
+    fn handle(&mut self, msg: AddOwnTx, _: &mut Self::Context) -> Self::Result {
+        let from = msg.key.address();
+        let accounts = self.accounts.clone();
+        Box::pin(
+            async move { accounts.send(CheckTx { from, tx: None }).await }
+                .into_actor(self)
+                .then(move |ctx, act, _| {
+                    let signed = ctx
+                        .map_err(|e| MempoolError::Unavailable(e.to_string()))
+                        .and_then(|ctx| {
+                            let nonce = act
+                                .txs
+                                .next_nonce(&from)
+                                .unwrap_or(ctx.account.nonce)
+                                .max(ctx.account.nonce);
+                            chain::UnsignedTx {
+                                from,
+                                nonce,
+                                max_fee: ctx.fee,
+                                action: msg.action,
+                            }
+                            .sign(&msg.key, act.admission.domain())
+                            .map_err(|e| MempoolError::BadSignature(e.to_string()))
+                        });
+                    match signed {
+                        Ok(tx) => {
+                            let data = protocol::encode(&tx);
+                            Box::pin(act.add_tx(tx, true, false).map(move |res, act, _| {
+                                let (hash, _) = res?;
+                                if let Some(publish) = &act.publish {
+                                    publish.do_send(Publish {
+                                        topic: topics::TXS,
+                                        data,
+                                    });
+                                }
+                                Ok(hash)
+                            }))
+                                as ResponseActFuture<Self, Result<B256, MempoolError>>
+                        }
+                        Err(e) => Box::pin(fut::ready(Err(e))),
+                    }
+                }),
+        )
+    }
+}
+
 impl Handler<GossipTx> for Mempool {
     type Result = ResponseActFuture<Self, MessageAcceptance>;
     /// Accept (relay) only what was admitted now; a transaction already held was relayed when
@@ -870,6 +1007,13 @@ impl Handler<NextNonce> for Mempool {
     }
 }
 
+impl Handler<TxPending> for Mempool {
+    type Result = bool;
+    fn handle(&mut self, msg: TxPending, _: &mut Self::Context) -> Self::Result {
+        self.txs.contains(&msg.0) || self.txs.is_queued(&msg.0)
+    }
+}
+
 impl Handler<PendingRecord> for Mempool {
     type Result = Option<(B256, chain::Address)>;
     fn handle(&mut self, msg: PendingRecord, _: &mut Self::Context) -> Self::Result {
@@ -890,16 +1034,17 @@ mod tests {
     };
 
     fn transfer(key: &chain::PrivateKeySigner, nonce: u64, amount: u128) -> (Tx, B256) {
-        let tx = Tx::Transfer(
-            chain::Transfer {
-                from: key.address(),
+        let tx = chain::UnsignedTx {
+            from: key.address(),
+            nonce,
+            max_fee: 0,
+            action: chain::Action::Transfer {
                 to: Address::repeat_byte(0xee),
                 amount,
-                nonce,
-            }
-            .sign(key, &CHAIN)
-            .unwrap(),
-        );
+            },
+        }
+        .sign(key, &CHAIN)
+        .unwrap();
         let hash = tx.hash(&CHAIN);
         (tx, hash)
     }
@@ -907,15 +1052,23 @@ mod tests {
     fn account(balance: u128, nonce: u64) -> Account {
         Account {
             balance,
-            stake: 0,
             nonce,
+            ..Account::default()
+        }
+    }
+
+    /// A committed account with a zero fee: the cost of a transfer is its amount.
+    fn ctx(acc: &Account) -> TxContext {
+        TxContext {
+            account: acc.clone(),
+            ..TxContext::default()
         }
     }
 
     fn add(pool: &mut TxPool, tx: (Tx, B256), acc: &Account) -> Result<(), MempoolError> {
         let hash = pool.precheck(&tx.0, &CHAIN)?;
         assert_eq!(hash, tx.1);
-        pool.admit(tx.0, hash, acc, false).map(|_| ())
+        pool.admit(tx.0, hash, &ctx(acc), false).map(|_| ())
     }
 
     /// Gossip reorders a sender's transactions: the later nonces wait (bounded) for the missing
@@ -928,7 +1081,7 @@ mod tests {
         let mut pool = TxPool::default();
         let gossip = |pool: &mut TxPool, tx: (Tx, B256), acc: &Account| {
             let hash = pool.precheck(&tx.0, &CHAIN).unwrap();
-            pool.admit(tx.0, hash, acc, true)
+            pool.admit(tx.0, hash, &ctx(acc), true)
         };
         assert!(matches!(
             add(&mut pool, transfer(&k, 5, 1), &acc),
@@ -1027,8 +1180,10 @@ mod tests {
         assert_eq!(pool.next_nonce(&Address::ZERO), None);
         // A bad signature is refused before anything else.
         let (mut forged, _) = transfer(&k, 5, 1);
-        let Tx::Transfer(t) = &mut forged;
-        t.transfer.amount = 2;
+        forged.action = chain::Action::Transfer {
+            to: Address::repeat_byte(0xee),
+            amount: 2,
+        };
         assert!(matches!(
             pool.precheck(&forged, &CHAIN),
             Err(MempoolError::BadSignature(_))
@@ -1119,27 +1274,39 @@ mod restore_tests {
             accounts: vec![
                 GenesisAccount {
                     address: client.address(),
-                    balance: TOTAL_SUPPLY - stake,
+                    balance: TOTAL_SUPPLY - stake - Params::default().min_inference_stake,
                     stake: 0,
                     label: "client".into(),
+                    vesting: None,
                 },
                 GenesisAccount {
                     address: Address::repeat_byte(1),
                     balance: 0,
                     stake,
                     label: "validator".into(),
+                    vesting: None,
+                },
+                GenesisAccount {
+                    address: exec.address(),
+                    balance: 0,
+                    stake: Params::default().min_inference_stake,
+                    label: "inference".into(),
+                    vesting: None,
                 },
             ],
+            pools: Default::default(),
             validators: vec![chain::genesis::GenesisValidator {
                 address: Address::repeat_byte(1),
                 peer_id: String::new(),
+                moniker: String::new(),
             }],
-            inference_nodes: vec![exec.address()],
+            inference_nodes: vec![chain::genesis::GenesisInferenceNode::new(exec.address())],
             models: vec![ModelEntry {
                 id: model,
                 name: "m".into(),
                 owner: client.address(),
-                price: 1,
+                price_per_job: 1,
+                price_per_unit: 0,
                 mode: VerificationMode::Reexec,
             }],
             params: Params::default(),

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub mempool_txs: IntGauge,
     pub mempool_rebroadcast: IntCounterVec,
     pub height: IntGauge,
+    /// 1 while every account, stake and pool add up to exactly the supply at the tip.
+    pub supply_exact: IntGauge,
+    /// Whole OPG in each part of the supply at the tip.
+    pub supply_opg: IntGaugeVec,
+    pub validators_active: IntGauge,
+    pub slashes: IntCounter,
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
     pub consensus_rebroadcasts: IntCounter,
@@ -192,6 +198,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["kind"],
         ),
         height: gauge(&r, "height", "committed height"),
+        supply_exact: gauge(
+            &r,
+            "supply_exact",
+            "1 while balances, locked, bonded, unbonding and pools add up to exactly 1,000,000,000 OPG",
+        ),
+        supply_opg: gauge_vec(
+            &r,
+            "supply_opg",
+            "whole OPG in each part of the supply",
+            &["part"],
+        ),
+        validators_active: gauge(
+            &r,
+            "validators_active",
+            "validators in the set deciding the next height",
+        ),
+        slashes: counter(&r, "slashes_total", "validators slashed for double-signing"),
         blocks_committed: counter(&r, "blocks_committed_total", "blocks committed"),
         consensus_rounds: counter(
             &r,

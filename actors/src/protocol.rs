@@ -291,16 +291,17 @@ pub(crate) mod samples {
         pub fn new(key: &chain::PrivateKeySigner, domain: &Domain) -> Samples {
             let key = key.clone();
             let record = sample_record(&key, domain);
-            let tx = Tx::Transfer(
-                chain::Transfer {
-                    from: key.address(),
+            let tx = chain::UnsignedTx {
+                from: key.address(),
+                nonce: 0,
+                max_fee: 1,
+                action: chain::Action::Transfer {
                     to: Address::repeat_byte(3),
                     amount: 12,
-                    nonce: 0,
-                }
-                .sign(&key, domain)
-                .unwrap(),
-            );
+                },
+            }
+            .sign(&key, domain)
+            .unwrap();
             let header = chain::BlockHeader {
                 height: 2,
                 parent: chain::B256::repeat_byte(1),

@@ -22,6 +22,11 @@ pub struct GetAccount(pub Address);
 #[rtype(result = "Result<Option<JobEntry>, String>")]
 pub struct GetJob(pub JobId);
 
+/// The height that included a transaction, and its outcome.
+#[derive(Message)]
+#[rtype(result = "Result<Option<(Height, chain::TxOutcome)>, String>")]
+pub struct GetTx(pub chain::B256);
+
 #[derive(Message)]
 #[rtype(result = "Result<Option<(Block, Option<CommitCertificate>)>, String>")]
 pub struct GetBlock(pub Height);
@@ -30,10 +35,35 @@ pub struct GetBlock(pub Height);
 #[rtype(result = "Tip")]
 pub struct GetTip;
 
-/// Total of all balances and stakes.
+/// Where every token is at the tip.
 #[derive(Message)]
-#[rtype(result = "u128")]
+#[rtype(result = "chain::Supply")]
 pub struct GetSupply;
+
+/// The registries (validators, inference nodes, models, proposals, parameters) and pools at
+/// the tip.
+#[derive(Message)]
+#[rtype(result = "ChainState")]
+pub struct GetChainState;
+
+#[derive(Clone, Debug)]
+pub struct ChainState {
+    pub height: Height,
+    pub registry: Arc<chain::Registry>,
+    pub pools: chain::Pools,
+    /// Bonded stake of every registered validator and inference node.
+    pub bonded: std::collections::BTreeMap<Address, u128>,
+}
+
+/// What a transaction of `from` is admitted against: the sender's committed account, the fee,
+/// the tip's time and, for `tx` when its nonce is the account's next, what including it on the
+/// tip would do.
+#[derive(Message)]
+#[rtype(result = "crate::mempool::TxContext")]
+pub struct CheckTx {
+    pub from: Address,
+    pub tx: Option<Box<Tx>>,
+}
 
 /// Which job used this (client, nonce), if any.
 #[derive(Message)]
@@ -59,9 +89,18 @@ pub struct BuildBlock {
     pub txs: Vec<Tx>,
 }
 
-/// Applies a finalized block with its certificate.
+/// The validator set that decides the height after the tip: (address, voting power).
+pub type NextValidators = Vec<(Address, u64)>;
+
+/// The tip and the validator set of the next height.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "(Tip, NextValidators)")]
+pub struct GetTipSet;
+
+/// Applies a finalized block with its certificate; answers the validator set of the next
+/// height (an epoch may have changed it).
+#[derive(Message)]
+#[rtype(result = "Result<NextValidators, String>")]
 pub struct CommitBlock {
     pub block: Arc<Block>,
     pub certificate: CommitCertificate,
@@ -85,6 +124,8 @@ pub struct Settlement {
     executed: std::collections::HashMap<chain::B256, chain::Changes>,
     /// How many times a block was executed to commit it (tests).
     commit_executions: u64,
+    /// The node's record checks: told the registrations of every new tip.
+    admission: Option<chain::Admission>,
 }
 
 /// At most this many executed blocks are kept for the next height (one per round normally).
@@ -97,14 +138,14 @@ impl Settlement {
         let ledger = store.load_ledger()?;
         if ledger.total_supply() != chain::TOTAL_SUPPLY {
             return Err(chain::Error::Corrupt(format!(
-                "stored accounts sum to {}, not the supply {}",
+                "stored accounts and pools sum to {}, not the supply {}",
                 ledger.total_supply(),
                 chain::TOTAL_SUPPLY
             )));
         }
         METRICS.height.set(ledger.height as i64);
         tracing::info!(height = ledger.height, tip = %ledger.tip_hash, "ledger loaded");
-        Ok(Settlement {
+        let settlement = Settlement {
             store,
             ledger,
             domain: genesis.domain(),
@@ -112,7 +153,41 @@ impl Settlement {
             subscribers: Vec::new(),
             executed: std::collections::HashMap::new(),
             commit_executions: 0,
-        })
+            admission: None,
+        };
+        settlement.export_supply();
+        Ok(settlement)
+    }
+
+    /// Sets the supply and validator-set gauges from the tip. Executing a block already
+    /// refused one that would change the supply; this shows it holds on this node.
+    fn export_supply(&self) {
+        let s = self.ledger.supply();
+        METRICS
+            .supply_exact
+            .set(i64::from(s.total == chain::TOTAL_SUPPLY));
+        let opg = |v: u128| i64::try_from(v / 10u128.pow(18)).unwrap_or(i64::MAX);
+        for (part, v) in [
+            ("balances", s.balances),
+            ("locked", s.locked),
+            ("bonded", s.bonded),
+            ("unbonding", s.unbonding),
+            ("rewards_pool", s.pools.rewards),
+            ("community_pool", s.pools.community),
+            ("deposits", s.pools.deposits),
+        ] {
+            METRICS.supply_opg.with_label_values(&[part]).set(opg(v));
+        }
+        METRICS
+            .validators_active
+            .set(self.ledger.next_validators().len() as i64);
+    }
+
+    /// Keeps `admission`'s registrations at the tip from now on.
+    pub fn with_admission(mut self, admission: chain::Admission) -> Self {
+        admission.update(chain::Registrations::of(&self.ledger));
+        self.admission = Some(admission);
+        self
     }
 
     pub fn height(&self) -> Height {
@@ -139,6 +214,13 @@ impl Handler<GetAccount> for Settlement {
     type Result = MessageResult<GetAccount>;
     fn handle(&mut self, msg: GetAccount, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.ledger.account(&msg.0))
+    }
+}
+
+impl Handler<GetTx> for Settlement {
+    type Result = Result<Option<(Height, chain::TxOutcome)>, String>;
+    fn handle(&mut self, msg: GetTx, _: &mut Self::Context) -> Self::Result {
+        self.store.tx(&msg.0).map_err(|e| e.to_string())
     }
 }
 
@@ -174,10 +256,61 @@ impl Handler<GetTip> for Settlement {
     }
 }
 
+impl Handler<GetTipSet> for Settlement {
+    type Result = MessageResult<GetTipSet>;
+    fn handle(&mut self, _: GetTipSet, _: &mut Self::Context) -> Self::Result {
+        MessageResult((
+            Tip {
+                height: self.ledger.height,
+                hash: self.ledger.tip_hash,
+                timestamp_ms: self.ledger.tip_time_ms,
+            },
+            self.ledger.next_validators().to_vec(),
+        ))
+    }
+}
+
 impl Handler<GetSupply> for Settlement {
     type Result = MessageResult<GetSupply>;
     fn handle(&mut self, _: GetSupply, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.ledger.total_supply())
+        MessageResult(self.ledger.supply())
+    }
+}
+
+impl Handler<GetChainState> for Settlement {
+    type Result = MessageResult<GetChainState>;
+    fn handle(&mut self, _: GetChainState, _: &mut Self::Context) -> Self::Result {
+        let registry = self.ledger.registry().clone();
+        let bonded = registry
+            .validators
+            .keys()
+            .chain(registry.nodes.keys())
+            .map(|a| (*a, self.ledger.account(a).bonded))
+            .collect();
+        MessageResult(ChainState {
+            height: self.ledger.height,
+            registry,
+            pools: self.ledger.pools(),
+            bonded,
+        })
+    }
+}
+
+impl Handler<CheckTx> for Settlement {
+    type Result = MessageResult<CheckTx>;
+    fn handle(&mut self, msg: CheckTx, _: &mut Self::Context) -> Self::Result {
+        let account = self.ledger.account(&msg.from);
+        let now_ms = chain::types::now_ms().max(self.ledger.tip_time_ms + 1);
+        let dry_run = msg
+            .tx
+            .filter(|tx| tx.nonce == account.nonce && tx.from == msg.from)
+            .map(|tx| self.ledger.dry_run(&self.genesis, &tx, now_ms));
+        MessageResult(crate::mempool::TxContext {
+            account,
+            fee: self.ledger.params().tx_fee,
+            now_ms: self.ledger.tip_time_ms,
+            dry_run,
+        })
     }
 }
 
@@ -245,7 +378,7 @@ impl Handler<BuildBlock> for Settlement {
 }
 
 impl Handler<CommitBlock> for Settlement {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseActFuture<Self, Result<NextValidators, String>>;
     /// A block this node built or validated against the same parent is committed with the
     /// changes found then (the block's hash covers its parent and state root). Any other (sync,
     /// a block first seen decided) has its certificate and its records' signatures checked on
@@ -255,19 +388,20 @@ impl Handler<CommitBlock> for Settlement {
         let certificate = msg.certificate;
         if block.header.height <= self.ledger.height {
             // Already applied (sync and consensus can race).
-            return Box::pin(fut::ready(Ok(())));
+            return Box::pin(fut::ready(Ok(self.ledger.next_validators().to_vec())));
         }
         if certificate.block_hash != block.hash() || certificate.height != block.header.height {
             return Box::pin(fut::ready(Err("certificate is for another block".into())));
         }
         if let Some(changes) = self.executed.remove(&certificate.block_hash) {
             let checked = certificate
-                .verify(&self.genesis.validator_powers(), &self.domain)
+                .verify(self.ledger.next_validators(), &self.domain)
                 .map_err(|e| e.to_string())
-                .and_then(|()| self.apply(&block, &certificate, changes));
+                .and_then(|()| self.apply(&block, &certificate, changes))
+                .map(|()| self.ledger.next_validators().to_vec());
             return Box::pin(fut::ready(checked));
         }
-        let (powers, domain) = (self.genesis.validator_powers(), self.domain);
+        let (powers, domain) = (self.ledger.next_validators().to_vec(), self.domain);
         let check = {
             let (block, certificate) = (block.clone(), certificate.clone());
             async move {
@@ -284,14 +418,16 @@ impl Handler<CommitBlock> for Settlement {
         Box::pin(check.into_actor(self).map(move |recovered, act, _| {
             let recovered = recovered?;
             if block.header.height <= act.ledger.height {
-                return Ok(()); // applied meanwhile
+                // Applied meanwhile.
+                return Ok(act.ledger.next_validators().to_vec());
             }
             act.commit_executions += 1;
             let changes = act
                 .ledger
                 .validate_recovered(&act.genesis, &block, &recovered)
                 .map_err(|e| e.to_string())?;
-            act.apply(&block, &certificate, changes)
+            act.apply(&block, &certificate, changes)?;
+            Ok(act.ledger.next_validators().to_vec())
         }))
     }
 }
@@ -309,7 +445,24 @@ impl Settlement {
             .commit_block(block, certificate, &changes)
             .map_err(|e| format!("store: {e}"))?;
         self.ledger.commit(&changes);
+        if let Some(admission) = &self.admission {
+            admission.update(chain::Registrations::of(&self.ledger));
+        }
+        for (offender, at) in &changes.slashes {
+            tracing::warn!(%offender, offence_height = at, height = changes.height, "validator slashed and jailed for double-signing");
+        }
+        if changes.registry.is_some() {
+            let set = self.ledger.next_validators();
+            tracing::info!(
+                height = changes.height,
+                validators = set.len(),
+                power = set.iter().map(|(_, p)| *p).sum::<u64>(),
+                "registry changed"
+            );
+        }
         METRICS.height.set(self.ledger.height as i64);
+        METRICS.slashes.inc_by(changes.slashes.len() as u64);
+        self.export_supply();
         METRICS.blocks_committed.inc();
         let failed = changes
             .jobs
@@ -329,7 +482,11 @@ impl Settlement {
             block_hash: changes.block_hash,
             jobs: changes.jobs.iter().map(|j| j.job_id).collect(),
             txs: changes.txs.iter().map(|t| t.hash).collect(),
-            accounts: changes.accounts.iter().map(|(a, v)| (*a, *v)).collect(),
+            accounts: changes
+                .accounts
+                .iter()
+                .map(|(a, v)| (*a, v.clone()))
+                .collect(),
         };
         self.subscribers.retain(|s| s.connected());
         for s in &self.subscribers {

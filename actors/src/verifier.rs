@@ -109,6 +109,9 @@ pub enum RecordError {
     ModelMissing(kernels::ModelId),
     #[error("re-execution failed: {0}")]
     Execution(String),
+    /// The executor or model may not serve jobs now (jailed, unbonded, deactivated).
+    #[error("{0}")]
+    Refused(String),
     #[error("invalid TEE proof: {0}")]
     Attestation(#[from] chain::attestation::AttestationError),
     #[error("fraud: executor {executor} claimed output {claimed}, re-execution gives {actual}")]
@@ -124,6 +127,7 @@ impl From<AdmissionError> for RecordError {
         match e {
             AdmissionError::Chain(e) => RecordError::Chain(e),
             AdmissionError::Attestation(e) => RecordError::Attestation(e),
+            AdmissionError::Refused(e) => RecordError::Refused(e),
         }
     }
 }
@@ -137,6 +141,7 @@ impl RecordError {
             RecordError::Attestation(e) => format!("tee_{}", e.label()),
             RecordError::ModelMissing(_) => "model_missing".into(),
             RecordError::Execution(_) => "execution".into(),
+            RecordError::Refused(_) => "refused".into(),
             RecordError::Fraud { .. } => "fraud".into(),
         }
     }
@@ -169,10 +174,10 @@ impl Checker {
     /// The admission checks (signatures, executor, model, TEE proof), then re-execution when
     /// `reexecute`, the model's mode includes it and the job is sampled.
     fn check(&self, record: Arc<InferenceRecord>) -> Result<VerifiedRecord, RecordError> {
-        let genesis = self.admission.genesis();
+        let live = self.admission.registrations();
         let model_id = record.job.request.model_id;
         // Admission refuses an unknown model; `None` never reaches the modes below.
-        let mode = genesis.model(&model_id).map(|m| m.mode);
+        let mode = live.registry.models.get(&model_id).map(|m| m.mode);
         let started = Instant::now();
         let verified = self.admission.check(record)?;
         if mode.is_some_and(|m| m.needs_tee()) {
@@ -184,7 +189,7 @@ impl Checker {
         let record = verified.record();
         if self.reexecute
             && mode.is_some_and(|m| m.needs_reexec())
-            && sampled(&verified.id(), genesis.params.reexec_sample_bps)
+            && sampled(&verified.id(), live.registry.params.reexec_sample_bps)
         {
             let model = self
                 .models
@@ -498,19 +503,34 @@ mod tests {
         let genesis = Genesis {
             chain_id: 5,
             genesis_time_ms: 0,
-            accounts: vec![chain::genesis::GenesisAccount {
-                address: client.address(),
-                balance: chain::TOTAL_SUPPLY,
-                stake: 0,
-                label: "client".into(),
-            }],
+            accounts: vec![
+                chain::genesis::GenesisAccount {
+                    address: client.address(),
+                    balance: chain::TOTAL_SUPPLY - Params::default().min_inference_stake,
+                    stake: 0,
+                    label: "client".into(),
+                    vesting: None,
+                },
+                chain::genesis::GenesisAccount {
+                    address: exec.address(),
+                    balance: 0,
+                    stake: Params::default().min_inference_stake,
+                    label: "inference".into(),
+                    vesting: None,
+                },
+            ],
+            pools: Default::default(),
             validators: vec![],
-            inference_nodes: vec![exec.address()],
+            inference_nodes: vec![chain::genesis::GenesisInferenceNode {
+                tee_chip: Some(chain::record::chip_binding(chip.chip_id())),
+                ..chain::genesis::GenesisInferenceNode::new(exec.address())
+            }],
             models: vec![ModelEntry {
                 id: model_id,
                 name: "m".into(),
                 owner: client.address(),
-                price: 1,
+                price_per_job: 1,
+                price_per_unit: 0,
                 mode: VerificationMode::Tee,
             }],
             params: Params::default(),
@@ -593,6 +613,18 @@ mod tests {
                 chain::attestation::AttestationError::MissingProof
             ))
         ));
+        // The same genuine report, from a node bound to another chip or to none: refused.
+        for bound in [Some(chain::B256::repeat_byte(7)), None] {
+            let mut g = genesis.clone();
+            g.inference_nodes[0].tee_chip = bound;
+            let (with_tee, _) = records(&g);
+            assert!(matches!(
+                run(&g, &with_tee),
+                Err(RecordError::Attestation(
+                    chain::attestation::AttestationError::WrongChip { .. }
+                ))
+            ));
+        }
         // reexec: re-execution is attempted with or without a proof.
         genesis.models[0].mode = VerificationMode::Reexec;
         let (with_tee, without) = records(&genesis);

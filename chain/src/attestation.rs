@@ -241,6 +241,10 @@ pub enum AttestationError {
     PathTooLong(usize),
     #[error("simulated TEE: {0}")]
     Simulation(String),
+    /// The report comes from another chip than the one the node bound at registration, or the
+    /// node bound none.
+    #[error("attested by chip {attested}, but the node bound {bound}")]
+    WrongChip { bound: String, attested: String },
 }
 
 impl AttestationError {
@@ -260,6 +264,7 @@ impl AttestationError {
             AttestationError::MissingProof => "missing_proof",
             AttestationError::PathTooLong(_) => "path_too_long",
             AttestationError::Simulation(_) => "simulation",
+            AttestationError::WrongChip { .. } => "wrong_chip",
         }
     }
 }

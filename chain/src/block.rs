@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::merkle;
-use crate::record::{InferenceRecord, Tx};
+use crate::record::InferenceRecord;
 use crate::signing::{self, Domain, PrivateKeySigner};
+use crate::tx::Tx;
 use crate::types::{Height, Sig};
 
 /// Largest encoded block accepted from the network or the store.

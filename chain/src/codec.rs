@@ -124,30 +124,19 @@ mod tests {
             Block, BlockHeader, CommitCertificate, Proposal, SignedProposal, SignedVote, Vote,
             VoteKind,
         };
-        use crate::record::{Proof, TeeProof, Transfer, Tx, tests::sample_record};
+        use crate::record::{Proof, TeeProof, tests::sample_record};
         use crate::signing::seeded_key;
         use crate::state::{Account, JobEntry, JobStatus, TxOutcome};
         use alloy::primitives::{Address, B256};
 
         let domain = &crate::record::tests::D7;
         let key = seeded_key(3, 0);
-        let transfer = Tx::Transfer(
-            Transfer {
-                from: key.address(),
-                to: Address::repeat_byte(2),
-                amount: u128::MAX - 1,
-                nonce: u64::MAX,
-            }
-            .sign(&key, domain)
-            .unwrap(),
-        );
-        // Every Tx variant: the match is exhaustive, so a new kind must be added here.
-        let txs = vec![transfer.clone()];
+        // One transaction of every kind (`one_of_each` matches every action exhaustively).
+        let txs = crate::tx::tests::one_of_each(domain);
         for tx in &txs {
-            match tx {
-                Tx::Transfer(_) => round_trip(tx),
-            }
+            round_trip(tx);
         }
+        let transfer = txs[0].clone();
         let reexec = sample_record(domain);
         let mut tee = sample_record(domain);
         tee.proof = Proof::Tee(TeeProof {
@@ -219,9 +208,22 @@ mod tests {
         });
         round_trip(&Account {
             balance: u128::MAX,
-            stake: 5,
+            bonded: 5,
+            unbonding: vec![crate::state::Unbonding {
+                amount: 4,
+                release_height: 9,
+            }],
             nonce: 3,
+            vesting: Some(crate::genesis::Vesting {
+                start_ms: 1,
+                cliff_ms: 2,
+                duration_ms: 3,
+                amount: 4,
+            }),
         });
+        round_trip(&crate::state::Registry::from_genesis(
+            &crate::genesis::tests::sample(),
+        ));
         for (status, reason) in [
             (JobStatus::Finalized, None),
             (JobStatus::Failed, Some("expired".to_string())),
@@ -242,35 +244,38 @@ mod tests {
             hash: transfer.hash(domain),
             ok: false,
             reason: Some("nonce".into()),
+            fee: 7,
         });
     }
 
     #[test]
     fn transaction_json_shape_is_stable() {
-        use crate::record::{Transfer, Tx};
+        use crate::tx::{Action, Tx, UnsignedTx};
         let key = crate::signing::seeded_key(3, 0);
-        let tx = Tx::Transfer(
-            Transfer {
-                from: key.address(),
+        let tx = UnsignedTx {
+            from: key.address(),
+            nonce: 0,
+            max_fee: 9,
+            action: Action::Transfer {
                 to: alloy::primitives::Address::ZERO,
                 amount: 5,
-                nonce: 0,
-            }
-            .sign(&key, &crate::signing::test_domain(1))
-            .unwrap(),
-        );
+            },
+        }
+        .sign(&key, &crate::signing::test_domain(1))
+        .unwrap();
         let v = serde_json::to_value(&tx).unwrap();
-        assert_eq!(v["type"], "transfer");
-        assert_eq!(v["transfer"]["amount"], "5");
+        assert_eq!(v["action"]["transfer"]["amount"], "5");
+        assert_eq!(v["max_fee"], "9");
         assert!(v["signature"].as_str().unwrap().starts_with("0x"));
         let mut unknown = v.clone();
-        unknown["type"] = "mint".into();
+        unknown["action"] = serde_json::json!({"mint": {"amount": "5"}});
         assert!(serde_json::from_value::<Tx>(unknown).is_err());
-        // The wire form is not JSON's: a variant index, then the body.
+        // The wire form is not JSON's: the action is a variant index, then its body.
         let wire = encode(&tx);
-        assert_eq!(&wire[..4], &0u32.to_le_bytes());
+        let at = encode(&(tx.from, tx.nonce)).len() + 16;
+        assert_eq!(&wire[at..at + 4], &0u32.to_le_bytes());
         let mut bad_variant = wire.clone();
-        bad_variant[0] = 7;
+        bad_variant[at] = 70;
         assert!(decode::<Tx>(&bad_variant, MAX_DECODE).is_err());
     }
 
@@ -280,7 +285,7 @@ mod tests {
             let _ = decode::<Sample>(&bytes, 1024);
             let _ = decode::<crate::block::Block>(&bytes, 1024);
             let _ = decode::<crate::record::InferenceRecord>(&bytes, 1024);
-            let _ = decode::<crate::record::Tx>(&bytes, 1024);
+            let _ = decode::<crate::tx::Tx>(&bytes, 1024);
             let _ = decode::<crate::block::CommitCertificate>(&bytes, 1024);
             let _ = decode::<crate::block::SignedVote>(&bytes, 1024);
             let _ = decode::<crate::block::SignedProposal>(&bytes, 1024);

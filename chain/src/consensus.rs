@@ -416,10 +416,17 @@ where
         &self.validators
     }
 
-    /// Replaces the validator set; takes effect at the next [`Input::StartHeight`].
-    pub fn set_validators(&mut self, validators: ValidatorSet<V>) {
-        self.me = self.me.filter(|m| validators.power(m).is_some());
+    /// Replaces the validator set, for the next height (an epoch changed it): `me` votes if
+    /// it is in the new set, and observes otherwise. Call it between a decision and the next
+    /// [`Input::StartHeight`].
+    pub fn set_validators(&mut self, validators: ValidatorSet<V>, me: Option<V>) {
+        self.me = me.filter(|m| validators.power(m).is_some());
         self.validators = validators;
+    }
+
+    /// Whether this core votes (its `me` is in the set).
+    pub fn is_validator(&self) -> bool {
+        self.me.is_some()
     }
 
     /// Call periodically (a node does every second). While the height has not been decided

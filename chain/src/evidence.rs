@@ -120,10 +120,15 @@ impl Evidence {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::block::{Proposal, Vote, VoteKind};
     use crate::signing::seeded_key;
+
+    /// Evidence that `seeded_key(9, 0)` precommitted two values at height 4 (test domain 1).
+    pub(crate) fn double_vote() -> Evidence {
+        Evidence::double_vote(vote(0, 2, Some(B256::repeat_byte(1))), vote(0, 2, None)).unwrap()
+    }
 
     fn vote(i: u64, round: u32, block: Option<B256>) -> SignedVote {
         let k = seeded_key(9, i);

@@ -23,6 +23,9 @@ pub struct GenesisAccount {
     /// What the allocation is for (ecosystem, team, testnet client, ...).
     #[serde(default)]
     pub label: String,
+    /// Locks part of the allocation (team, investors).
+    #[serde(default)]
+    pub vesting: Option<Vesting>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,8 @@ pub struct GenesisValidator {
     pub address: Address,
     /// libp2p peer id of the validator's node (informational; votes are checked by address).
     pub peer_id: String,
+    #[serde(default)]
+    pub moniker: String,
 }
 
 /// How records of a model are proven. Fixed at registration.
@@ -53,6 +58,15 @@ impl VerificationMode {
 
     pub fn needs_reexec(self) -> bool {
         matches!(self, VerificationMode::Reexec | VerificationMode::TeeReexec)
+    }
+
+    /// The JSON name, as EIP-712 structs carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationMode::Reexec => "reexec",
+            VerificationMode::Tee => "tee",
+            VerificationMode::TeeReexec => "tee+reexec",
+        }
     }
 }
 
@@ -121,20 +135,110 @@ pub struct ModelEntry {
     /// Receives the model-owner share of every fee.
     pub owner: Address,
     /// Fee per job, base units.
-    #[serde(with = "amount")]
-    pub price: u128,
+    #[serde(with = "amount", alias = "price")]
+    pub price_per_job: u128,
+    /// Fee per byte of input, base units.
+    #[serde(with = "amount", default)]
+    pub price_per_unit: u128,
     pub mode: VerificationMode,
 }
 
-/// Governance parameters (fixed at genesis for now).
+/// An inference node registered at genesis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+pub struct GenesisInferenceNode {
+    pub address: Address,
+    pub peer_id: String,
+    /// The models it may serve; empty means every model of the genesis.
+    #[serde(default)]
+    pub models: Vec<ModelId>,
+    /// The SEV-SNP chip its records must be attested by (see [`crate::tx::Action`]).
+    #[serde(default)]
+    pub tee_chip: Option<B256>,
+}
+
+impl GenesisInferenceNode {
+    /// A node without a peer id or TEE chip, serving every model of the genesis.
+    pub fn new(address: Address) -> Self {
+        GenesisInferenceNode {
+            address,
+            peer_id: String::new(),
+            models: Vec::new(),
+            tee_chip: None,
+        }
+    }
+}
+
+/// A vesting schedule: `amount` unlocks linearly over `duration_ms` from `start_ms`, nothing
+/// before `start_ms + cliff_ms`. Locked tokens can be bonded, not transferred.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vesting {
+    pub start_ms: u64,
+    pub cliff_ms: u64,
+    pub duration_ms: u64,
+    #[serde(with = "amount")]
+    pub amount: u128,
+}
+
+impl Vesting {
+    /// How much has vested at `now_ms` (unix milliseconds).
+    pub fn vested(&self, now_ms: u64) -> u128 {
+        let elapsed = now_ms.saturating_sub(self.start_ms);
+        if now_ms < self.start_ms || elapsed < self.cliff_ms {
+            return 0;
+        }
+        if elapsed >= self.duration_ms {
+            return self.amount;
+        }
+        // elapsed < duration_ms ≤ u64::MAX and amount < 2^90: the product fits in u128 when
+        // scaled down first by the duration's bits beyond 38; use checked math and a wide
+        // fallback so that no schedule can overflow.
+        match self.amount.checked_mul(elapsed as u128) {
+            Some(p) => p / self.duration_ms as u128,
+            None => {
+                let (q, r) = (
+                    self.amount / self.duration_ms as u128,
+                    self.amount % self.duration_ms as u128,
+                );
+                q * elapsed as u128 + r * elapsed as u128 / self.duration_ms as u128
+            }
+        }
+    }
+
+    /// How much is still locked at `now_ms`.
+    pub fn locked(&self, now_ms: u64) -> u128 {
+        self.amount - self.vested(now_ms)
+    }
+}
+
+/// Tokens held by the chain itself rather than by an account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pools {
+    /// Validator and inference rewards, paid out per block by `reward_per_block`.
+    #[serde(with = "amount", default)]
+    pub rewards: u128,
+    /// Community pool: slashed stake and vetoed deposits go here; nothing is destroyed.
+    #[serde(with = "amount", default)]
+    pub community: u128,
+    /// Deposits of proposals still being voted on.
+    #[serde(with = "amount", default)]
+    pub deposits: u128,
+}
+
+impl Pools {
+    pub fn total(&self) -> u128 {
+        self.rewards + self.community + self.deposits
+    }
+}
+
+/// Chain parameters: set at genesis, changed by governance. Amounts in base units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
-    /// Share of each fee for the inference node that ran the job, basis points.
+    /// Share of each job fee for the inference node that ran the job, basis points.
     pub executor_bps: u32,
     /// Share for the model owner.
     pub model_owner_bps: u32,
-    /// Share for validators, split by stake (remainder to the proposer).
+    /// Share for validators, split by voting power (remainder to the proposer).
     pub validators_bps: u32,
     /// Share of `reexec` records validators re-execute, basis points (10000 = all).
     pub reexec_sample_bps: u32,
@@ -145,7 +249,51 @@ pub struct Params {
     /// How far a proposed block's timestamp may be ahead of a validator's own clock (ms); a
     /// later one is prevoted nil, so one proposer cannot push the chain's time into the future.
     pub max_clock_drift_ms: u64,
+    /// The flat fee of every transaction, paid to the validators by power.
+    #[serde(with = "amount")]
+    pub tx_fee: u128,
+    /// The validator set is recomputed after every block whose height is a multiple of this.
+    pub epoch_blocks: u64,
+    /// The active set is the top `max_validators` by bonded stake...
+    pub max_validators: u32,
+    /// ...of those not jailed with at least this much bonded.
+    #[serde(with = "amount")]
+    pub min_validator_stake: u128,
+    /// Bonded stake an inference node needs to register and to be routed jobs.
+    #[serde(with = "amount")]
+    pub min_inference_stake: u128,
+    /// Blocks an unbonding entry stays slashable before `Withdraw` returns it.
+    pub unbonding_blocks: u64,
+    /// Most unbonding entries one account may have at once.
+    pub max_unbonding_entries: u32,
+    /// Oldest equivocation (in blocks before the including block) that can still be punished.
+    pub evidence_max_age_blocks: u64,
+    /// Share of bonded and unbonding stake a double-signing validator loses.
+    pub slash_double_sign_bps: u32,
+    /// Share an inference node loses for a provably false record.
+    pub slash_fraud_bps: u32,
+    /// Blocks a jailed validator or node waits before it may `Unjail`.
+    pub jail_blocks: u64,
+    /// Blocks a proposal is open for votes.
+    pub voting_blocks: u64,
+    /// Smallest proposal deposit.
+    #[serde(with = "amount")]
+    pub min_deposit: u128,
+    /// Share of all bonded stake that must vote.
+    pub quorum_bps: u32,
+    /// Share of non-abstaining votes that must be yes.
+    pub threshold_bps: u32,
+    /// Share of all votes that vetoes.
+    pub veto_bps: u32,
+    /// Taken from the rewards pool every block (while it lasts).
+    #[serde(with = "amount")]
+    pub reward_per_block: u128,
+    /// Share of the block reward for the validators (by power); the rest goes to the inference
+    /// nodes by jobs finalized in the block, and stays in the pool when there are none.
+    pub reward_validators_bps: u32,
 }
+
+const OPG: u128 = 10u128.pow(18);
 
 impl Default for Params {
     fn default() -> Self {
@@ -158,7 +306,110 @@ impl Default for Params {
             max_block_txs: 1024,
             block_interval_ms: 300,
             max_clock_drift_ms: 10_000,
+            tx_fee: OPG / 1000,
+            epoch_blocks: 100,
+            max_validators: 100,
+            min_validator_stake: 10_000 * OPG,
+            min_inference_stake: 1_000 * OPG,
+            unbonding_blocks: 2_000,
+            max_unbonding_entries: 7,
+            evidence_max_age_blocks: 1_000,
+            slash_double_sign_bps: 500,
+            slash_fraud_bps: 1_000,
+            jail_blocks: 600,
+            voting_blocks: 600,
+            min_deposit: 1_000 * OPG,
+            quorum_bps: 3_340,
+            threshold_bps: 5_000,
+            veto_bps: 3_340,
+            reward_per_block: OPG,
+            reward_validators_bps: 5_000,
         }
+    }
+}
+
+impl Params {
+    /// Checks the parameters as a whole; the message names the first rule broken.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.executor_bps as u64 + self.model_owner_bps as u64 + self.validators_bps as u64
+            != 10_000
+        {
+            return Err("the fee split (executor_bps + model_owner_bps + validators_bps) must add up to 10000 basis points".into());
+        }
+        for (name, v) in [
+            ("reexec_sample_bps", self.reexec_sample_bps),
+            ("slash_double_sign_bps", self.slash_double_sign_bps),
+            ("slash_fraud_bps", self.slash_fraud_bps),
+            ("quorum_bps", self.quorum_bps),
+            ("threshold_bps", self.threshold_bps),
+            ("veto_bps", self.veto_bps),
+            ("reward_validators_bps", self.reward_validators_bps),
+        ] {
+            if v > 10_000 {
+                return Err(format!("{name} is at most 10000, not {v}"));
+            }
+        }
+        for (name, v) in [
+            ("max_block_records", self.max_block_records as u64),
+            ("max_block_txs", self.max_block_txs as u64),
+            ("epoch_blocks", self.epoch_blocks),
+            ("max_validators", self.max_validators as u64),
+            ("max_unbonding_entries", self.max_unbonding_entries as u64),
+            ("voting_blocks", self.voting_blocks),
+            ("threshold_bps", self.threshold_bps as u64),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.min_validator_stake < OPG {
+            return Err(
+                "min_validator_stake is at least 1 OPG (voting power counts whole OPG)".into(),
+            );
+        }
+        if self.unbonding_blocks <= self.evidence_max_age_blocks {
+            return Err(format!(
+                "unbonding_blocks ({}) must exceed evidence_max_age_blocks ({}), or stake could leave before its offence is punished",
+                self.unbonding_blocks, self.evidence_max_age_blocks
+            ));
+        }
+        Ok(())
+    }
+
+    /// These parameters with `changes` applied: each name a field, each value its JSON text
+    /// (numbers as digits, amounts as decimal digits). The result is validated as a whole.
+    pub fn with_changes(
+        &self,
+        changes: &std::collections::BTreeMap<String, String>,
+    ) -> std::result::Result<Params, String> {
+        let serde_json::Value::Object(mut fields) =
+            serde_json::to_value(self).map_err(|e| e.to_string())?
+        else {
+            return Err("parameters are not an object".into());
+        };
+        for (name, value) in changes {
+            let Some(slot) = fields.get_mut(name) else {
+                return Err(format!("no parameter is named {name:?}"));
+            };
+            *slot = match slot {
+                serde_json::Value::String(_) => {
+                    value.parse::<u128>().map_err(|e| {
+                        format!("{name}: {value:?} is not an amount in base units ({e})")
+                    })?;
+                    serde_json::Value::String(value.clone())
+                }
+                _ => serde_json::Value::Number(
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| format!("{name}: {value:?} is not a whole number ({e})"))?
+                        .into(),
+                ),
+            };
+        }
+        let params: Params =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
+        params.validate()?;
+        Ok(params)
     }
 }
 
@@ -167,8 +418,11 @@ pub struct Genesis {
     pub chain_id: u64,
     pub genesis_time_ms: u64,
     pub accounts: Vec<GenesisAccount>,
+    /// Tokens held by the chain at genesis (rewards and community pools).
+    #[serde(default)]
+    pub pools: Pools,
     pub validators: Vec<GenesisValidator>,
-    pub inference_nodes: Vec<Address>,
+    pub inference_nodes: Vec<GenesisInferenceNode>,
     pub models: Vec<ModelEntry>,
     #[serde(default)]
     pub params: Params,
@@ -205,10 +459,10 @@ impl Genesis {
         }
     }
 
-    /// Checks supply, uniqueness, stakes and parameters.
+    /// Checks supply, uniqueness, stakes, vesting and parameters.
     pub fn validate(&self) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut total: u128 = 0;
+        let mut total: u128 = self.pools.total();
         for a in &self.accounts {
             if !seen.insert(a.address) {
                 return Err(Error::Genesis(format!(
@@ -220,15 +474,33 @@ impl Genesis {
                 .checked_add(a.balance)
                 .and_then(|t| t.checked_add(a.stake))
                 .ok_or_else(|| Error::Genesis("allocations overflow".into()))?;
+            if let Some(v) = &a.vesting {
+                if v.amount > a.balance + a.stake {
+                    return Err(Error::Genesis(format!(
+                        "account {} vests {} but holds {}",
+                        a.address,
+                        v.amount,
+                        a.balance + a.stake
+                    )));
+                }
+                if v.duration_ms == 0 || v.cliff_ms > v.duration_ms {
+                    return Err(Error::Genesis(format!(
+                        "account {}: a vesting schedule needs a duration and a cliff within it",
+                        a.address
+                    )));
+                }
+            }
         }
         if total != TOTAL_SUPPLY {
             return Err(Error::Genesis(format!(
-                "allocations sum to {total} base units, the supply is {TOTAL_SUPPLY}"
+                "allocations and pools sum to {total} base units, the supply is {TOTAL_SUPPLY}"
             )));
         }
+        self.params.validate().map_err(Error::Genesis)?;
         if self.validators.is_empty() {
             return Err(Error::Genesis("no validators".into()));
         }
+        let mut peers = BTreeSet::new();
         let mut vals = BTreeSet::new();
         for v in &self.validators {
             if !vals.insert(v.address) {
@@ -237,21 +509,25 @@ impl Genesis {
                     v.address
                 )));
             }
-            if self.stake_of(&v.address) == 0 {
+            let stake = self.stake_of(&v.address);
+            if stake == 0 {
                 return Err(Error::Genesis(format!(
                     "validator {} has no stake",
                     v.address
                 )));
             }
-        }
-        let p = &self.params;
-        if p.executor_bps + p.model_owner_bps + p.validators_bps != 10_000 {
-            return Err(Error::Genesis(
-                "fee split must add up to 10000 basis points".into(),
-            ));
-        }
-        if p.reexec_sample_bps > 10_000 {
-            return Err(Error::Genesis("reexec_sample_bps is at most 10000".into()));
+            if stake < self.params.min_validator_stake {
+                return Err(Error::Genesis(format!(
+                    "validator {} has {stake} staked, below min_validator_stake {}",
+                    v.address, self.params.min_validator_stake
+                )));
+            }
+            if !v.peer_id.is_empty() && !peers.insert(v.peer_id.clone()) {
+                return Err(Error::Genesis(format!(
+                    "peer id {} listed twice",
+                    v.peer_id
+                )));
+            }
         }
         let mut models = BTreeSet::new();
         for m in &self.models {
@@ -262,6 +538,34 @@ impl Genesis {
                 return Err(Error::Genesis(format!(
                     "model {} ({}) requires attestation but the genesis has no tee section",
                     m.name, m.id
+                )));
+            }
+        }
+        let mut nodes = BTreeSet::new();
+        for n in &self.inference_nodes {
+            if !nodes.insert(n.address) || vals.contains(&n.address) {
+                return Err(Error::Genesis(format!(
+                    "inference node {} listed twice or also a validator",
+                    n.address
+                )));
+            }
+            if !n.peer_id.is_empty() && !peers.insert(n.peer_id.clone()) {
+                return Err(Error::Genesis(format!(
+                    "peer id {} listed twice",
+                    n.peer_id
+                )));
+            }
+            let stake = self.stake_of(&n.address);
+            if stake < self.params.min_inference_stake {
+                return Err(Error::Genesis(format!(
+                    "inference node {} has {stake} staked, below min_inference_stake {}",
+                    n.address, self.params.min_inference_stake
+                )));
+            }
+            if let Some(m) = n.models.iter().find(|m| !models.contains(*m)) {
+                return Err(Error::Genesis(format!(
+                    "inference node {} serves the unknown model {m}",
+                    n.address
                 )));
             }
         }
@@ -283,20 +587,19 @@ impl Genesis {
         self.models.iter().find(|m| m.id == *id)
     }
 
-    pub fn is_inference_node(&self, a: &Address) -> bool {
-        self.inference_nodes.contains(a)
-    }
-
-    /// Validators with their voting power. Power is stake in whole OPG (fits in u64).
+    /// Validators with their voting power at genesis. Power is stake in whole OPG (fits in
+    /// u64).
     pub fn validator_powers(&self) -> Vec<(Address, u64)> {
         self.validators
             .iter()
-            .map(|v| {
-                let whole = self.stake_of(&v.address) / 10u128.pow(18);
-                (v.address, u64::try_from(whole).unwrap_or(u64::MAX).max(1))
-            })
+            .map(|v| (v.address, power_of(self.stake_of(&v.address))))
             .collect()
     }
+}
+
+/// Voting power of a bonded stake: whole OPG, at least 1.
+pub fn power_of(bonded: u128) -> u64 {
+    u64::try_from(bonded / OPG).unwrap_or(u64::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -313,6 +616,7 @@ pub(crate) mod tests {
                 balance: 0,
                 stake,
                 label: "validator".into(),
+                vesting: None,
             })
             .collect();
         accounts.push(GenesisAccount {
@@ -320,36 +624,51 @@ pub(crate) mod tests {
             balance: client_balance,
             stake: 0,
             label: "client".into(),
+            vesting: None,
         });
+        let node_stake = Params::default().min_inference_stake;
         accounts.push(GenesisAccount {
             address: k(20),
             balance: 0,
-            stake: 0,
+            stake: node_stake,
             label: "inference".into(),
+            vesting: None,
         });
-        let rest = TOTAL_SUPPLY - 4 * stake - client_balance;
+        let pools = Pools {
+            rewards: 1_000_000 * OPG,
+            community: 1_000 * OPG,
+            deposits: 0,
+        };
+        let rest = TOTAL_SUPPLY - 4 * stake - client_balance - node_stake - pools.total();
         accounts.push(GenesisAccount {
             address: k(30),
             balance: rest,
             stake: 0,
             label: "ecosystem".into(),
+            vesting: None,
         });
         Genesis {
             chain_id: 1337,
             genesis_time_ms: 1_700_000_000_000,
             accounts,
+            pools,
             validators: (0..4)
                 .map(|i| GenesisValidator {
                     address: k(i),
-                    peer_id: String::new(),
+                    peer_id: format!("peer-{i}"),
+                    moniker: format!("v{i}"),
                 })
                 .collect(),
-            inference_nodes: vec![k(20)],
+            inference_nodes: vec![GenesisInferenceNode {
+                peer_id: "peer-20".into(),
+                ..GenesisInferenceNode::new(k(20))
+            }],
             models: vec![ModelEntry {
                 id: ModelId([1; 32]),
                 name: "m".into(),
                 owner: k(30),
-                price: 10u128.pow(16),
+                price_per_job: 10u128.pow(16),
+                price_per_unit: 0,
                 mode: VerificationMode::Reexec,
             }],
             params: Params::default(),
@@ -381,6 +700,7 @@ pub(crate) mod tests {
         g.validators.push(GenesisValidator {
             address: Address::ZERO,
             peer_id: String::new(),
+            moniker: String::new(),
         });
         assert!(g.validate().unwrap_err().to_string().contains("no stake"));
     }

@@ -1,4 +1,4 @@
-//! Chain rules of proofmesh: identifiers, EIP-712 signed job requests and transfers, inference
+//! Chain rules of proofmesh: identifiers, EIP-712 signed job requests and transactions, inference
 //! records, blocks and commit certificates, genesis, the deterministic ledger state machine, the
 //! Tendermint consensus core, Merkle trees, the wire/storage codec and the RocksDB store.
 //!
@@ -18,6 +18,7 @@ pub mod record;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod tx;
 pub mod types;
 
 pub use block::{
@@ -25,14 +26,16 @@ pub use block::{
 };
 pub use error::{Error, Result};
 pub use evidence::Evidence;
-pub use genesis::{Genesis, ModelEntry, Params, VerificationMode};
+pub use genesis::{Genesis, ModelEntry, Params, Pools, VerificationMode, Vesting};
 pub use record::{
-    Admission, AdmissionError, InferenceRecord, JobRequest, Proof, SignedJobRequest,
-    SignedTransfer, Transfer, Tx, VerifiedRecord,
+    Admission, AdmissionError, InferenceRecord, JobRequest, Proof, Registrations, SignedJobRequest,
+    VerifiedRecord,
 };
 pub use signing::PrivateKeySigner;
 pub use state::{
-    Account, Built, Changes, JobEntry, JobStatus, Ledger, RecoveredRecords, TxOutcome,
+    Account, Built, Changes, JobEntry, JobStatus, Ledger, RecoveredRecords, Registry, Supply,
+    TxOutcome,
 };
 pub use store::{Pending, Store, Tip};
+pub use tx::{Action, ProposalKind, Tx, UnsignedTx, VoteOption};
 pub use types::{Address, B256, Height, JobId, ModelId, Sig, TOTAL_SUPPLY};

@@ -1,4 +1,4 @@
-//! Job requests, inference records and transactions: the signed objects that enter blocks.
+//! Job requests and inference records, and the checks a record passes before a node keeps it.
 
 use std::sync::Arc;
 
@@ -187,13 +187,21 @@ impl InferenceRecord {
     }
 }
 
+/// The chip binding of an SEV-SNP chip: keccak of its 64-byte CHIP_ID (stable across the
+/// firmware updates that re-issue its VCEK).
+pub fn chip_binding(chip_id: &[u8; 64]) -> B256 {
+    keccak256(chip_id)
+}
+
 /// Checks the proof a record's model requires (its [`crate::VerificationMode`]): for `tee` and
-/// `tee+reexec`, that a report verified by `tee` proves this record's leaf and executor.
+/// `tee+reexec`, that a report verified by `tee` proves this record's leaf and executor, from
+/// the chip the executor bound at registration (`bound_chip`, see [`chip_binding`]).
 /// Re-execution, the other half of `reexec` modes, needs the model and is the caller's.
 pub fn check_tee_proof(
     record: &InferenceRecord,
     mode: crate::VerificationMode,
     tee: Option<&crate::attestation::TeeVerifier>,
+    bound_chip: Option<B256>,
     domain: &Domain,
 ) -> std::result::Result<(), crate::attestation::AttestationError> {
     use crate::attestation::AttestationError;
@@ -208,14 +216,21 @@ pub fn check_tee_proof(
             "the genesis names no TEE roots for a model that requires attestation".into(),
         ));
     };
-    tee.verify_leaf(
+    let verified = tee.verify_leaf(
         &proof.report,
         &proof.vcek,
         &proof.path,
         &record.leaf(domain),
         &record.executor,
-    )
-    .map(|_| ())
+    )?;
+    let attested = chip_binding(&verified.chip_id);
+    if bound_chip != Some(attested) {
+        return Err(AttestationError::WrongChip {
+            bound: bound_chip.map_or_else(|| "no chip".to_string(), |b| b.to_string()),
+            attested: attested.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Why a record fails [`Admission::check`].
@@ -225,27 +240,66 @@ pub enum AdmissionError {
     Chain(#[from] Error),
     #[error("invalid TEE proof: {0}")]
     Attestation(#[from] crate::attestation::AttestationError),
+    /// The executor or the model may not serve jobs now (jailed, unbonded, deactivated).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What admission needs of the chain's state: the registries and the bonded stake of each
+/// registered inference node, at one height.
+#[derive(Clone, Debug, Default)]
+pub struct Registrations {
+    pub height: crate::types::Height,
+    pub registry: Arc<crate::state::Registry>,
+    pub node_bonded: std::collections::BTreeMap<Address, u128>,
+}
+
+impl Registrations {
+    pub fn of(ledger: &crate::state::Ledger) -> Registrations {
+        let registry = ledger.registry().clone();
+        let node_bonded = registry
+            .nodes
+            .keys()
+            .map(|a| (*a, ledger.account(a).bonded))
+            .collect();
+        Registrations {
+            height: ledger.height,
+            registry,
+            node_bonded,
+        }
+    }
+
+    /// Why `executor` may not serve or settle a job of `model`, or `None`.
+    pub fn refuse_executor(&self, executor: &Address, model: &ModelId) -> Option<String> {
+        let bonded = self.node_bonded.get(executor).copied().unwrap_or(0);
+        self.registry.refuse_executor(executor, model, bonded)
+    }
 }
 
 /// The rules every node applies to a record before it keeps, relays or proposes it: the ones
-/// that need no model. One per node, shared by the actors that admit records.
+/// that need no model. One per node, shared by the actors that admit records; the node's
+/// settlement keeps its [`Registrations`] at the tip ([`Admission::update`]).
 #[derive(Clone)]
 pub struct Admission {
     genesis: Arc<crate::Genesis>,
     domain: Domain,
     tee: Option<Arc<crate::attestation::TeeVerifier>>,
+    live: Arc<std::sync::RwLock<Arc<Registrations>>>,
 }
 
 impl Admission {
-    /// `tee` verifies the proofs of `tee` models (`None`: such records are refused).
+    /// `tee` verifies the proofs of `tee` models (`None`: such records are refused). The
+    /// registrations start as the genesis has them.
     pub fn new(
         genesis: Arc<crate::Genesis>,
         tee: Option<Arc<crate::attestation::TeeVerifier>>,
     ) -> Self {
+        let live = Registrations::of(&crate::state::Ledger::from_genesis(&genesis));
         Admission {
             domain: genesis.domain(),
             genesis,
             tee,
+            live: Arc::new(std::sync::RwLock::new(Arc::new(live))),
         }
     }
 
@@ -257,22 +311,53 @@ impl Admission {
         &self.domain
     }
 
+    /// The registrations at the tip, as the settlement last published them.
+    pub fn registrations(&self) -> Arc<Registrations> {
+        match self.live.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Publishes the registrations of a new tip (every clone of this admission sees them).
+    pub fn update(&self, r: Registrations) {
+        let r = Arc::new(r);
+        match self.live.write() {
+            Ok(mut g) => *g = r,
+            Err(poisoned) => *poisoned.into_inner() = r,
+        }
+    }
+
     /// The input's size and hash, the client's and the executor's signatures (canonical, over
-    /// this network's domain), a registered executor, a known model, and the TEE proof where
-    /// the model's mode requires one, in that order: the cheapest refusal first.
+    /// this network's domain), a known and active model, an executor registered for it,
+    /// bonded and not jailed, and the TEE proof where the model's mode requires one, in that
+    /// order: the cheapest refusal first.
     pub fn check(
         &self,
         record: Arc<InferenceRecord>,
     ) -> std::result::Result<VerifiedRecord, AdmissionError> {
         let id = record.verify_signatures(&self.domain)?;
-        if !self.genesis.is_inference_node(&record.executor) {
+        let live = self.registrations();
+        let model_id = record.job.request.model_id;
+        let mode = match live.registry.active_model(&model_id) {
+            Ok(m) => m.mode,
+            Err(_) if !live.registry.models.contains_key(&model_id) => {
+                return Err(Error::UnknownModel(model_id).into());
+            }
+            Err(e) => return Err(AdmissionError::Refused(e)),
+        };
+        if !live.registry.nodes.contains_key(&record.executor) {
             return Err(Error::UnknownExecutor(record.executor).into());
         }
-        let model_id = record.job.request.model_id;
-        let Some(entry) = self.genesis.model(&model_id) else {
-            return Err(Error::UnknownModel(model_id).into());
-        };
-        check_tee_proof(&record, entry.mode, self.tee.as_deref(), &self.domain)?;
+        if let Some(e) = live.refuse_executor(&record.executor, &model_id) {
+            return Err(AdmissionError::Refused(e));
+        }
+        let bound = live
+            .registry
+            .nodes
+            .get(&record.executor)
+            .and_then(|n| n.tee_chip);
+        check_tee_proof(&record, mode, self.tee.as_deref(), bound, &self.domain)?;
         Ok(VerifiedRecord { id, record })
     }
 }
@@ -287,6 +372,16 @@ pub struct VerifiedRecord {
 }
 
 impl VerifiedRecord {
+    /// A record taken as checked, for the ledger's tests (which check registrations against
+    /// a ledger, not a genesis).
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: JobId, record: InferenceRecord) -> Self {
+        VerifiedRecord {
+            id,
+            record: Arc::new(record),
+        }
+    }
+
     /// The job id, computed by the check.
     pub fn id(&self) -> JobId {
         self.id
@@ -302,122 +397,6 @@ impl VerifiedRecord {
     }
 }
 
-/// A token transfer (EIP-712 struct `Transfer`), with the sender's sequential account nonce.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transfer {
-    pub from: Address,
-    pub to: Address,
-    #[serde(with = "amount")]
-    pub amount: u128,
-    pub nonce: u64,
-}
-
-impl Transfer {
-    pub fn signing_hash(&self, domain: &Domain) -> B256 {
-        signing::signing_hash(
-            &typed::Transfer {
-                from: self.from,
-                to: self.to,
-                amount: self.amount,
-                nonce: self.nonce,
-            },
-            domain,
-        )
-    }
-
-    pub fn sign(self, key: &PrivateKeySigner, domain: &Domain) -> Result<SignedTransfer> {
-        let signature = signing::sign(key, &self.signing_hash(domain))?;
-        Ok(SignedTransfer {
-            transfer: self,
-            signature,
-        })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedTransfer {
-    pub transfer: Transfer,
-    pub signature: Sig,
-}
-
-/// A transaction: anything but an inference record that changes state.
-///
-/// Two encodings: in JSON (HTTP, files) the kind is a `"type"` field beside the transaction's
-/// own fields (`{"type": "transfer", "transfer": {..}, "signature": "0x.."}`); on the wire and on
-/// disk (bincode) it is the variant index. serde's internally tagged form cannot be used for
-/// both: decoding it needs a self-describing format, which bincode is not, so a derived
-/// `#[serde(tag = "type")]` encodes on the wire but never decodes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tx {
-    Transfer(SignedTransfer),
-}
-
-/// The JSON form of [`Tx`] (internally tagged).
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum TxJsonRef<'a> {
-    Transfer(&'a SignedTransfer),
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum TxJson {
-    Transfer(SignedTransfer),
-}
-
-/// The binary form of [`Tx`] (variant index, then the body). Variants are only ever appended.
-#[derive(Serialize)]
-enum TxWireRef<'a> {
-    Transfer(&'a SignedTransfer),
-}
-
-#[derive(Deserialize)]
-enum TxWire {
-    Transfer(SignedTransfer),
-}
-
-impl Serialize for Tx {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Tx::Transfer(t) if s.is_human_readable() => TxJsonRef::Transfer(t).serialize(s),
-            Tx::Transfer(t) => TxWireRef::Transfer(t).serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Tx {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        if d.is_human_readable() {
-            Ok(match TxJson::deserialize(d)? {
-                TxJson::Transfer(t) => Tx::Transfer(t),
-            })
-        } else {
-            Ok(match TxWire::deserialize(d)? {
-                TxWire::Transfer(t) => Tx::Transfer(t),
-            })
-        }
-    }
-}
-
-impl Tx {
-    /// Checks the signature; returns the transaction hash.
-    pub fn verify(&self, domain: &Domain) -> Result<B256> {
-        match self {
-            Tx::Transfer(t) => {
-                let digest = t.transfer.signing_hash(domain);
-                signing::verify(&t.signature, &digest, t.transfer.from)?;
-                Ok(digest)
-            }
-        }
-    }
-
-    pub fn hash(&self, domain: &Domain) -> B256 {
-        match self {
-            Tx::Transfer(t) => t.transfer.signing_hash(domain),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -425,10 +404,6 @@ pub(crate) mod tests {
 
     pub(crate) const D7: Domain = Domain {
         chain_id: 7,
-        salt: B256::ZERO,
-    };
-    const D1: Domain = Domain {
-        chain_id: 1,
         salt: B256::ZERO,
     };
 
@@ -499,18 +474,29 @@ pub(crate) mod tests {
     #[test]
     fn admission_refuses_each_failing_check() {
         use crate::attestation::AttestationError;
-        use crate::genesis::{ModelEntry, Params, VerificationMode};
+        use crate::genesis::{
+            GenesisAccount, GenesisInferenceNode, ModelEntry, Params, VerificationMode,
+        };
+        let exec = seeded_key(1, 2).address();
         let mut genesis = crate::Genesis {
             chain_id: 7,
             genesis_time_ms: 0,
-            accounts: vec![],
+            accounts: vec![GenesisAccount {
+                address: exec,
+                balance: 0,
+                stake: Params::default().min_inference_stake,
+                label: String::new(),
+                vesting: None,
+            }],
+            pools: Default::default(),
             validators: vec![],
-            inference_nodes: vec![seeded_key(1, 2).address()],
+            inference_nodes: vec![GenesisInferenceNode::new(exec)],
             models: vec![ModelEntry {
                 id: ModelId([5; 32]),
                 name: "m".into(),
                 owner: Address::ZERO,
-                price: 1,
+                price_per_job: 1,
+                price_per_unit: 0,
                 mode: VerificationMode::Reexec,
             }],
             params: Params::default(),
@@ -601,35 +587,5 @@ pub(crate) mod tests {
         assert!(v["signature"].as_str().unwrap().starts_with("0x"));
         let back: SignedJobRequest = serde_json::from_value(v).unwrap();
         assert_eq!(back, r.job);
-    }
-
-    #[test]
-    fn transfer_signature() {
-        let k = seeded_key(2, 0);
-        let t = Transfer {
-            from: k.address(),
-            to: Address::ZERO,
-            amount: 5,
-            nonce: 0,
-        };
-        let tx = Tx::Transfer(t.clone().sign(&k, &D1).unwrap());
-        tx.verify(&D1).unwrap();
-        let other = seeded_key(2, 1);
-        let forged = Tx::Transfer(SignedTransfer {
-            transfer: t,
-            signature: match Tx::Transfer(
-                Transfer {
-                    from: k.address(),
-                    to: Address::ZERO,
-                    amount: 5,
-                    nonce: 0,
-                }
-                .sign(&other, &D1)
-                .unwrap(),
-            ) {
-                Tx::Transfer(s) => s.signature,
-            },
-        });
-        assert!(forged.verify(&D1).is_err());
     }
 }

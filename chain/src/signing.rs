@@ -30,6 +30,76 @@ pub mod typed {
             address to;
             uint128 amount;
             uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Bond {
+            address from;
+            uint128 amount;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Unbond {
+            address from;
+            uint128 amount;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Withdraw {
+            address from;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct RegisterValidator {
+            address from;
+            string peerId;
+            string moniker;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct RegisterInferenceNode {
+            address from;
+            string peerId;
+            bytes32[] models;
+            bytes32 teeChip;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct RegisterModel {
+            address from;
+            bytes32 modelId;
+            string name;
+            string manifest;
+            string mode;
+            uint128 pricePerJob;
+            uint128 pricePerUnit;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Propose {
+            address from;
+            string kind;
+            string change;
+            uint128 deposit;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Vote {
+            address from;
+            uint64 proposal;
+            string option;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct Unjail {
+            address from;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct ReportEvidence {
+            address from;
+            bytes32 evidence;
+            uint64 nonce;
+            uint128 maxFee;
         }
         struct InferenceResult {
             bytes32 jobId;
@@ -283,6 +353,7 @@ mod tests {
             to: Address::ZERO,
             amount: 1,
             nonce: 0,
+            maxFee: 0,
         };
         let one = test_domain(1);
         assert_ne!(signing_hash(&t, &one), signing_hash(&t, &test_domain(2)));

@@ -1,6 +1,7 @@
 //! RocksDB persistence: blocks with their commit certificates, accounts, used job nonces, the
-//! job index and node metadata (tip, consensus write-ahead state), one column family each.
-//! A block and every change it makes are written in one atomic batch.
+//! job index, validators, inference nodes, models, proposals, every validator set by its first
+//! height, and node metadata (tip, pools, parameters, consensus write-ahead state), one column
+//! family each. A block and every change it makes are written in one atomic batch.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use crate::block::{Block, CommitCertificate, MAX_BLOCK_BYTES};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::genesis::Genesis;
-use crate::state::{Account, Changes, JobEntry, Ledger, NonceLookup, UsedNonces};
+use crate::state::{Account, Changes, JobEntry, Ledger, NonceLookup, Registry, UsedNonces};
 use crate::types::{Height, JobId};
 
 const CF_BLOCKS: &str = "blocks";
@@ -26,7 +27,15 @@ const CF_META: &str = "meta";
 const CF_PENDING: &str = "pending";
 /// Equivocation evidence seen by this node, by id.
 const CF_EVIDENCE: &str = "evidence";
-const CFS: [&str; 8] = [
+const CF_VALIDATORS: &str = "validators";
+const CF_NODES: &str = "inference_nodes";
+const CF_MODELS: &str = "models";
+const CF_PROPOSALS: &str = "proposals";
+/// Every validator set the chain had, by the first height it decided.
+const CF_SETS: &str = "validator_sets";
+/// Every included transaction's height and outcome, by hash.
+const CF_TXS: &str = "txs";
+const CFS: [&str; 14] = [
     CF_BLOCKS,
     CF_CERTS,
     CF_ACCOUNTS,
@@ -35,11 +44,35 @@ const CFS: [&str; 8] = [
     CF_META,
     CF_PENDING,
     CF_EVIDENCE,
+    CF_VALIDATORS,
+    CF_NODES,
+    CF_MODELS,
+    CF_PROPOSALS,
+    CF_SETS,
+    CF_TXS,
 ];
 
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_TIP: &[u8] = b"tip";
 const META_HISTORY: &[u8] = b"history";
+const META_POOLS: &[u8] = b"pools";
+/// The registry's parts that are not in a column family of their own.
+const META_REGISTRY: &[u8] = b"registry";
+
+/// What [`META_REGISTRY`] holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RegistryMeta {
+    params: crate::genesis::Params,
+    set: Vec<(Address, u64)>,
+    set_since: Height,
+    past_sets: Vec<(Height, Vec<(Address, u64)>)>,
+    next_proposal: u64,
+    measurements: std::collections::BTreeSet<String>,
+    slashed: std::collections::BTreeSet<(Address, Height)>,
+}
+
+/// Largest registry entry read back (a proposal with its votes, a model with its manifest).
+const REGISTRY_ENTRY_LIMIT: usize = 16 << 20;
 
 /// Key prefixes in [`CF_PENDING`].
 const PENDING_RECORD: u8 = b'r';
@@ -49,7 +82,7 @@ const PENDING_TX: u8 = b't';
 #[derive(Debug, Default)]
 pub struct Pending {
     pub records: Vec<crate::record::InferenceRecord>,
-    pub txs: Vec<crate::record::Tx>,
+    pub txs: Vec<crate::tx::Tx>,
     /// Entries that no longer decode (written by another version): skipped and deleted.
     pub unreadable: usize,
 }
@@ -141,6 +174,12 @@ impl Store {
                 for (a, acc) in ledger.accounts() {
                     batch.put_cf(self.cf(CF_ACCOUNTS)?, a.as_slice(), codec::encode(acc));
                 }
+                self.write_registry(&mut batch, ledger.registry())?;
+                batch.put_cf(
+                    self.cf(CF_META)?,
+                    META_POOLS,
+                    codec::encode(&ledger.pools()),
+                );
                 let tip = Tip {
                     height: 0,
                     hash,
@@ -170,10 +209,13 @@ impl Store {
             let (k, v) = item?;
             let addr = Address::try_from(&k[..])
                 .map_err(|_| Error::Corrupt(format!("account key of {} bytes", k.len())))?;
-            let acc: Account = codec::decode(&v, 1024)?;
+            let acc: Account = codec::decode(&v, 64 * 1024)?;
             accounts.insert(addr, acc);
         }
         let history = self.get(CF_META, META_HISTORY, 64)?.unwrap_or(B256::ZERO);
+        let pools = self
+            .get(CF_META, META_POOLS, 1024)?
+            .ok_or_else(|| Error::Corrupt("no pools".into()))?;
         Ok(Ledger::from_parts(
             tip.height,
             tip.hash,
@@ -181,7 +223,106 @@ impl Store {
             accounts,
             UsedNonces::Stored(self.clone()),
             history,
+            self.load_registry()?,
+            pools,
         ))
+    }
+
+    /// Every entry of `cf`, keys decoded by `key`.
+    fn entries<K: Ord, V: DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: impl Fn(&[u8]) -> Option<K>,
+    ) -> Result<BTreeMap<K, V>> {
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let key =
+                key(&k).ok_or_else(|| Error::Corrupt(format!("{cf}: key of {} bytes", k.len())))?;
+            let value = codec::decode(&v, REGISTRY_ENTRY_LIMIT)
+                .map_err(|e| Error::Corrupt(format!("{cf}/{}: {e}", hex::encode(&k))))?;
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    fn load_registry(&self) -> Result<Registry> {
+        let meta: RegistryMeta = self
+            .get(CF_META, META_REGISTRY, REGISTRY_ENTRY_LIMIT)?
+            .ok_or_else(|| Error::Corrupt("no registry".into()))?;
+        let address = |k: &[u8]| Address::try_from(k).ok();
+        Ok(Registry {
+            params: meta.params,
+            validators: self.entries(CF_VALIDATORS, address)?,
+            set: meta.set,
+            set_since: meta.set_since,
+            past_sets: meta.past_sets,
+            nodes: self.entries(CF_NODES, address)?,
+            models: self.entries(CF_MODELS, |k| {
+                <[u8; 32]>::try_from(k).ok().map(crate::types::ModelId)
+            })?,
+            proposals: self.entries(CF_PROPOSALS, |k| {
+                <[u8; 8]>::try_from(k).ok().map(u64::from_be_bytes)
+            })?,
+            next_proposal: meta.next_proposal,
+            measurements: meta.measurements,
+            slashed: meta.slashed,
+        })
+    }
+
+    /// Writes the whole registry (it is small, and a block that changes it is rare). Entries
+    /// are never removed from the registry, so nothing needs deleting.
+    fn write_registry(&self, batch: &mut WriteBatch, r: &Registry) -> Result<()> {
+        for (a, v) in &r.validators {
+            batch.put_cf(self.cf(CF_VALIDATORS)?, a.as_slice(), codec::encode(v));
+        }
+        for (a, n) in &r.nodes {
+            batch.put_cf(self.cf(CF_NODES)?, a.as_slice(), codec::encode(n));
+        }
+        for (id, m) in &r.models {
+            batch.put_cf(self.cf(CF_MODELS)?, id.0, codec::encode(m));
+        }
+        for (id, p) in &r.proposals {
+            batch.put_cf(self.cf(CF_PROPOSALS)?, id.to_be_bytes(), codec::encode(p));
+        }
+        batch.put_cf(
+            self.cf(CF_SETS)?,
+            r.set_since.to_be_bytes(),
+            codec::encode(&r.set),
+        );
+        let meta = RegistryMeta {
+            params: r.params.clone(),
+            set: r.set.clone(),
+            set_since: r.set_since,
+            past_sets: r.past_sets.clone(),
+            next_proposal: r.next_proposal,
+            measurements: r.measurements.clone(),
+            slashed: r.slashed.clone(),
+        };
+        batch.put_cf(self.cf(CF_META)?, META_REGISTRY, codec::encode(&meta));
+        Ok(())
+    }
+
+    /// The validator set that decided `height` (certificates of any height check against it).
+    pub fn validator_set_at(&self, height: Height) -> Result<Option<Vec<(Address, u64)>>> {
+        let cf = self.cf(CF_SETS)?;
+        let key = height.to_be_bytes();
+        let mut it = self.db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(&key, rocksdb::Direction::Reverse),
+        );
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                codec::decode(&v, REGISTRY_ENTRY_LIMIT)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt(format!("{CF_SETS}/{}: {e}", hex::encode(k))))
+            }
+        }
     }
 
     /// Persists a finalized block, its certificate and its changes atomically.
@@ -206,6 +347,13 @@ impl Store {
         for j in &changes.jobs {
             batch.put_cf(self.cf(CF_JOBS)?, j.job_id.0.as_slice(), codec::encode(j));
         }
+        for t in &changes.txs {
+            batch.put_cf(
+                self.cf(CF_TXS)?,
+                t.hash.as_slice(),
+                codec::encode(&(changes.height, t)),
+            );
+        }
         let tip = Tip {
             height: block.header.height,
             hash: block.hash(),
@@ -217,6 +365,10 @@ impl Store {
             META_HISTORY,
             codec::encode(&changes.history),
         );
+        batch.put_cf(self.cf(CF_META)?, META_POOLS, codec::encode(&changes.pools));
+        if let Some(r) = &changes.registry {
+            self.write_registry(&mut batch, r)?;
+        }
         self.db.write(batch)?;
         Ok(())
     }
@@ -234,7 +386,7 @@ impl Store {
     }
 
     /// Saves a transaction the mempool holds, under its hash.
-    pub fn put_pending_tx(&self, hash: &B256, tx: &crate::record::Tx) -> Result<()> {
+    pub fn put_pending_tx(&self, hash: &B256, tx: &crate::tx::Tx) -> Result<()> {
         let key = pending_key(PENDING_TX, hash);
         self.db
             .put_cf(self.cf(CF_PENDING)?, key, codec::encode(tx))?;
@@ -312,6 +464,11 @@ impl Store {
 
     pub fn certificate(&self, height: Height) -> Result<Option<CommitCertificate>> {
         self.get(CF_CERTS, &height.to_be_bytes(), MAX_BLOCK_BYTES)
+    }
+
+    /// The height that included transaction `hash`, and its outcome.
+    pub fn tx(&self, hash: &B256) -> Result<Option<(Height, crate::state::TxOutcome)>> {
+        self.get(CF_TXS, hash.as_slice(), 64 * 1024)
     }
 
     pub fn job(&self, id: &JobId) -> Result<Option<JobEntry>> {
@@ -414,23 +571,139 @@ mod tests {
         );
     }
 
+    /// A block that changes the registries (a validator registers; an epoch ends and the set
+    /// changes) and the pools: a reopened store has the same ledger, state root, transaction
+    /// outcomes and every validator set by its first height.
+    #[test]
+    fn registries_sets_and_pools_survive_a_reopen() {
+        use crate::tx::{Action, UnsignedTx};
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = sample();
+        g.params.epoch_blocks = 2;
+        let newcomer = crate::signing::seeded_key(42, 30);
+        let domain = g.domain();
+        let tx = |nonce, action| {
+            UnsignedTx {
+                from: newcomer.address(),
+                nonce,
+                max_fee: u128::MAX,
+                action,
+            }
+            .sign(&newcomer, &domain)
+            .unwrap()
+        };
+        let txs = [
+            vec![tx(
+                0,
+                Action::Bond {
+                    amount: g.params.min_validator_stake,
+                },
+            )],
+            vec![tx(
+                1,
+                Action::RegisterValidator {
+                    peer_id: "p".into(),
+                    moniker: "new".into(),
+                },
+            )],
+        ];
+        let (root, registry, hash, pools) = {
+            let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+            store.init_genesis(&g).unwrap();
+            let mut ledger = store.load_ledger().unwrap();
+            let mut hash = B256::ZERO;
+            for txs in txs {
+                let built = ledger
+                    .build_block(
+                        &g,
+                        ledger.next_validators()[0].0,
+                        ledger.tip_time_ms + 1,
+                        vec![],
+                        txs,
+                    )
+                    .unwrap();
+                assert!(
+                    built.changes.txs.iter().all(|t| t.ok),
+                    "{:?}",
+                    built.changes.txs
+                );
+                hash = built.changes.txs[0].hash;
+                let cert = CommitCertificate {
+                    height: built.block.header.height,
+                    round: 0,
+                    block_hash: built.block.hash(),
+                    votes: vec![],
+                };
+                store
+                    .commit_block(&built.block, &cert, &built.changes)
+                    .unwrap();
+                ledger.commit(&built.changes);
+            }
+            assert!(
+                ledger
+                    .next_validators()
+                    .iter()
+                    .any(|(a, _)| *a == newcomer.address())
+            );
+            (
+                ledger.state_root(),
+                ledger.registry().clone(),
+                hash,
+                ledger.pools(),
+            )
+        };
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let ledger = store.load_ledger().unwrap();
+        assert_eq!(ledger.state_root(), root);
+        assert_eq!(ledger.registry(), &registry);
+        assert_eq!(ledger.pools(), pools);
+        assert!(pools.rewards < g.pools.rewards, "rewards were paid");
+        let (height, outcome) = store.tx(&hash).unwrap().unwrap();
+        assert_eq!((height, outcome.ok), (2, true));
+        assert_eq!(
+            store.validator_set_at(1).unwrap().unwrap(),
+            g.validator_powers()
+        );
+        assert_eq!(
+            store.validator_set_at(2).unwrap().unwrap(),
+            g.validator_powers()
+        );
+        assert_eq!(
+            store.validator_set_at(3).unwrap().unwrap(),
+            ledger.next_validators().to_vec()
+        );
+        assert_eq!(
+            store.validator_set_at(99).unwrap(),
+            store.validator_set_at(3).unwrap()
+        );
+        // A registry entry that no longer decodes is a clear error, not a panic.
+        let cf = store.cf(CF_VALIDATORS).unwrap();
+        store
+            .db
+            .put_cf(cf, newcomer.address().as_slice(), b"\xff")
+            .unwrap();
+        assert!(matches!(store.load_ledger(), Err(Error::Corrupt(_))));
+    }
+
     #[test]
     fn pending_survives_a_reopen_and_garbage_is_dropped() {
-        use crate::record::{Transfer, Tx, tests::sample_record};
+        use crate::record::tests::sample_record;
+        use crate::tx::{Action, UnsignedTx};
         let dir = tempfile::tempdir().unwrap();
         let record = sample_record(&crate::signing::test_domain(7));
         let id = record.job_id(&crate::signing::test_domain(7));
         let key = crate::signing::seeded_key(1, 1);
-        let tx = Tx::Transfer(
-            Transfer {
-                from: key.address(),
+        let tx = UnsignedTx {
+            from: key.address(),
+            nonce: 0,
+            max_fee: 1,
+            action: Action::Transfer {
                 to: Address::ZERO,
                 amount: 1,
-                nonce: 0,
-            }
-            .sign(&key, &crate::signing::test_domain(7))
-            .unwrap(),
-        );
+            },
+        }
+        .sign(&key, &crate::signing::test_domain(7))
+        .unwrap();
         let hash = tx.hash(&crate::signing::test_domain(7));
         {
             let store = Store::open(dir.path()).unwrap();

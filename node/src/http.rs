@@ -2,7 +2,6 @@
 //! transactions, status, Prometheus metrics and a small explorer page. Errors are
 //! `{"error": {"code", "message"}}` with a fitting status.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -10,10 +9,12 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, Refusal, SubmitJob};
-use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord};
+use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord, TxPending};
 use actors::network::{BlockPeer, GetPeers, Network};
-use actors::settlement::{GetAccount, GetBlock, GetJob, GetSupply, GetTip, Settlement};
-use chain::{Address, Genesis, JobId, JobStatus, SignedJobRequest, Tx};
+use actors::settlement::{
+    ChainState, GetAccount, GetBlock, GetChainState, GetJob, GetSupply, GetTip, GetTx, Settlement,
+};
+use chain::{Address, JobId, JobStatus, SignedJobRequest, Tx};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -30,7 +31,6 @@ pub struct AppState {
     pub mempool: Addr<Mempool>,
     pub network: Addr<Network>,
     pub consensus: Addr<actors::consensus::Consensus>,
-    pub genesis: Arc<Genesis>,
     /// What signatures on this network are bound to (from the genesis).
     pub domain: chain::signing::Domain,
     pub peer_id: String,
@@ -71,7 +71,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/v1/accounts/{address}").to(get_account))
         .service(get("/v1/supply").to(supply))
         .service(get("/v1/models").to(models))
+        .service(get("/v1/validators").to(validators))
+        .service(get("/v1/inference-nodes").to(inference_nodes))
+        .service(get("/v1/proposals").to(proposals))
+        .service(get("/v1/proposals/{id}").to(proposal))
+        .service(get("/v1/params").to(params))
         .service(post("/v1/txs").to(submit_tx))
+        .service(get("/v1/txs/{hash}").to(get_tx))
         .service(get("/v1/evidence").to(evidence))
         .service(post("/v1/admin/peers/{peer}/block").to(block_peer))
         .service(post("/v1/admin/peers/{peer}/unblock").to(unblock_peer))
@@ -232,8 +238,14 @@ async fn status(s: S) -> HttpResponse {
         Err(e) => return unavailable(e),
     };
     let peers = s.network.send(GetPeers).await.unwrap_or_default();
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     HttpResponse::Ok().json(json!({
         "height": tip.height,
+        // The fee every transaction pays now (base units).
+        "tx_fee": state.registry.params.tx_fee.to_string(),
         "tip_hash": tip.hash,
         "peer_id": s.peer_id,
         "role": s.roles.first().cloned().unwrap_or_default(),
@@ -454,38 +466,181 @@ async fn get_account(s: S, path: web::Path<String>) -> HttpResponse {
         Ok(a) => a,
         Err(e) => return unavailable(e),
     };
+    let tip = match s.settlement.send(GetTip).await {
+        Ok(t) => t,
+        Err(e) => return unavailable(e),
+    };
     // The nonce the next transaction must carry: after this node's pending ones.
     let next = match s.mempool.send(NextNonce(address)).await {
         Ok(n) => n.unwrap_or(account.nonce).max(account.nonce),
         Err(e) => return unavailable(e),
     };
+    let now = tip.timestamp_ms;
     HttpResponse::Ok().json(json!({
         "address": address,
         "balance": account.balance.to_string(),
-        "stake": account.stake.to_string(),
+        "spendable": account.spendable(now).to_string(),
+        "locked": account.locked_in_balance(now).to_string(),
+        "vested": account.vesting.map(|v| v.vested(now).to_string()),
+        "vesting": account.vesting,
+        "bonded": account.bonded.to_string(),
+        "unbonding": account.unbonding,
         "nonce": account.nonce,
         "next_nonce": next,
+        "height": tip.height,
     }))
 }
 
 async fn supply(s: S) -> HttpResponse {
     match s.settlement.send(GetSupply).await {
-        Ok(total) => HttpResponse::Ok()
-            .json(json!({"total": total.to_string(), "genesis": chain::TOTAL_SUPPLY.to_string()})),
+        Ok(supply) => HttpResponse::Ok().json(json!({
+            "total": supply.total.to_string(),
+            "genesis": chain::TOTAL_SUPPLY.to_string(),
+            "exact": supply.total == chain::TOTAL_SUPPLY,
+            "balances": supply.balances.to_string(),
+            "locked": supply.locked.to_string(),
+            "bonded": supply.bonded.to_string(),
+            "unbonding": supply.unbonding.to_string(),
+            "pools": supply.pools,
+        })),
         Err(e) => unavailable(e),
     }
 }
 
+async fn chain_state(s: &AppState) -> Result<ChainState, HttpResponse> {
+    s.settlement.send(GetChainState).await.map_err(unavailable)
+}
+
+/// The registered models, from the chain's state.
 async fn models(s: S) -> HttpResponse {
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let mut list: Vec<Value> = Vec::new();
-    for m in &s.genesis.models {
-        let executors = s.gateway.send(KnownExecutors(m.id)).await.unwrap_or(0);
+    for (id, m) in &state.registry.models {
+        let executors = s.gateway.send(KnownExecutors(*id)).await.unwrap_or(0);
         list.push(json!({
-            "id": m.id, "name": m.name, "owner": m.owner, "price": m.price.to_string(),
-            "mode": m.mode, "served_here": s.served.contains(&m.id), "executors": executors,
+            "id": id, "name": m.name, "owner": m.owner,
+            "price_per_job": m.price_per_job.to_string(),
+            "price_per_unit": m.price_per_unit.to_string(),
+            "mode": m.mode, "active": m.active,
+            "served_here": s.served.contains(id), "executors": executors,
         }));
     }
-    HttpResponse::Ok().json(json!({"models": list}))
+    HttpResponse::Ok().json(json!({"height": state.height, "models": list}))
+}
+
+async fn validators(s: S) -> HttpResponse {
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = &state.registry;
+    let list: Vec<Value> = r
+        .validators
+        .iter()
+        .map(|(a, v)| {
+            let power = r.set.iter().find(|(x, _)| x == a).map(|(_, p)| *p);
+            json!({
+                "address": a, "peer_id": v.peer_id, "moniker": v.moniker,
+                "bonded": state.bonded.get(a).copied().unwrap_or(0).to_string(),
+                "active": power.is_some(), "power": power.unwrap_or(0),
+                "jailed_until": v.jailed_until, "slashes": v.slashes,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "height": state.height,
+        "set_since": r.set_since,
+        "total_power": r.set.iter().map(|(_, p)| *p).sum::<u64>(),
+        "validators": list,
+    }))
+}
+
+async fn inference_nodes(s: S) -> HttpResponse {
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = &state.registry;
+    let list: Vec<Value> = r
+        .nodes
+        .iter()
+        .map(|(a, n)| {
+            let bonded = state.bonded.get(a).copied().unwrap_or(0);
+            json!({
+                "address": a, "peer_id": n.peer_id, "models": n.models, "tee_chip": n.tee_chip,
+                "bonded": bonded.to_string(),
+                "serving": n.jailed_until.is_none() && bonded >= r.params.min_inference_stake,
+                "jailed_until": n.jailed_until, "slashes": n.slashes,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"height": state.height, "inference_nodes": list}))
+}
+
+async fn proposals(s: S) -> HttpResponse {
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let list: Vec<&chain::state::Proposal> = state.registry.proposals.values().rev().collect();
+    HttpResponse::Ok().json(json!({"height": state.height, "proposals": list}))
+}
+
+async fn proposal(s: S, path: web::Path<String>) -> HttpResponse {
+    let Ok(id) = path.parse::<u64>() else {
+        return error(
+            400,
+            "bad_proposal_id",
+            format!("{:?} is not a proposal number", path.as_str()),
+        );
+    };
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match state.registry.proposals.get(&id) {
+        Some(p) => HttpResponse::Ok().json(p),
+        None => error(404, "not_found", format!("no proposal {id}")),
+    }
+}
+
+async fn params(s: S) -> HttpResponse {
+    match chain_state(&s).await {
+        Ok(c) => HttpResponse::Ok().json(json!({
+            "height": c.height,
+            "params": c.registry.params,
+            "tee_measurements": c.registry.measurements,
+        })),
+        Err(r) => r,
+    }
+}
+
+/// A transaction's status: `included` (with its height, whether its action applied, why not,
+/// and the fee it paid) or `pending` here; 404 when this node knows nothing of it.
+async fn get_tx(s: S, path: web::Path<String>) -> HttpResponse {
+    let Ok(hash) = path.parse::<chain::B256>() else {
+        return error(
+            400,
+            "bad_hash",
+            format!("{:?} is not 0x + 64 hex digits", path.as_str()),
+        );
+    };
+    match s.settlement.send(GetTx(hash)).await {
+        Ok(Ok(Some((height, t)))) => HttpResponse::Ok().json(json!({
+            "hash": hash, "status": "included", "height": height, "ok": t.ok,
+            "reason": t.reason, "fee": t.fee.to_string(),
+        })),
+        Ok(Ok(None)) => match s.mempool.send(TxPending(hash)).await {
+            Ok(true) => HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"})),
+            Ok(false) => error(404, "not_found", format!("no transaction {hash} here")),
+            Err(e) => unavailable(e),
+        },
+        Ok(Err(e)) => error(500, "storage", e),
+        Err(e) => unavailable(e),
+    }
 }
 
 async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
@@ -506,6 +661,7 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
                 MempoolError::Unavailable(_) => 503,
                 MempoolError::BadSignature(_)
                 | MempoolError::ZeroAmount
+                | MempoolError::WouldFail(_)
                 | MempoolError::NonceGap { .. } => 400,
             };
             error(status, e.label(), e)
@@ -579,13 +735,30 @@ async fn explorer() -> HttpResponse {
 const EXPLORER: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>proofmesh explorer</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}td,th{padding:2px 10px;text-align:left}
-code{font-size:12px}h1{font-size:20px}</style></head>
-<body><h1>proofmesh node</h1><div id="status">loading…</div><h2>Latest blocks</h2>
+code{font-size:12px}h1{font-size:20px}h2{font-size:16px;margin-top:1.5em}.r{text-align:right}</style></head>
+<body><h1>proofmesh node</h1><div id="status">loading…</div><div id="supply"></div>
+<h2>Validators</h2>
+<table><thead><tr><th>moniker</th><th>address</th><th class="r">bonded OPG</th><th class="r">power</th><th>active</th><th>jailed until</th><th class="r">slashes</th></tr></thead><tbody id="validators"></tbody></table>
+<h2>Proposals</h2>
+<table><thead><tr><th>id</th><th>kind</th><th>status</th><th>voting ends</th><th class="r">votes</th></tr></thead><tbody id="proposals"></tbody></table>
+<h2>Equivocations seen</h2>
+<table><thead><tr><th>offender</th><th>height</th><th>kind</th></tr></thead><tbody id="evidence"></tbody></table>
+<h2>Latest blocks</h2>
 <table><thead><tr><th>height</th><th>hash</th><th>proposer</th><th>records</th><th>txs</th></tr></thead><tbody id="blocks"></tbody></table>
 <script>
+const opg=s=>(BigInt(s)/10n**18n).toLocaleString();
+const esc=s=>String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 async function refresh(){
  const s=await (await fetch('/v1/status')).json();
- document.getElementById('status').innerHTML=`height <b>${s.height}</b> · peers ${s.peers} · roles ${s.roles.join(', ')} · chain ${s.chain_id}<br><code>${s.peer_id}</code>`;
+ document.getElementById('status').innerHTML=`height <b>${s.height}</b> · peers ${s.peers} · roles ${s.roles.join(', ')} · chain ${s.chain_id} · fee ${esc(s.tx_fee)}<br><code>${s.peer_id}</code>`;
+ const sup=await (await fetch('/v1/supply')).json();
+ document.getElementById('supply').innerHTML=`supply ${sup.exact?'exact':'<b>NOT EXACT</b>'}: balances ${opg(sup.balances)} · locked ${opg(sup.locked)} · bonded ${opg(sup.bonded)} · unbonding ${opg(sup.unbonding)} · rewards pool ${opg(sup.pools.rewards)} · community pool ${opg(sup.pools.community)} OPG`;
+ const v=await (await fetch('/v1/validators')).json();
+ document.getElementById('validators').innerHTML=v.validators.map(x=>`<tr><td>${esc(x.moniker)}</td><td><code>${x.address.slice(0,12)}…</code></td><td class="r">${opg(x.bonded)}</td><td class="r">${x.power}</td><td>${x.active?'yes':''}</td><td>${x.jailed_until??''}</td><td class="r">${x.slashes}</td></tr>`).join('');
+ const p=await (await fetch('/v1/proposals')).json();
+ document.getElementById('proposals').innerHTML=p.proposals.slice(0,10).map(x=>`<tr><td>${x.id}</td><td>${esc(Object.keys(x.kind)[0])}</td><td>${esc(typeof x.status==='string'?x.status:'failed')}</td><td>${x.voting_end}</td><td class="r">${Object.keys(x.votes).length}</td></tr>`).join('');
+ const e=await (await fetch('/v1/evidence')).json();
+ document.getElementById('evidence').innerHTML=e.evidence.slice(0,10).map(x=>`<tr><td><code>${x.offender.slice(0,12)}…</code></td><td>${x.height}</td><td>${x.kind}</td></tr>`).join('');
  let rows='';
  for(let h=s.height;h>0&&h>s.height-15;h--){
   const b=await (await fetch('/v1/blocks/'+h)).json();
@@ -639,16 +812,17 @@ mod tests {
             chain_id: 9,
             salt: chain::B256::ZERO,
         };
-        let tx = Tx::Transfer(
-            chain::Transfer {
-                from: key.address(),
+        let tx = chain::UnsignedTx {
+            from: key.address(),
+            nonce: 0,
+            max_fee: 1,
+            action: chain::Action::Transfer {
                 to: Address::repeat_byte(2),
                 amount: 5,
-                nonce: 0,
-            }
-            .sign(&key, &domain)
-            .unwrap(),
-        );
+            },
+        }
+        .sign(&key, &domain)
+        .unwrap();
         let job = chain::JobRequest {
             client: key.address(),
             model_id: kernels::ModelId([1; 32]),

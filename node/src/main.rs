@@ -3,6 +3,7 @@
 //! runs a model locally.
 
 mod attest;
+mod chaincmd;
 mod config;
 mod http;
 mod infer;
@@ -61,6 +62,24 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Send OPG to another account.
     Transfer(submit::TransferArgs),
+    /// Bond, unbond and withdraw stake.
+    #[command(subcommand)]
+    Stake(chaincmd::StakeCommand),
+    /// Register as a validator, or leave jail.
+    #[command(subcommand)]
+    Validator(chaincmd::ValidatorCommand),
+    /// Register as an inference node.
+    #[command(subcommand)]
+    Node(chaincmd::NodeCommand),
+    /// Register a model.
+    #[command(subcommand)]
+    Model(chaincmd::ModelCommand),
+    /// Governance: propose, vote, list, show.
+    #[command(subcommand)]
+    Gov(chaincmd::GovCommand),
+    /// Account state.
+    #[command(subcommand)]
+    Account(chaincmd::AccountCommand),
     /// Run a model locally (no network) and print its output, output hash and model id.
     Infer(infer::InferArgs),
     /// TEE attestation tools (AMD SEV-SNP).
@@ -83,6 +102,12 @@ fn main() {
         Command::Run { home } => run::run(&home),
         Command::Submit(args) => submit::submit(args),
         Command::Transfer(args) => submit::transfer(args),
+        Command::Stake(cmd) => chaincmd::stake(cmd),
+        Command::Validator(cmd) => chaincmd::validator(cmd),
+        Command::Node(cmd) => chaincmd::node(cmd),
+        Command::Model(cmd) => chaincmd::model(cmd),
+        Command::Gov(cmd) => chaincmd::gov(cmd),
+        Command::Account(cmd) => chaincmd::account(cmd),
         Command::Infer(args) => infer::infer(args),
         Command::Attest(cmd) => attest::attest(cmd),
     };

@@ -115,11 +115,8 @@ pub fn run(home: &Path) -> Result<()> {
         tracing::info!(backend = backend.name(), "inference backend ready");
         let started = Network::start(p2p, network_config).context("starting the network")?;
         let network = started.addr.clone();
-        let settlement = Settlement::open(store.clone(), genesis.clone())
-            .context("loading the ledger")?
-            .start();
         // One set of record checks (and one TEE verifier cache) for every actor that admits
-        // records.
+        // records; the settlement keeps its registrations at the tip.
         let tee = genesis.tee.as_ref().and_then(|t| match t.verifier() {
             Ok(v) => Some(Arc::new(v)),
             Err(e) => {
@@ -128,6 +125,10 @@ pub fn run(home: &Path) -> Result<()> {
             }
         });
         let admission = chain::Admission::new(genesis.clone(), tee);
+        let settlement = Settlement::open(store.clone(), genesis.clone())
+            .context("loading the ledger")?
+            .with_admission(admission.clone())
+            .start();
         let mempool = Mempool::new(
             admission.clone(),
             Some(store.clone()),
@@ -176,7 +177,7 @@ pub fn run(home: &Path) -> Result<()> {
             None
         };
         let gateway = Gateway::new(
-            genesis.clone(),
+            admission.clone(),
             network.clone(),
             settlement.clone(),
             inference.clone(),
@@ -223,7 +224,6 @@ pub fn run(home: &Path) -> Result<()> {
             mempool,
             network,
             consensus,
-            genesis: genesis.clone(),
             domain: genesis.domain(),
             peer_id: started.peer_id.to_string(),
             address: account.address(),

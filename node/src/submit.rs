@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::keccak256;
 use anyhow::{Context, Result, anyhow, bail};
-use chain::{Address, JobRequest, ModelId, Transfer, Tx};
+use chain::{Address, JobRequest, ModelId};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -43,14 +43,12 @@ pub struct SubmitArgs {
 #[derive(clap::Args)]
 pub struct TransferArgs {
     #[arg(long)]
-    node: String,
-    #[arg(long)]
-    key: PathBuf,
-    #[arg(long)]
     to: Address,
-    /// Amount in base units.
-    #[arg(long)]
+    /// Base units, or OPG with a suffix: `1000opg`, `2.5OPG`.
+    #[arg(long, value_parser = crate::chaincmd::parse_amount)]
     amount: u128,
+    #[command(flatten)]
+    tx: crate::chaincmd::TxArgs,
 }
 
 pub(crate) fn agent() -> ureq::Agent {
@@ -75,7 +73,7 @@ pub(crate) fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, Value)> {
     Ok((status, body))
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<(u16, Value)> {
+pub(crate) fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<(u16, Value)> {
     let mut resp = agent
         .post(url)
         .send_json(body)
@@ -88,7 +86,7 @@ fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Result<(u16, Value)> {
     Ok((status, body))
 }
 
-fn api_error(status: u16, body: &Value) -> anyhow::Error {
+pub(crate) fn api_error(status: u16, body: &Value) -> anyhow::Error {
     let code = body["error"]["code"].as_str().unwrap_or("error");
     let message = body["error"]["message"].as_str().unwrap_or("");
     anyhow!("node answered {status} {code}: {message}")
@@ -144,10 +142,16 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
                         "model {model} is not registered on this network (see {node}/v1/models)"
                     )
                 })?;
-            entry["price"]
-                .as_str()
-                .and_then(|p| p.parse().ok())
-                .context("model has no price")?
+            let price = |field: &str| -> Result<u128> {
+                entry[field]
+                    .as_str()
+                    .and_then(|p| p.parse::<u128>().ok())
+                    .with_context(|| format!("model has no {field}"))
+            };
+            // The model's price for this input: per job plus per input byte.
+            price("price_per_unit")?
+                .saturating_mul(input.len() as u128)
+                .saturating_add(price("price_per_job")?)
         }
     };
     let now = std::time::SystemTime::now()
@@ -201,7 +205,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
 }
 
 /// The signing domain a node's `/v1/status` names: its chain id and genesis hash.
-fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Domain> {
+pub(crate) fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Domain> {
     let chain_id = status["chain_id"]
         .as_u64()
         .context("status has no chain_id")?;
@@ -213,40 +217,11 @@ fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Domain> {
 }
 
 pub fn transfer(a: TransferArgs) -> Result<()> {
-    let agent = agent();
-    let node = a.node.trim_end_matches('/');
-    let key = chain::signing::load_key(&a.key)?;
-    let (st, status) = get(&agent, &format!("{node}/v1/status"))?;
-    if st != 200 {
-        return Err(api_error(st, &status));
-    }
-    let domain = domain_of(&status)?;
-    let (st, acct) = get(&agent, &format!("{node}/v1/accounts/{}", key.address()))?;
-    if st != 200 {
-        return Err(api_error(st, &acct));
-    }
-    // After this account's transactions still pending at that node.
-    let nonce = acct["next_nonce"]
-        .as_u64()
-        .or_else(|| acct["nonce"].as_u64())
-        .context("account has no nonce")?;
-    let tx = Tx::Transfer(
-        Transfer {
-            from: key.address(),
+    crate::chaincmd::send(
+        &a.tx,
+        chain::Action::Transfer {
             to: a.to,
             amount: a.amount,
-            nonce,
-        }
-        .sign(&key, &domain)?,
-    );
-    let (st, body) = post(
-        &agent,
-        &format!("{node}/v1/txs"),
-        &serde_json::to_value(&tx)?,
-    )?;
-    if st != 200 {
-        return Err(api_error(st, &body));
-    }
-    println!("{body}");
-    Ok(())
+        },
+    )
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod economy;
 pub mod garbage;
 pub mod net;
 pub mod scenario;

@@ -86,8 +86,11 @@ enum Cmd {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Fault scenarios: `kill` (crash a validator, keep finalizing, restart, catch up),
-    /// `garbage` (a hostile peer sends malformed messages to every node).
+    /// Scenarios: `kill` (crash a validator, keep finalizing, restart, catch up), `garbage` (a
+    /// hostile peer sends malformed messages to every node), `join` (a validator and an
+    /// inference node join by stake, a validator leaves), `equivocate` (a double-signer is
+    /// slashed and jailed), `governance` (a fee split passes by stake; no quorum; a veto),
+    /// `vesting` (locked tokens stay until the cliff; what vested moves).
     Scenario {
         name: String,
         #[arg(long)]
@@ -170,7 +173,13 @@ fn run(cli: Cli) -> Result<()> {
             let report = match name.as_str() {
                 "kill" => testnet::scenario::kill(&mut net)?,
                 "garbage" => testnet::scenario::garbage(&net)?,
-                other => bail!("unknown scenario {other:?}; known: kill, garbage"),
+                "join" => testnet::economy::join(&mut net)?,
+                "equivocate" => testnet::economy::equivocate(&mut net)?,
+                "governance" => testnet::economy::governance(&mut net)?,
+                "vesting" => testnet::economy::vesting(&mut net)?,
+                other => bail!(
+                    "unknown scenario {other:?}; known: kill, garbage, join, equivocate, governance, vesting"
+                ),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())

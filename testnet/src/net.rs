@@ -9,14 +9,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use chain::attestation::Tcb;
 use chain::attestation::sim::{SimRoot, measure_file};
 use chain::genesis::{
-    GenesisAccount, GenesisValidator, ModelEntry, Params, TeeParams, VerificationMode,
+    GenesisAccount, GenesisInferenceNode, GenesisValidator, ModelEntry, Params, TeeParams,
+    VerificationMode, Vesting,
 };
 use chain::{Address, Genesis, TOTAL_SUPPLY};
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 
-const OPG: u128 = 1_000_000_000_000_000_000;
+pub const OPG: u128 = 1_000_000_000_000_000_000;
 
 /// The TCB of the testnet's simulated chips, and the genesis minimum.
 const TESTNET_TCB: Tcb = Tcb {
@@ -455,6 +456,12 @@ impl Testnet {
         chain::signing::write_key(&client_key, &client)?;
         let ecosystem = chain::PrivateKeySigner::random();
         chain::signing::write_key(&dir.join("ecosystem.key"), &ecosystem)?;
+        let team = chain::PrivateKeySigner::random();
+        chain::signing::write_key(&dir.join("team.key"), &team)?;
+        let investors = chain::PrivateKeySigner::random();
+        chain::signing::write_key(&dir.join("investors.key"), &investors)?;
+        let vesting_demo = chain::PrivateKeySigner::random();
+        chain::signing::write_key(&dir.join("vesting-demo.key"), &vesting_demo)?;
         let chain_id = o.chain_id.unwrap_or_else(random_chain_id);
         // The testnet's root of trust: a simulated SEV-SNP root the genesis declares, one chip
         // per inference node, and the node binary's SHA-384 as the one approved measurement.
@@ -476,11 +483,28 @@ impl Testnet {
             measurements: vec![hex::encode(measurement)],
             min_tcb: TESTNET_TCB,
         };
+        // One simulated chip per inference node, bound to it in the genesis: records attested
+        // by any other chip are refused.
+        let mut chips = std::collections::BTreeMap::new();
+        for n in nodes.iter().filter(|n| n.role == "inference") {
+            chips.insert(n.address, root.issue_chip(TESTNET_TCB)?);
+        }
+        let bindings = chips
+            .iter()
+            .map(|(a, c)| (*a, chain::record::chip_binding(c.chip_id())))
+            .collect();
         let genesis = make_genesis(
             chain_id,
+            chain::types::now_ms(),
             &nodes,
-            client.address(),
-            ecosystem.address(),
+            &bindings,
+            &GenesisKeys {
+                client: client.address(),
+                ecosystem: ecosystem.address(),
+                team: team.address(),
+                investors: investors.address(),
+                vesting_demo: vesting_demo.address(),
+            },
             &models,
             tee,
         )?;
@@ -533,7 +557,9 @@ impl Testnet {
                 {
                     inf.insert("faulty".into(), toml::Value::Boolean(true));
                 }
-                let chip = root.issue_chip(TESTNET_TCB)?;
+                let chip = chips
+                    .get(&n.address)
+                    .context("no chip issued for an inference node")?;
                 std::fs::write(n.home.join("chip.json"), chip.to_json()?)?;
                 let mut att = toml::Table::new();
                 att.insert("tee".into(), "simulated".into());
@@ -708,6 +734,126 @@ impl Testnet {
         Ok(())
     }
 
+    /// A new node that is not in the genesis, as a community operator starts one: `proofmesh
+    /// init`, this testnet's genesis, the first two validators as bootstrap peers; an inference
+    /// node gets a simulated SEV-SNP chip of this testnet's root. It starts and syncs; joining
+    /// the validator set or serving jobs takes stake and a registration (transactions).
+    /// Returns its index.
+    pub fn add_node(&mut self, role: &str) -> Result<usize> {
+        let n = self.nodes.iter().filter(|n| n.role == role).count();
+        let name = format!("{role}-{n}");
+        let home = self.dir.join("nodes").join(&name);
+        let ports = free_ports(2)?;
+        let init = run_init(
+            &self.bin,
+            &home,
+            role,
+            ports[0],
+            ports[1],
+            &self.dir.join("models"),
+        )?;
+        let address: Address = init["address"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("init printed no address")?;
+        let peer_id = init["peer_id"].as_str().unwrap_or_default().to_string();
+        std::fs::copy(self.dir.join("genesis.json"), home.join("genesis.json"))?;
+        let path = home.join("node.toml");
+        let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let bootstrap: Vec<toml::Value> = self
+            .nodes
+            .iter()
+            .take(2)
+            .map(|b| toml::Value::String(b.p2p.clone()))
+            .collect();
+        if let Some(net) = cfg.get_mut("network").and_then(|v| v.as_table_mut()) {
+            net.insert("bootstrap".into(), toml::Value::Array(bootstrap));
+        }
+        if let Ok(filter) = std::env::var("PROOFMESH_NODE_LOG") {
+            cfg.insert("log".into(), filter.into());
+        }
+        if role == "inference" {
+            let root = SimRoot::from_json(&std::fs::read_to_string(
+                self.dir.join("tee").join("root.json"),
+            )?)?;
+            let chip = root.issue_chip(TESTNET_TCB)?;
+            std::fs::write(home.join("chip.json"), chip.to_json()?)?;
+            let mut att = toml::Table::new();
+            att.insert("tee".into(), "simulated".into());
+            att.insert("chip".into(), "chip.json".into());
+            cfg.insert("attestation".into(), toml::Value::Table(att));
+        }
+        std::fs::write(&path, toml::to_string_pretty(&cfg)?)?;
+        let pid = start_node(&self.bin, &home)?;
+        self.nodes.push(NodeInfo {
+            name,
+            role: role.into(),
+            http: format!("http://127.0.0.1:{}", ports[0]),
+            p2p: format!("/ip4/127.0.0.1/tcp/{}/p2p/{peer_id}", ports[1]),
+            peer_id,
+            address,
+            pid,
+            home,
+        });
+        self.save()?;
+        let i = self.nodes.len() - 1;
+        let client = Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let target = client.height(&self.nodes[0].http).unwrap_or(0);
+        while client.height(&self.nodes[i].http).unwrap_or(0) < target {
+            if !is_ours(self.nodes[i].pid) {
+                bail!(
+                    "{} exited: {}",
+                    self.nodes[i].name,
+                    tail(&self.nodes[i].home.join("node.log"), 15)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not sync to height {target}", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(i)
+    }
+
+    /// Restarts validator `i` with the consensus fault `fault` (`double-vote`,
+    /// `garbage-proposals`), or without one.
+    pub fn set_byzantine(&mut self, i: usize, fault: Option<&str>) -> Result<()> {
+        let path = self.nodes[i].home.join("node.toml");
+        let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        let c = cfg
+            .entry("consensus")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .context("[consensus] is not a table")?;
+        match fault {
+            Some(f) => {
+                c.insert("byzantine".into(), f.into());
+            }
+            None => {
+                c.remove("byzantine");
+            }
+        }
+        std::fs::write(&path, toml::to_string_pretty(&cfg)?)?;
+        stop_pid(self.nodes[i].pid, Duration::from_secs(10));
+        self.restart(i)?;
+        // Until it answers again.
+        let client = Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.height(&self.nodes[i].http).is_none() {
+            if Instant::now() > deadline || !is_ours(self.nodes[i].pid) {
+                bail!(
+                    "{} did not come back: {}",
+                    self.nodes[i].name,
+                    tail(&self.nodes[i].home.join("node.log"), 15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Restarts node `i` on its home dir.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let pid = start_node(&self.bin, &self.nodes[i].home)?;
@@ -724,61 +870,173 @@ fn random_chain_id() -> u64 {
     100_000 + x % ((1u64 << 32) - 100_000)
 }
 
+/// How a testnet's genesis divides the supply, in basis points of 1,000,000,000 OPG. The
+/// validators' and inference nodes' stakes and the client's funds come out of the faucet share.
+pub const ALLOCATION_BPS: [(&str, u32); 6] = [
+    ("ecosystem", 4_000),
+    ("team", 1_500),
+    ("investors", 1_500),
+    ("rewards_pool", 2_000),
+    ("community_pool", 500),
+    ("testnet_faucet", 500),
+];
+
+/// A year, for vesting schedules.
+const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// Parameters of a local testnet: the chain's defaults with periods short enough to watch
+/// (blocks come every ~0.3 s).
+pub fn testnet_params() -> Params {
+    Params {
+        epoch_blocks: 20,
+        voting_blocks: 30,
+        unbonding_blocks: 120,
+        evidence_max_age_blocks: 100,
+        jail_blocks: 30,
+        ..Params::default()
+    }
+}
+
+/// Keys the genesis allocates to besides the nodes: the testnet client, the ecosystem fund
+/// (it owns the testnet's models), and the vesting team and investor accounts.
+pub struct GenesisKeys {
+    pub client: Address,
+    pub ecosystem: Address,
+    pub team: Address,
+    pub investors: Address,
+    /// A small account that vests within minutes of genesis (`scenario vesting`).
+    pub vesting_demo: Address,
+}
+
+/// The vesting demo account: 1,000 OPG from the faucet share, nothing before 45 s after
+/// genesis, all after 90 s.
+pub const VESTING_DEMO: (u128, u64, u64) = (1_000 * OPG, 45_000, 90_000);
+
 fn make_genesis(
     chain_id: u64,
+    genesis_time_ms: u64,
     nodes: &[NodeInfo],
-    client: Address,
-    ecosystem: Address,
+    tee_chips: &std::collections::BTreeMap<Address, chain::B256>,
+    keys: &GenesisKeys,
     models: &[ModelInfo],
     tee: TeeParams,
 ) -> Result<Genesis> {
-    let stake = 1_000_000 * OPG;
+    let share = |name: &str| -> u128 {
+        let bps = ALLOCATION_BPS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, b)| *b);
+        TOTAL_SUPPLY / 10_000 * bps as u128
+    };
+    let validator_stake = 1_000_000 * OPG;
+    let node_stake = 10_000 * OPG;
     let client_balance = 1_000_000 * OPG;
+    let mut faucet = share("testnet_faucet");
+    let mut take = |v: u128| -> Result<u128> {
+        faucet = faucet
+            .checked_sub(v)
+            .ok_or_else(|| anyhow!("the faucet share cannot fund every node"))?;
+        Ok(v)
+    };
     let mut accounts = Vec::new();
     let mut validators = Vec::new();
     let mut inference = Vec::new();
     for n in nodes {
-        if n.role == "validator" {
-            accounts.push(GenesisAccount {
-                address: n.address,
-                balance: 0,
-                stake,
-                label: format!("{} stake", n.name),
-            });
+        let validator = n.role == "validator";
+        accounts.push(GenesisAccount {
+            address: n.address,
+            balance: 0,
+            stake: take(if validator {
+                validator_stake
+            } else {
+                node_stake
+            })?,
+            label: format!("{} stake", n.name),
+            vesting: None,
+        });
+        if validator {
             validators.push(GenesisValidator {
                 address: n.address,
                 peer_id: n.peer_id.clone(),
+                moniker: n.name.clone(),
             });
         } else {
-            accounts.push(GenesisAccount {
-                address: n.address,
-                balance: 0,
-                stake: 0,
-                label: n.name.clone(),
+            inference.push(GenesisInferenceNode {
+                peer_id: n.peer_id.clone(),
+                tee_chip: tee_chips.get(&n.address).copied(),
+                ..GenesisInferenceNode::new(n.address)
             });
-            inference.push(n.address);
         }
     }
-    accounts.push(GenesisAccount {
-        address: client,
-        balance: client_balance,
+    let client = take(client_balance)?;
+    let plain = |address, balance, label: &str| GenesisAccount {
+        address,
+        balance,
         stake: 0,
-        label: "testnet client".into(),
+        label: label.into(),
+        vesting: None,
+    };
+    accounts.push(plain(keys.client, client, "testnet client"));
+    let (demo, demo_cliff, demo_duration) = VESTING_DEMO;
+    accounts.push(GenesisAccount {
+        vesting: Some(Vesting {
+            start_ms: genesis_time_ms,
+            cliff_ms: demo_cliff,
+            duration_ms: demo_duration,
+            amount: demo,
+        }),
+        ..plain(
+            keys.vesting_demo,
+            take(demo)?,
+            "vesting demo (45 s cliff, 90 s)",
+        )
     });
-    let allocated: u128 = accounts.iter().map(|a| a.balance + a.stake).sum();
-    let rest = TOTAL_SUPPLY
+    let vesting = |amount, cliff_ms, duration_ms| Vesting {
+        start_ms: genesis_time_ms,
+        cliff_ms,
+        duration_ms,
+        amount,
+    };
+    accounts.push(GenesisAccount {
+        vesting: Some(vesting(share("team"), YEAR_MS, 4 * YEAR_MS)),
+        ..plain(
+            keys.team,
+            share("team"),
+            "team (1-year cliff, 4-year vesting)",
+        )
+    });
+    accounts.push(GenesisAccount {
+        vesting: Some(vesting(share("investors"), YEAR_MS / 2, 2 * YEAR_MS)),
+        ..plain(
+            keys.investors,
+            share("investors"),
+            "investors (6-month cliff, 2-year vesting)",
+        )
+    });
+    // Rounding of the shares (none with these) goes to the ecosystem fund.
+    let pools = chain::Pools {
+        rewards: share("rewards_pool"),
+        community: share("community_pool"),
+        deposits: 0,
+    };
+    let allocated: u128 =
+        accounts.iter().map(|a| a.balance + a.stake).sum::<u128>() + pools.total() + faucet;
+    let ecosystem = TOTAL_SUPPLY
         .checked_sub(allocated)
         .ok_or_else(|| anyhow!("allocations exceed the supply"))?;
     accounts.push(GenesisAccount {
-        address: ecosystem,
-        balance: rest,
-        stake: 0,
-        label: "ecosystem and treasury".into(),
+        balance: ecosystem + faucet,
+        ..plain(
+            keys.ecosystem,
+            0,
+            "ecosystem fund and the rest of the testnet faucet",
+        )
     });
     let genesis = Genesis {
         chain_id,
-        genesis_time_ms: chain::types::now_ms(),
+        genesis_time_ms,
         accounts,
+        pools,
         validators,
         inference_nodes: inference,
         models: models
@@ -790,13 +1048,14 @@ fn make_genesis(
                         .parse()
                         .map_err(|e| anyhow!("model id {}: {e}", m.id))?,
                     name: m.name.clone(),
-                    owner: ecosystem,
-                    price: m.price.parse()?,
+                    owner: keys.ecosystem,
+                    price_per_job: m.price.parse()?,
+                    price_per_unit: 0,
                     mode: m.mode,
                 })
             })
             .collect::<Result<_>>()?,
-        params: Params::default(),
+        params: testnet_params(),
         tee: Some(tee),
     };
     genesis.validate()?;
@@ -818,17 +1077,20 @@ mod tests {
         distinct.dedup();
         assert_eq!(distinct.len(), ids.len());
         let key = chain::PrivateKeySigner::random();
-        let transfer = chain::Transfer {
+        let transfer = chain::UnsignedTx {
             from: key.address(),
-            to: chain::Address::ZERO,
-            amount: 1,
             nonce: 0,
+            max_fee: 1,
+            action: chain::Action::Transfer {
+                to: chain::Address::ZERO,
+                amount: 1,
+            },
         };
         let domain = |chain_id| chain::signing::Domain {
             chain_id,
             salt: chain::B256::ZERO,
         };
-        let signed = chain::Tx::Transfer(transfer.sign(&key, &domain(ids[0])).unwrap());
+        let signed = transfer.sign(&key, &domain(ids[0])).unwrap();
         assert!(signed.verify(&domain(ids[0])).is_ok());
         assert!(signed.verify(&domain(ids[1])).is_err());
     }

@@ -16,9 +16,20 @@ pub fn submit_and_wait(
     nonce: u64,
     timeout: Duration,
 ) -> Result<(String, Value)> {
+    let model = net.models.first().context("no model")?;
+    submit_model_and_wait(net, via, model, nonce, timeout)
+}
+
+/// [`submit_and_wait`] for a job of `model`.
+pub fn submit_model_and_wait(
+    net: &Testnet,
+    via: usize,
+    model: &crate::net::ModelInfo,
+    nonce: u64,
+    timeout: Duration,
+) -> Result<(String, Value)> {
     let client = Client::new();
     let key = net.client_key()?;
-    let model = net.models.first().context("no model")?;
     let model_id: kernels::ModelId = model.id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let input = std::fs::read_to_string(&model.example_input)?;
     let node = &net.nodes[via].http;

@@ -268,10 +268,11 @@ fn validators_killed_at_random_under_load_lose_and_double_charge_nothing() {
         "an executed job is in no block"
     );
 
-    // Money: each job charged once, each transfer applied once, nothing else moved; the supply
-    // is exact everywhere.
+    // Money: each job charged once, each transfer applied once and its fee paid once,
+    // nothing else moved; the supply is exact everywhere.
     let charged = price * in_blocks.len() as u128;
-    let sent: u128 = paid_transfers.values().sum();
+    let sent: u128 =
+        paid_transfers.values().sum::<u128>() + common::tx_fee() * seen.transfers.len() as u128;
     for node in &net.nodes {
         assert_supply_exact(&client, node);
         assert_eq!(

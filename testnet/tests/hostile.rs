@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use actors::protocol::{self, topics};
-use chain::{Address, PrivateKeySigner, Sig, Tx};
+use chain::{Address, PrivateKeySigner, Sig};
 use common::{OPG, Running, transfer};
 use testnet::client::Client;
 
@@ -600,7 +600,7 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
 
     let stranger = PrivateKeySigner::random();
     let unfunded = transfer(&stranger, &domain, Address::repeat_byte(1), OPG, 0);
-    let Tx::Transfer(mut forged) = transfer(&stranger, &domain, Address::repeat_byte(1), 1, 0);
+    let mut forged = transfer(&stranger, &domain, Address::repeat_byte(1), 1, 0);
     forged.signature.0[10] ^= 0x40;
     let key = net.client_key().unwrap();
     let next = client
@@ -611,15 +611,15 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
         .unwrap();
     let to = PrivateKeySigner::random().address();
     let honest = transfer(&key, &domain, to, 3 * OPG, next);
-    let Tx::Transfer(mut malleated) = honest.clone();
+    let mut malleated = honest.clone();
     malleated.signature = malleate(&malleated.signature);
     let sent = testnet::garbage::publish(
         &target.p2p,
         topics::TXS,
         vec![
             protocol::encode(&unfunded),
-            protocol::encode(&Tx::Transfer(forged)),
-            protocol::encode(&Tx::Transfer(malleated)),
+            protocol::encode(&forged),
+            protocol::encode(&malleated),
         ],
     )
     .unwrap();

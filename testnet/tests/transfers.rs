@@ -166,7 +166,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
         &run,
         &client,
         &[
-            (me, balance - 23 * OPG, nonce + 3),
+            (me, balance - 23 * OPG - 3 * common::tx_fee(), nonce + 3),
             (a.address(), 16 * OPG, 0),
             (b.address(), 7 * OPG, 0),
         ],
@@ -177,7 +177,10 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
     wait_accounts(
         &run,
         &client,
-        &[(a.address(), 14 * OPG, 1), (b.address(), 9 * OPG, 0)],
+        &[
+            (a.address(), 14 * OPG - common::tx_fee(), 1),
+            (b.address(), 9 * OPG, 0),
+        ],
     );
 
     // The garbage proposer (validator 1; validators come first) really proposed garbage, and

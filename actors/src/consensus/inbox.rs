@@ -79,7 +79,12 @@ impl Position<'_> {
     pub fn check_vote(&self, sv: &SignedVote) -> Result<Place, Verdict> {
         let place = self.place(sv.vote.height)?;
         if self.validators.power(&sv.vote.validator).is_none() {
-            return Err(Verdict::Reject("vote by a non-validator"));
+            // A later height may be decided by another set (an epoch ends in between): not
+            // proof of misbehaviour, and not kept either (its author sends it again).
+            return Err(match place {
+                Place::Now => Verdict::Reject("vote by a non-validator"),
+                Place::Later => Verdict::Ignore("vote by a non-validator of this height's set"),
+            });
         }
         if sv.verify(self.domain).is_err() {
             return Err(Verdict::Reject("bad vote signature"));
@@ -96,9 +101,11 @@ impl Position<'_> {
         let p = &proposal.proposal;
         let place = self.place(p.height)?;
         if self.validators.proposer(p.height, p.round) != Some(&p.proposer) {
-            return Err(Verdict::Reject(
-                "proposal by a validator whose turn it is not",
-            ));
+            return Err(match place {
+                Place::Now => Verdict::Reject("proposal by a validator whose turn it is not"),
+                // The set may change before that height.
+                Place::Later => Verdict::Ignore("proposal for a later height by another proposer"),
+            });
         }
         if place == Place::Now && p.round > self.round.saturating_add(FUTURE_ROUNDS) {
             return Err(Verdict::Ignore("round too far ahead"));

@@ -31,7 +31,9 @@ use crate::network::{
     GetPeers, GossipConsensus, Network, PenalisePeer, Publish, ReportValidation, SendSync,
 };
 use crate::protocol::{self, ConsensusMsg, MAX_SYNC_BLOCKS, SyncReply, SyncRequest, topics};
-use crate::settlement::{BuildBlock, CommitBlock, GetTip, Settlement, ValidateBlock};
+use crate::settlement::{
+    BuildBlock, CommitBlock, GetTipSet, NextValidators, Settlement, ValidateBlock,
+};
 use crate::verifier::{Verifier, VerifyRecords};
 
 use inbox::{FutureBuffer, Place, Position, Verdict};
@@ -45,6 +47,9 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const CLAIM_TTL: Duration = Duration::from_secs(10);
 /// After a failed commit of a decided block, try again after this long.
 const COMMIT_RETRY: Duration = Duration::from_millis(500);
+/// Heights after an offender's reported offence before this node reports it again (a report
+/// that never made it into a block is retried then; a jailed offender is not slashed again).
+const REPORT_AGAIN_AFTER: Height = 20;
 /// A peer that failed this many sync requests in a row (within [`SYNC_STRIKE_TTL`]) is not
 /// asked again until its strikes expire.
 const MAX_SYNC_STRIKES: u32 = 3;
@@ -75,7 +80,7 @@ pub enum Byzantine {
 /// actor (`Ledger::from`); a test can put a fault between consensus and one of them.
 #[derive(Clone)]
 pub struct Ledger {
-    pub tip: Recipient<GetTip>,
+    pub tip: Recipient<GetTipSet>,
     pub build: Recipient<BuildBlock>,
     pub validate: Recipient<ValidateBlock>,
     pub commit: Recipient<CommitBlock>,
@@ -112,6 +117,10 @@ pub struct Consensus {
     /// the signer refuses to.
     fault_key: Option<Arc<PrivateKeySigner>>,
     validators: ValidatorSet<Address>,
+    /// This node's validator key: it reports the equivocations it sees as transactions.
+    reporter: Option<Arc<PrivateKeySigner>>,
+    /// The offence height of the last report per offender.
+    reported: HashMap<Address, Height>,
     network: Addr<Network>,
     settlement: Ledger,
     mempool: Addr<Mempool>,
@@ -132,6 +141,8 @@ pub struct Consensus {
     sync_turn: usize,
     syncing: bool,
     committing: bool,
+    /// Whether the settlement told the validator set yet.
+    started: bool,
 }
 
 impl Consensus {
@@ -146,8 +157,9 @@ impl Consensus {
         mempool: Addr<Mempool>,
         verifier: Option<Addr<Verifier>>,
     ) -> Self {
+        // The genesis set until the settlement tells the set of the tip's next height.
         let validators = ValidatorSet::new(genesis.validator_powers());
-        let key = key.filter(|k| validators.power(&k.address()).is_some());
+        let reporter = key.clone().map(Arc::new);
         let fault_key = key
             .clone()
             .filter(|_| config.byzantine == Some(Byzantine::DoubleVote))
@@ -162,16 +174,13 @@ impl Consensus {
             }
         });
         let me = signer.as_ref().map(|s| s.address());
-        if me.is_some() {
-            tracing::info!("consensus: validating");
-        } else {
-            tracing::info!("consensus: observing (not a validator)");
-        }
         Consensus {
             core: Core::new(me, validators.clone(), config.timeouts),
             byzantine: config.byzantine,
             fault_key,
             validators,
+            reporter,
+            reported: HashMap::new(),
             signer,
             store,
             domain: genesis.domain(),
@@ -191,6 +200,7 @@ impl Consensus {
             sync_turn: 0,
             syncing: false,
             committing: false,
+            started: false,
         }
     }
 
@@ -230,6 +240,31 @@ impl Consensus {
             );
             self.publish(&ConsensusMsg::Vote(second));
         }
+    }
+
+    /// Takes the validator set that decides the next height (the settlement's, after each
+    /// commit: an epoch may have changed it). This node votes while it is in the set.
+    fn set_validators(&mut self, set: NextValidators) {
+        let set = ValidatorSet::new(set);
+        if set.is_empty() || set.validators() == self.validators.validators() && self.started {
+            return;
+        }
+        let me = self.signer.as_ref().map(|s| s.address());
+        let was = self.core.is_validator();
+        self.core.set_validators(set.clone(), me);
+        let now = self.core.is_validator();
+        if !self.started || was != now {
+            if now {
+                tracing::info!(validators = set.validators().len(), "consensus: validating");
+            } else {
+                tracing::info!(
+                    validators = set.validators().len(),
+                    "consensus: observing (not in the validator set)"
+                );
+            }
+        }
+        self.validators = set;
+        self.started = true;
     }
 
     /// Starts consensus at `height` (tip + 1), restoring what the signer signed there before a
@@ -447,7 +482,10 @@ impl Consensus {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.committing = false;
             let error = match res {
-                Ok(Ok(())) => return act.committed(height, ctx),
+                Ok(Ok(set)) => {
+                    act.set_validators(set);
+                    return act.committed(height, ctx);
+                }
                 Ok(Err(e)) => e,
                 Err(e) => e.to_string(),
             };
@@ -517,7 +555,12 @@ impl Consensus {
                 Verdict::Accept
             }
             ConsensusMsg::Evidence(e) => {
-                if let Err(err) = e.verify(self.validators.validators(), &self.domain) {
+                // Checked against the set that decided the offence's height.
+                let set = match self.store.validator_set_at(e.height()) {
+                    Ok(Some(set)) => set,
+                    Ok(None) | Err(_) => self.validators.validators().to_vec(),
+                };
+                if let Err(err) = e.verify(&set, &self.domain) {
                     tracing::warn!(%origin, error = %err, "invalid evidence");
                     return Verdict::Reject("invalid evidence");
                 }
@@ -631,7 +674,35 @@ impl Consensus {
             kind = match &e { chain::Evidence::DoubleVote { .. } => "double vote", chain::Evidence::DoubleProposal { .. } => "double proposal" },
             "equivocation: evidence stored");
         if publish {
-            self.publish(&ConsensusMsg::Evidence(Box::new(e)));
+            self.publish(&ConsensusMsg::Evidence(Box::new(e.clone())));
+        }
+        // Reported to the chain, which slashes and jails the offender. Every validator that
+        // saw it reports; the mempool refuses the report once the chain has punished the
+        // offence (its dry run fails), so few pay a fee for nothing.
+        // One report per offender while its punishment lasts: a jailed validator is not
+        // slashed again, and every later height it double-signs would be one more report.
+        let recently = self
+            .reported
+            .get(&e.offender())
+            .is_some_and(|h| e.height() < h.saturating_add(REPORT_AGAIN_AFTER));
+        if let Some(key) = self.reporter.as_ref().filter(|_| !recently) {
+            self.reported.insert(e.offender(), e.height());
+            let id = e.id();
+            let fut = self.mempool.send(crate::mempool::AddOwnTx {
+                key: key.clone(),
+                action: chain::Action::ReportEvidence(e),
+            });
+            actix::spawn(async move {
+                match fut.await {
+                    Ok(Ok(hash)) => {
+                        tracing::info!(evidence = %id, tx = %hash, "evidence reported to the chain")
+                    }
+                    Ok(Err(err)) => {
+                        tracing::info!(evidence = %id, error = %err, "evidence not reported")
+                    }
+                    Err(err) => tracing::warn!(evidence = %id, error = %err, "mempool unavailable"),
+                }
+            });
         }
         true
     }
@@ -833,6 +904,7 @@ impl Consensus {
                     };
                     async move {
                         let mut last = None;
+                        let mut set = None;
                         let mut refused = false;
                         for (block, certificate) in blocks {
                             let h = block.header.height;
@@ -843,9 +915,10 @@ impl Consensus {
                                 })
                                 .await
                             {
-                                Ok(Ok(())) => {
+                                Ok(Ok(next)) => {
                                     METRICS.sync_blocks.inc();
                                     last = Some(h);
+                                    set = Some(next);
                                 }
                                 Ok(Err(e)) => {
                                     tracing::warn!(height = h, error = %e, "synced block refused");
@@ -855,14 +928,17 @@ impl Consensus {
                                 Err(_) => break,
                             }
                         }
-                        (last, refused.then_some(peer).flatten(), claimed)
+                        (last, set, refused.then_some(peer).flatten(), claimed)
                     }
                     .into_actor(act)
                 })
-                .map(|(last, bad_peer, _claimed), act, ctx| {
+                .map(|(last, set, bad_peer, _claimed), act, ctx| {
                     act.syncing = false;
                     if let Some(peer) = bad_peer {
                         act.strike(peer, "served blocks that do not commit");
+                    }
+                    if let Some(set) = set {
+                        act.set_validators(set);
                     }
                     if let Some(h) = last {
                         act.committed(h, ctx);
@@ -892,10 +968,13 @@ impl Actor for Consensus {
         ctx.set_mailbox_capacity(crate::network::CONSENSUS_MAILBOX);
         let settlement = self.settlement.tip.clone();
         ctx.spawn(
-            async move { settlement.send(GetTip).await }
+            async move { settlement.send(GetTipSet).await }
                 .into_actor(self)
                 .map(|tip, act, ctx| match tip {
-                    Ok(tip) => act.start_height(tip.height + 1, ctx),
+                    Ok((tip, set)) => {
+                        act.set_validators(set);
+                        act.start_height(tip.height + 1, ctx)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "settlement unavailable; consensus stopped");
                         ctx.stop();

@@ -23,17 +23,21 @@ fn solo_genesis(key: &PrivateKeySigner) -> Genesis {
                 balance: 0,
                 stake,
                 label: "validator".into(),
+                vesting: None,
             },
             GenesisAccount {
                 address: Address::repeat_byte(0xec),
                 balance: TOTAL_SUPPLY - stake,
                 stake: 0,
                 label: "ecosystem".into(),
+                vesting: None,
             },
         ],
+        pools: Default::default(),
         validators: vec![GenesisValidator {
             address: key.address(),
             peer_id: String::new(),
+            moniker: String::new(),
         }],
         inference_nodes: vec![],
         models: vec![],
@@ -58,7 +62,7 @@ impl Actor for FailingCommits {
 }
 
 impl Handler<CommitBlock> for FailingCommits {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<crate::settlement::NextValidators, String>>;
     fn handle(&mut self, msg: CommitBlock, _: &mut Self::Context) -> Self::Result {
         let height = msg.block.header.height;
         if self.fail > 0 {
@@ -144,7 +148,7 @@ async fn a_decided_block_whose_commit_fails_is_retried_until_it_commits() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let tip = loop {
-        let tip = settlement.send(GetTip).await.unwrap();
+        let tip = settlement.send(crate::settlement::GetTip).await.unwrap();
         if tip.height >= 3 || Instant::now() > deadline {
             break tip;
         }

@@ -1394,3 +1394,42 @@ fn byzantine_proposer_and_voters_with_restarts_over_several_heights() {
         );
     }
 }
+
+/// An epoch change between two heights: a validator leaves (it observes from then on) and a
+/// newcomer joins (it proposes and votes). Both heights decide, each by its own set's quorum.
+#[test]
+fn the_set_changes_between_heights() {
+    let mut sim = Sim::new(&[1; 5], vec![Behaviour::Honest; 5], 11);
+    let first = ValidatorSet::new(vec![(0, 1), (1, 1), (2, 1), (3, 1)]);
+    for (i, node) in sim.nodes.iter_mut().enumerate() {
+        node.set_validators(first.clone(), Some(i as V));
+    }
+    assert!(!sim.nodes[4].is_validator());
+    let voters = |sim: &Sim, height: Height| -> std::collections::BTreeSet<V> {
+        sim.sent
+            .iter()
+            .filter_map(|(_, input)| match input {
+                Input::Vote(v) if v.height == height => Some(v.validator),
+                _ => None,
+            })
+            .collect()
+    };
+    sim.start();
+    sim.run(60_000);
+    assert_eq!(sim.decisions.len(), 5, "the observer follows too");
+    assert_eq!(voters(&sim, 1), [0, 1, 2, 3].into());
+
+    let second = ValidatorSet::new(vec![(1, 1), (2, 1), (3, 1), (4, 1)]);
+    for (i, node) in sim.nodes.iter_mut().enumerate() {
+        node.set_validators(second.clone(), Some(i as V));
+    }
+    assert!(!sim.nodes[0].is_validator() && sim.nodes[4].is_validator());
+    sim.height = 2;
+    sim.decisions.clear();
+    sim.queue.clear();
+    sim.start();
+    sim.run(60_000);
+    assert_eq!(sim.decisions.len(), 5);
+    assert_eq!(voters(&sim, 2), [1, 2, 3, 4].into());
+    assert!(sim.agreed().is_some());
+}

@@ -155,7 +155,12 @@ pub fn metric(client: &Client, node: &str, series: &str) -> f64 {
 /// One OPG in base units.
 pub const OPG: u128 = 1_000_000_000_000_000_000;
 
-/// A transfer signed by `key` for the network `domain`.
+/// The fee every transaction pays on a testnet (its genesis parameter).
+pub fn tx_fee() -> u128 {
+    testnet::net::testnet_params().tx_fee
+}
+
+/// A transfer signed by `key` for the network `domain`, paying the testnet's fee.
 pub fn transfer(
     key: &chain::PrivateKeySigner,
     domain: &Domain,
@@ -163,14 +168,22 @@ pub fn transfer(
     amount: u128,
     nonce: u64,
 ) -> chain::Tx {
-    chain::Tx::Transfer(
-        chain::Transfer {
-            from: key.address(),
-            to,
-            amount,
-            nonce,
-        }
-        .sign(key, domain)
-        .unwrap(),
-    )
+    signed(key, domain, nonce, chain::Action::Transfer { to, amount })
+}
+
+/// A transaction of `key` at `nonce` for the network `domain`, paying the testnet's fee.
+pub fn signed(
+    key: &chain::PrivateKeySigner,
+    domain: &Domain,
+    nonce: u64,
+    action: chain::Action,
+) -> chain::Tx {
+    chain::UnsignedTx {
+        from: key.address(),
+        nonce,
+        max_fee: tx_fee(),
+        action,
+    }
+    .sign(key, domain)
+    .unwrap()
 }
