@@ -134,6 +134,9 @@ pub struct Gateway {
     settlement: Addr<Settlement>,
     inference: Option<Addr<Inference>>,
     local_models: Vec<kernels::ModelId>,
+    /// This node's account, when it runs inference: jobs run here only while the chain lets
+    /// it serve (registered, bonded, not jailed).
+    local_executor: Option<Address>,
     capabilities: HashMap<PeerId, (Capability, Instant)>,
     pending: HashMap<JobId, Pending>,
     next: usize,
@@ -157,10 +160,17 @@ impl Gateway {
             settlement,
             inference,
             local_models,
+            local_executor: None,
             capabilities: HashMap::new(),
             pending: HashMap::new(),
             next: 0,
         }
+    }
+
+    /// This node's own inference runs under `address`.
+    pub fn with_local_executor(mut self, address: Address) -> Self {
+        self.local_executor = Some(address);
+        self
     }
 
     /// Balance already promised to this client's jobs in flight.
@@ -334,7 +344,17 @@ impl Gateway {
         call: JobCall,
     ) -> Result<LocalBoxFuture<'static, Result<JobReply, GatewayError>>, GatewayError> {
         let model = call.job.request.model_id;
-        if let (Some(inf), true) = (self.inference.clone(), self.local_models.contains(&model)) {
+        // This node's own inference runs it, while the chain lets this node serve the model.
+        let local_allowed = self.local_executor.is_none_or(|a| {
+            self.admission
+                .registrations()
+                .refuse_executor(&a, &model)
+                .is_none()
+        });
+        if let (Some(inf), true) = (
+            self.inference.clone(),
+            self.local_models.contains(&model) && local_allowed,
+        ) {
             return Ok(Box::pin(async move {
                 inf.send(RunJob(call))
                     .await

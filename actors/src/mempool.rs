@@ -165,6 +165,12 @@ pub struct AddOwnTx {
     pub action: chain::Action,
 }
 
+/// Where fraud claims are re-executed before a fraud report is admitted (a validator's
+/// verifier; nodes without one admit reports unchecked: they never propose).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFraudChecker(pub Recipient<crate::verifier::CheckFraud>);
+
 /// Whether a transaction waits in the pool (pending or queued for an earlier nonce).
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -566,6 +572,8 @@ pub struct Mempool {
     txs: TxPool,
     /// Where pending entries are gossiped again; `None` in tests without a network.
     publish: Option<Recipient<Publish>>,
+    /// Re-executes the records of fraud reports before they are admitted.
+    fraud_checker: Option<Recipient<crate::verifier::CheckFraud>>,
     /// When each pending entry (job id or transaction hash) was last gossiped, as far as this
     /// node knows (first seen by the rebroadcast tick, or sent again by it).
     sent: HashMap<B256, Instant>,
@@ -586,6 +594,7 @@ impl Mempool {
             records: HashMap::new(),
             txs: TxPool::default(),
             publish: None,
+            fraud_checker: None,
             sent: HashMap::new(),
         }
     }
@@ -771,24 +780,44 @@ impl Mempool {
             from: tx.from,
             tx: Some(Box::new(tx.clone())),
         };
+        // A fraud report's claim is re-executed first: a false one never enters the pool, so
+        // an honest proposer never offers a block the others must refuse.
+        let fraud = match (&tx.action, &self.fraud_checker) {
+            (chain::Action::ReportFraud(f), Some(checker)) => {
+                Some((checker.clone(), vec![(**f).clone()]))
+            }
+            _ => None,
+        };
         Box::pin(
-            async move { accounts.send(check).await }
-                .into_actor(self)
-                .map(move |ctx, act, _| {
-                    let ctx = ctx.map_err(|e| MempoolError::Unavailable(e.to_string()))?;
-                    if act.txs.contains(&hash) {
-                        return Ok((hash, Admitted::Pending));
-                    }
-                    let admitted = act.txs.admit(tx.clone(), hash, &ctx, queue_gaps)?;
-                    if persist
-                        && let Some(store) = &act.store
-                        && let Err(e) = store.put_pending_tx(&hash, &tx)
-                    {
-                        tracing::error!(tx = %hash, error = %e, "cannot save a pending transaction");
-                    }
-                    act.gauges();
-                    Ok((hash, admitted))
-                }),
+            async move {
+                if let Some((checker, claims)) = fraud {
+                    checker
+                        .send(crate::verifier::CheckFraud(claims))
+                        .await
+                        .map_err(|e| MempoolError::Unavailable(e.to_string()))?
+                        .map_err(MempoolError::WouldFail)?;
+                }
+                accounts
+                    .send(check)
+                    .await
+                    .map_err(|e| MempoolError::Unavailable(e.to_string()))
+            }
+            .into_actor(self)
+            .map(move |ctx, act, _| {
+                let ctx = ctx?;
+                if act.txs.contains(&hash) {
+                    return Ok((hash, Admitted::Pending));
+                }
+                let admitted = act.txs.admit(tx.clone(), hash, &ctx, queue_gaps)?;
+                if persist
+                    && let Some(store) = &act.store
+                    && let Err(e) = store.put_pending_tx(&hash, &tx)
+                {
+                    tracing::error!(tx = %hash, error = %e, "cannot save a pending transaction");
+                }
+                act.gauges();
+                Ok((hash, admitted))
+            }),
         )
     }
 }
@@ -1004,6 +1033,13 @@ impl Handler<NextNonce> for Mempool {
     type Result = Option<u64>;
     fn handle(&mut self, msg: NextNonce, _: &mut Self::Context) -> Self::Result {
         self.txs.next_nonce(&msg.0)
+    }
+}
+
+impl Handler<SetFraudChecker> for Mempool {
+    type Result = ();
+    fn handle(&mut self, msg: SetFraudChecker, _: &mut Self::Context) {
+        self.fraud_checker = Some(msg.0);
     }
 }
 

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub supply_opg: IntGaugeVec,
     pub validators_active: IntGauge,
     pub slashes: IntCounter,
+    pub frauds_slashed: IntCounter,
     pub blocks_committed: IntCounter,
     pub consensus_rounds: IntCounter,
     pub consensus_rebroadcasts: IntCounter,
@@ -215,6 +216,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "validators in the set deciding the next height",
         ),
         slashes: counter(&r, "slashes_total", "validators slashed for double-signing"),
+        frauds_slashed: counter(
+            &r,
+            "frauds_slashed_total",
+            "inference nodes slashed for false records",
+        ),
         blocks_committed: counter(&r, "blocks_committed_total", "blocks committed"),
         consensus_rounds: counter(
             &r,

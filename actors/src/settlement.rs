@@ -448,6 +448,10 @@ impl Settlement {
         if let Some(admission) = &self.admission {
             admission.update(chain::Registrations::of(&self.ledger));
         }
+        for (node, job) in &changes.frauds {
+            tracing::warn!(%node, %job, height = changes.height, "inference node slashed and jailed for a false record");
+        }
+        METRICS.frauds_slashed.inc_by(changes.frauds.len() as u64);
         for (offender, at) in &changes.slashes {
             tracing::warn!(%offender, offence_height = at, height = changes.height, "validator slashed and jailed for double-signing");
         }

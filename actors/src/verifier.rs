@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chain::{Admission, AdmissionError, B256, InferenceRecord, JobId, VerifiedRecord};
@@ -159,7 +159,20 @@ pub struct Verifier {
     verified: VerifiedLeaves,
     /// Gossiped records being checked now: a copy arriving meanwhile is not checked again.
     checking: HashSet<JobId>,
+    /// This validator's key: the false records it catches are reported to the chain.
+    reporter: Option<Arc<chain::PrivateKeySigner>>,
+    /// Inference nodes reported, with when: one report per node while its jail lasts.
+    reported: HashMap<chain::Address, Instant>,
 }
+
+/// Checks the fraud claims of `ReportFraud` transactions by re-executing each record: `Ok`
+/// when every claimed output is what this node computes and differs from the record's.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct CheckFraud(pub Vec<chain::evidence::FraudEvidence>);
+
+/// A node reported for fraud is not reported again for this long (it is jailed meanwhile).
+const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// What the checks need, cheap to clone into a blocking task.
 #[derive(Clone)]
@@ -243,7 +256,58 @@ impl Verifier {
             jobs,
             verified: VerifiedLeaves::new(VERIFIED_CACHE),
             checking: HashSet::new(),
+            reporter: None,
+            reported: HashMap::new(),
         }
+    }
+
+    /// Reports the false records this verifier catches, signed with `key`.
+    pub fn with_reporter(mut self, key: chain::PrivateKeySigner) -> Self {
+        self.reporter = Some(Arc::new(key));
+        self
+    }
+
+    /// Reports `record` as fraud to the chain (through the mempool, as this node's own
+    /// transaction), once per node while its punishment lasts.
+    fn report(&mut self, record: &InferenceRecord, e: &RecordError) {
+        use chain::attestation::AttestationError;
+        use chain::evidence::FraudClaim;
+        let claim = match e {
+            RecordError::Fraud { actual, .. } => FraudClaim::Output {
+                recomputed: *actual,
+            },
+            // Our own roots are unusable: that proves nothing against the node.
+            RecordError::Attestation(AttestationError::BadRoots(_)) => return,
+            RecordError::Attestation(_) => FraudClaim::TeeProof,
+            _ => return,
+        };
+        let Some(key) = self.reporter.clone() else {
+            return;
+        };
+        let node = record.executor;
+        if self
+            .reported
+            .get(&node)
+            .is_some_and(|at| at.elapsed() < REPORT_AGAIN_AFTER)
+        {
+            return;
+        }
+        self.reported.insert(node, Instant::now());
+        let evidence = chain::evidence::FraudEvidence {
+            record: record.clone(),
+            claim,
+        };
+        let fut = self.mempool.send(crate::mempool::AddOwnTx {
+            key,
+            action: chain::Action::ReportFraud(Box::new(evidence)),
+        });
+        actix::spawn(async move {
+            match fut.await {
+                Ok(Ok(hash)) => tracing::warn!(%node, tx = %hash, "fraud reported to the chain"),
+                Ok(Err(err)) => tracing::info!(%node, error = %err, "fraud not reported"),
+                Err(err) => tracing::warn!(%node, error = %err, "mempool unavailable"),
+            }
+        });
     }
 
     fn remember(&mut self, leaf: B256, job: JobId) {
@@ -358,6 +422,7 @@ impl Handler<GossipRecord> for Verifier {
                 }
                 Err(e) => {
                     Verifier::log_rejection(&record, &e, act.checker.admission.domain());
+                    act.report(&record, &e);
                     match e {
                         // Not the sender's fault: we lack the model.
                         RecordError::ModelMissing(_) => MessageAcceptance::Ignore,
@@ -415,6 +480,54 @@ impl Handler<VerifyRecords> for Verifier {
     }
 }
 
+impl Handler<CheckFraud> for Verifier {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, msg: CheckFraud, _: &mut Self::Context) -> Self::Result {
+        let checker = self.checker.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                for f in &msg.0 {
+                    checker.check_fraud(f)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| format!("fraud check failed: {e}"))?
+        })
+    }
+}
+
+impl Checker {
+    /// A fraud claim's re-execution: `Ok` when this node computes the claimed output and it
+    /// differs from the record's. TEE claims are the chain's own check.
+    fn check_fraud(&self, f: &chain::evidence::FraudEvidence) -> Result<(), String> {
+        let chain::evidence::FraudClaim::Output { recomputed } = &f.claim else {
+            return Ok(());
+        };
+        let record = &f.record;
+        let model_id = record.job.request.model_id;
+        let model = self
+            .models
+            .get(&model_id)
+            .ok_or_else(|| format!("cannot check a fraud claim: model {model_id} is not here"))?;
+        let output = model
+            .run(self.backend.as_ref(), record.input.as_bytes())
+            .map_err(|e| format!("re-executing the accused record: {e}"))?;
+        let actual = chain::B256::from(output.hash());
+        if actual != *recomputed {
+            return Err(format!(
+                "false fraud claim: re-execution gives {actual}, the claim says {recomputed}"
+            ));
+        }
+        if actual == record.output_hash {
+            return Err(format!(
+                "false fraud claim: the record's output {actual} is what re-execution gives"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +537,77 @@ mod tests {
     use chain::genesis::{ModelEntry, Params, TeeParams, VerificationMode};
     use chain::record::{JobRequest, Proof, TeeProof};
     use chain::signing::seeded_key;
+
+    /// A fraud claim is re-executed: only the output this node computes, when it differs
+    /// from the record's, passes; a claim of the record's own output or of another output is
+    /// refused, and so is one whose model is not here.
+    #[test]
+    fn fraud_claims_are_re_executed() {
+        use chain::evidence::{FraudClaim, FraudEvidence};
+        let dir = tempfile::tempdir().unwrap();
+        let spec = kernels::MlpSpec {
+            input_dim: 4,
+            hidden_dims: vec![8],
+            num_classes: 3,
+        };
+        kernels::write_seeded_mlp(&dir.path().join("m"), "m", 5, &spec).unwrap();
+        let models = Models::load_dir(dir.path()).unwrap();
+        let model_id = models.ids()[0];
+        let model = models.get(&model_id).unwrap();
+        let input = String::from_utf8(model.example_input()).unwrap();
+        let backend = kernels::select("cpu").unwrap();
+        let truth = B256::from(
+            model
+                .run(backend.as_ref(), input.as_bytes())
+                .unwrap()
+                .hash(),
+        );
+        let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
+        let domain = chain::signing::Domain {
+            chain_id: 3,
+            salt: B256::ZERO,
+        };
+        let record = |output| {
+            let job = JobRequest {
+                client: client.address(),
+                model_id,
+                input_hash: alloy::primitives::keccak256(input.as_bytes()),
+                max_fee: 1,
+                nonce: 1,
+                expiry: u64::MAX,
+            }
+            .sign(&client, &domain)
+            .unwrap();
+            InferenceRecord::create(job, input.clone(), output, Proof::Reexec, &exec, &domain)
+                .unwrap()
+        };
+        let genesis = tee_fixture().0;
+        let checker = Checker {
+            admission: Admission::new(Arc::new(genesis), None),
+            models: models.clone(),
+            backend,
+            reexecute: true,
+        };
+        let claim = |r: InferenceRecord, recomputed| FraudEvidence {
+            record: r,
+            claim: FraudClaim::Output { recomputed },
+        };
+        let liar = record(B256::repeat_byte(1));
+        checker.check_fraud(&claim(liar.clone(), truth)).unwrap();
+        let e = checker
+            .check_fraud(&claim(liar.clone(), B256::repeat_byte(2)))
+            .unwrap_err();
+        assert!(e.contains("re-execution gives"), "{e}");
+        let honest = record(truth);
+        let e = checker.check_fraud(&claim(honest, truth)).unwrap_err();
+        assert!(e.contains("is what re-execution gives"), "{e}");
+        let empty = Checker {
+            models: Models::default(),
+            ..checker
+        };
+        let e = empty.check_fraud(&claim(liar, truth)).unwrap_err();
+        assert!(e.contains("not here"), "{e}");
+    }
 
     fn leaf(i: u8) -> (B256, JobId) {
         (B256::repeat_byte(i), JobId(B256::repeat_byte(i ^ 0x80)))

@@ -119,6 +119,33 @@ impl Evidence {
     }
 }
 
+/// Proof that an inference node signed a false record: the record itself (its executor's
+/// signature binds the output hash it claims) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FraudEvidence {
+    pub record: crate::record::InferenceRecord,
+    pub claim: FraudClaim,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FraudClaim {
+    /// Re-executing the job (deterministic kernels) gives `recomputed`, not the record's
+    /// output hash. Validators re-execute before they admit or vote for such a report, so a
+    /// false one never enters a block.
+    Output { recomputed: B256 },
+    /// The record's model requires a TEE proof and the record's does not verify (or is
+    /// missing): the chain checks that itself.
+    TeeProof,
+}
+
+impl FraudEvidence {
+    /// Content id: keccak of the encoding.
+    pub fn id(&self) -> B256 {
+        keccak256(codec::encode(self))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

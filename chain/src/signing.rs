@@ -101,6 +101,12 @@ pub mod typed {
             uint64 nonce;
             uint128 maxFee;
         }
+        struct ReportFraud {
+            address from;
+            bytes32 evidence;
+            uint64 nonce;
+            uint128 maxFee;
+        }
         struct InferenceResult {
             bytes32 jobId;
             bytes32 modelId;

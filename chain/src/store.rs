@@ -69,6 +69,7 @@ struct RegistryMeta {
     next_proposal: u64,
     measurements: std::collections::BTreeSet<String>,
     slashed: std::collections::BTreeSet<(Address, Height)>,
+    punished_jobs: std::collections::BTreeSet<JobId>,
 }
 
 /// Largest registry entry read back (a proposal with its votes, a model with its manifest).
@@ -270,6 +271,7 @@ impl Store {
             next_proposal: meta.next_proposal,
             measurements: meta.measurements,
             slashed: meta.slashed,
+            punished_jobs: meta.punished_jobs,
         })
     }
 
@@ -301,6 +303,7 @@ impl Store {
             next_proposal: r.next_proposal,
             measurements: r.measurements.clone(),
             slashed: r.slashed.clone(),
+            punished_jobs: r.punished_jobs.clone(),
         };
         batch.put_cf(self.cf(CF_META)?, META_REGISTRY, codec::encode(&meta));
         Ok(())

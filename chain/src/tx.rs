@@ -18,7 +18,7 @@ use alloy::primitives::{Address, B256, keccak256};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::evidence::Evidence;
+use crate::evidence::{Evidence, FraudEvidence};
 use crate::genesis::VerificationMode;
 use crate::signing::{self, Domain, PrivateKeySigner, typed};
 use crate::types::{ModelId, Sig, amount};
@@ -209,6 +209,8 @@ pub enum Action {
     Unjail,
     /// Proof that a validator signed two conflicting consensus messages.
     ReportEvidence(Evidence),
+    /// Proof that an inference node signed a false record.
+    ReportFraud(Box<FraudEvidence>),
 }
 
 impl Action {
@@ -226,6 +228,7 @@ impl Action {
             Action::Vote { .. } => "vote",
             Action::Unjail => "unjail",
             Action::ReportEvidence(_) => "report_evidence",
+            Action::ReportFraud(_) => "report_fraud",
         }
     }
 
@@ -437,6 +440,13 @@ impl UnsignedTx {
                 maxFee: max_fee,
             }
             .eip712_signing_hash(d),
+            Action::ReportFraud(e) => typed::ReportFraud {
+                from,
+                evidence: e.id(),
+                nonce,
+                maxFee: max_fee,
+            }
+            .eip712_signing_hash(d),
         }
     }
 
@@ -538,6 +548,12 @@ pub(crate) mod tests {
             },
             Action::Unjail,
             Action::ReportEvidence(ev),
+            Action::ReportFraud(Box::new(FraudEvidence {
+                record: crate::record::tests::sample_record(domain),
+                claim: crate::evidence::FraudClaim::Output {
+                    recomputed: B256::repeat_byte(8),
+                },
+            })),
         ];
         actions
             .into_iter()
@@ -599,6 +615,7 @@ pub(crate) mod tests {
                 Action::Propose { deposit, .. } => *deposit += 1,
                 Action::Vote { option, .. } => *option = VoteOption::Yes,
                 Action::ReportEvidence(Evidence::DoubleVote { first, .. }) => first.vote.round += 1,
+                Action::ReportFraud(f) => f.claim = crate::evidence::FraudClaim::TeeProof,
                 Action::Withdraw => t.action = Action::Unjail,
                 Action::Unjail => t.action = Action::Withdraw,
                 other => panic!("no edit for {}", other.name()),

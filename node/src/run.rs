@@ -144,8 +144,18 @@ pub fn run(home: &Path) -> Result<()> {
             network.clone(),
             mempool.clone(),
             settlement.clone().recipient(),
-        )
+        );
+        // A validator reports the false records it catches, and re-executes the records of
+        // fraud reports before it admits them.
+        let verifier = if is_validator {
+            verifier.with_reporter(account.clone())
+        } else {
+            verifier
+        }
         .start();
+        if is_validator {
+            mempool.do_send(actors::mempool::SetFraudChecker(verifier.clone().recipient()));
+        }
         let inference = if config.has(Role::Inference) {
             let attestation = start_attestation(&config, &home, account.address())?;
             let addr = Inference::new(
@@ -182,6 +192,7 @@ pub fn run(home: &Path) -> Result<()> {
             settlement.clone(),
             inference.clone(),
         )
+        .with_local_executor(account.address())
         .start();
         let c = &config.consensus;
         let timeouts = TimeoutConfig {

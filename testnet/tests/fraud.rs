@@ -1,6 +1,7 @@
 //! Proof by re-execution on real processes: an inference node that signs wrong outputs has its
 //! records rejected by every validator (logged and counted as fraud), its client is not charged,
-//! and honest jobs keep finalizing.
+//! honest jobs keep finalizing, and the validators' fraud report reaches the chain: the node
+//! loses `slash_fraud_bps` of its stake, is jailed, and is routed no more jobs.
 
 mod common;
 
@@ -106,4 +107,70 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
     assert_eq!(paid, price);
     // The faulty node earned nothing.
     assert_eq!(balance(&client, v0, &faulty.address.to_string()), 0);
+
+    // The chain punished it: slashed by the parameter, jailed.
+    let node_stake = 10_000 * common::OPG;
+    let slash = node_stake * testnet::net::testnet_params().slash_fraud_bps as u128 / 10_000;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        let list = client
+            .get(&format!("{v0}/v1/inference-nodes"))
+            .unwrap()
+            .ok()
+            .unwrap();
+        let entry = list["inference_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| {
+                n["address"].as_str().unwrap().to_lowercase()
+                    == faulty.address.to_string().to_lowercase()
+            })
+            .cloned()
+            .unwrap();
+        if !entry["jailed_until"].is_null() {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the faulty node was never jailed: {entry}\n{}",
+            run.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(entry["slashes"], 1);
+    assert_eq!(entry["serving"], false);
+    assert_eq!(entry["bonded"], (node_stake - slash).to_string());
+    assert!(metric(&client, v0, "proofmesh_frauds_slashed_total ") >= 1.0);
+    // It gets no more jobs: through any validator, every job runs on the honest node.
+    for _ in 0..4 {
+        let body = signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
+        let reply = client
+            .post(&format!("{v0}/v1/jobs"), &body)
+            .unwrap()
+            .ok()
+            .unwrap();
+        assert_eq!(
+            reply["executed_by"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase(),
+            honest.address.to_string().to_lowercase(),
+            "{reply}"
+        );
+    }
+    // Submitted at the jailed node itself, a job is refused rather than run there.
+    let body = signed_job(&key, &net.domain, model_id, &input, price, fresh_nonce()).unwrap();
+    let r = client
+        .post(&format!("{}/v1/jobs", faulty.http), &body)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["executed_by"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase(),
+        honest.address.to_string().to_lowercase(),
+        "the jailed node's gateway routes to the honest node"
+    );
 }

@@ -1,7 +1,9 @@
 //! TEE proofs on real processes: a testnet whose genesis declares a simulated SEV-SNP root and a
 //! `tee` model. Records carry batched reports that every validator verifies; an inference node
 //! that forges reports and one that replays an old proof have those records rejected (logged,
-//! counted by the failed check), their clients are not charged, and honest jobs keep finalizing.
+//! counted by the failed check), their clients are not charged, honest jobs keep finalizing, and
+//! the validators' fraud reports (checked by the chain itself for TEE claims) slash and jail
+//! both cheats while the honest node stays in service.
 
 mod common;
 
@@ -150,4 +152,35 @@ fn tee_records_are_verified_and_forged_or_replayed_proofs_are_rejected() {
     // Attestation actor's unit tests, where timing is controlled).
     let reports = metric(&client, &honest.http, "proofmesh_attestation_reports_total");
     assert!(reports >= 1.0, "{reports}");
+    // Both cheats were reported, proven on chain, slashed and jailed; the honest node serves on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = client
+            .get(&format!("{v0}/v1/inference-nodes"))
+            .unwrap()
+            .ok()
+            .unwrap();
+        let state = |n: &testnet::NodeInfo| {
+            list["inference_nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| {
+                    e["address"].as_str().unwrap().to_lowercase()
+                        == n.address.to_string().to_lowercase()
+                })
+                .map(|e| (e["slashes"].as_u64().unwrap(), e["serving"] == true))
+                .unwrap()
+        };
+        if state(forger) == (1, false) && state(replayer) == (1, false) {
+            assert_eq!(state(honest), (0, true));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cheats not punished: {list}\n{}",
+            run.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

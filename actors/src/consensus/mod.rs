@@ -631,6 +631,21 @@ impl Consensus {
                         v.send(VerifyRecords(block.records.clone()))
                             .await
                             .unwrap_or_else(|e| Err(e.to_string()))?;
+                        // Fraud reports: their claims re-executed before this validator votes
+                        // for a block that slashes by them.
+                        let claims: Vec<chain::evidence::FraudEvidence> = block
+                            .txs
+                            .iter()
+                            .filter_map(|t| match &t.action {
+                                chain::Action::ReportFraud(f) => Some((**f).clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        if !claims.is_empty() {
+                            v.send(crate::verifier::CheckFraud(claims))
+                                .await
+                                .unwrap_or_else(|e| Err(e.to_string()))?;
+                        }
                     }
                     settlement
                         .send(ValidateBlock(block))

@@ -29,6 +29,7 @@ pub use registry::{InferenceNode, Model, Proposal, ProposalStatus, Registry, Tal
 
 use crate::block::{Block, BlockHeader};
 use crate::error::{Error, Result};
+use crate::evidence::{FraudClaim, FraudEvidence};
 use crate::genesis::{Genesis, Pools, Vesting};
 use crate::record::{InferenceRecord, VerifiedRecord};
 use crate::tx::{Action, ProposalKind, Tx};
@@ -158,6 +159,8 @@ pub struct Changes {
     pub state_root: B256,
     /// Equivocations punished by this block: (offender, height of the offence).
     pub slashes: Vec<(Address, Height)>,
+    /// False records punished by this block: (inference node, job).
+    pub frauds: Vec<(Address, JobId)>,
 }
 
 /// The job ids of a block's records, both signatures of each recovered and checked: the
@@ -292,6 +295,9 @@ struct Overlay<'a> {
     /// Jobs finalized per inference node in this block: their part of the block reward.
     served: BTreeMap<Address, u64>,
     slashes: Vec<(Address, Height)>,
+    frauds: Vec<(Address, JobId)>,
+    /// The TEE the genesis trusts (for fraud evidence against TEE records).
+    tee: Option<&'a crate::genesis::TeeParams>,
 }
 
 impl Overlay<'_> {
@@ -464,6 +470,7 @@ impl Ledger {
         let domain = g.domain();
         tx.verify(&domain).map_err(|e| e.to_string())?;
         let mut o = self.overlay(
+            g,
             domain,
             self.height + 1,
             now_ms.max(self.tip_time_ms + 1),
@@ -472,13 +479,14 @@ impl Ledger {
         apply_tx(&mut o, tx)?
     }
 
-    fn overlay(
-        &self,
+    fn overlay<'a>(
+        &'a self,
+        g: &'a Genesis,
         domain: crate::signing::Domain,
         height: Height,
         now_ms: u64,
         proposer: Address,
-    ) -> Overlay<'_> {
+    ) -> Overlay<'a> {
         Overlay {
             base: self,
             domain,
@@ -492,6 +500,8 @@ impl Ledger {
             validator_income: 0,
             served: BTreeMap::new(),
             slashes: Vec::new(),
+            frauds: Vec::new(),
+            tee: g.tee.as_ref(),
         }
     }
 
@@ -552,7 +562,7 @@ impl Ledger {
             )));
         }
 
-        let mut o = self.overlay(domain, h.height, h.timestamp_ms, h.proposer);
+        let mut o = self.overlay(g, domain, h.height, h.timestamp_ms, h.proposer);
         let mut jobs = Vec::with_capacity(block.records.len());
         for (i, record) in block.records.iter().enumerate() {
             let id = match checked.and_then(|ids| ids.get(i)) {
@@ -614,6 +624,7 @@ impl Ledger {
             history,
             state_root: root,
             slashes: o.slashes,
+            frauds: o.frauds,
         })
     }
 
@@ -728,7 +739,7 @@ impl Ledger {
             state_root: B256::ZERO,
         };
         let params = &self.registry.params;
-        let mut o = self.overlay(domain, header.height, timestamp_ms, proposer);
+        let mut o = self.overlay(g, domain, header.height, timestamp_ms, proposer);
         let (mut kept_records, mut dropped_records) = (Vec::new(), Vec::new());
         let mut kept_ids = Vec::new();
         for verified in records {
@@ -1166,8 +1177,96 @@ fn apply_action(
             }
             o.slashes.push((offender, e.height()));
         }
+        Action::ReportFraud(f) => {
+            let (node, job) = check_fraud(o, f)?;
+            slash(o, node, params.slash_fraud_bps);
+            let reg = o.reg_mut();
+            reg.punished_jobs.insert(job);
+            if let Some(n) = reg.nodes.get_mut(&node) {
+                n.jailed_until = Some(height + params.jail_blocks);
+                n.slashes += 1;
+            }
+            o.frauds.push((node, job));
+        }
     }
     Ok(())
+}
+
+/// Checks fraud evidence: a record its executor really signed, the executor a registered
+/// inference node not jailed, the job not punished before, and the claim: a recomputed output
+/// other than the record's (validators re-executed it before admitting or voting for the
+/// report), or a TEE proof that does not verify where the model requires one (checked here).
+/// Returns the executor and the job.
+fn check_fraud(
+    o: &Overlay<'_>,
+    f: &FraudEvidence,
+) -> std::result::Result<(Address, JobId), String> {
+    let record = &f.record;
+    let job = record.verify_signatures(&o.domain).map_err(|e| {
+        format!("the record does not check ({e}): it proves nothing against anyone")
+    })?;
+    let node = record.executor;
+    let reg = o.reg();
+    let Some(n) = reg.nodes.get(&node) else {
+        return Err(format!("{node} is not a registered inference node"));
+    };
+    if reg.punished_jobs.contains(&job) {
+        return Err(format!("job {job}'s record was already punished"));
+    }
+    if let Some(until) = n.jailed_until {
+        return Err(format!("{node} is already jailed (until height {until})"));
+    }
+    match &f.claim {
+        FraudClaim::Output { recomputed } => {
+            if *recomputed == record.output_hash {
+                return Err(format!(
+                    "the record already claims {recomputed}: nothing differs"
+                ));
+            }
+        }
+        FraudClaim::TeeProof => {
+            let model = reg
+                .models
+                .get(&record.job.request.model_id)
+                .ok_or_else(|| format!("unknown model {}", record.job.request.model_id))?;
+            if !model.mode.needs_tee() {
+                return Err(format!(
+                    "model {} ({}) requires no TEE proof",
+                    record.job.request.model_id, model.name
+                ));
+            }
+            let verifier = match o.tee {
+                Some(t) => Some(tee_verifier(t, reg)?),
+                None => None,
+            };
+            if crate::record::check_tee_proof(
+                record,
+                model.mode,
+                verifier.as_ref(),
+                n.tee_chip,
+                &o.domain,
+            )
+            .is_ok()
+            {
+                return Err("the record's TEE proof holds".into());
+            }
+        }
+    }
+    Ok((node, job))
+}
+
+/// The TEE verifier of the genesis roots with the allowlist governance keeps now.
+fn tee_verifier(
+    t: &crate::genesis::TeeParams,
+    reg: &Registry,
+) -> std::result::Result<crate::attestation::TeeVerifier, String> {
+    let params = crate::genesis::TeeParams {
+        measurements: reg.measurements.iter().cloned().collect(),
+        ..t.clone()
+    };
+    params
+        .verifier()
+        .map_err(|e| format!("the chain's TEE roots: {e}"))
 }
 
 /// Why `acc` cannot pay: what it may spend, and for a vesting account how much is locked and

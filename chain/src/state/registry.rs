@@ -126,6 +126,8 @@ pub struct Registry {
     pub measurements: BTreeSet<String>,
     /// (offender, height) already punished for equivocation, within the evidence age.
     pub slashed: BTreeSet<(Address, Height)>,
+    /// Jobs whose false record was punished.
+    pub punished_jobs: BTreeSet<crate::types::JobId>,
 }
 
 impl Registry {
@@ -196,6 +198,7 @@ impl Registry {
                 .flat_map(|t| t.measurements.iter().map(|m| m.to_ascii_lowercase()))
                 .collect(),
             slashed: BTreeSet::new(),
+            punished_jobs: BTreeSet::new(),
         }
     }
 

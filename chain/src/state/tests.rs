@@ -1613,3 +1613,111 @@ mod invariant {
         }
     }
 }
+
+fn fraud(record: InferenceRecord, claim: crate::evidence::FraudClaim) -> Action {
+    Action::ReportFraud(Box::new(crate::evidence::FraudEvidence { record, claim }))
+}
+
+/// A false record, proven: its executor loses `slash_fraud_bps` of its stake to the community
+/// pool and is jailed (its records are refused from then on); the same proof again, a second
+/// false record while jailed, a claim that changes nothing, an unsigned record and a
+/// stranger's record are refused (each report still pays its fee).
+#[test]
+fn a_false_record_is_slashed_and_jails_its_node() {
+    use crate::evidence::FraudClaim;
+    let g = busy();
+    let mut l = Ledger::from_genesis(&g);
+    let node = key(20).address();
+    let bonded = l.account(&node).bonded;
+    let community = l.pools().community;
+    let record = job(&g, 1, u128::MAX, 10);
+    // Every record here claims 0x03…03 or 0x77…77.
+    let claim = |_: &InferenceRecord| FraudClaim::Output {
+        recomputed: B256::repeat_byte(0x5a),
+    };
+    fails(
+        run(
+            &mut l,
+            &g,
+            30,
+            fraud(
+                record.clone(),
+                FraudClaim::Output {
+                    recomputed: record.output_hash,
+                },
+            ),
+        ),
+        "nothing differs",
+    );
+    let mut unsigned = record.clone();
+    unsigned.output_hash = B256::repeat_byte(0x77);
+    fails(
+        run(&mut l, &g, 30, fraud(unsigned.clone(), claim(&unsigned))),
+        "does not check",
+    );
+    fails(
+        run(&mut l, &g, 30, fraud(record.clone(), FraudClaim::TeeProof)),
+        "requires no TEE proof",
+    );
+    ok(run(&mut l, &g, 30, fraud(record.clone(), claim(&record))));
+    let bps = g.params.slash_fraud_bps as u128;
+    assert_eq!(l.account(&node).bonded, bonded - bonded * bps / 10_000);
+    assert_eq!(l.pools().community, community + bonded * bps / 10_000);
+    assert!(l.registry().nodes[&node].jailed_until.is_some());
+    assert_eq!(l.registry().nodes[&node].slashes, 1);
+    fails(
+        run(&mut l, &g, 30, fraud(record.clone(), claim(&record))),
+        "already punished",
+    );
+    let second = job(&g, 2, u128::MAX, 10);
+    fails(
+        run(&mut l, &g, 30, fraud(second.clone(), claim(&second))),
+        "already jailed",
+    );
+    // Jailed: its records are left out of blocks and refused.
+    let built = build_with(&l, &g, job(&g, 3, u128::MAX, 10));
+    assert!(
+        built.dropped_records[0].1.contains("jailed"),
+        "{:?}",
+        built.dropped_records
+    );
+    assert!(l.refuse_executor(&node, &g.models[0].id).is_some());
+    // A record by someone who is not an inference node proves nothing against a node.
+    let stranger = InferenceRecord::create(
+        record.job.clone(),
+        record.input.clone(),
+        B256::repeat_byte(9),
+        Proof::Reexec,
+        &key(77),
+        &g.domain(),
+    )
+    .unwrap();
+    fails(
+        run(&mut l, &g, 30, fraud(stranger.clone(), claim(&stranger))),
+        "not a registered inference node",
+    );
+}
+
+/// A record of a `tee` model without a valid proof, signed by a registered node, is fraud the
+/// chain checks by itself.
+#[test]
+fn a_tee_record_without_a_valid_proof_is_fraud() {
+    use crate::attestation::Product;
+    use crate::evidence::FraudClaim;
+    let mut g = busy();
+    g.tee = Some(crate::genesis::TeeParams {
+        product: Some(Product::Milan),
+        roots_pem: None,
+        measurements: vec!["ab".repeat(48)],
+        min_tcb: Default::default(),
+    });
+    g.models[0].mode = crate::VerificationMode::Tee;
+    let mut l = Ledger::from_genesis(&g);
+    let record = job(&g, 1, u128::MAX, 10);
+    ok(run(&mut l, &g, 30, fraud(record, FraudClaim::TeeProof)));
+    assert!(
+        l.registry().nodes[&key(20).address()]
+            .jailed_until
+            .is_some()
+    );
+}
