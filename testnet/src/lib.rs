@@ -8,5 +8,6 @@ pub mod economy;
 pub mod garbage;
 pub mod net;
 pub mod scenario;
+pub mod txbench;
 
 pub use net::{NodeInfo, Testnet, UpOptions};

@@ -86,6 +86,17 @@ enum Cmd {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Transactions per second of each kind (transfer, bond, unbond, register_model, vote)
+    /// from ACCOUNTS funded accounts at once, against transfers in the same run, and block
+    /// intervals at epoch changes against the others; a JSON report.
+    BenchTxs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        accounts: usize,
+        #[arg(long, default_value_t = 8)]
+        per_account: usize,
+    },
     /// Scenarios: `kill` (crash a validator, keep finalizing, restart, catch up), `garbage` (a
     /// hostile peer sends malformed messages to every node), `join` (a validator and an
     /// inference node join by stake, a validator leaves), `equivocate` (a double-signer is
@@ -165,6 +176,16 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let net = Testnet::load(&dir)?;
             let report = testnet::bench::run(&net, model.as_deref(), jobs, concurrency, seed)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Cmd::BenchTxs {
+            dir,
+            accounts,
+            per_account,
+        } => {
+            let net = Testnet::load(&dir)?;
+            let report = testnet::txbench::run(&net, accounts, per_account)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
