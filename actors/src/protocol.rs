@@ -310,11 +310,13 @@ pub(crate) mod samples {
                 records_root: Block::records_root(std::slice::from_ref(&record), domain),
                 txs_root: Block::txs_root(std::slice::from_ref(&tx), domain),
                 state_root: chain::B256::repeat_byte(2),
+                last_commit_hash: Default::default(),
             };
             let block = Block {
                 header,
                 records: vec![record.clone()],
                 txs: vec![tx.clone()],
+                last_commit: None,
             };
             let vote = SignedVote::sign(
                 chain::Vote {

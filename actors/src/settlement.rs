@@ -445,8 +445,12 @@ impl Settlement {
             .commit_block(block, certificate, &changes)
             .map_err(|e| format!("store: {e}"))?;
         self.ledger.commit(&changes);
+        self.ledger.set_last_commit(certificate.clone());
         if let Some(admission) = &self.admission {
             admission.update(chain::Registrations::of(&self.ledger));
+        }
+        for v in &changes.downtime_jailed {
+            tracing::warn!(validator = %v, height = changes.height, "validator jailed for missing blocks");
         }
         for (node, job) in &changes.frauds {
             tracing::warn!(%node, %job, height = changes.height, "inference node slashed and jailed for a false record");

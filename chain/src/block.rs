@@ -27,6 +27,8 @@ pub struct BlockHeader {
     pub txs_root: B256,
     /// Root over all accounts after applying this block.
     pub state_root: B256,
+    /// keccak of the parent's commit certificate the block carries (zero at height 1).
+    pub last_commit_hash: B256,
 }
 
 impl BlockHeader {
@@ -40,6 +42,9 @@ pub struct Block {
     pub header: BlockHeader,
     pub records: Vec<InferenceRecord>,
     pub txs: Vec<Tx>,
+    /// The parent's commit certificate (none at height 1): who precommitted the parent, which
+    /// the ledger counts to jail validators that stop signing.
+    pub last_commit: Option<CommitCertificate>,
 }
 
 impl Block {
@@ -50,6 +55,11 @@ impl Block {
     pub fn records_root(records: &[InferenceRecord], domain: &Domain) -> B256 {
         let leaves: Vec<B256> = records.iter().map(|r| r.leaf(domain)).collect();
         merkle::root(&leaves)
+    }
+
+    /// What a header names for a carried certificate.
+    pub fn last_commit_hash(cert: Option<&CommitCertificate>) -> B256 {
+        cert.map_or(B256::ZERO, |c| keccak256(codec::encode(c)))
     }
 
     pub fn txs_root(txs: &[Tx], domain: &Domain) -> B256 {

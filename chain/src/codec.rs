@@ -155,12 +155,14 @@ mod tests {
             records_root: Block::records_root(&[reexec.clone(), tee.clone()], domain),
             txs_root: Block::txs_root(&txs, domain),
             state_root: B256::repeat_byte(3),
+            last_commit_hash: Default::default(),
         };
         round_trip(&header);
         let block = Block {
             header,
             records: vec![reexec, tee],
             txs,
+            last_commit: None,
         };
         round_trip(&block);
         let vote = |kind, block| {

@@ -291,6 +291,11 @@ pub struct Params {
     /// Share of the block reward for the validators (by power); the rest goes to the inference
     /// nodes by jobs finalized in the block, and stays in the pool when there are none.
     pub reward_validators_bps: u32,
+    /// Blocks over which each validator's precommits in the carried commit certificates are
+    /// counted...
+    pub downtime_window: u64,
+    /// ...and the share of them it must be in, or be jailed (without a slash).
+    pub downtime_min_signed_bps: u32,
 }
 
 const OPG: u128 = 10u128.pow(18);
@@ -324,6 +329,8 @@ impl Default for Params {
             veto_bps: 3_340,
             reward_per_block: OPG,
             reward_validators_bps: 5_000,
+            downtime_window: 100,
+            downtime_min_signed_bps: 500,
         }
     }
 }
@@ -344,6 +351,7 @@ impl Params {
             ("threshold_bps", self.threshold_bps),
             ("veto_bps", self.veto_bps),
             ("reward_validators_bps", self.reward_validators_bps),
+            ("downtime_min_signed_bps", self.downtime_min_signed_bps),
         ] {
             if v > 10_000 {
                 return Err(format!("{name} is at most 10000, not {v}"));
@@ -356,6 +364,7 @@ impl Params {
             ("max_validators", self.max_validators as u64),
             ("max_unbonding_entries", self.max_unbonding_entries as u64),
             ("voting_blocks", self.voting_blocks),
+            ("downtime_window", self.downtime_window),
             ("threshold_bps", self.threshold_bps as u64),
         ] {
             if v == 0 {

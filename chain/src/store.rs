@@ -56,6 +56,8 @@ const META_GENESIS: &[u8] = b"genesis_hash";
 const META_TIP: &[u8] = b"tip";
 const META_HISTORY: &[u8] = b"history";
 const META_POOLS: &[u8] = b"pools";
+/// Who signed the recent blocks.
+const META_LIVENESS: &[u8] = b"liveness";
 /// The registry's parts that are not in a column family of their own.
 const META_REGISTRY: &[u8] = b"registry";
 
@@ -226,6 +228,12 @@ impl Store {
             history,
             self.load_registry()?,
             pools,
+            self.get(CF_META, META_LIVENESS, REGISTRY_ENTRY_LIMIT)?
+                .unwrap_or_default(),
+            match tip.height {
+                0 => None,
+                h => self.certificate(h)?,
+            },
         ))
     }
 
@@ -369,6 +377,11 @@ impl Store {
             codec::encode(&changes.history),
         );
         batch.put_cf(self.cf(CF_META)?, META_POOLS, codec::encode(&changes.pools));
+        batch.put_cf(
+            self.cf(CF_META)?,
+            META_LIVENESS,
+            codec::encode(&changes.liveness),
+        );
         if let Some(r) = &changes.registry {
             self.write_registry(&mut batch, r)?;
         }
@@ -631,16 +644,35 @@ mod tests {
                     built.changes.txs
                 );
                 hash = built.changes.txs[0].hash;
+                // Every genesis validator precommitted it.
+                let votes = (0..4)
+                    .map(|i| {
+                        let k = crate::signing::seeded_key(42, i);
+                        crate::block::SignedVote::sign(
+                            crate::block::Vote {
+                                height: built.block.header.height,
+                                round: 0,
+                                kind: crate::block::VoteKind::Precommit,
+                                block: Some(built.block.hash()),
+                                validator: k.address(),
+                            },
+                            &k,
+                            &domain,
+                        )
+                        .unwrap()
+                    })
+                    .collect();
                 let cert = CommitCertificate {
                     height: built.block.header.height,
                     round: 0,
                     block_hash: built.block.hash(),
-                    votes: vec![],
+                    votes,
                 };
                 store
                     .commit_block(&built.block, &cert, &built.changes)
                     .unwrap();
                 ledger.commit(&built.changes);
+                ledger.set_last_commit(cert);
             }
             assert!(
                 ledger

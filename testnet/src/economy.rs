@@ -668,3 +668,70 @@ pub fn expect_status(e: &anyhow::Error, status: u16) -> Result<()> {
         Err(anyhow!("expected HTTP {status}, got: {text}"))
     }
 }
+
+/// `scenario downtime`: an active validator (the least powerful besides the first, whose loss
+/// keeps more than 2/3 of the power live) is stopped; once it is missing from the commit
+/// certificates of more than the allowed share of `downtime_window` blocks the chain jails it,
+/// without a slash. Restarted, it sends `unjail` after `jail_blocks` and is back in the set at
+/// the next epoch.
+pub fn downtime(net: &mut Testnet) -> Result<Value> {
+    let v0 = net.nodes[0].http.clone();
+    let powers = active_powers(&v0)?;
+    let total: u64 = powers.values().sum();
+    let i = (1..net.nodes.len())
+        .filter(|i| net.nodes[*i].role == "validator")
+        .filter_map(|i| powers.get(&net.nodes[i].address).map(|p| (i, *p)))
+        .filter(|(_, p)| (total - p) * 3 > total * 2)
+        .min_by_key(|(_, p)| *p)
+        .map(|(i, _)| i)
+        .context("no validator whose absence keeps more than 2/3 of the power")?;
+    let who = net.nodes[i].clone();
+    let bonded_of = |a: Address| -> Result<u128> {
+        get(&v0, &format!("/v1/accounts/{a}"))?["bonded"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .context("no bonded")
+    };
+    let before = bonded_of(who.address)?;
+    let params = get(&v0, "/v1/params")?["params"].clone();
+    let window = params["downtime_window"].as_u64().unwrap_or(100);
+    net.kill(i);
+    let stopped = Instant::now();
+    let jailed = |net: &Testnet| -> Result<Option<u64>> {
+        let v = get(&net.nodes[0].http, "/v1/validators")?;
+        Ok(v["validators"].as_array().and_then(|l| {
+            l.iter()
+                .find(|x| address_of(&x["address"]) == Some(who.address))
+                .and_then(|x| x["jailed_until"].as_u64())
+        }))
+    };
+    // A block every ~0.3 s: the window fills in window × 0.3 s, plus margin.
+    let bound = Duration::from_millis(window * 1_000 + 30_000);
+    let mut until = None;
+    wait_for("the absent validator jailed", bound, || {
+        until = jailed(net)?;
+        Ok(until.is_some())
+    })?;
+    let jailed_after = stopped.elapsed();
+    if bonded_of(who.address)? != before {
+        bail!("downtime slashed {}: it must only jail", who.address);
+    }
+    // Back: restarted, it waits out the jail, unjails and returns at the next epoch.
+    net.restart(i)?;
+    let until = until.unwrap_or(0);
+    wait_for("the jail period over", Duration::from_secs(60), || {
+        Ok(Client::new().height(&v0).unwrap_or(0) >= until)
+    })?;
+    apply(net, &v0, &node_key(&who)?, Action::Unjail)?;
+    wait_for("the validator back in the set", EPOCH_BOUND, || {
+        Ok(active_set(&v0)?.contains(&who.address))
+    })?;
+    let compared = assert_agreement(net)?;
+    Ok(json!({
+        "scenario": "downtime",
+        "validator": who.address,
+        "downtime_window": window,
+        "jailed_after_s": jailed_after.as_secs_f64(),
+        "heights_compared": compared,
+    }))
+}

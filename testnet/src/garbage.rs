@@ -461,9 +461,11 @@ fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
             records_root: chain::B256::ZERO,
             txs_root: chain::B256::ZERO,
             state_root: chain::B256::ZERO,
+            last_commit_hash: Default::default(),
         },
         records,
         txs: Vec::new(),
+        last_commit: None,
     };
     let proposal = chain::SignedProposal::sign(
         chain::Proposal {

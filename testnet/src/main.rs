@@ -101,7 +101,8 @@ enum Cmd {
     /// hostile peer sends malformed messages to every node), `join` (a validator and an
     /// inference node join by stake, a validator leaves), `equivocate` (a double-signer is
     /// slashed and jailed), `governance` (a fee split passes by stake; no quorum; a veto),
-    /// `vesting` (locked tokens stay until the cliff; what vested moves).
+    /// `vesting` (locked tokens stay until the cliff; what vested moves), `downtime` (a stopped
+    /// validator is jailed without a slash, then unjails).
     Scenario {
         name: String,
         #[arg(long)]
@@ -198,8 +199,9 @@ fn run(cli: Cli) -> Result<()> {
                 "equivocate" => testnet::economy::equivocate(&mut net)?,
                 "governance" => testnet::economy::governance(&mut net)?,
                 "vesting" => testnet::economy::vesting(&mut net)?,
+                "downtime" => testnet::economy::downtime(&mut net)?,
                 other => bail!(
-                    "unknown scenario {other:?}; known: kill, garbage, join, equivocate, governance, vesting"
+                    "unknown scenario {other:?}; known: kill, garbage, join, equivocate, governance, vesting, downtime"
                 ),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);

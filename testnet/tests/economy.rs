@@ -1,6 +1,7 @@
 //! The open network through real processes: vesting, governance by stake, a validator and an
-//! inference node joining by stake, a validator leaving, and a double-signer slashed and
-//! jailed, one after the other on one 4+2 testnet (each scenario asserts its own outcome; all
+//! inference node joining by stake, a validator leaving, a double-signer slashed and jailed,
+//! and a stopped validator jailed for downtime and back after unjailing, one after the other
+//! on one 4+2 testnet (each scenario asserts its own outcome; all
 //! end with every node agreeing on every block and an exact supply). Then every transaction
 //! kind's refusals through `POST /v1/txs`.
 
@@ -24,6 +25,8 @@ fn operators_join_vote_vest_and_are_slashed() {
     let report = economy::equivocate(run.net_mut()).unwrap_or_else(|e| panic!("equivocate: {e:#}"));
     eprintln!("{report}");
     assert_eq!(report["scenario"], "equivocate");
+    let report = economy::downtime(run.net_mut()).unwrap_or_else(|e| panic!("downtime: {e:#}"));
+    eprintln!("{report}");
 }
 
 /// Every kind of bad transaction a client can send is refused with its reason before it

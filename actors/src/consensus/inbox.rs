@@ -294,9 +294,11 @@ mod tests {
                 records_root: B256::ZERO,
                 txs_root: B256::ZERO,
                 state_root: B256::ZERO,
+                last_commit_hash: Default::default(),
             },
             records: Vec::new(),
             txs: Vec::new(),
+            last_commit: None,
         }
     }
 

@@ -140,6 +140,23 @@ pub struct Supply {
     pub total: u128,
 }
 
+/// Whether each validator of the set signed the commit certificates of the recent blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liveness {
+    /// Per validator, oldest first, at most `downtime_window` entries: `true` where its
+    /// precommit is in the certificate of that block.
+    pub signed: BTreeMap<Address, std::collections::VecDeque<bool>>,
+}
+
+impl Liveness {
+    /// How many of its recent blocks `v` did not sign, out of how many counted.
+    pub fn missed(&self, v: &Address) -> (usize, usize) {
+        self.signed
+            .get(v)
+            .map_or((0, 0), |w| (w.iter().filter(|s| !**s).count(), w.len()))
+    }
+}
+
 /// Everything a block changes; what the store writes in one batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -161,6 +178,10 @@ pub struct Changes {
     pub slashes: Vec<(Address, Height)>,
     /// False records punished by this block: (inference node, job).
     pub frauds: Vec<(Address, JobId)>,
+    /// Who signed the recent blocks, after this one.
+    pub liveness: Liveness,
+    /// Validators jailed by this block for not signing.
+    pub downtime_jailed: Vec<Address>,
 }
 
 /// The job ids of a block's records, both signatures of each recovered and checked: the
@@ -275,6 +296,9 @@ pub struct Ledger {
     registry: Arc<Registry>,
     registry_digest: B256,
     pools: Pools,
+    liveness: Liveness,
+    /// The commit certificate of the tip (none at genesis): the next block carries it.
+    last_commit: Option<crate::block::CommitCertificate>,
 }
 
 /// What a block has changed so far, over its parent's ledger.
@@ -296,6 +320,8 @@ struct Overlay<'a> {
     served: BTreeMap<Address, u64>,
     slashes: Vec<(Address, Height)>,
     frauds: Vec<(Address, JobId)>,
+    liveness: Liveness,
+    downtime_jailed: Vec<Address>,
     /// The TEE the genesis trusts (for fraud evidence against TEE records).
     tee: Option<&'a crate::genesis::TeeParams>,
 }
@@ -374,6 +400,8 @@ impl Ledger {
             registry_digest: registry.digest(),
             registry: Arc::new(registry),
             pools: g.pools,
+            liveness: Liveness::default(),
+            last_commit: None,
         }
     }
 
@@ -388,6 +416,8 @@ impl Ledger {
         history: B256,
         registry: Registry,
         pools: Pools,
+        liveness: Liveness,
+        last_commit: Option<crate::block::CommitCertificate>,
     ) -> Ledger {
         Ledger {
             height,
@@ -399,6 +429,25 @@ impl Ledger {
             registry_digest: registry.digest(),
             registry: Arc::new(registry),
             pools,
+            liveness,
+            last_commit,
+        }
+    }
+
+    /// Who signed the recent blocks.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// The tip's commit certificate, which the next block carries.
+    pub fn last_commit(&self) -> Option<&crate::block::CommitCertificate> {
+        self.last_commit.as_ref()
+    }
+
+    /// Keeps the tip's commit certificate (after [`Ledger::commit`]) for the next block.
+    pub fn set_last_commit(&mut self, cert: crate::block::CommitCertificate) {
+        if cert.height == self.height && cert.block_hash == self.tip_hash {
+            self.last_commit = Some(cert);
         }
     }
 
@@ -452,6 +501,7 @@ impl Ledger {
             self.accounts.iter(),
             self.registry_digest,
             &self.pools,
+            &self.liveness,
             self.history,
         )
     }
@@ -501,6 +551,8 @@ impl Ledger {
             served: BTreeMap::new(),
             slashes: Vec::new(),
             frauds: Vec::new(),
+            liveness: self.liveness.clone(),
+            downtime_jailed: Vec::new(),
             tee: g.tee.as_ref(),
         }
     }
@@ -510,6 +562,45 @@ impl Ledger {
     /// computes its changes. Does not check `header.state_root`; [`Ledger::validate`] does.
     pub fn execute(&self, g: &Genesis, block: &Block) -> Result<Changes> {
         self.execute_checked(g, block, None)
+    }
+
+    /// The parent's commit certificate a block must carry (none at height 1): for the parent's
+    /// hash, named by the header, and a quorum of the set that decided the parent. Returns
+    /// that set with, for each, whether its precommit is in it.
+    fn check_last_commit(
+        &self,
+        block: &Block,
+        domain: &crate::signing::Domain,
+    ) -> Result<Option<Vec<(Address, bool)>>> {
+        let h = &block.header;
+        if Block::last_commit_hash(block.last_commit.as_ref()) != h.last_commit_hash {
+            return Err(Error::InvalidBlock(
+                "the carried commit certificate is not the one the header names".into(),
+            ));
+        }
+        let Some(cert) = &block.last_commit else {
+            if h.height > 1 {
+                return Err(Error::InvalidBlock(
+                    "no commit certificate of the parent".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if h.height == 1 || cert.height != self.height || cert.block_hash != self.tip_hash {
+            return Err(Error::InvalidBlock(format!(
+                "the carried certificate is for height {} block {}, not the parent",
+                cert.height, cert.block_hash
+            )));
+        }
+        let set = self.registry.set_at(self.height).ok_or_else(|| {
+            Error::InvalidBlock(format!("the set of height {} is not known", self.height))
+        })?;
+        cert.verify(set, domain)?;
+        Ok(Some(
+            set.iter()
+                .map(|(v, _)| (*v, cert.votes.iter().any(|x| x.vote.validator == *v)))
+                .collect(),
+        ))
     }
 
     /// [`Ledger::execute`]; `checked[i]`, where given, is the job id of `block.records[i]`,
@@ -561,8 +652,12 @@ impl Ledger {
                 h.proposer
             )));
         }
+        let signers = self.check_last_commit(block, &domain)?;
 
         let mut o = self.overlay(g, domain, h.height, h.timestamp_ms, h.proposer);
+        if let Some(signers) = signers {
+            count_signers(&mut o, &signers);
+        }
         let mut jobs = Vec::with_capacity(block.records.len());
         for (i, record) in block.records.iter().enumerate() {
             let id = match checked.and_then(|ids| ids.get(i)) {
@@ -610,7 +705,7 @@ impl Ledger {
         let nonces: Vec<((Address, u64), JobId)> =
             std::mem::take(&mut o.nonces).into_iter().collect();
         let history = next_history(self.history, &nonces, &jobs);
-        let root = state_root(o.merged(), registry_digest, &o.pools, history);
+        let root = state_root(o.merged(), registry_digest, &o.pools, &o.liveness, history);
         Ok(Changes {
             height: h.height,
             block_hash: block.hash(),
@@ -625,6 +720,8 @@ impl Ledger {
             state_root: root,
             slashes: o.slashes,
             frauds: o.frauds,
+            liveness: o.liveness,
+            downtime_jailed: o.downtime_jailed,
         })
     }
 
@@ -737,6 +834,7 @@ impl Ledger {
             records_root: B256::ZERO,
             txs_root: B256::ZERO,
             state_root: B256::ZERO,
+            last_commit_hash: Block::last_commit_hash(self.last_commit.as_ref()),
         };
         let params = &self.registry.params;
         let mut o = self.overlay(g, domain, header.height, timestamp_ms, proposer);
@@ -781,6 +879,7 @@ impl Ledger {
             },
             records: kept_records,
             txs: kept_txs,
+            last_commit: self.last_commit.clone(),
         };
         let changes = self.execute_checked(g, &block, Some(&kept_ids))?;
         block.header.state_root = changes.state_root;
@@ -812,6 +911,9 @@ impl Ledger {
             self.registry_digest = r.digest();
         }
         self.pools = c.pools;
+        self.liveness = c.liveness.clone();
+        // The new tip's certificate comes with its commit ([`Ledger::set_last_commit`]).
+        self.last_commit = None;
         self.height = c.height;
         self.tip_hash = c.block_hash;
         self.tip_time_ms = c.timestamp_ms;
@@ -1412,6 +1514,46 @@ fn end_block(o: &mut Overlay<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Counts who signed the parent (`signers` of the set that decided it) and jails, without a
+/// slash, a validator that signed too few of the last `downtime_window` blocks.
+fn count_signers(o: &mut Overlay<'_>, signers: &[(Address, bool)]) {
+    let p = o.reg().params.clone();
+    let window = p.downtime_window as usize;
+    let allowed_missed = window - (window * p.downtime_min_signed_bps as usize).div_ceil(10_000);
+    // Only the set that decided the parent is tracked.
+    o.liveness
+        .signed
+        .retain(|v, _| signers.iter().any(|(s, _)| s == v));
+    let mut down = Vec::new();
+    for (v, signed) in signers {
+        let w = o.liveness.signed.entry(*v).or_default();
+        w.push_back(*signed);
+        while w.len() > window {
+            w.pop_front();
+        }
+        let missed = w.iter().filter(|s| !**s).count();
+        if w.len() == window && missed > allowed_missed {
+            down.push(*v);
+        }
+    }
+    for v in down {
+        let jailed = o
+            .reg()
+            .validators
+            .get(&v)
+            .is_some_and(|x| x.jailed_until.is_some());
+        o.liveness.signed.remove(&v);
+        if jailed {
+            continue;
+        }
+        let until = o.height + p.jail_blocks;
+        if let Some(x) = o.reg_mut().validators.get_mut(&v) {
+            x.jailed_until = Some(until);
+            o.downtime_jailed.push(v);
+        }
+    }
+}
+
 /// Tallies and applies the proposals whose voting ends at this block.
 fn close_proposals(o: &mut Overlay<'_>) {
     let height = o.height;
@@ -1492,11 +1634,12 @@ fn supply<'a>(
 }
 
 /// The state root: keccak over every account in address order (address, then its encoding),
-/// the registry's digest, the pools and the history digest.
+/// the registry's digest, the pools, who signed the recent blocks and the history digest.
 fn state_root<'a>(
     accounts: impl Iterator<Item = (&'a Address, &'a Account)>,
     registry: B256,
     pools: &Pools,
+    liveness: &Liveness,
     history: B256,
 ) -> B256 {
     let mut buf = Vec::new();
@@ -1506,6 +1649,7 @@ fn state_root<'a>(
     }
     buf.extend_from_slice(registry.as_slice());
     buf.extend_from_slice(&crate::codec::encode(pools));
+    buf.extend_from_slice(&crate::codec::encode(liveness));
     buf.extend_from_slice(history.as_slice());
     keccak256(&buf)
 }

@@ -114,9 +114,48 @@ fn next_at(
     let validated = l.validate(g, &built.block).unwrap();
     assert_eq!(validated, built.changes);
     l.commit(&built.changes);
+    certify(l, g, &built.block, &[]);
     assert_eq!(l.total_supply(), TOTAL_SUPPLY);
     assert_eq!(l.state_root(), built.changes.state_root);
     built.changes
+}
+
+thread_local! {
+    /// The keys of every account the tests use, by address.
+    static KEYS: std::collections::HashMap<Address, PrivateKeySigner> =
+        (0..100).map(key).map(|k| (k.address(), k)).collect();
+}
+
+/// Gives the ledger a commit certificate of its tip `block`: precommits of every validator of
+/// the set that decided it but `absent`.
+fn certify(l: &mut Ledger, g: &Genesis, block: &Block, absent: &[Address]) {
+    let h = block.header.height;
+    let set = l.registry().set_at(h).unwrap().to_vec();
+    let votes = KEYS.with(|keys| {
+        set.iter()
+            .filter(|(a, _)| !absent.contains(a))
+            .map(|(a, _)| {
+                SignedVote::sign(
+                    Vote {
+                        height: h,
+                        round: 0,
+                        kind: VoteKind::Precommit,
+                        block: Some(block.hash()),
+                        validator: *a,
+                    },
+                    &keys[a],
+                    &g.domain(),
+                )
+                .unwrap()
+            })
+            .collect()
+    });
+    l.set_last_commit(crate::block::CommitCertificate {
+        height: h,
+        round: 0,
+        block_hash: block.hash(),
+        votes,
+    });
 }
 
 /// The next block built with `record` as its only candidate (not committed).
@@ -349,6 +388,7 @@ fn transactions_pay_the_fee_and_apply_in_nonce_order() {
     assert_eq!(l.account(&client).nonce, 3);
     assert_eq!(l.account(&client).balance, before - 12 - 3 * fee);
     assert_eq!(l.total_supply(), TOTAL_SUPPLY);
+    certify(&mut l, &g, &built.block, &[]);
 
     // Another proposer's block may not carry a transaction out of order or unpayable.
     let empty = l
@@ -1204,6 +1244,7 @@ fn block_times_are_bounded_by_parent_and_clock() {
     let tip_block = at(now + drift);
     let c = l2.validate_proposal(&g, &tip_block, now).unwrap();
     l2.commit(&c);
+    certify(&mut l2, &g, &tip_block, &[]);
     let built = l2.build_block(&g, proposer, now, vec![], vec![]).unwrap();
     assert_eq!(built.block.header.timestamp_ms, now + drift + 1);
     l2.validate_proposal(&g, &built.block, now + 1).unwrap();
@@ -1218,6 +1259,8 @@ fn block_times_are_bounded_by_parent_and_clock() {
         B256::ZERO,
         Registry::from_genesis(&g),
         g.pools,
+        Liveness::default(),
+        None,
     );
     let e = stuck
         .build_block(&g, proposer, now, vec![], vec![])
@@ -1361,6 +1404,8 @@ fn state_root_covers_accounts_registry_and_pools() {
             base.history(),
             (**base.registry()).clone(),
             base.pools(),
+            Liveness::default(),
+            None,
         )
         .state_root()
     };
@@ -1376,6 +1421,8 @@ fn state_root_covers_accounts_registry_and_pools() {
             base.history(),
             r,
             base.pools(),
+            Liveness::default(),
+            None,
         )
         .state_root()
     };
@@ -1423,6 +1470,8 @@ fn state_root_covers_accounts_registry_and_pools() {
                 base.history(),
                 (**base.registry()).clone(),
                 pools,
+                Liveness::default(),
+                None,
             )
             .state_root()
         },
@@ -1720,4 +1769,79 @@ fn a_tee_record_without_a_valid_proof_is_fraud() {
             .jailed_until
             .is_some()
     );
+}
+
+/// Every block after the first carries its parent's commit certificate: checked against the
+/// set that decided the parent; who is in it is counted, and a validator that signs too few
+/// of the last `downtime_window` blocks is jailed without a slash (it leaves the set at the
+/// next epoch).
+#[test]
+fn blocks_carry_the_parent_certificate_and_absent_validators_are_jailed() {
+    let mut g = busy();
+    g.params.downtime_window = 4;
+    g.params.downtime_min_signed_bps = 5_000;
+    g.params.epoch_blocks = 20;
+    let mut l = Ledger::from_genesis(&g);
+    next(&mut l, &g, vec![], vec![]);
+    let proposer = l.next_validators()[0].0;
+    let good = l
+        .build_block(&g, proposer, l.tip_time_ms + 1, vec![], vec![])
+        .unwrap()
+        .block;
+    l.validate(&g, &good).unwrap();
+    // No certificate, another block's, too few signers, or one the header does not name.
+    let mut none = good.clone();
+    none.last_commit = None;
+    none.header.last_commit_hash = B256::ZERO;
+    let mut other = good.clone();
+    if let Some(c) = &mut other.last_commit {
+        c.block_hash = B256::repeat_byte(1);
+    }
+    other.header.last_commit_hash = Block::last_commit_hash(other.last_commit.as_ref());
+    let mut thin = good.clone();
+    if let Some(c) = &mut thin.last_commit {
+        c.votes.truncate(2);
+    }
+    thin.header.last_commit_hash = Block::last_commit_hash(thin.last_commit.as_ref());
+    let mut unnamed = good.clone();
+    unnamed.header.last_commit_hash = B256::repeat_byte(2);
+    for (block, want) in [
+        (none, "no commit certificate"),
+        (other, "not the parent"),
+        (thin, "certificate"),
+        (unnamed, "not the one the header names"),
+    ] {
+        let e = l.execute(&g, &block).unwrap_err().to_string();
+        assert!(e.contains(want), "{e} lacks {want}");
+    }
+    // Validator 3 stops signing: after the window fills with more than half missed, jailed.
+    let absent = key(3).address();
+    let mut jailed_at = None;
+    for _ in 0..6 {
+        let proposer = l.next_validators()[0].0;
+        let built = l
+            .build_block(&g, proposer, l.tip_time_ms + 1000, vec![], vec![])
+            .unwrap();
+        assert_eq!(l.validate(&g, &built.block).unwrap(), built.changes);
+        l.commit(&built.changes);
+        certify(&mut l, &g, &built.block, &[absent]);
+        if !built.changes.downtime_jailed.is_empty() {
+            assert_eq!(built.changes.downtime_jailed, vec![absent]);
+            jailed_at = Some(l.height);
+            break;
+        }
+    }
+    let at = jailed_at.expect("never jailed");
+    assert!(l.registry().validators[&absent].jailed_until.is_some());
+    assert_eq!(l.registry().validators[&absent].slashes, 0, "no slash");
+    assert_eq!(l.account(&absent).bonded, 1_000_000 * OPG);
+    // The others signed every block: not jailed.
+    assert!((0..3).all(|i| {
+        l.registry().validators[&key(i).address()]
+            .jailed_until
+            .is_none()
+    }));
+    assert!(at >= 4, "not before the window is full");
+    to_next_epoch(&mut l, &g);
+    assert!(!in_set(&l, &absent));
 }
