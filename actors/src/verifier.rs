@@ -538,6 +538,41 @@ mod tests {
     use chain::record::{JobRequest, Proof, TeeProof};
     use chain::signing::seeded_key;
 
+    /// Governance's TEE allowlist reaches admission: with the record's measurement revoked,
+    /// its genuine report is refused; allowed again, accepted.
+    #[test]
+    fn admission_follows_the_tee_allowlist() {
+        let (genesis, make) = tee_fixture();
+        let output = chain::B256::repeat_byte(1);
+        let record = Arc::new(make(&genesis, output, output, true));
+        let admission = Admission::new(
+            Arc::new(genesis.clone()),
+            genesis
+                .tee
+                .as_ref()
+                .map(|t| Arc::new(t.verifier().unwrap())),
+        );
+        admission.check(record.clone()).unwrap();
+        let with = |measurements: Vec<String>| {
+            let mut r = chain::Registrations::of(&chain::Ledger::from_genesis(&genesis));
+            let mut reg = (*r.registry).clone();
+            reg.measurements = measurements.into_iter().collect();
+            r.registry = Arc::new(reg);
+            admission.update(r);
+        };
+        with(vec!["ab".repeat(48)]);
+        assert!(matches!(
+            admission.check(record.clone()),
+            Err(AdmissionError::Attestation(
+                chain::attestation::AttestationError::Measurement(_)
+            ))
+        ));
+        with(vec![]);
+        assert!(admission.check(record.clone()).is_err(), "nothing approved");
+        with(genesis.tee.as_ref().unwrap().measurements.clone());
+        admission.check(record).unwrap();
+    }
+
     /// A fraud claim is re-executed: only the output this node computes, when it differs
     /// from the record's, passes; a claim of the record's own output or of another output is
     /// refused, and so is one whose model is not here.

@@ -283,8 +283,16 @@ impl Registrations {
 pub struct Admission {
     genesis: Arc<crate::Genesis>,
     domain: Domain,
-    tee: Option<Arc<crate::attestation::TeeVerifier>>,
+    /// The TEE verifier, and the measurement allowlist it was built for: governance changes
+    /// the allowlist, and [`Admission::update`] builds it again.
+    tee: Arc<std::sync::RwLock<TeeState>>,
     live: Arc<std::sync::RwLock<Arc<Registrations>>>,
+}
+
+#[derive(Default)]
+struct TeeState {
+    verifier: Option<Arc<crate::attestation::TeeVerifier>>,
+    measurements: std::collections::BTreeSet<String>,
 }
 
 impl Admission {
@@ -295,10 +303,14 @@ impl Admission {
         tee: Option<Arc<crate::attestation::TeeVerifier>>,
     ) -> Self {
         let live = Registrations::of(&crate::state::Ledger::from_genesis(&genesis));
+        let tee = TeeState {
+            verifier: tee,
+            measurements: live.registry.measurements.clone(),
+        };
         Admission {
             domain: genesis.domain(),
             genesis,
-            tee,
+            tee: Arc::new(std::sync::RwLock::new(tee)),
             live: Arc::new(std::sync::RwLock::new(Arc::new(live))),
         }
     }
@@ -321,11 +333,42 @@ impl Admission {
 
     /// Publishes the registrations of a new tip (every clone of this admission sees them).
     pub fn update(&self, r: Registrations) {
+        self.follow_allowlist(&r.registry.measurements);
         let r = Arc::new(r);
         match self.live.write() {
             Ok(mut g) => *g = r,
             Err(poisoned) => *poisoned.into_inner() = r,
         }
+    }
+
+    fn tee_verifier(&self) -> Option<Arc<crate::attestation::TeeVerifier>> {
+        match self.tee.read() {
+            Ok(t) => t.verifier.clone(),
+            Err(poisoned) => poisoned.into_inner().verifier.clone(),
+        }
+    }
+
+    /// Builds the TEE verifier again when the chain's allowlist differs from the one it was
+    /// built for (a governance proposal added or removed a measurement): the genesis roots and
+    /// TCB with the allowlist now.
+    fn follow_allowlist(&self, measurements: &std::collections::BTreeSet<String>) {
+        let Some(params) = &self.genesis.tee else {
+            return;
+        };
+        let mut t = match self.tee.write() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if t.measurements == *measurements {
+            return;
+        }
+        let params = crate::genesis::TeeParams {
+            measurements: measurements.iter().cloned().collect(),
+            ..params.clone()
+        };
+        // An empty allowlist approves nothing: no verifier, so TEE records are refused.
+        t.verifier = params.verifier().ok().map(Arc::new);
+        t.measurements = measurements.clone();
     }
 
     /// The input's size and hash, the client's and the executor's signatures (canonical, over
@@ -357,7 +400,8 @@ impl Admission {
             .nodes
             .get(&record.executor)
             .and_then(|n| n.tee_chip);
-        check_tee_proof(&record, mode, self.tee.as_deref(), bound, &self.domain)?;
+        let tee = self.tee_verifier();
+        check_tee_proof(&record, mode, tee.as_deref(), bound, &self.domain)?;
         Ok(VerifiedRecord { id, record })
     }
 }
