@@ -304,7 +304,7 @@ impl Handler<CheckTx> for Settlement {
         let dry_run = msg
             .tx
             .filter(|tx| tx.nonce == account.nonce && tx.from == msg.from)
-            .map(|tx| self.ledger.dry_run(&self.genesis, &tx, now_ms));
+            .map(|tx| self.ledger.dry_run(&self.genesis, self.domain, &tx, now_ms));
         MessageResult(crate::mempool::TxContext {
             account,
             fee: self.ledger.params().tx_fee,

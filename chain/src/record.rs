@@ -355,6 +355,14 @@ impl Admission {
         let Some(params) = &self.genesis.tee else {
             return;
         };
+        // Every commit calls this; the allowlist rarely changes: a read lock decides.
+        let unchanged = match self.tee.read() {
+            Ok(t) => t.measurements == *measurements,
+            Err(poisoned) => poisoned.into_inner().measurements == *measurements,
+        };
+        if unchanged {
+            return;
+        }
         let mut t = match self.tee.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),

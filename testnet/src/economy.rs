@@ -192,6 +192,28 @@ pub fn assert_agreement(net: &Testnet) -> Result<u64> {
     Ok(low)
 }
 
+/// Funds `key`'s account from `from` with `amount`, then bonds `bond` of it; the bond's
+/// outcome.
+fn fund_and_bond(
+    net: &Testnet,
+    node: &str,
+    from: &PrivateKeySigner,
+    key: &PrivateKeySigner,
+    amount: u128,
+    bond: u128,
+) -> Result<Value> {
+    apply(
+        net,
+        node,
+        from,
+        Action::Transfer {
+            to: key.address(),
+            amount,
+        },
+    )?;
+    apply(net, node, key, Action::Bond { amount: bond })
+}
+
 /// `scenario join`: a new validator joins by stake and an original one leaves; then a new
 /// inference node joins and serves jobs.
 pub fn join(net: &mut Testnet) -> Result<Value> {
@@ -203,23 +225,7 @@ pub fn join(net: &mut Testnet) -> Result<Value> {
     let i = net.add_node("validator")?;
     let newcomer = net.nodes[i].clone();
     let key = node_key(&newcomer)?;
-    apply(
-        net,
-        &v0,
-        &eco,
-        Action::Transfer {
-            to: newcomer.address,
-            amount: 2_000_000 * OPG,
-        },
-    )?;
-    let bonded = apply(
-        net,
-        &v0,
-        &key,
-        Action::Bond {
-            amount: 1_500_000 * OPG,
-        },
-    )?;
+    let bonded = fund_and_bond(net, &v0, &eco, &key, 2_000_000 * OPG, 1_500_000 * OPG)?;
     let bond_height = bonded["height"].as_u64().unwrap_or(0);
     let bond_at = Instant::now();
     apply(
@@ -271,23 +277,7 @@ pub fn join(net: &mut Testnet) -> Result<Value> {
     let j = net.add_node("inference")?;
     let node = net.nodes[j].clone();
     let node_key = node_key(&node)?;
-    apply(
-        net,
-        &v0,
-        &eco,
-        Action::Transfer {
-            to: node.address,
-            amount: 20_000 * OPG,
-        },
-    )?;
-    apply(
-        net,
-        &v0,
-        &node_key,
-        Action::Bond {
-            amount: 10_000 * OPG,
-        },
-    )?;
+    fund_and_bond(net, &v0, &eco, &node_key, 20_000 * OPG, 10_000 * OPG)?;
     let models: Vec<chain::ModelId> = net
         .models
         .iter()

@@ -515,9 +515,15 @@ impl Ledger {
     /// Applies `tx` to this ledger as the next block would, without keeping anything: `Ok` if
     /// it would be included and its action apply, else the reason (an unpayable transaction
     /// would make a block invalid; a failing action would cost the fee for nothing). What a
-    /// node checks before it admits a transaction from a client.
-    pub fn dry_run(&self, g: &Genesis, tx: &Tx, now_ms: u64) -> std::result::Result<(), String> {
-        let domain = g.domain();
+    /// node checks before it admits a transaction from a client. `domain` is `g.domain()`,
+    /// which the caller keeps (computing it hashes the whole genesis).
+    pub fn dry_run(
+        &self,
+        g: &Genesis,
+        domain: crate::signing::Domain,
+        tx: &Tx,
+        now_ms: u64,
+    ) -> std::result::Result<(), String> {
         tx.verify(&domain).map_err(|e| e.to_string())?;
         let mut o = self.overlay(
             g,

@@ -1491,16 +1491,26 @@ fn dry_run_predicts_without_changing() {
     let root = l.state_root();
     let now = l.tip_time_ms + 1;
     assert_eq!(
-        l.dry_run(&g, &tx(&l, &g, 10, Action::Bond { amount: OPG }), now),
+        l.dry_run(
+            &g,
+            g.domain(),
+            &tx(&l, &g, 10, Action::Bond { amount: OPG }),
+            now
+        ),
         Ok(())
     );
     let e = l
-        .dry_run(&g, &tx(&l, &g, 10, Action::Unbond { amount: OPG }), now)
+        .dry_run(
+            &g,
+            g.domain(),
+            &tx(&l, &g, 10, Action::Unbond { amount: OPG }),
+            now,
+        )
         .unwrap_err();
     assert!(e.contains("cannot unbond"), "{e}");
     let mut gap = tx(&l, &g, 10, Action::Withdraw);
     gap.nonce = 3;
-    assert!(l.dry_run(&g, &gap, now).is_err());
+    assert!(l.dry_run(&g, g.domain(), &gap, now).is_err());
     assert_eq!(l.state_root(), root);
 }
 
