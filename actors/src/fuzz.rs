@@ -71,7 +71,7 @@ impl World {
                 },
                 ..Default::default()
             };
-            let _ = pool.admit(tx, hash, &ctx, true);
+            let _ = pool.admit(tx, hash, &ctx, crate::mempool::Origin::Gossip);
         }
     }
 

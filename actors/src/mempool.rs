@@ -33,8 +33,11 @@ pub const MEMPOOL_CAPACITY: usize = 50_000;
 /// Most transactions pending from one sender: nonces are sequential, so one account cannot fill
 /// the pool, and a sender rarely needs more than a few blocks' worth in flight.
 pub const MAX_PENDING_PER_SENDER: usize = 64;
-/// Transactions from gossip waiting for an earlier nonce, all senders together.
+/// Transactions waiting for an earlier nonce of their sender, all senders together.
 pub const FUTURE_CAPACITY: usize = 4096;
+/// A transaction waiting for an earlier nonce is dropped after this long: the missing one
+/// may never come, and the slot is another sender's.
+pub const QUEUED_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// A record or transaction still pending this long is gossiped again. Gossip is published
 /// once: whatever a restarting validator missed, or an author published while it had no mesh
@@ -89,6 +92,10 @@ pub enum MempoolError {
     Full,
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
+    /// A fraud report whose claim re-execution here contradicts: never admitted, and a peer
+    /// that relays it is penalised.
+    #[error("{0}")]
+    FalseFraudClaim(String),
 }
 
 impl MempoolError {
@@ -104,6 +111,7 @@ impl MempoolError {
             MempoolError::SenderFull { .. } => "sender_full",
             MempoolError::Full => "mempool_full",
             MempoolError::Unavailable(_) => "unavailable",
+            MempoolError::FalseFraudClaim(_) => "false_fraud_claim",
         }
     }
 }
@@ -112,9 +120,10 @@ impl MempoolError {
 #[rtype(result = "bool")]
 pub struct AddRecord(pub VerifiedRecord);
 
-/// A transaction submitted locally (HTTP) or from gossip; its hash, or why it was refused.
+/// A transaction submitted by a client of this node (HTTP): its hash and whether it is pending
+/// or waits for an earlier nonce, or why it was refused. Admitted, it is gossiped.
 #[derive(Message)]
-#[rtype(result = "Result<B256, MempoolError>")]
+#[rtype(result = "Result<(B256, Admitted), MempoolError>")]
 pub struct AddTx(pub Tx);
 
 /// Records and transactions for the next block, oldest first.
@@ -171,9 +180,10 @@ pub struct AddOwnTx {
 #[rtype(result = "()")]
 pub struct SetFraudChecker(pub Recipient<crate::verifier::CheckFraud>);
 
-/// Whether a transaction waits in the pool (pending or queued for an earlier nonce).
+/// Whether a transaction waits in the pool: `Some("pending")` (a candidate for blocks),
+/// `Some("queued")` (for an earlier nonce of its sender), `None`.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Option<&'static str>")]
 pub struct TxPending(pub B256);
 
 /// A transaction in the pool with what admission computed from it.
@@ -195,11 +205,12 @@ pub struct TxPool {
     by_hash: HashMap<B256, PendingTx>,
     /// Each sender's pending transactions by nonce: always consecutive from its account nonce.
     by_sender: HashMap<Address, BTreeMap<u64, B256>>,
-    /// Transactions from gossip whose nonce is ahead of the sender's next one, by sender and
-    /// nonce, waiting for the missing ones (gossip does not keep a sender's order): at most
-    /// [`MAX_PENDING_PER_SENDER`] per sender, [`FUTURE_CAPACITY`] in all. Not candidates, not
-    /// relayed; promoted to pending once the gap closes.
-    future: HashMap<Address, BTreeMap<u64, (B256, Tx)>>,
+    /// Transactions whose nonce is ahead of the sender's next one, by sender and nonce, with
+    /// when they arrived, waiting for the missing ones (gossip does not keep a sender's order,
+    /// and a client may send several at once): at most [`MAX_PENDING_PER_SENDER`] per sender,
+    /// [`FUTURE_CAPACITY`] in all. Not candidates, not relayed; promoted to pending once the
+    /// gap closes, dropped by [`TxPool::expire_queued`].
+    future: HashMap<Address, BTreeMap<u64, Queued>>,
     future_len: usize,
     /// The transaction fee and tip time of the last admission, for queued transactions
     /// promoted later.
@@ -207,13 +218,30 @@ pub struct TxPool {
     now_ms: u64,
 }
 
+/// A transaction waiting for an earlier nonce.
+#[derive(Debug)]
+struct Queued {
+    hash: B256,
+    tx: Tx,
+    since: Instant,
+}
+
 /// Whether an admitted transaction applies now or waits for earlier nonces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admitted {
     /// Pending: applies after the sender's pending transactions; a candidate for blocks.
     Pending,
-    /// Its nonce is ahead; it waits for the missing ones (gossip only).
-    Queued,
+    /// Its nonce is ahead; it waits for the missing ones, from `next` (the sender's next
+    /// nonce after what is pending) on.
+    Queued { next: u64 },
+}
+
+/// Where a transaction comes from: a client of this node learns at once that its action
+/// would fail; gossip is judged by the block that includes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Gossip,
 }
 
 /// Sender, nonce and cost of a transaction: what it spends plus the transaction fee.
@@ -260,7 +288,7 @@ impl TxPool {
     pub fn is_queued(&self, hash: &B256) -> bool {
         self.future
             .values()
-            .any(|q| q.values().any(|(h, _)| h == hash))
+            .any(|q| q.values().any(|e| e.hash == *hash))
     }
 
     /// How many transactions wait for an earlier nonce.
@@ -311,15 +339,16 @@ impl TxPool {
     }
 
     /// Admits `tx` (already prechecked, hash `hash`) against the sender's committed `account`.
-    /// A nonce ahead of the sender's next one is refused (`NonceGap`), or, with `queue_gaps`
-    /// (transactions from gossip, which may arrive out of order), held until the missing ones
-    /// arrive, within [`MAX_PENDING_PER_SENDER`] of the next nonce.
+    /// A nonce ahead of the sender's next one waits for the missing ones if it is within
+    /// [`MAX_PENDING_PER_SENDER`] of it and the queues have room, and is refused (`NonceGap`)
+    /// otherwise. A client's transaction whose action would fail on the tip is refused
+    /// (`WouldFail`): included, it would only pay the fee.
     pub fn admit(
         &mut self,
         tx: Tx,
         hash: B256,
         ctx: &TxContext,
-        queue_gaps: bool,
+        origin: Origin,
     ) -> Result<Admitted, MempoolError> {
         if self.contains(&hash) {
             return Ok(Admitted::Pending);
@@ -355,7 +384,7 @@ impl TxPool {
             });
         }
         if nonce == expected
-            && !queue_gaps
+            && origin == Origin::Client
             && let Some(Err(e)) = &ctx.dry_run
         {
             return Err(MempoolError::WouldFail(e.clone()));
@@ -367,27 +396,34 @@ impl TxPool {
                 expected,
             };
             let queue = self.future.get(&sender);
-            if !queue_gaps
-                || nonce - expected > MAX_PENDING_PER_SENDER as u64
+            if let Some(held) = queue.and_then(|q| q.get(&nonce)) {
+                // The first transaction seen at a nonce keeps its place.
+                return if held.hash == hash {
+                    Ok(Admitted::Queued { next: expected })
+                } else {
+                    Err(MempoolError::NonceUsed {
+                        sender,
+                        nonce,
+                        expected,
+                    })
+                };
+            }
+            if nonce - expected > MAX_PENDING_PER_SENDER as u64
                 || queue.is_some_and(|q| q.len() >= MAX_PENDING_PER_SENDER)
                 || self.future_len >= FUTURE_CAPACITY
             {
                 return Err(gap);
             }
-            if let Some((held, _)) = queue.and_then(|q| q.get(&nonce)) {
-                // The first transaction seen at a nonce keeps its place.
-                return if *held == hash {
-                    Ok(Admitted::Queued)
-                } else {
-                    Err(gap)
-                };
-            }
-            self.future
-                .entry(sender)
-                .or_default()
-                .insert(nonce, (hash, tx));
+            self.future.entry(sender).or_default().insert(
+                nonce,
+                Queued {
+                    hash,
+                    tx,
+                    since: Instant::now(),
+                },
+            );
             self.future_len += 1;
-            return Ok(Admitted::Queued);
+            return Ok(Admitted::Queued { next: expected });
         }
         self.insert(tx, hash, sender, nonce, cost);
         self.promote(&sender, account);
@@ -426,14 +462,14 @@ impl TxPool {
                 if *entry.key() >= expected {
                     break;
                 }
-                dropped.push(entry.remove().0);
+                dropped.push(entry.remove().hash);
                 self.future_len -= 1;
             }
             let next = queue.remove(&expected);
             if queue.is_empty() {
                 self.future.remove(sender);
             }
-            let Some((hash, tx)) = next else {
+            let Some(Queued { hash, tx, .. }) = next else {
                 break;
             };
             self.future_len -= 1;
@@ -447,6 +483,24 @@ impl TxPool {
             self.insert(tx, hash, *sender, nonce, cost);
         }
         dropped
+    }
+
+    /// Drops the transactions that have waited for an earlier nonce since before `before`.
+    /// Returns their hashes.
+    pub fn expire_queued(&mut self, before: Instant) -> Vec<B256> {
+        let mut expired = Vec::new();
+        self.future.retain(|_, queue| {
+            queue.retain(|_, q| {
+                let keep = q.since >= before;
+                if !keep {
+                    expired.push(q.hash);
+                }
+                keep
+            });
+            !queue.is_empty()
+        });
+        self.future_len -= expired.len();
+        expired
     }
 
     /// Removes one transaction; returns whether it was there.
@@ -639,6 +693,24 @@ impl Mempool {
         );
     }
 
+    /// Drops the transactions that waited longer than `lifetime` for an earlier nonce, with
+    /// their saved copies.
+    fn expire_queued(&mut self, lifetime: Duration) {
+        let Some(before) = Instant::now().checked_sub(lifetime) else {
+            return;
+        };
+        let expired = self.txs.expire_queued(before);
+        if expired.is_empty() {
+            return;
+        }
+        self.forget(&[], &expired);
+        self.gauges();
+        tracing::info!(
+            txs = expired.len(),
+            "transactions that waited too long for an earlier nonce dropped"
+        );
+    }
+
     /// Gossips again, oldest first and at most [`REBROADCAST_MAX`] of each kind, the entries
     /// pending for [`REBROADCAST_AFTER`] since they were last sent.
     fn rebroadcast(&mut self) {
@@ -712,6 +784,7 @@ impl Mempool {
     fn gauges(&self) {
         METRICS.mempool_records.set(self.records.len() as i64);
         METRICS.mempool_txs.set(self.txs.len() as i64);
+        METRICS.mempool_queued_txs.set(self.txs.queued() as i64);
     }
 
     fn add_record(&mut self, record: VerifiedRecord, persist: bool) -> bool {
@@ -766,7 +839,7 @@ impl Mempool {
         &mut self,
         tx: Tx,
         persist: bool,
-        queue_gaps: bool,
+        origin: Origin,
     ) -> ResponseActFuture<Self, Result<(B256, Admitted), MempoolError>> {
         let hash = match self.txs.precheck(&tx, self.admission.domain()) {
             Ok(hash) if self.txs.contains(&hash) => {
@@ -791,11 +864,17 @@ impl Mempool {
         Box::pin(
             async move {
                 if let Some((checker, claims)) = fraud {
+                    use crate::verifier::FraudCheckError;
                     checker
                         .send(crate::verifier::CheckFraud(claims))
                         .await
                         .map_err(|e| MempoolError::Unavailable(e.to_string()))?
-                        .map_err(MempoolError::WouldFail)?;
+                        .map_err(|e| match e {
+                            FraudCheckError::False(_) => {
+                                MempoolError::FalseFraudClaim(e.to_string())
+                            }
+                            FraudCheckError::Unable(_) => MempoolError::Unavailable(e.to_string()),
+                        })?;
                 }
                 accounts
                     .send(check)
@@ -808,7 +887,7 @@ impl Mempool {
                 if act.txs.contains(&hash) {
                     return Ok((hash, Admitted::Pending));
                 }
-                let admitted = act.txs.admit(tx.clone(), hash, &ctx, queue_gaps)?;
+                let admitted = act.txs.admit(tx.clone(), hash, &ctx, origin)?;
                 if persist
                     && let Some(store) = &act.store
                     && let Err(e) = store.put_pending_tx(&hash, &tx)
@@ -830,6 +909,7 @@ impl Actor for Mempool {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(REBROADCAST_TICK, |act, _| {
             act.drop_settled(REBROADCAST_AFTER);
+            act.expire_queued(QUEUED_LIFETIME);
             act.rebroadcast();
         });
         let Some(store) = self.store.clone() else {
@@ -868,7 +948,7 @@ impl Actor for Mempool {
         self.forget(&dropped, &[]);
         for tx in pending.txs {
             let hash = tx.hash(self.admission.domain());
-            ctx.spawn(self.add_tx(tx, false, true).map(move |res, act, _| {
+            ctx.spawn(self.add_tx(tx, false, Origin::Gossip).map(move |res, act, _| {
                 if let Err(e) = res {
                     tracing::info!(tx = %hash, error = %e, "saved transaction no longer applies");
                     act.forget(&[], &[hash]);
@@ -889,21 +969,24 @@ impl Handler<AddRecord> for Mempool {
 }
 
 impl Handler<AddTx> for Mempool {
-    type Result = ResponseActFuture<Self, Result<B256, MempoolError>>;
-    /// From this node's API: a nonce gap is refused, so the client learns it at once. An
-    /// admitted transaction is gossiped from here.
+    type Result = ResponseActFuture<Self, Result<(B256, Admitted), MempoolError>>;
+    /// From this node's API. An admitted transaction is gossiped from here, a queued one too:
+    /// peers queue it as well, and the missing nonce may reach them through another node.
     fn handle(&mut self, msg: AddTx, _: &mut Self::Context) -> Self::Result {
         let data = protocol::encode(&msg.0);
-        Box::pin(self.add_tx(msg.0, true, false).map(move |res, act, _| {
-            let (hash, _) = res?;
-            if let Some(publish) = &act.publish {
-                publish.do_send(Publish {
-                    topic: topics::TXS,
-                    data,
-                });
-            }
-            Ok(hash)
-        }))
+        Box::pin(
+            self.add_tx(msg.0, true, Origin::Client)
+                .map(move |res, act, _| {
+                    let admitted = res?;
+                    if let Some(publish) = &act.publish {
+                        publish.do_send(Publish {
+                            topic: topics::TXS,
+                            data,
+                        });
+                    }
+                    Ok(admitted)
+                }),
+        )
     }
 }
 
@@ -936,16 +1019,18 @@ impl Handler<AddOwnTx> for Mempool {
                     match signed {
                         Ok(tx) => {
                             let data = protocol::encode(&tx);
-                            Box::pin(act.add_tx(tx, true, false).map(move |res, act, _| {
-                                let (hash, _) = res?;
-                                if let Some(publish) = &act.publish {
-                                    publish.do_send(Publish {
-                                        topic: topics::TXS,
-                                        data,
-                                    });
-                                }
-                                Ok(hash)
-                            }))
+                            Box::pin(act.add_tx(tx, true, Origin::Client).map(
+                                move |res, act, _| {
+                                    let (hash, _) = res?;
+                                    if let Some(publish) = &act.publish {
+                                        publish.do_send(Publish {
+                                            topic: topics::TXS,
+                                            data,
+                                        });
+                                    }
+                                    Ok(hash)
+                                },
+                            ))
                                 as ResponseActFuture<Self, Result<B256, MempoolError>>
                         }
                         Err(e) => Box::pin(fut::ready(Err(e))),
@@ -964,24 +1049,27 @@ impl Handler<GossipTx> for Mempool {
         if self.txs.contains(&msg.0.hash(self.admission.domain())) {
             return Box::pin(fut::ready(MessageAcceptance::Ignore));
         }
-        Box::pin(self.add_tx(msg.0, true, true).map(|res, _, _| match res {
-            Ok((_, Admitted::Pending)) => MessageAcceptance::Accept,
-            // Relayed, if ever, by its author's rebroadcast once it applies.
-            Ok((_, Admitted::Queued)) => MessageAcceptance::Ignore,
-            Err(e) => {
-                METRICS
-                    .gossip_rejected
-                    .with_label_values(&[crate::protocol::topics::TXS, e.label()])
-                    .inc();
-                tracing::debug!(error = %e, "gossiped transaction refused");
-                match e {
-                    MempoolError::BadSignature(_) | MempoolError::ZeroAmount => {
-                        MessageAcceptance::Reject
+        Box::pin(
+            self.add_tx(msg.0, true, Origin::Gossip)
+                .map(|res, _, _| match res {
+                    Ok((_, Admitted::Pending)) => MessageAcceptance::Accept,
+                    // Relayed, if ever, by its author's rebroadcast once it applies.
+                    Ok((_, Admitted::Queued { .. })) => MessageAcceptance::Ignore,
+                    Err(e) => {
+                        METRICS
+                            .gossip_rejected
+                            .with_label_values(&[crate::protocol::topics::TXS, e.label()])
+                            .inc();
+                        tracing::debug!(error = %e, "gossiped transaction refused");
+                        match e {
+                            MempoolError::BadSignature(_)
+                            | MempoolError::ZeroAmount
+                            | MempoolError::FalseFraudClaim(_) => MessageAcceptance::Reject,
+                            _ => MessageAcceptance::Ignore,
+                        }
                     }
-                    _ => MessageAcceptance::Ignore,
-                }
-            }
-        }))
+                }),
+        )
     }
 }
 
@@ -1044,9 +1132,15 @@ impl Handler<SetFraudChecker> for Mempool {
 }
 
 impl Handler<TxPending> for Mempool {
-    type Result = bool;
+    type Result = Option<&'static str>;
     fn handle(&mut self, msg: TxPending, _: &mut Self::Context) -> Self::Result {
-        self.txs.contains(&msg.0) || self.txs.is_queued(&msg.0)
+        if self.txs.contains(&msg.0) {
+            Some("pending")
+        } else if self.txs.is_queued(&msg.0) {
+            Some("queued")
+        } else {
+            None
+        }
     }
 }
 
@@ -1104,12 +1198,13 @@ mod tests {
     fn add(pool: &mut TxPool, tx: (Tx, B256), acc: &Account) -> Result<(), MempoolError> {
         let hash = pool.precheck(&tx.0, &CHAIN)?;
         assert_eq!(hash, tx.1);
-        pool.admit(tx.0, hash, &ctx(acc), false).map(|_| ())
+        pool.admit(tx.0, hash, &ctx(acc), Origin::Client)
+            .map(|_| ())
     }
 
-    /// Gossip reorders a sender's transactions: the later nonces wait (bounded) for the missing
-    /// one and follow it into pending; the API path still refuses gaps; a block that uses a
-    /// queued nonce otherwise drops the queued one.
+    /// Gossip reorders a sender's transactions and a client may send several at once: the
+    /// later nonces wait (bounded) for the missing one and follow it into pending; a block
+    /// that uses a queued nonce otherwise drops the queued one.
     #[test]
     fn transactions_ahead_of_their_nonce_wait_for_the_missing_ones() {
         let k = seeded_key(5, 2);
@@ -1117,24 +1212,36 @@ mod tests {
         let mut pool = TxPool::default();
         let gossip = |pool: &mut TxPool, tx: (Tx, B256), acc: &Account| {
             let hash = pool.precheck(&tx.0, &CHAIN).unwrap();
-            pool.admit(tx.0, hash, &ctx(acc), true)
+            pool.admit(tx.0, hash, &ctx(acc), Origin::Gossip)
         };
-        assert!(matches!(
-            add(&mut pool, transfer(&k, 5, 1), &acc),
-            Err(MempoolError::NonceGap { .. })
-        ));
+        let client = |pool: &mut TxPool, tx: (Tx, B256), acc: &Account| {
+            let hash = pool.precheck(&tx.0, &CHAIN).unwrap();
+            pool.admit(tx.0, hash, &ctx(acc), Origin::Client)
+        };
         assert_eq!(
-            gossip(&mut pool, transfer(&k, 5, 10), &acc),
-            Ok(Admitted::Queued)
+            client(&mut pool, transfer(&k, 5, 10), &acc),
+            Ok(Admitted::Queued { next: 3 })
         );
         assert_eq!(
             gossip(&mut pool, transfer(&k, 4, 10), &acc),
-            Ok(Admitted::Queued)
+            Ok(Admitted::Queued { next: 3 })
         );
-        // Another transaction at a queued nonce does not replace the first.
-        assert!(gossip(&mut pool, transfer(&k, 5, 11), &acc).is_err());
+        // The same one again is not a second entry; another transaction at a queued nonce
+        // does not replace the first.
+        assert_eq!(
+            gossip(&mut pool, transfer(&k, 5, 10), &acc),
+            Ok(Admitted::Queued { next: 3 })
+        );
+        assert!(matches!(
+            client(&mut pool, transfer(&k, 5, 11), &acc),
+            Err(MempoolError::NonceUsed { nonce: 5, .. })
+        ));
         // Too far ahead of the next nonce: refused.
         let far = 3 + MAX_PENDING_PER_SENDER as u64 + 1;
+        assert!(matches!(
+            client(&mut pool, transfer(&k, far, 1), &acc),
+            Err(MempoolError::NonceGap { expected: 3, .. })
+        ));
         assert!(gossip(&mut pool, transfer(&k, far, 1), &acc).is_err());
         assert!(pool.candidates(10).is_empty());
         assert_eq!(pool.queued(), 2);
@@ -1158,12 +1265,66 @@ mod tests {
         let acc = account(100, 6);
         let (t8, t9) = (transfer(&k, 8, 1), transfer(&k, 9, 1));
         let h8 = t8.1;
-        assert_eq!(gossip(&mut pool, t8, &acc), Ok(Admitted::Queued));
-        assert_eq!(gossip(&mut pool, t9.clone(), &acc), Ok(Admitted::Queued));
+        assert_eq!(
+            gossip(&mut pool, t8, &acc),
+            Ok(Admitted::Queued { next: 6 })
+        );
+        assert_eq!(
+            gossip(&mut pool, t9.clone(), &acc),
+            Ok(Admitted::Queued { next: 6 })
+        );
         let removed = pool.committed(&[], &[(k.address(), account(97, 9))]);
         assert_eq!(removed, vec![h8]);
         assert_eq!(pool.candidates(10), vec![t9.0]);
         assert_eq!(pool.queued(), 0);
+    }
+
+    /// Queued transactions are bounded per sender and in all, and expire: a sender cannot
+    /// hold slots with nonces it never fills.
+    #[test]
+    fn queued_transactions_are_bounded_and_expire() {
+        let k = seeded_key(5, 4);
+        let acc = account(1_000, 0);
+        let mut pool = TxPool::default();
+        for n in 1..=MAX_PENDING_PER_SENDER as u64 {
+            add(&mut pool, transfer(&k, n, 1), &acc).unwrap();
+        }
+        assert_eq!(pool.queued(), MAX_PENDING_PER_SENDER);
+        // Nothing further ahead: the queue holds at most the next 64 nonces.
+        assert!(matches!(
+            add(
+                &mut pool,
+                transfer(&k, MAX_PENDING_PER_SENDER as u64 + 1, 1),
+                &acc
+            ),
+            Err(MempoolError::NonceGap { .. })
+        ));
+        // Every sender's queue together is bounded.
+        let mut wide = TxPool::default();
+        let mut refused = 0;
+        for s in 0..(FUTURE_CAPACITY / MAX_PENDING_PER_SENDER + 1) as u64 {
+            let key = seeded_key(6, s);
+            for n in 1..=MAX_PENDING_PER_SENDER as u64 {
+                if let Err(MempoolError::NonceGap { .. }) =
+                    add(&mut wide, transfer(&key, n, 1), &acc)
+                {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(wide.queued(), FUTURE_CAPACITY);
+        assert_eq!(refused, MAX_PENDING_PER_SENDER);
+        // Expiry: nothing waited since before a moment in the past; everything did since
+        // before a moment to come.
+        let earlier = Instant::now() - Duration::from_secs(60);
+        assert!(pool.expire_queued(earlier).is_empty());
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(pool.expire_queued(later).len(), MAX_PENDING_PER_SENDER);
+        assert_eq!(pool.queued(), 0);
+        assert!(!pool.is_queued(&transfer(&k, 1, 1).1));
+        // The sender starts again from its next nonce.
+        add(&mut pool, transfer(&k, 0, 1), &acc).unwrap();
+        assert_eq!(pool.candidates(10), vec![transfer(&k, 0, 1).0]);
     }
 
     #[test]
@@ -1185,10 +1346,11 @@ mod tests {
             Err(MempoolError::NonceUsed { expected: 3, .. })
         ));
         assert!(matches!(
-            add(&mut pool, transfer(&k, 4, 1), &acc),
+            add(&mut pool, transfer(&k, 3 + 65, 1), &acc),
             Err(MempoolError::NonceGap { expected: 3, .. })
         ));
         assert!(pool.is_empty());
+        assert_eq!(pool.queued(), 0);
         // A run of nonces, each paid out of what the earlier ones left.
         add(&mut pool, transfer(&k, 3, 60), &acc).unwrap();
         add(&mut pool, transfer(&k, 4, 40), &acc).unwrap();

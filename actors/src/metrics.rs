@@ -32,6 +32,7 @@ pub struct Metrics {
     pub mempool_records: IntGauge,
     pub verified_cache: IntGauge,
     pub mempool_txs: IntGauge,
+    pub mempool_queued_txs: IntGauge,
     pub mempool_rebroadcast: IntCounterVec,
     pub height: IntGauge,
     /// 1 while every account, stake and pool add up to exactly the supply at the tip.
@@ -192,6 +193,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "records verified here whose job is not settled yet (the verifier's cache)",
         ),
         mempool_txs: gauge(&r, "mempool_txs", "transactions waiting for a block"),
+        mempool_queued_txs: gauge(
+            &r,
+            "mempool_queued_txs",
+            "transactions waiting for an earlier nonce of their sender",
+        ),
         mempool_rebroadcast: counter_vec(
             &r,
             "mempool_rebroadcast_total",

@@ -168,8 +168,19 @@ pub struct Verifier {
 /// Checks the fraud claims of `ReportFraud` transactions by re-executing each record: `Ok`
 /// when every claimed output is what this node computes and differs from the record's.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FraudCheckError>")]
 pub struct CheckFraud(pub Vec<chain::evidence::FraudEvidence>);
+
+/// Why a fraud claim was not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FraudCheckError {
+    /// Re-execution contradicts the claim: whoever sends it is at fault.
+    #[error("false fraud claim: {0}")]
+    False(String),
+    /// This node cannot tell (the model is not here, the run failed): nobody is at fault.
+    #[error("cannot check the fraud claim: {0}")]
+    Unable(String),
+}
 
 /// A node reported for fraud is not reported again for this long (it is jailed meanwhile).
 const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(60);
@@ -481,7 +492,7 @@ impl Handler<VerifyRecords> for Verifier {
 }
 
 impl Handler<CheckFraud> for Verifier {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FraudCheckError>>;
     fn handle(&mut self, msg: CheckFraud, _: &mut Self::Context) -> Self::Result {
         let checker = self.checker.clone();
         Box::pin(async move {
@@ -492,7 +503,7 @@ impl Handler<CheckFraud> for Verifier {
                 Ok(())
             })
             .await
-            .map_err(|e| format!("fraud check failed: {e}"))?
+            .map_err(|e| FraudCheckError::Unable(e.to_string()))?
         })
     }
 }
@@ -500,7 +511,7 @@ impl Handler<CheckFraud> for Verifier {
 impl Checker {
     /// A fraud claim's re-execution: `Ok` when this node computes the claimed output and it
     /// differs from the record's. TEE claims are the chain's own check.
-    fn check_fraud(&self, f: &chain::evidence::FraudEvidence) -> Result<(), String> {
+    fn check_fraud(&self, f: &chain::evidence::FraudEvidence) -> Result<(), FraudCheckError> {
         let chain::evidence::FraudClaim::Output { recomputed } = &f.claim else {
             return Ok(());
         };
@@ -509,20 +520,22 @@ impl Checker {
         let model = self
             .models
             .get(&model_id)
-            .ok_or_else(|| format!("cannot check a fraud claim: model {model_id} is not here"))?;
+            .ok_or_else(|| FraudCheckError::Unable(format!("model {model_id} is not here")))?;
         let output = model
             .run(self.backend.as_ref(), record.input.as_bytes())
-            .map_err(|e| format!("re-executing the accused record: {e}"))?;
+            .map_err(|e| {
+                FraudCheckError::Unable(format!("re-executing the accused record: {e}"))
+            })?;
         let actual = chain::B256::from(output.hash());
         if actual != *recomputed {
-            return Err(format!(
-                "false fraud claim: re-execution gives {actual}, the claim says {recomputed}"
-            ));
+            return Err(FraudCheckError::False(format!(
+                "re-execution gives {actual}, the claim says {recomputed}"
+            )));
         }
         if actual == record.output_hash {
-            return Err(format!(
-                "false fraud claim: the record's output {actual} is what re-execution gives"
-            ));
+            return Err(FraudCheckError::False(format!(
+                "the record's output {actual} is what re-execution gives"
+            )));
         }
         Ok(())
     }
@@ -629,19 +642,30 @@ mod tests {
         };
         let liar = record(B256::repeat_byte(1));
         checker.check_fraud(&claim(liar.clone(), truth)).unwrap();
+        // Contradicted by re-execution: false (the sender is at fault).
         let e = checker
             .check_fraud(&claim(liar.clone(), B256::repeat_byte(2)))
             .unwrap_err();
-        assert!(e.contains("re-execution gives"), "{e}");
+        assert!(
+            matches!(&e, FraudCheckError::False(m) if m.contains("re-execution gives")),
+            "{e}"
+        );
         let honest = record(truth);
         let e = checker.check_fraud(&claim(honest, truth)).unwrap_err();
-        assert!(e.contains("is what re-execution gives"), "{e}");
+        assert!(
+            matches!(&e, FraudCheckError::False(m) if m.contains("is what re-execution gives")),
+            "{e}"
+        );
+        // Not checkable here: nobody's fault.
         let empty = Checker {
             models: Models::default(),
             ..checker
         };
         let e = empty.check_fraud(&claim(liar, truth)).unwrap_err();
-        assert!(e.contains("not here"), "{e}");
+        assert!(
+            matches!(&e, FraudCheckError::Unable(m) if m.contains("not here")),
+            "{e}"
+        );
     }
 
     fn leaf(i: u8) -> (B256, JobId) {

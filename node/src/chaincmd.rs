@@ -419,7 +419,8 @@ pub fn send(a: &TxArgs, action: Action) -> Result<()> {
         &format!("{node}/v1/txs"),
         &serde_json::to_value(&tx)?,
     )?;
-    if st != 200 {
+    // 202: queued behind an earlier nonce of this sender, pending at that node elsewhere.
+    if !(200..300).contains(&st) {
         return Err(api_error(st, &body));
     }
     if a.wait {

@@ -9,7 +9,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actors::gateway::{Gateway, GatewayError, KnownExecutors, PendingJob, Refusal, SubmitJob};
-use actors::mempool::{AddTx, Mempool, MempoolError, NextNonce, PendingRecord, TxPending};
+use actors::mempool::{
+    AddTx, Admitted, Mempool, MempoolError, NextNonce, PendingRecord, TxPending,
+};
 use actors::network::{BlockPeer, GetPeers, Network};
 use actors::settlement::{
     ChainState, GetAccount, GetBlock, GetChainState, GetJob, GetSupply, GetTip, GetTx, Settlement,
@@ -619,7 +621,7 @@ async fn params(s: S) -> HttpResponse {
 }
 
 /// A transaction's status: `included` (with its height, whether its action applied, why not,
-/// and the fee it paid) or `pending` here; 404 when this node knows nothing of it.
+/// and the fee it paid), `pending` here, or `queued` here (waiting for an earlier nonce); 404 when this node knows nothing of it.
 async fn get_tx(s: S, path: web::Path<String>) -> HttpResponse {
     let Ok(hash) = path.parse::<chain::B256>() else {
         return error(
@@ -634,8 +636,8 @@ async fn get_tx(s: S, path: web::Path<String>) -> HttpResponse {
             "reason": t.reason, "fee": t.fee.to_string(),
         })),
         Ok(Ok(None)) => match s.mempool.send(TxPending(hash)).await {
-            Ok(true) => HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"})),
-            Ok(false) => error(404, "not_found", format!("no transaction {hash} here")),
+            Ok(Some(status)) => HttpResponse::Ok().json(json!({"hash": hash, "status": status})),
+            Ok(None) => error(404, "not_found", format!("no transaction {hash} here")),
             Err(e) => unavailable(e),
         },
         Ok(Err(e)) => error(500, "storage", e),
@@ -652,7 +654,14 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
     // transactions, so nothing is accepted here that a block would refuse; it gossips what it
     // admits.
     match s.mempool.send(AddTx(tx)).await {
-        Ok(Ok(hash)) => HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"})),
+        Ok(Ok((hash, Admitted::Pending))) => {
+            HttpResponse::Ok().json(json!({"hash": hash, "status": "pending"}))
+        }
+        // Ahead of the sender's next nonce: it waits (bounded in number and time) for the
+        // missing ones.
+        Ok(Ok((hash, Admitted::Queued { next }))) => HttpResponse::Accepted().json(json!({
+            "hash": hash, "status": "queued", "waiting_for_nonce": next,
+        })),
         Ok(Err(e)) => {
             let status = match &e {
                 MempoolError::InsufficientBalance { .. } => 402,
@@ -662,6 +671,7 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
                 MempoolError::BadSignature(_)
                 | MempoolError::ZeroAmount
                 | MempoolError::WouldFail(_)
+                | MempoolError::FalseFraudClaim(_)
                 | MempoolError::NonceGap { .. } => 400,
             };
             error(status, e.label(), e)
@@ -739,6 +749,8 @@ code{font-size:12px}h1{font-size:20px}h2{font-size:16px;margin-top:1.5em}.r{text
 <body><h1>proofmesh node</h1><div id="status">loading…</div><div id="supply"></div>
 <h2>Validators</h2>
 <table><thead><tr><th>moniker</th><th>address</th><th class="r">bonded OPG</th><th class="r">power</th><th>active</th><th>jailed until</th><th class="r">slashes</th></tr></thead><tbody id="validators"></tbody></table>
+<h2>Inference nodes</h2>
+<table><thead><tr><th>address</th><th>peer</th><th class="r">bonded OPG</th><th>serving</th><th>jailed until</th><th class="r">slashes</th><th class="r">models</th></tr></thead><tbody id="inference"></tbody></table>
 <h2>Proposals</h2>
 <table><thead><tr><th>id</th><th>kind</th><th>status</th><th>voting ends</th><th class="r">votes</th></tr></thead><tbody id="proposals"></tbody></table>
 <h2>Equivocations seen</h2>
@@ -755,6 +767,8 @@ async function refresh(){
  document.getElementById('supply').innerHTML=`supply ${sup.exact?'exact':'<b>NOT EXACT</b>'}: balances ${opg(sup.balances)} · locked ${opg(sup.locked)} · bonded ${opg(sup.bonded)} · unbonding ${opg(sup.unbonding)} · rewards pool ${opg(sup.pools.rewards)} · community pool ${opg(sup.pools.community)} OPG`;
  const v=await (await fetch('/v1/validators')).json();
  document.getElementById('validators').innerHTML=v.validators.map(x=>`<tr><td>${esc(x.moniker)}</td><td><code>${x.address.slice(0,12)}…</code></td><td class="r">${opg(x.bonded)}</td><td class="r">${x.power}</td><td>${x.active?'yes':''}</td><td>${x.jailed_until??''}</td><td class="r">${x.slashes}</td></tr>`).join('');
+ const n=await (await fetch('/v1/inference-nodes')).json();
+ document.getElementById('inference').innerHTML=n.inference_nodes.map(x=>`<tr><td><code>${x.address.slice(0,12)}…</code></td><td><code>${esc(x.peer_id.slice(0,16))}…</code></td><td class="r">${opg(x.bonded)}</td><td>${x.serving?'yes':''}</td><td>${x.jailed_until??''}</td><td class="r">${x.slashes}</td><td class="r">${x.models.length}</td></tr>`).join('');
  const p=await (await fetch('/v1/proposals')).json();
  document.getElementById('proposals').innerHTML=p.proposals.slice(0,10).map(x=>`<tr><td>${x.id}</td><td>${esc(Object.keys(x.kind)[0])}</td><td>${esc(typeof x.status==='string'?x.status:'failed')}</td><td>${x.voting_end}</td><td class="r">${Object.keys(x.votes).length}</td></tr>`).join('');
  const e=await (await fetch('/v1/evidence')).json();
@@ -766,7 +780,7 @@ async function refresh(){
  }
  document.getElementById('blocks').innerHTML=rows;
 }
-refresh();setInterval(refresh,2000);
+globalThis.explorerLoaded=refresh();setInterval(refresh,2000);
 </script></body></html>"#;
 
 #[cfg(test)]

@@ -173,4 +173,72 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
         honest.address.to_string().to_lowercase(),
         "the jailed node's gateway routes to the honest node"
     );
+
+    // A fraud report against an honest record is refused where it is sent, before it is
+    // admitted or relayed: every validator re-executes the record first. The accuser's
+    // account does not move.
+    let truth: chain::B256 = st["output_hash"].as_str().unwrap().parse().unwrap();
+    let honest_key = testnet::economy::node_key(honest).unwrap();
+    let job = chain::JobRequest {
+        client: key.address(),
+        model_id,
+        input_hash: alloy::primitives::keccak256(input.as_bytes()),
+        max_fee: price,
+        nonce: fresh_nonce(),
+        expiry: u64::MAX,
+    }
+    .sign(&key, &net.domain)
+    .unwrap();
+    let record = chain::InferenceRecord::create(
+        job,
+        input.clone(),
+        truth,
+        chain::Proof::Reexec,
+        &honest_key,
+        &net.domain,
+    )
+    .unwrap();
+    let accuser = &net.client_address.to_string();
+    let before = client
+        .get(&format!("{v0}/v1/accounts/{accuser}"))
+        .unwrap()
+        .ok()
+        .unwrap();
+    for (recomputed, why) in [
+        (truth, "is what re-execution gives"),
+        (chain::B256::repeat_byte(0x5a), "re-execution gives"),
+    ] {
+        let report = chain::Action::ReportFraud(Box::new(chain::evidence::FraudEvidence {
+            record: record.clone(),
+            claim: chain::evidence::FraudClaim::Output { recomputed },
+        }));
+        for v in net.validators() {
+            let e = testnet::economy::send(net, &v.http, &key, report.clone()).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(
+                text.starts_with("HTTP 400 false_fraud_claim") && text.contains(why),
+                "{}: {text}",
+                v.name
+            );
+        }
+    }
+    let after = client
+        .get(&format!("{v0}/v1/accounts/{accuser}"))
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(after["nonce"], before["nonce"]);
+    assert_eq!(after["next_nonce"], before["next_nonce"]);
+    let honest_entry = client
+        .get(&format!("{v0}/v1/inference-nodes"))
+        .unwrap()
+        .ok()
+        .unwrap()["inference_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["peer_id"] == honest.peer_id)
+        .cloned()
+        .unwrap();
+    assert_eq!(honest_entry["slashes"], 0, "{honest_entry}");
 }

@@ -132,7 +132,7 @@ fn transfers_apply_on_every_node_and_executed_jobs_survive_validator_restarts() 
             "nonce_used",
         ),
         (
-            transfer(&key, &domain, a.address(), 1, nonce + 9),
+            transfer(&key, &domain, a.address(), 1, nonce + 100),
             400,
             "nonce_gap",
         ),

@@ -644,7 +644,8 @@ impl Consensus {
                         if !claims.is_empty() {
                             v.send(crate::verifier::CheckFraud(claims))
                                 .await
-                                .unwrap_or_else(|e| Err(e.to_string()))?;
+                                .map_err(|e| e.to_string())?
+                                .map_err(|e| e.to_string())?;
                         }
                     }
                     settlement

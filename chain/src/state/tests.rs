@@ -100,6 +100,18 @@ fn next_at(
     records: Vec<InferenceRecord>,
     txs: Vec<Tx>,
 ) -> Changes {
+    next_without(l, g, at, records, txs, &[])
+}
+
+/// [`next_at`], certified without the precommits of `absent`.
+fn next_without(
+    l: &mut Ledger,
+    g: &Genesis,
+    at: u64,
+    records: Vec<InferenceRecord>,
+    txs: Vec<Tx>,
+    absent: &[Address],
+) -> Changes {
     let proposer = l.next_validators()[0].0;
     let records = records
         .into_iter()
@@ -114,7 +126,7 @@ fn next_at(
     let validated = l.validate(g, &built.block).unwrap();
     assert_eq!(validated, built.changes);
     l.commit(&built.changes);
-    certify(l, g, &built.block, &[]);
+    certify(l, g, &built.block, absent);
     assert_eq!(l.total_supply(), TOTAL_SUPPLY);
     assert_eq!(l.state_root(), built.changes.state_root);
     built.changes
@@ -1531,8 +1543,12 @@ mod invariant {
         Vote(u8, u8),
         Unjail(u8),
         Equivocate(u8),
+        /// A fraud report by the first account against a false record of the inference node.
+        Fraud(u8),
         Job(u8, u16),
         Blocks(u8),
+        /// Blocks that a validator does not sign (when the others hold more than 2/3).
+        Absent(u8, u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1547,8 +1563,10 @@ mod invariant {
             (0..8u8, 0..4u8).prop_map(|(a, o)| Step::Vote(a, o)),
             (0..8u8).prop_map(Step::Unjail),
             (0..4u8).prop_map(Step::Equivocate),
+            (0..8u8).prop_map(Step::Fraud),
             (0..2u8, 0..4096u16).prop_map(|(c, n)| Step::Job(c, n)),
             (1..4u8).prop_map(Step::Blocks),
+            (0..4u8, 1..8u8).prop_map(|(v, n)| Step::Absent(v, n)),
         ]
     }
 
@@ -1624,20 +1642,45 @@ mod invariant {
                 let at = l.height.max(1);
                 (30, Action::ReportEvidence(double_vote(g, *v as u64, at)))
             }
-            Step::Job(..) | Step::Blocks(_) => return None,
+            Step::Fraud(a) => {
+                let record = job(g, 1_000_000 + *a as u64, u128::MAX, 10);
+                (
+                    who(a),
+                    fraud(
+                        record,
+                        crate::evidence::FraudClaim::Output {
+                            recomputed: B256::repeat_byte(0x5a),
+                        },
+                    ),
+                )
+            }
+            Step::Job(..) | Step::Blocks(_) | Step::Absent(..) => return None,
         })
+    }
+
+    /// `v` if the rest of the set deciding the next height holds more than 2/3 of its power,
+    /// so a certificate without it is valid.
+    fn may_be_absent(l: &Ledger, v: u8) -> Option<Address> {
+        let who = key(v as u64).address();
+        let set = l.next_validators();
+        let total: u64 = set.iter().map(|(_, p)| *p).sum();
+        let mine: u64 = set.iter().filter(|(a, _)| *a == who).map(|(_, p)| *p).sum();
+        ((total - mine) * 3 > total * 2).then_some(who)
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
         /// Whatever happens — every transaction kind, failing ones included, jobs, epoch
-        /// changes, slashes, proposals closing — every block conserves the supply exactly,
-        /// the validator re-executing it agrees with its builder, and the set never empties.
+        /// changes, slashes for double signs and fraud, downtime jails, proposals closing —
+        /// every block conserves the supply exactly, the validator re-executing it agrees with
+        /// its builder, and the set never empties.
         #[test]
         fn supply_is_exact_at_every_height(steps in proptest::collection::vec(step(), 1..40)) {
             let mut g = busy();
             g.params.voting_blocks = 4;
+            g.params.downtime_window = 6;
+            g.params.downtime_min_signed_bps = 5_000;
             let mut l = Ledger::from_genesis(&g);
             let mut job_nonce = 0;
             for s in &steps {
@@ -1652,6 +1695,13 @@ mod invariant {
                     Step::Blocks(n) => {
                         for _ in 1..*n {
                             next(&mut l, &g, vec![], vec![]);
+                        }
+                    }
+                    Step::Absent(v, n) => {
+                        for _ in 1..*n {
+                            let absent: Vec<Address> = may_be_absent(&l, *v).into_iter().collect();
+                            let at = l.tip_time_ms + 1000;
+                            next_without(&mut l, &g, at, vec![], vec![], &absent);
                         }
                     }
                     _ => {}
