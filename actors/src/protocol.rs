@@ -311,6 +311,9 @@ pub(crate) mod samples {
                 txs_root: Block::txs_root(std::slice::from_ref(&tx), domain),
                 state_root: chain::B256::repeat_byte(2),
                 last_commit_hash: Default::default(),
+                next_validators_hash: Default::default(),
+                anchor_records_root: Default::default(),
+                anchor_withdrawals_root: Default::default(),
             };
             let block = Block {
                 header,

@@ -29,12 +29,50 @@ pub struct BlockHeader {
     pub state_root: B256,
     /// keccak of the parent's commit certificate the block carries (zero at height 1).
     pub last_commit_hash: B256,
+    /// [`validator_set_hash`] of the set that decides the next height.
+    pub next_validators_hash: B256,
+    /// At an anchor height (a multiple of `anchor_interval`): the Merkle root of the record
+    /// leaves of every block since the previous anchor height, this one included; zero
+    /// elsewhere.
+    pub anchor_records_root: B256,
+    /// Likewise for withdrawals to the EVM chain.
+    pub anchor_withdrawals_root: B256,
 }
 
 impl BlockHeader {
+    /// The block hash: the EIP-712 struct hash of the header (`BlockHeader(uint64 height,
+    /// bytes32 parent, address proposer, uint64 timestampMs, bytes32 recordsRoot, bytes32
+    /// txsRoot, bytes32 stateRoot, bytes32 lastCommitHash, bytes32 nextValidatorsHash, bytes32
+    /// anchorRecordsRoot, bytes32 anchorWithdrawalsRoot)`), which the EVM settlement contract
+    /// recomputes from the fields.
     pub fn hash(&self) -> B256 {
-        keccak256(codec::encode(self))
+        use alloy::sol_types::SolStruct;
+        signing::typed::consensus::BlockHeader {
+            height: self.height,
+            parent: self.parent,
+            proposer: self.proposer,
+            timestampMs: self.timestamp_ms,
+            recordsRoot: self.records_root,
+            txsRoot: self.txs_root,
+            stateRoot: self.state_root,
+            lastCommitHash: self.last_commit_hash,
+            nextValidatorsHash: self.next_validators_hash,
+            anchorRecordsRoot: self.anchor_records_root,
+            anchorWithdrawalsRoot: self.anchor_withdrawals_root,
+        }
+        .eip712_hash_struct()
     }
+}
+
+/// What a header names for a validator set: `keccak256(abi.encode(address[] validators,
+/// uint64[] powers))`, validators in ascending address order (the EVM settlement contract's
+/// `hashValidatorSet`).
+pub fn validator_set_hash(set: &[(Address, u64)]) -> B256 {
+    use alloy::sol_types::SolValue;
+    let mut sorted = set.to_vec();
+    sorted.sort_by_key(|(a, _)| *a);
+    let (addrs, powers): (Vec<Address>, Vec<u64>) = sorted.into_iter().unzip();
+    keccak256((addrs, powers).abi_encode_params())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +128,23 @@ pub struct SignedVote {
     pub signature: Sig,
 }
 
-fn vote_digest(vote: &Vote, domain: &Domain) -> B256 {
-    signing::tagged_digest(b"proofmesh/vote/1", domain, &codec::encode(vote))
+/// The EIP-712 signing hash of a vote: `ConsensusVote(uint64 height, uint32 round, uint8 kind,
+/// bytes32 blockHash)` (kind 0 prevote, 1 precommit; nil is the zero hash) under the network's
+/// domain, so the EVM settlement contract can check a commit certificate's precommits. The
+/// validator is who recovers from the signature, not part of what is signed.
+pub fn vote_digest(vote: &Vote, domain: &Domain) -> B256 {
+    signing::signing_hash(
+        &signing::typed::consensus::ConsensusVote {
+            height: vote.height,
+            round: vote.round,
+            kind: match vote.kind {
+                VoteKind::Prevote => 0,
+                VoteKind::Precommit => 1,
+            },
+            blockHash: vote.block.unwrap_or(B256::ZERO),
+        },
+        domain,
+    )
 }
 
 impl SignedVote {
@@ -277,5 +330,104 @@ mod tests {
         sp.verify(&crate::signing::test_domain(1)).unwrap();
         sp.proposal.round = 1;
         assert!(sp.verify(&crate::signing::test_domain(1)).is_err());
+    }
+}
+
+/// The same header, set, vote digest and signatures as `chain/contracts/test/Settlement.t.sol`
+/// (`test_agreesWithTheProofmeshNode`) recomputes on the EVM: block hashes, set hashes and
+/// precommits made here are what the settlement contract checks.
+#[cfg(test)]
+mod evm_agreement {
+    use super::*;
+    use crate::signing::seeded_key;
+
+    pub(super) fn fixture() -> (BlockHeader, Vec<(PrivateKeySigner, u64)>, Domain) {
+        let keys: Vec<(PrivateKeySigner, u64)> =
+            (0..3).map(|i| (seeded_key(4242, i), 10 + i)).collect();
+        let set: Vec<(Address, u64)> = keys.iter().map(|(k, p)| (k.address(), *p)).collect();
+        let header = BlockHeader {
+            height: 20,
+            parent: keccak256("parent"),
+            proposer: Address::repeat_byte(0x12),
+            timestamp_ms: 1_700_000_000_000,
+            records_root: keccak256("records"),
+            txs_root: keccak256("txs"),
+            state_root: keccak256("state"),
+            last_commit_hash: keccak256("commit"),
+            next_validators_hash: validator_set_hash(&set),
+            anchor_records_root: keccak256("anchor records"),
+            anchor_withdrawals_root: B256::ZERO,
+        };
+        let domain = Domain {
+            chain_id: 4242,
+            salt: keccak256("genesis"),
+        };
+        (header, keys, domain)
+    }
+
+    #[test]
+    fn hashes_and_precommits_match_the_contract() {
+        let (header, keys, domain) = fixture();
+        let mut signed: Vec<(Address, Sig)> = keys
+            .iter()
+            .map(|(k, _)| {
+                let v = SignedVote::sign(
+                    Vote {
+                        height: header.height,
+                        round: 2,
+                        kind: VoteKind::Precommit,
+                        block: Some(header.hash()),
+                        validator: k.address(),
+                    },
+                    k,
+                    &domain,
+                )
+                .unwrap();
+                (k.address(), v.signature)
+            })
+            .collect();
+        signed.sort_by_key(|(a, _)| *a);
+        let digest = vote_digest(
+            &Vote {
+                height: 20,
+                round: 2,
+                kind: VoteKind::Precommit,
+                block: Some(header.hash()),
+                validator: Address::ZERO,
+            },
+            &domain,
+        );
+        // The constants in the forge test.
+        let b = |h: &str| h.parse::<B256>().unwrap();
+        assert_eq!(
+            header.next_validators_hash,
+            b("0xa80275b4994bf71d4669924088703eb5806e49a58ff4eb73be6a4e1cd7373217")
+        );
+        assert_eq!(
+            header.hash(),
+            b("0xe62518cb98fee6492f48bdfdaaf42884f1482449040a79acc86a87cb0562d9fc")
+        );
+        assert_eq!(
+            digest,
+            b("0xe7a60bbaa1032d8574f3bc1e4cefe84019a4137293291df670c73f4be75e44a0")
+        );
+        let want = [
+            (
+                "0x0D8bfe2f039b5bA384287B7358f99483785BD13a",
+                "5dffa0beaab90bf504fb94f17e8a10fdc08dc1b8cda5a5ea7123342a276ae4004ba1a466afea85d1f2950738673ce68b832ec199e23f24d1feabb3fe0df6122e1c",
+            ),
+            (
+                "0x88B39A4537FC887855e59c5da9bB8683E2F0BA37",
+                "93d3a76ff616bc43bc8490d4f736e972f942627e0de05fded8bf0a8ed070c29c586b0514f90e7cf86cb007c2fc5d8cb1d5a6ac3a0888fc9184226257903438ee1b",
+            ),
+            (
+                "0xe6096DA3F33cC1641c583cFd216A781cc71376a7",
+                "517987e4103d2da6b8256b61630386acce798876bd67337e4b6f737cf5577f0c4e57033d7e786f7ccbef61a236397aed6d325c1f77bac7b91f2168f7991557e01c",
+            ),
+        ];
+        for ((a, sig), (wa, ws)) in signed.iter().zip(want) {
+            assert_eq!(*a, wa.parse::<Address>().unwrap());
+            assert_eq!(hex::encode(sig.0), ws);
+        }
     }
 }

@@ -156,6 +156,9 @@ mod tests {
             txs_root: Block::txs_root(&txs, domain),
             state_root: B256::repeat_byte(3),
             last_commit_hash: Default::default(),
+            next_validators_hash: Default::default(),
+            anchor_records_root: Default::default(),
+            anchor_withdrawals_root: Default::default(),
         };
         round_trip(&header);
         let block = Block {

@@ -296,6 +296,10 @@ pub struct Params {
     pub downtime_window: u64,
     /// ...and the share of them it must be in, or be jailed (without a slash).
     pub downtime_min_signed_bps: u32,
+    /// Every this many blocks a header closes an anchor: its `anchor_records_root` and
+    /// `anchor_withdrawals_root` cover every record and withdrawal since the previous one, and
+    /// validators post it to the EVM settlement contract.
+    pub anchor_interval: u64,
 }
 
 const OPG: u128 = 10u128.pow(18);
@@ -331,6 +335,7 @@ impl Default for Params {
             reward_validators_bps: 5_000,
             downtime_window: 100,
             downtime_min_signed_bps: 500,
+            anchor_interval: 100,
         }
     }
 }
@@ -366,6 +371,7 @@ impl Params {
             ("voting_blocks", self.voting_blocks),
             ("downtime_window", self.downtime_window),
             ("threshold_bps", self.threshold_bps as u64),
+            ("anchor_interval", self.anchor_interval),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

@@ -115,6 +115,32 @@ pub mod typed {
             address executor;
         }
     }
+
+    /// What validators sign and hash, as the EVM settlement contract recomputes it: a block
+    /// hash is the struct hash of its header, a vote the signing hash of `ConsensusVote`.
+    pub mod consensus {
+        alloy::sol! {
+            struct BlockHeader {
+                uint64 height;
+                bytes32 parent;
+                address proposer;
+                uint64 timestampMs;
+                bytes32 recordsRoot;
+                bytes32 txsRoot;
+                bytes32 stateRoot;
+                bytes32 lastCommitHash;
+                bytes32 nextValidatorsHash;
+                bytes32 anchorRecordsRoot;
+                bytes32 anchorWithdrawalsRoot;
+            }
+            struct ConsensusVote {
+                uint64 height;
+                uint32 round;
+                uint8 kind;
+                bytes32 blockHash;
+            }
+        }
+    }
 }
 
 /// What every signature on a proofmesh network is bound to: the chain id and the network's

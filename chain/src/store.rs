@@ -58,6 +58,9 @@ const META_HISTORY: &[u8] = b"history";
 const META_POOLS: &[u8] = b"pools";
 /// Who signed the recent blocks.
 const META_LIVENESS: &[u8] = b"liveness";
+const META_ANCHOR: &[u8] = b"anchor";
+/// Largest saved anchor accumulator: `anchor_interval` full blocks of leaves.
+const ANCHOR_LIMIT: usize = 256 * 1024 * 1024;
 /// The registry's parts that are not in a column family of their own.
 const META_REGISTRY: &[u8] = b"registry";
 
@@ -234,6 +237,10 @@ impl Store {
                 0 => None,
                 h => self.certificate(h)?,
             },
+        )
+        .with_anchor_leaves(
+            self.get(CF_META, META_ANCHOR, ANCHOR_LIMIT)?
+                .unwrap_or_default(),
         ))
     }
 
@@ -381,6 +388,11 @@ impl Store {
             self.cf(CF_META)?,
             META_LIVENESS,
             codec::encode(&changes.liveness),
+        );
+        batch.put_cf(
+            self.cf(CF_META)?,
+            META_ANCHOR,
+            codec::encode(&changes.anchor),
         );
         if let Some(r) = &changes.registry {
             self.write_registry(&mut batch, r)?;

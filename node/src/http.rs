@@ -434,6 +434,10 @@ async fn get_block(s: S, path: web::Path<String>) -> HttpResponse {
             "records_root": b.header.records_root,
             "txs_root": b.header.txs_root,
             "state_root": b.header.state_root,
+            "last_commit_hash": b.header.last_commit_hash,
+            "next_validators_hash": b.header.next_validators_hash,
+            "anchor_records_root": b.header.anchor_records_root,
+            "anchor_withdrawals_root": b.header.anchor_withdrawals_root,
             "records": b.records.iter().map(|r| json!({
                 "job_id": r.job_id(domain),
                 "model_id": r.job.request.model_id,

@@ -893,6 +893,8 @@ pub fn testnet_params() -> Params {
         unbonding_blocks: 120,
         evidence_max_age_blocks: 100,
         jail_blocks: 30,
+        // An anchor every ~3 s.
+        anchor_interval: 10,
         ..Params::default()
     }
 }

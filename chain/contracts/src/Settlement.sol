@@ -11,7 +11,7 @@ import {OPG} from "./OPG.sol";
 /// @notice Follows the proofmesh chain's validator set and accepts anchors of its blocks. The
 /// proof of an anchor is the block's own commit certificate: the validators' precommits are
 /// EIP-712 signatures (domain "proofmesh", "1", the proofmesh chain id, salt = its genesis
-/// hash) over `Vote(height, round, kind, blockHash)`, and the block hash is the
+/// hash) over `ConsensusVote(height, round, kind, blockHash)`, and the block hash is the
 /// EIP-712 struct hash of its header, so this contract recomputes both and counts the signers'
 /// power; more than 2/3 of the set it knows is needed. A header names the set that decides the
 /// next height (`nextValidatorsHash`): anchoring it with that set's list moves this contract to
@@ -49,7 +49,8 @@ contract Settlement {
     bytes32 public constant HEADER_TYPEHASH = keccak256(
         "BlockHeader(uint64 height,bytes32 parent,address proposer,uint64 timestampMs,bytes32 recordsRoot,bytes32 txsRoot,bytes32 stateRoot,bytes32 lastCommitHash,bytes32 nextValidatorsHash,bytes32 anchorRecordsRoot,bytes32 anchorWithdrawalsRoot)"
     );
-    bytes32 public constant VOTE_TYPEHASH = keccak256("Vote(uint64 height,uint32 round,uint8 kind,bytes32 blockHash)");
+    bytes32 public constant VOTE_TYPEHASH =
+        keccak256("ConsensusVote(uint64 height,uint32 round,uint8 kind,bytes32 blockHash)");
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,bytes32 salt)");
     /// `kind` of a precommit in `Vote`.

@@ -122,6 +122,51 @@ contract SettlementTest is Network {
         setHash = s.hashValidatorSet(addrs, powers);
     }
 
+    /// The header, set and precommits of the proofmesh node's `block::evm_agreement` test
+    /// (chain id 4242, genesis hash keccak256("genesis")): the contract computes the same block
+    /// hash, set hash and vote digest, and accepts the node's signatures.
+    function test_agreesWithTheProofmeshNode() public {
+        address[] memory a = new address[](3);
+        a[0] = 0x0D8bfe2f039b5bA384287B7358f99483785BD13a;
+        a[1] = 0x88B39A4537FC887855e59c5da9bB8683E2F0BA37;
+        a[2] = 0xe6096DA3F33cC1641c583cFd216A781cc71376a7;
+        uint64[] memory p = new uint64[](3);
+        p[0] = 12;
+        p[1] = 10;
+        p[2] = 11;
+        Settlement node = new Settlement(token, 4242, keccak256("genesis"), a, p);
+        bytes32 setHash_ = 0xa80275b4994bf71d4669924088703eb5806e49a58ff4eb73be6a4e1cd7373217;
+        assertEq(node.validatorSetHash(), setHash_, "set hash");
+        Settlement.Header memory h;
+        h.height = 20;
+        h.parent = keccak256("parent");
+        h.proposer = address(bytes20(hex"1212121212121212121212121212121212121212"));
+        h.timestampMs = 1_700_000_000_000;
+        h.recordsRoot = keccak256("records");
+        h.txsRoot = keccak256("txs");
+        h.stateRoot = keccak256("state");
+        h.lastCommitHash = keccak256("commit");
+        h.nextValidatorsHash = setHash_;
+        h.anchorRecordsRoot = keccak256("anchor records");
+        bytes32 blockHash = 0xe62518cb98fee6492f48bdfdaaf42884f1482449040a79acc86a87cb0562d9fc;
+        assertEq(node.hashHeader(h), blockHash, "block hash");
+        assertEq(
+            node.precommitDigest(20, 2, blockHash),
+            0xe7a60bbaa1032d8574f3bc1e4cefe84019a4137293291df670c73f4be75e44a0,
+            "precommit digest"
+        );
+        bytes[] memory sigs = new bytes[](3);
+        sigs[0] =
+            hex"5dffa0beaab90bf504fb94f17e8a10fdc08dc1b8cda5a5ea7123342a276ae4004ba1a466afea85d1f2950738673ce68b832ec199e23f24d1feabb3fe0df6122e1c";
+        sigs[1] =
+            hex"93d3a76ff616bc43bc8490d4f736e972f942627e0de05fded8bf0a8ed070c29c586b0514f90e7cf86cb007c2fc5d8cb1d5a6ac3a0888fc9184226257903438ee1b";
+        sigs[2] =
+            hex"517987e4103d2da6b8256b61630386acce798876bd67337e4b6f737cf5577f0c4e57033d7e786f7ccbef61a236397aed6d325c1f77bac7b91f2168f7991557e01c";
+        node.anchor(h, 2, sigs, noAddrs, noPowers);
+        assertEq(node.anchors(20).blockHash, blockHash, "anchored");
+        assertTrue(node.verifyInference(keccak256("anchor records"), new bytes32[](0), 20), "a one-leaf tree: its root is its leaf");
+    }
+
     function test_deployedWithTheGenesisSet() public view {
         (address[] memory list, uint64[] memory p) = s.validators();
         assertEq(list.length, 4, "validators");

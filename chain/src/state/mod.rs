@@ -157,6 +157,22 @@ impl Liveness {
     }
 }
 
+/// The leaves the next anchor covers: every record and withdrawal since the last anchor
+/// height, in block order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorLeaves {
+    pub records: Vec<B256>,
+    pub withdrawals: Vec<B256>,
+}
+
+/// What a header derives from the state after its block, besides the state root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Derived {
+    pub next_validators_hash: B256,
+    pub anchor_records_root: B256,
+    pub anchor_withdrawals_root: B256,
+}
+
 /// Everything a block changes; what the store writes in one batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -182,6 +198,10 @@ pub struct Changes {
     pub liveness: Liveness,
     /// Validators jailed by this block for not signing.
     pub downtime_jailed: Vec<Address>,
+    /// The leaves waiting for the next anchor, after this block.
+    pub anchor: AnchorLeaves,
+    /// The header fields derived from the state after this block.
+    pub derived: Derived,
 }
 
 /// The job ids of a block's records, both signatures of each recovered and checked: the
@@ -297,6 +317,7 @@ pub struct Ledger {
     registry_digest: B256,
     pools: Pools,
     liveness: Liveness,
+    anchor: AnchorLeaves,
     /// The commit certificate of the tip (none at genesis): the next block carries it.
     last_commit: Option<crate::block::CommitCertificate>,
 }
@@ -401,6 +422,7 @@ impl Ledger {
             registry: Arc::new(registry),
             pools: g.pools,
             liveness: Liveness::default(),
+            anchor: AnchorLeaves::default(),
             last_commit: None,
         }
     }
@@ -430,8 +452,20 @@ impl Ledger {
             registry: Arc::new(registry),
             pools,
             liveness,
+            anchor: AnchorLeaves::default(),
             last_commit,
         }
+    }
+
+    /// This ledger with the leaves waiting for the next anchor (a persisted ledger's).
+    pub fn with_anchor_leaves(mut self, anchor: AnchorLeaves) -> Ledger {
+        self.anchor = anchor;
+        self
+    }
+
+    /// The leaves waiting for the next anchor.
+    pub fn anchor_leaves(&self) -> &AnchorLeaves {
+        &self.anchor
     }
 
     /// Who signed the recent blocks.
@@ -502,6 +536,7 @@ impl Ledger {
             self.registry_digest,
             &self.pools,
             &self.liveness,
+            &self.anchor,
             self.history,
         )
     }
@@ -711,7 +746,37 @@ impl Ledger {
         let nonces: Vec<((Address, u64), JobId)> =
             std::mem::take(&mut o.nonces).into_iter().collect();
         let history = next_history(self.history, &nonces, &jobs);
-        let root = state_root(o.merged(), registry_digest, &o.pools, &o.liveness, history);
+        // The anchor: this block's leaves join those since the last anchor height; at an
+        // anchor height the header carries their roots and the next anchor starts empty.
+        let mut anchor = self.anchor.clone();
+        anchor
+            .records
+            .extend(block.records.iter().map(|r| r.leaf(&domain)));
+        let (anchor_records_root, anchor_withdrawals_root) =
+            if h.height.is_multiple_of(params.anchor_interval) {
+                let roots = (
+                    crate::merkle::root(&anchor.records),
+                    crate::merkle::root(&anchor.withdrawals),
+                );
+                anchor = AnchorLeaves::default();
+                roots
+            } else {
+                (B256::ZERO, B256::ZERO)
+            };
+        let next_set = registry.as_ref().map_or(&self.registry.set, |r| &r.set);
+        let derived = Derived {
+            next_validators_hash: crate::block::validator_set_hash(next_set),
+            anchor_records_root,
+            anchor_withdrawals_root,
+        };
+        let root = state_root(
+            o.merged(),
+            registry_digest,
+            &o.pools,
+            &o.liveness,
+            &anchor,
+            history,
+        );
         Ok(Changes {
             height: h.height,
             block_hash: block.hash(),
@@ -728,6 +793,8 @@ impl Ledger {
             frauds: o.frauds,
             liveness: o.liveness,
             downtime_jailed: o.downtime_jailed,
+            anchor,
+            derived,
         })
     }
 
@@ -801,6 +868,31 @@ impl Ledger {
                 block.header.state_root, changes.state_root
             )));
         }
+        let h = &block.header;
+        let d = &changes.derived;
+        for (name, got, want) in [
+            (
+                "next validators hash",
+                h.next_validators_hash,
+                d.next_validators_hash,
+            ),
+            (
+                "anchor records root",
+                h.anchor_records_root,
+                d.anchor_records_root,
+            ),
+            (
+                "anchor withdrawals root",
+                h.anchor_withdrawals_root,
+                d.anchor_withdrawals_root,
+            ),
+        ] {
+            if got != want {
+                return Err(Error::InvalidBlock(format!(
+                    "{name} {got} differs from the computed {want}"
+                )));
+            }
+        }
         Ok(changes)
     }
 
@@ -841,6 +933,9 @@ impl Ledger {
             txs_root: B256::ZERO,
             state_root: B256::ZERO,
             last_commit_hash: Block::last_commit_hash(self.last_commit.as_ref()),
+            next_validators_hash: B256::ZERO,
+            anchor_records_root: B256::ZERO,
+            anchor_withdrawals_root: B256::ZERO,
         };
         let params = &self.registry.params;
         let mut o = self.overlay(g, domain, header.height, timestamp_ms, proposer);
@@ -889,6 +984,9 @@ impl Ledger {
         };
         let changes = self.execute_checked(g, &block, Some(&kept_ids))?;
         block.header.state_root = changes.state_root;
+        block.header.next_validators_hash = changes.derived.next_validators_hash;
+        block.header.anchor_records_root = changes.derived.anchor_records_root;
+        block.header.anchor_withdrawals_root = changes.derived.anchor_withdrawals_root;
         let changes = Changes {
             block_hash: block.hash(),
             ..changes
@@ -918,6 +1016,7 @@ impl Ledger {
         }
         self.pools = c.pools;
         self.liveness = c.liveness.clone();
+        self.anchor = c.anchor.clone();
         // The new tip's certificate comes with its commit ([`Ledger::set_last_commit`]).
         self.last_commit = None;
         self.height = c.height;
@@ -1646,6 +1745,7 @@ fn state_root<'a>(
     registry: B256,
     pools: &Pools,
     liveness: &Liveness,
+    anchor: &AnchorLeaves,
     history: B256,
 ) -> B256 {
     let mut buf = Vec::new();
@@ -1656,6 +1756,7 @@ fn state_root<'a>(
     buf.extend_from_slice(registry.as_slice());
     buf.extend_from_slice(&crate::codec::encode(pools));
     buf.extend_from_slice(&crate::codec::encode(liveness));
+    buf.extend_from_slice(&crate::codec::encode(anchor));
     buf.extend_from_slice(history.as_slice());
     keccak256(&buf)
 }

@@ -128,6 +128,11 @@ fn next_without(
     l.commit(&built.changes);
     certify(l, g, &built.block, absent);
     assert_eq!(l.total_supply(), TOTAL_SUPPLY);
+    // The header names the set deciding the next height, across epoch changes too.
+    assert_eq!(
+        built.block.header.next_validators_hash,
+        crate::block::validator_set_hash(l.next_validators())
+    );
     assert_eq!(l.state_root(), built.changes.state_root);
     built.changes
 }
@@ -1487,6 +1492,26 @@ fn state_root_covers_accounts_registry_and_pools() {
             )
             .state_root()
         },
+        {
+            let with_leaf = Ledger::from_parts(
+                0,
+                base.tip_hash,
+                base.tip_time_ms,
+                base.accounts().clone(),
+                UsedNonces::default(),
+                base.history(),
+                (**base.registry()).clone(),
+                base.pools(),
+                Liveness::default(),
+                None,
+            );
+            with_leaf
+                .with_anchor_leaves(AnchorLeaves {
+                    records: vec![B256::repeat_byte(1)],
+                    withdrawals: vec![],
+                })
+                .state_root()
+        },
     ];
     let mut distinct: Vec<B256> = roots.to_vec();
     distinct.push(root);
@@ -1904,4 +1929,60 @@ fn blocks_carry_the_parent_certificate_and_absent_validators_are_jailed() {
     assert!(at >= 4, "not before the window is full");
     to_next_epoch(&mut l, &g);
     assert!(!in_set(&l, &absent));
+}
+
+/// Every `anchor_interval` blocks the header carries the roots of every record since the
+/// previous anchor height (zero elsewhere), and always the hash of the set deciding the next
+/// height; a validator refuses a header that says otherwise.
+#[test]
+fn headers_derive_anchor_roots_and_the_next_set() {
+    let mut g = busy();
+    g.params.anchor_interval = 3;
+    let mut l = Ledger::from_genesis(&g);
+    let domain = g.domain();
+    let mut leaves = Vec::new();
+    for n in 1..=4u64 {
+        let record = job(&g, n, u128::MAX, 10);
+        leaves.push(record.leaf(&domain));
+        let proposer = l.next_validators()[0].0;
+        let built = l
+            .build_block(
+                &g,
+                proposer,
+                l.tip_time_ms + 1000,
+                verified(&g, vec![record]),
+                vec![],
+            )
+            .unwrap();
+        let h = &built.block.header;
+        if n == 3 {
+            assert_eq!(h.anchor_records_root, crate::merkle::root(&leaves[..3]));
+            assert_ne!(h.anchor_records_root, B256::ZERO);
+            assert_eq!(h.anchor_withdrawals_root, B256::ZERO);
+        } else {
+            assert_eq!(h.anchor_records_root, B256::ZERO, "height {n}");
+        }
+        // Each derived field, changed, makes the block invalid.
+        for edit in [
+            |h: &mut BlockHeader| h.next_validators_hash = B256::repeat_byte(7),
+            |h: &mut BlockHeader| h.anchor_records_root = B256::repeat_byte(7),
+            |h: &mut BlockHeader| h.anchor_withdrawals_root = B256::repeat_byte(7),
+        ] {
+            let mut bad = built.block.clone();
+            edit(&mut bad.header);
+            let e = l.validate(&g, &bad).unwrap_err().to_string();
+            assert!(e.contains("differs from the computed"), "{e}");
+        }
+        assert_eq!(l.validate(&g, &built.block).unwrap(), built.changes);
+        l.commit(&built.changes);
+        certify(&mut l, &g, &built.block, &[]);
+        // The set that decides the next height.
+        assert_eq!(
+            built.block.header.next_validators_hash,
+            crate::block::validator_set_hash(l.next_validators())
+        );
+        // After the anchor height the accumulator starts again.
+        let waiting = if n < 3 { n as usize } else { n as usize - 3 };
+        assert_eq!(l.anchor_leaves().records.len(), waiting);
+    }
 }
