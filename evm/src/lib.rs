@@ -1,6 +1,7 @@
 //! proofmesh's EVM side: a JSON-RPC client, transactions signed with alloy from one key with
 //! one nonce counter, and the calls of `chain/contracts` (OPG, Settlement).
 
+pub mod anchor;
 pub mod artifacts;
 pub mod contracts;
 pub mod rpc;

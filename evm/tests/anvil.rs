@@ -1,8 +1,8 @@
-//! The settlement contract on a real EVM (anvil, from `chain/contracts`' npm toolchain): a
-//! native ledger's blocks, decided by four validators, are anchored by their own commit
-//! certificates through the node's transaction code; `verifyInference` is true for every
-//! record the anchors cover and false for a forged leaf or proof; an anchor sent again is
-//! refused and changes nothing.
+//! The settlement contract on a real EVM (anvil, from `chain/contracts`' npm toolchain): blocks
+//! of a native chain in RocksDB, decided by four validators, are anchored by their own commit
+//! certificates through the node's anchoring step, which also carries a validator-set change
+//! to the contract; `verifyInference` is true for every record the anchors cover and false for
+//! a forged leaf or proof; an anchor sent again is refused and changes nothing.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use chain::genesis::{
 };
 use chain::signing::seeded_key;
 use chain::{
-    Admission, Genesis, InferenceRecord, JobRequest, Ledger, ModelId, PrivateKeySigner, Proof,
-    TOTAL_SUPPLY,
+    Action, Admission, Genesis, InferenceRecord, JobRequest, ModelId, PrivateKeySigner, Proof,
+    Store, TOTAL_SUPPLY, UnsignedTx,
 };
 use evm::contracts::{IOPG, ISettlement};
-use evm::{Rpc, Wallet};
+use evm::{Rpc, Wallet, anchor};
 use serde_json::json;
 
 const OPG: u128 = 10u128.pow(18);
@@ -71,8 +71,8 @@ impl Drop for Anvil {
     }
 }
 
-/// A network of four validators (100,000 OPG each), a client, an inference node and a model,
-/// anchoring every 2 blocks.
+/// A network of four validators (100,000 OPG bonded, 1,000 OPG to spend each), a client, an
+/// inference node and a model; epochs of 3 blocks, anchors every 4.
 fn network() -> (
     Genesis,
     Vec<PrivateKeySigner>,
@@ -83,16 +83,17 @@ fn network() -> (
     let validators: Vec<PrivateKeySigner> = (0..4).map(|i| seeded_key(31, i)).collect();
     let (client, exec) = (seeded_key(31, 10), seeded_key(31, 11));
     let model = ModelId([7; 32]);
-    let stake = 100_000 * OPG;
+    let (stake, spend) = (100_000 * OPG, 1_000 * OPG);
     let params = Params {
-        anchor_interval: 2,
+        anchor_interval: 4,
+        epoch_blocks: 3,
         ..Params::default()
     };
     let mut accounts: Vec<GenesisAccount> = validators
         .iter()
         .map(|k| GenesisAccount {
             address: k.address(),
-            balance: 0,
+            balance: spend,
             stake,
             label: "validator".into(),
             vesting: None,
@@ -107,7 +108,7 @@ fn network() -> (
     });
     accounts.push(GenesisAccount {
         address: client.address(),
-        balance: TOTAL_SUPPLY - 4 * stake - params.min_inference_stake,
+        balance: TOTAL_SUPPLY - 4 * (stake + spend) - params.min_inference_stake,
         stake: 0,
         label: "client".into(),
         vesting: None,
@@ -141,13 +142,29 @@ fn network() -> (
     (genesis, validators, client, exec, model)
 }
 
+/// `eth_call` of `data` on `to`.
+fn view(url: &str, to: Address, data: Vec<u8>) -> Vec<u8> {
+    let rpc = Rpc::new(url, Duration::from_secs(5));
+    let out: alloy::primitives::Bytes = rpc
+        .call(
+            "eth_call",
+            json!([{"to": to, "data": alloy::primitives::Bytes::from(data)}, "latest"]),
+        )
+        .unwrap();
+    out.to_vec()
+}
+
 #[test]
-fn anchors_on_anvil_make_records_verifiable() {
+fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
     let dir = evm::artifacts::contracts_dir();
     evm::artifacts::build(&dir).unwrap();
     let (g, validators, client, exec, model) = network();
     let domain = g.domain();
     let admission = Admission::new(Arc::new(g.clone()), None);
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(data.path()).unwrap());
+    store.init_genesis(&g).unwrap();
+    let mut ledger = store.load_ledger().unwrap();
 
     // The EVM side: a funded deployer, OPG, and the settlement with the genesis set.
     let evm_chain = 31_337;
@@ -171,7 +188,6 @@ fn anchors_on_anvil_make_records_verifiable() {
             &evm::contracts::opg_constructor(deployer.address()),
         )
         .unwrap();
-    let mut ledger = Ledger::from_genesis(&g);
     let settlement = wallet
         .deploy(
             &evm::artifacts::bytecode(&dir, "Settlement").unwrap(),
@@ -183,21 +199,20 @@ fn anchors_on_anvil_make_records_verifiable() {
             ),
         )
         .unwrap();
-    let view = |data: Vec<u8>| wallet_call(&anvil.url, settlement, data);
-    let supply = IOPG::totalSupplyCall::abi_decode_returns(&wallet_call(
+    let call = |data: Vec<u8>| view(&anvil.url, settlement, data);
+    let supply = IOPG::totalSupplyCall::abi_decode_returns(&view(
         &anvil.url,
         opg,
         IOPG::totalSupplyCall {}.abi_encode(),
     ))
     .unwrap();
     assert_eq!(supply, U256::from(TOTAL_SUPPLY));
+    let genesis_set = chain::block::validator_set_hash(ledger.next_validators());
 
-    // Four native blocks of two records each; anchors at heights 2 and 4.
-    let mut leaves_since_anchor: Vec<B256> = Vec::new();
-    let mut anchored: Vec<(u64, Vec<B256>)> = Vec::new();
-    let mut gas = Vec::new();
-    let mut calls: Vec<Vec<u8>> = Vec::new();
-    for height in 1..=4u64 {
+    // Eight native blocks of two records each. Validator 0 bonds 500 OPG more in block 1, so
+    // the set's powers change at the epoch boundary (the header of block 3 names a new set).
+    let mut leaves: Vec<Vec<B256>> = Vec::new();
+    for height in 1..=8u64 {
         let records: Vec<_> = (0..2)
             .map(|i| {
                 let nonce = height * 10 + i;
@@ -221,17 +236,30 @@ fn anchors_on_anvil_make_records_verifiable() {
                     &domain,
                 )
                 .unwrap();
-                leaves_since_anchor.push(r.leaf(&domain));
                 admission.check(Arc::new(r)).unwrap()
             })
             .collect();
+        let txs = if height == 1 {
+            vec![
+                UnsignedTx {
+                    from: validators[0].address(),
+                    nonce: 0,
+                    max_fee: g.params.tx_fee,
+                    action: Action::Bond { amount: 500 * OPG },
+                }
+                .sign(&validators[0], &domain)
+                .unwrap(),
+            ]
+        } else {
+            vec![]
+        };
         let proposer = ledger.next_validators()[0].0;
         let built = ledger
-            .build_block(&g, proposer, ledger.tip_time_ms + 1000, records, vec![])
+            .build_block(&g, proposer, ledger.tip_time_ms + 1000, records, txs)
             .unwrap();
         assert_eq!(built.block.records.len(), 2, "{:?}", built.dropped_records);
         let block = built.block;
-        ledger.commit(&built.changes);
+        leaves.push(block.records.iter().map(|r| r.leaf(&domain)).collect());
         let cert = CommitCertificate {
             height,
             round: 0,
@@ -254,44 +282,56 @@ fn anchors_on_anvil_make_records_verifiable() {
                 })
                 .collect(),
         };
-        ledger.set_last_commit(cert.clone());
-        if height % 2 != 0 {
-            assert_eq!(block.header.anchor_records_root, B256::ZERO);
-            continue;
+        store.commit_block(&block, &cert, &built.changes).unwrap();
+        ledger.commit(&built.changes);
+        ledger.set_last_commit(cert);
+    }
+    let header3 = store.block(3).unwrap().unwrap().header;
+    assert_ne!(
+        header3.next_validators_hash, genesis_set,
+        "block 3 names a new set"
+    );
+
+    // Not this node's turn: nothing is sent.
+    let waiting = anchor::step(&mut wallet, settlement, store.as_ref(), 4, |_| false).unwrap();
+    assert_eq!(waiting, anchor::Step::Waiting { height: 3 });
+    // The set change first, then the anchor heights; then nothing more to do.
+    let mut steps = Vec::new();
+    loop {
+        match anchor::step(&mut wallet, settlement, store.as_ref(), 4, |_| true).unwrap() {
+            anchor::Step::UpToDate { last } => {
+                assert_eq!(last, 8);
+                break;
+            }
+            s => steps.push(s),
         }
-        assert_eq!(
-            block.header.anchor_records_root,
-            chain::merkle::root(&leaves_since_anchor)
-        );
-        let known = B256::from_slice(&view(ISettlement::validatorSetHashCall {}.abi_encode()));
-        let call =
-            evm::contracts::anchor_call(&block.header, &cert, known, ledger.next_validators())
-                .to_vec();
-        calls.push(call.clone());
-        let receipt = wallet.send(Some(settlement), call).unwrap();
-        gas.push(receipt.gas_used);
-        assert_eq!(receipt.logs.len(), 1, "one Anchored event");
-        let last = ISettlement::lastAnchoredHeightCall::abi_decode_returns(&view(
-            ISettlement::lastAnchoredHeightCall {}.abi_encode(),
+        assert!(steps.len() < 10, "{steps:?}");
+    }
+    let heights: Vec<u64> = steps
+        .iter()
+        .map(|s| match s {
+            anchor::Step::Anchored { height, .. } => *height,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(heights, vec![3, 4, 8]);
+    let set_now = B256::from_slice(&call(ISettlement::validatorSetHashCall {}.abi_encode()));
+    assert_eq!(
+        set_now, header3.next_validators_hash,
+        "the contract follows the set"
+    );
+    for h in [3u64, 4, 8] {
+        let a = ISettlement::anchorsCall::abi_decode_returns(&call(
+            ISettlement::anchorsCall { height: h }.abi_encode(),
         ))
         .unwrap();
-        assert_eq!(last, height);
-        let a = ISettlement::anchorsCall::abi_decode_returns(&view(
-            ISettlement::anchorsCall { height }.abi_encode(),
-        ))
-        .unwrap();
-        assert_eq!(
-            a.blockHash,
-            block.hash(),
-            "the contract's block hash is the node's"
-        );
-        assert_eq!(a.stateRoot, block.header.state_root);
-        anchored.push((height, std::mem::take(&mut leaves_since_anchor)));
+        assert_eq!(a.blockHash, store.block(h).unwrap().unwrap().hash());
     }
 
-    // Every record of every anchor verifies with its proof; forgeries do not.
+    // Every record verifies under the anchor that covers it (blocks 1-4 under 4, 5-8 under
+    // 8); forgeries do not.
     let verify = |leaf: B256, proof: Vec<B256>, height: u64| {
-        ISettlement::verifyInferenceCall::abi_decode_returns(&view(
+        ISettlement::verifyInferenceCall::abi_decode_returns(&call(
             ISettlement::verifyInferenceCall {
                 leaf,
                 proof,
@@ -301,55 +341,46 @@ fn anchors_on_anvil_make_records_verifiable() {
         ))
         .unwrap()
     };
-    for (height, leaves) in &anchored {
-        assert_eq!(leaves.len(), 4, "two blocks of two records");
-        for (i, leaf) in leaves.iter().enumerate() {
-            let proof = chain::merkle::proof(leaves, i).unwrap();
+    for (anchor_height, blocks) in [(4u64, 0..4), (8, 4..8)] {
+        let covered: Vec<B256> = leaves[blocks].concat();
+        assert_eq!(covered.len(), 8);
+        for (i, leaf) in covered.iter().enumerate() {
+            let proof = chain::merkle::proof(&covered, i).unwrap();
             assert!(
-                verify(*leaf, proof.clone(), *height),
-                "record {i} at {height}"
+                verify(*leaf, proof.clone(), anchor_height),
+                "record {i} under {anchor_height}"
             );
             assert!(
-                !verify(keccak256(leaf), proof.clone(), *height),
+                !verify(keccak256(leaf), proof.clone(), anchor_height),
                 "forged leaf"
             );
             let mut bad = proof.clone();
             bad[0] = B256::repeat_byte(0xee);
-            assert!(!verify(*leaf, bad, *height), "forged proof");
-            assert!(!verify(*leaf, proof, height + 1), "a height not anchored");
+            assert!(!verify(*leaf, bad, anchor_height), "forged proof");
+            assert!(
+                !verify(*leaf, proof, 3),
+                "the set-change anchor covers no records"
+            );
         }
     }
-    let (h2, l2) = &anchored[0];
-    assert!(
-        !verify(l2[0], chain::merkle::proof(l2, 0).unwrap(), h2 + 2),
-        "another anchor's root"
-    );
 
-    // The first anchor sent again: refused (its height is not after the last), nothing changes.
-    let e = wallet.send(Some(settlement), calls[0].clone()).unwrap_err();
+    // An old anchor sent again is refused (not after the last); the wallet goes on.
+    let header = store.block(4).unwrap().unwrap().header;
+    let cert = store.certificate(4).unwrap().unwrap();
+    let again = evm::contracts::anchor_call(&header, &cert, set_now, &[]);
+    let e = wallet.send(Some(settlement), again.to_vec()).unwrap_err();
     assert!(e.to_string().contains("revert"), "{e}");
-    let last = ISettlement::lastAnchoredHeightCall::abi_decode_returns(&view(
-        ISettlement::lastAnchoredHeightCall {}.abi_encode(),
-    ))
-    .unwrap();
-    assert_eq!(last, 4);
-    // The wallet's nonce survives the refusal: the next transaction goes through.
     let approve = IOPG::approveCall {
         spender: settlement,
         value: U256::from(1),
     };
     wallet.send(Some(opg), approve.abi_encode()).unwrap();
-    eprintln!("gas per anchor (4 validators, 4 records): {gas:?}");
-}
-
-/// `eth_call` of `data` on `to`.
-fn wallet_call(url: &str, to: Address, data: Vec<u8>) -> Vec<u8> {
-    let rpc = Rpc::new(url, Duration::from_secs(5));
-    let out: alloy::primitives::Bytes = rpc
-        .call(
-            "eth_call",
-            json!([{"to": to, "data": alloy::primitives::Bytes::from(data)}, "latest"]),
-        )
-        .unwrap();
-    out.to_vec()
+    let gas: Vec<u64> = steps
+        .iter()
+        .filter_map(|s| match s {
+            anchor::Step::Anchored { gas_used, .. } => Some(*gas_used),
+            _ => None,
+        })
+        .collect();
+    eprintln!("gas per anchor (4 validators; set change, 8 records, 8 records): {gas:?}");
 }
