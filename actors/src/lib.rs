@@ -5,6 +5,7 @@
 //! Protocol logic lives in `chain` (consensus core, ledger rules) and `kernels` (models); actors
 //! are the shell that feeds it inputs and carries out its outputs.
 
+pub mod anchor;
 pub mod attestation;
 pub mod consensus;
 pub mod gateway;

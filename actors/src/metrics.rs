@@ -49,6 +49,13 @@ pub struct Metrics {
     pub consensus_sign_refused: IntCounterVec,
     pub consensus_equivocations: IntCounter,
     pub sync_blocks: IntCounter,
+    /// The settlement contract's last anchored height, as this node last read it.
+    pub anchor_height: IntGauge,
+    /// Blocks committed here that no anchor covers yet.
+    pub anchor_lag_blocks: IntGauge,
+    /// Anchoring steps by outcome: `sent` (by this node), `by_other`, `error`.
+    pub anchor_steps: IntCounterVec,
+    pub anchor_gas_used: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -255,6 +262,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "second, different proposals or votes seen from one validator in one round",
         ),
         sync_blocks: counter(&r, "sync_blocks_total", "blocks applied from sync"),
+        anchor_height: gauge(
+            &r,
+            "anchor_height",
+            "the EVM settlement contract's last anchored height",
+        ),
+        anchor_lag_blocks: gauge(
+            &r,
+            "anchor_lag_blocks",
+            "committed blocks after the last anchored height",
+        ),
+        anchor_steps: counter_vec(
+            &r,
+            "anchor_steps_total",
+            "anchors posted by this node (sent), seen posted by another (by_other), failed attempts (error)",
+            &["outcome"],
+        ),
+        anchor_gas_used: gauge(&r, "anchor_gas_used", "gas used by this node's last anchor"),
         registry: r,
     }
 });

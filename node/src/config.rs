@@ -35,8 +35,84 @@ pub struct Config {
     pub inference: InferenceSection,
     pub attestation: AttestationSection,
     pub consensus: ConsensusSection,
+    pub evm: EvmSection,
     /// `tracing` filter, e.g. "info" or "info,actors=debug".
     pub log: String,
+}
+
+/// The EVM chain the network settles on (anvil locally, Base in production: only the URL, the
+/// chain id and the addresses change). Without `rpc_url` a node neither anchors nor takes
+/// x402 payments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvmSection {
+    /// JSON-RPC endpoint, e.g. `http://127.0.0.1:8545`; empty: no EVM.
+    pub rpc_url: String,
+    pub chain_id: u64,
+    /// The Settlement contract's address (0x + 40 hex digits).
+    pub settlement: String,
+    /// The OPG token's address.
+    pub opg: String,
+    /// How often a validator checks whether an anchor is due.
+    pub anchor_tick_ms: u64,
+    /// How much later each next validator in turn posts a due anchor.
+    pub anchor_stagger_ms: u64,
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for EvmSection {
+    fn default() -> Self {
+        EvmSection {
+            rpc_url: String::new(),
+            chain_id: 0,
+            settlement: String::new(),
+            opg: String::new(),
+            anchor_tick_ms: 2_000,
+            anchor_stagger_ms: 5_000,
+            rpc_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl EvmSection {
+    pub fn enabled(&self) -> bool {
+        !self.rpc_url.is_empty()
+    }
+
+    /// The settlement contract's address, when configured.
+    pub fn settlement(&self) -> Result<chain::Address, String> {
+        self.settlement.parse().map_err(|e| {
+            format!(
+                "evm.settlement {:?} is not an address: {e}",
+                self.settlement
+            )
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !(self.rpc_url.starts_with("http://") || self.rpc_url.starts_with("https://")) {
+            return Err(format!(
+                "evm.rpc_url {:?} must be an http:// or https:// URL",
+                self.rpc_url
+            ));
+        }
+        if self.chain_id == 0 {
+            return Err("evm.chain_id must be set with evm.rpc_url".into());
+        }
+        self.settlement()?;
+        if !self.opg.is_empty() {
+            self.opg
+                .parse::<chain::Address>()
+                .map_err(|e| format!("evm.opg {:?} is not an address: {e}", self.opg))?;
+        }
+        if self.anchor_tick_ms < 100 || self.rpc_timeout_ms < 100 {
+            return Err("evm.anchor_tick_ms and evm.rpc_timeout_ms are at least 100".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +240,7 @@ impl Default for Config {
             inference: InferenceSection::default(),
             attestation: AttestationSection::default(),
             consensus: ConsensusSection::default(),
+            evm: EvmSection::default(),
             log: "info".into(),
         }
     }
@@ -281,6 +358,7 @@ impl Config {
         if c.timeout_propose_ms == 0 || c.timeout_prevote_ms == 0 || c.timeout_precommit_ms == 0 {
             return Err("consensus timeouts must be positive".into());
         }
+        self.evm.check()?;
         Ok(())
     }
 
@@ -339,6 +417,16 @@ mod tests {
             ("[attestation]\nbatch_max = 0", "batch_max"),
             ("[attestation]\nmeasurement = \"abc\"", "measurement"),
             ("[attestation]\nbyzantine = \"lie\"", "lie"),
+            ("[evm]\nrpc_url = \"localhost:8545\"", "http:// or https://"),
+            ("[evm]\nrpc_url = \"http://127.0.0.1:8545\"", "evm.chain_id"),
+            (
+                "[evm]\nrpc_url = \"http://127.0.0.1:8545\"\nchain_id = 1\nsettlement = \"0x12\"",
+                "evm.settlement",
+            ),
+            (
+                "[evm]\nrpc_url = \"http://127.0.0.1:8545\"\nchain_id = 1\nsettlement = \"0x1111111111111111111111111111111111111111\"\nopg = \"nope\"",
+                "evm.opg",
+            ),
             ("\u{0}\u{1}garbage", "not a valid node config"),
         ] {
             write(dir.path(), text);

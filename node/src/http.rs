@@ -388,6 +388,10 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
         return error(500, "storage", "job index names a block without the record");
     };
     let record = &block.records[index];
+    let anchor = match anchor_proof(&s, entry.height, leaves[index]).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     HttpResponse::Ok().json(json!({
         "job_id": id,
         "status": match entry.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },
@@ -409,6 +413,45 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
             "round": c.round,
             "signers": c.votes.iter().map(|v| v.vote.validator).collect::<Vec<_>>(),
         })),
+        "anchor": anchor,
+    }))
+}
+
+/// Where the record `leaf` of block `height` is in the anchor that covers it: the anchor
+/// height (the next multiple of `anchor_interval`), its records root and the leaf's Merkle
+/// path to it, for the settlement contract's `verifyInference(leaf, proof, height)`; `null`
+/// while that block is not committed.
+async fn anchor_proof(s: &AppState, height: u64, leaf: chain::B256) -> Result<Value, HttpResponse> {
+    let state = chain_state(s).await?;
+    let interval = state.registry.params.anchor_interval.max(1);
+    let anchor = height.div_ceil(interval) * interval;
+    if anchor > state.height {
+        return Ok(Value::Null);
+    }
+    let mut leaves = Vec::new();
+    let mut root = chain::B256::ZERO;
+    for h in anchor + 1 - interval..=anchor {
+        match s.settlement.send(GetBlock(h)).await {
+            Ok(Ok(Some((b, _)))) => {
+                leaves.extend(b.records.iter().map(|r| r.leaf(&s.domain)));
+                root = b.header.anchor_records_root;
+            }
+            Ok(Ok(None)) => return Err(error(500, "storage", format!("block {h} missing"))),
+            Ok(Err(e)) => return Err(error(500, "storage", e)),
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    let Some(index) = leaves.iter().position(|l| *l == leaf) else {
+        return Err(error(500, "storage", "the anchor's blocks lack the record"));
+    };
+    if chain::merkle::root(&leaves) != root {
+        // The interval changed by governance within this window: not served rather than wrong.
+        return Ok(Value::Null);
+    }
+    Ok(json!({
+        "height": anchor,
+        "records_root": root,
+        "proof": chain::merkle::proof(&leaves, index).unwrap_or_default(),
     }))
 }
 

@@ -215,6 +215,30 @@ pub fn run(home: &Path) -> Result<()> {
             is_validator.then(|| verifier.clone()),
         )
         .start();
+        if config.evm.enabled() {
+            if is_validator {
+                let settlement_address = config
+                    .evm
+                    .settlement()
+                    .map_err(|e| anyhow::anyhow!("[evm] in node.toml: {e}"))?;
+                actors::anchor::Anchor::new(
+                    actors::anchor::AnchorConfig {
+                        rpc_url: config.evm.rpc_url.clone(),
+                        chain_id: config.evm.chain_id,
+                        settlement: settlement_address,
+                        interval: genesis.params.anchor_interval,
+                        tick: Duration::from_millis(config.evm.anchor_tick_ms),
+                        stagger: Duration::from_millis(config.evm.anchor_stagger_ms),
+                        rpc_timeout: Duration::from_millis(config.evm.rpc_timeout_ms),
+                    },
+                    account.clone(),
+                    store.clone(),
+                )
+                .start();
+            }
+        } else {
+            tracing::info!("no [evm] section: this node does not anchor to an EVM chain nor take x402 payments");
+        }
         settlement.do_send(Subscribe(mempool.clone().recipient()));
         settlement.do_send(Subscribe(gateway.clone().recipient()));
         settlement.do_send(Subscribe(verifier.clone().recipient()));

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod client;
 pub mod economy;
+pub mod evmnet;
 pub mod explorer;
 pub mod garbage;
 pub mod net;

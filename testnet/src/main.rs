@@ -66,6 +66,9 @@ enum Cmd {
         /// Make validator I follow each prevote for a block with a nil prevote (repeatable).
         #[arg(long = "double-voter")]
         double_voters: Vec<usize>,
+        /// Run without an EVM chain: no anvil, no contracts, no anchoring.
+        #[arg(long)]
+        no_evm: bool,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             replaying_inference,
             garbage_proposers,
             double_voters,
+            no_evm,
         } => {
             let opts = UpOptions {
                 dir,
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
                 replaying_inference,
                 garbage_proposers,
                 double_voters,
+                evm: !no_evm,
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);

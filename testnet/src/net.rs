@@ -70,6 +70,9 @@ pub struct Testnet {
     pub models: Vec<ModelInfo>,
     /// The `proofmesh` binary the nodes run.
     pub bin: PathBuf,
+    /// The EVM chain (anvil) the testnet anchors to; `None` with `--no-evm`.
+    #[serde(default)]
+    pub evm: Option<crate::evmnet::EvmInfo>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +102,8 @@ pub struct UpOptions {
     pub garbage_proposers: Vec<usize>,
     /// Validators (by index) that follow each prevote for a block with a nil prevote.
     pub double_voters: Vec<usize>,
+    /// Start anvil, deploy the contracts and give every node an `[evm]` section.
+    pub evm: bool,
 }
 
 /// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
@@ -205,19 +210,23 @@ fn run_init(
 /// Starts `proofmesh run` on `home` in its own session (it outlives `up`), logging to
 /// `home/node.log`. Returns the pid.
 pub fn start_node(bin: &Path, home: &Path) -> Result<u32> {
-    use std::os::unix::process::CommandExt;
     let _ = std::fs::remove_file(home.join("run.json"));
-    let log = std::fs::OpenOptions::new()
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").arg("--home").arg(home);
+    spawn_detached(cmd, &home.join("node.log"))
+}
+
+/// Spawns `cmd` in its own session (it outlives `up`) with stdout and stderr appended to
+/// `log`. Returns the pid.
+pub fn spawn_detached(mut cmd: Command, log: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(home.join("node.log"))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("run")
-        .arg("--home")
-        .arg(home)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        .open(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -225,9 +234,8 @@ pub fn start_node(bin: &Path, home: &Path) -> Result<u32> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
     Ok(child.id())
 }
 
@@ -511,6 +519,21 @@ impl Testnet {
         let genesis_json = genesis.to_json();
         std::fs::write(dir.join("genesis.json"), &genesis_json)?;
 
+        let evm = if o.evm {
+            let port = free_ports(1)?[0];
+            let validators: Vec<Address> = nodes
+                .iter()
+                .filter(|n| n.role == "validator")
+                .map(|n| n.address)
+                .collect();
+            Some(
+                crate::evmnet::up(&dir, port, &genesis, &validators)
+                    .context("starting the EVM chain")?,
+            )
+        } else {
+            None
+        };
+
         // Like a real network: every node knows two bootstrap peers (the first two validators)
         // and finds the rest through Kademlia.
         let bootstrap: Vec<String> = nodes.iter().take(2).map(|n| n.p2p.clone()).collect();
@@ -532,6 +555,12 @@ impl Testnet {
             // `info,actors::consensus=debug`).
             if let Ok(filter) = std::env::var("PROOFMESH_NODE_LOG") {
                 cfg.insert("log".into(), filter.into());
+            }
+            if let Some(info) = &evm {
+                cfg.insert(
+                    "evm".into(),
+                    toml::Value::Table(crate::evmnet::node_section(info)),
+                );
             }
             if n.role == "validator" {
                 let fault = if o.garbage_proposers.contains(&validator_index) {
@@ -583,6 +612,7 @@ impl Testnet {
             client_address: client.address(),
             models,
             bin: o.bin.clone(),
+            evm,
         };
         for i in 0..net.nodes.len() {
             net.nodes[i].pid = start_node(&o.bin, &net.nodes[i].home)?;
@@ -679,6 +709,9 @@ impl Testnet {
         }
         for n in &self.nodes {
             stop_pid(n.pid, Duration::from_secs(10));
+        }
+        if let Some(e) = &self.evm {
+            crate::evmnet::stop_anvil(e.anvil_pid, Duration::from_secs(10));
         }
     }
 

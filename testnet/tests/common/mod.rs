@@ -57,6 +57,8 @@ impl Running {
             replaying_inference: Vec::new(),
             garbage_proposers: Vec::new(),
             double_voters: Vec::new(),
+            // Tests that need the EVM chain turn it on.
+            evm: false,
         };
         adjust(&mut opts);
         let net = match Testnet::up(&opts) {
