@@ -35,6 +35,11 @@ pub struct GetBlock(pub Height);
 #[rtype(result = "Tip")]
 pub struct GetTip;
 
+/// The validator set (address, power) that decided `height`.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Vec<(Address, u64)>>, String>")]
+pub struct GetSetAt(pub Height);
+
 /// Where every token is at the tip.
 #[derive(Message)]
 #[rtype(result = "chain::Supply")]
@@ -228,6 +233,15 @@ impl Handler<GetJob> for Settlement {
     type Result = Result<Option<JobEntry>, String>;
     fn handle(&mut self, msg: GetJob, _: &mut Self::Context) -> Self::Result {
         self.store.job(&msg.0).map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<GetSetAt> for Settlement {
+    type Result = Result<Option<Vec<(Address, u64)>>, String>;
+    fn handle(&mut self, msg: GetSetAt, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .validator_set_at(msg.0)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -14,7 +14,8 @@ use actors::mempool::{
 };
 use actors::network::{BlockPeer, GetPeers, Network};
 use actors::settlement::{
-    ChainState, GetAccount, GetBlock, GetChainState, GetJob, GetSupply, GetTip, GetTx, Settlement,
+    ChainState, GetAccount, GetBlock, GetChainState, GetJob, GetSetAt, GetSupply, GetTip, GetTx,
+    Settlement,
 };
 use chain::{Address, JobId, JobStatus, SignedJobRequest, Tx};
 use futures::StreamExt;
@@ -388,6 +389,11 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
         return error(500, "storage", "job index names a block without the record");
     };
     let record = &block.records[index];
+    let validators = match s.settlement.send(GetSetAt(entry.height)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    };
     let anchor = match anchor_proof(&s, entry.height, leaves[index]).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -409,11 +415,17 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
             "executor": record.executor,
             "client": record.job.request.client,
         },
-        "certificate": cert.map(|c| json!({
+        "certificate": cert.as_ref().map(|c| json!({
             "round": c.round,
             "signers": c.votes.iter().map(|v| v.vote.validator).collect::<Vec<_>>(),
         })),
         "anchor": anchor,
+        // What `proofmesh verify` checks offline: the signed record, the header, the commit
+        // certificate with its signatures and the set that decided the block.
+        "signed_record": record,
+        "header": block.header,
+        "commit": cert,
+        "validators": validators,
     }))
 }
 

@@ -9,6 +9,7 @@ mod http;
 mod infer;
 mod run;
 mod submit;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -85,6 +86,8 @@ enum Command {
     /// TEE attestation tools (AMD SEV-SNP).
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// Check a job receipt offline, and its anchor on the EVM chain.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() {
@@ -110,6 +113,7 @@ fn main() {
         Command::Account(cmd) => chaincmd::account(cmd),
         Command::Infer(args) => infer::infer(args),
         Command::Attest(cmd) => attest::attest(cmd),
+        Command::Verify(args) => verify::verify(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

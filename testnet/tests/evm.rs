@@ -1,6 +1,7 @@
 //! A testnet anchored to a real EVM chain (anvil): the validators post anchors by their commit
 //! certificates, a finalized job's receipt carries its anchor proof and the settlement
-//! contract's `verifyInference` accepts it (and refuses forgeries); anvil killed and started
+//! contract's `verifyInference` accepts it (and refuses forgeries), and so does `proofmesh
+//! verify`, which names the step each tampered receipt fails; anvil killed and started
 //! again mid-run (on its saved state): anchoring resumes by itself, heights stay increasing and
 //! distinct, nothing is anchored twice.
 
@@ -141,6 +142,90 @@ fn anchors_reach_the_evm_and_prove_jobs() {
         format!("{}", stored.blockHash),
         block["hash"].as_str().unwrap()
     );
+
+    // `proofmesh verify` checks the receipt offline and through the contract, and names the
+    // step a tampered receipt fails.
+    let scratch = tempfile::tempdir().unwrap();
+    let verify_receipt = |r: &serde_json::Value, model: &str| {
+        let path = scratch.path().join("receipt.json");
+        std::fs::write(&path, r.to_string()).unwrap();
+        let out = std::process::Command::new(testnet::net::default_bin())
+            .arg("verify")
+            .arg(&path)
+            .arg("--genesis")
+            .arg(net.dir.join("genesis.json"))
+            .arg("--model-dir")
+            .arg(net.dir.join("models").join(model))
+            .args(["--evm-rpc", &url, "--settlement", &settlement.to_string()])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success(), report)
+    };
+    let (ok, report) = verify_receipt(&receipt, &model.name);
+    assert!(ok, "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "genesis",
+            "record_signatures",
+            "reexecution",
+            "records_merkle_path",
+            "block_hash",
+            "commit_certificate",
+            "anchor"
+        ]
+    );
+    let tamper = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut r = receipt.clone();
+        edit(&mut r);
+        r
+    };
+    let other = B256::repeat_byte(0x77).to_string();
+    let cases: Vec<(serde_json::Value, &str, &str)> = vec![
+        (
+            tamper(&|r| r["signed_record"]["output_hash"] = json!(other)),
+            &model.name,
+            "record_signatures",
+        ),
+        (receipt.clone(), testnet::net::TEE_MODEL, "reexecution"),
+        (
+            tamper(&|r| r["proof"].as_array_mut().unwrap().push(json!(other))),
+            &model.name,
+            "records_merkle_path",
+        ),
+        (
+            tamper(&|r| r["header"]["state_root"] = json!(other)),
+            &model.name,
+            "block_hash",
+        ),
+        (
+            tamper(&|r| r["commit"]["votes"].as_array_mut().unwrap().truncate(1)),
+            &model.name,
+            "commit_certificate",
+        ),
+        (
+            tamper(&|r| {
+                r["anchor"]["proof"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!(other))
+            }),
+            &model.name,
+            "anchor",
+        ),
+    ];
+    for (bad, model_dir, step) in cases {
+        let (ok, report) = verify_receipt(&bad, model_dir);
+        assert!(!ok, "{step}: {report}");
+        assert_eq!(report["failed"], step, "{report}");
+    }
 
     // anvil crashes (SIGKILL) and comes back on its saved state: anchoring resumes.
     let before = last_anchored(&url, settlement);
