@@ -177,6 +177,21 @@ mod tests {
             assert!(matches!(e, RpcError::Decode { .. }), "{e}");
             assert!(!e.is_transient());
         }
+        // https: the TLS handshake is attempted (a plain server answers garbage to it), the
+        // scheme is not refused as unsupported.
+        let rpc = Rpc::new(
+            &serve(b"not tls").replace("http://", "https://"),
+            Duration::from_secs(5),
+        );
+        let e = rpc.call::<String>("eth_chainId", json!([])).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let text = e.to_string().to_lowercase();
+        // (Built without a TLS provider, ureq says "tls required, but transport is
+        // unsecured".)
+        assert!(
+            !text.contains("tls required") && !text.contains("unsecured"),
+            "{text}"
+        );
         // Nobody listening: transient.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
