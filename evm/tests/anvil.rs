@@ -364,6 +364,23 @@ fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
         }
     }
 
+    // What a contract pays to check a record: verifyInference with an 8-leaf proof (3 hashes),
+    // as eth_estimateGas of a transaction calling it (21,000 of it is any transaction's base).
+    let covered: Vec<B256> = leaves[0..4].concat();
+    let check = ISettlement::verifyInferenceCall {
+        leaf: covered[0],
+        proof: chain::merkle::proof(&covered, 0).unwrap(),
+        height: 4,
+    };
+    let estimate: String = Rpc::new(&anvil.url, Duration::from_secs(5))
+        .call(
+            "eth_estimateGas",
+            json!([{"to": settlement, "data": alloy::primitives::Bytes::from(check.abi_encode())}]),
+        )
+        .unwrap();
+    let verify_gas = u64::from_str_radix(estimate.trim_start_matches("0x"), 16).unwrap();
+    assert!(verify_gas > 21_000 && verify_gas < 60_000, "{verify_gas}");
+
     // An old anchor sent again is refused (not after the last); the wallet goes on.
     let header = store.block(4).unwrap().unwrap().header;
     let cert = store.certificate(4).unwrap().unwrap();
@@ -382,5 +399,8 @@ fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
             _ => None,
         })
         .collect();
-    eprintln!("gas per anchor (4 validators; set change, 8 records, 8 records): {gas:?}");
+    eprintln!(
+        "gas per anchor (4 validators; set change, 8 records, 8 records): {gas:?}; \
+         a transaction calling verifyInference with a 3-hash proof: {verify_gas}"
+    );
 }
