@@ -70,14 +70,33 @@ pub struct ContractState {
     pub set_hash: B256,
 }
 
+/// What the planner reads of a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderFacts {
+    pub next_validators_hash: B256,
+    /// The header carries anchor roots (it closes an anchor window with something in it).
+    pub has_roots: bool,
+}
+
+impl From<&BlockHeader> for HeaderFacts {
+    fn from(h: &BlockHeader) -> HeaderFacts {
+        HeaderFacts {
+            next_validators_hash: h.next_validators_hash,
+            has_roots: h.anchor_records_root != B256::ZERO
+                || h.anchor_withdrawals_root != B256::ZERO,
+        }
+    }
+}
+
 /// The height to anchor after `state`, looking at headers up to `tip`: the first that is an
-/// anchor height or names another set than the contract's; `None` when no such block is
-/// committed yet.
+/// anchor height (a multiple of `interval`, or any header carrying anchor roots, should
+/// governance have changed the interval), or names another set than the contract's; `None`
+/// when no such block is committed yet.
 pub fn next_anchor(
     state: ContractState,
     tip: u64,
     interval: u64,
-    next_set_of: impl Fn(u64) -> Result<Option<B256>, String>,
+    facts_of: impl Fn(u64) -> Result<Option<HeaderFacts>, String>,
 ) -> Result<Option<u64>, String> {
     let interval = interval.max(1);
     let next_multiple = (state.last / interval + 1) * interval;
@@ -85,8 +104,10 @@ pub fn next_anchor(
         if h == next_multiple {
             return Ok(Some(h));
         }
-        match next_set_of(h)? {
-            Some(named) if named != state.set_hash => return Ok(Some(h)),
+        match facts_of(h)? {
+            Some(f) if f.next_validators_hash != state.set_hash || f.has_roots => {
+                return Ok(Some(h));
+            }
             Some(_) => {}
             None => return Err(format!("no header at height {h} below the tip {tip}")),
         }
@@ -140,7 +161,7 @@ pub fn step(
     let state = contract_state(wallet, settlement)?;
     let tip = native.tip().map_err(AnchorError::Native)?;
     let due = next_anchor(state, tip, interval, |h| {
-        native.header(h).map(|o| o.map(|h| h.next_validators_hash))
+        native.header(h).map(|o| o.as_ref().map(HeaderFacts::from))
     })
     .map_err(AnchorError::Native)?;
     let Some(height) = due else {
@@ -196,7 +217,11 @@ mod tests {
             last: 20,
             set_hash: set,
         };
-        let same = |_h: u64| Ok(Some(set));
+        let facts = |next: B256, has_roots: bool| HeaderFacts {
+            next_validators_hash: next,
+            has_roots,
+        };
+        let same = |_h: u64| Ok(Some(facts(set, false)));
         // Tip below the next anchor height, no set change: nothing.
         assert_eq!(next_anchor(state, 25, 10, same), Ok(None));
         assert_eq!(next_anchor(state, 20, 10, same), Ok(None));
@@ -205,12 +230,22 @@ mod tests {
         assert_eq!(next_anchor(state, 30, 10, same), Ok(Some(30)));
         assert_eq!(next_anchor(state, 95, 10, same), Ok(Some(30)));
         // A set change at 24 comes first, even past the anchor height.
-        let change = |h: u64| Ok(Some(if h >= 24 { other } else { set }));
+        let change = |h: u64| Ok(Some(facts(if h >= 24 { other } else { set }, false)));
         assert_eq!(next_anchor(state, 26, 10, change), Ok(Some(24)));
         assert_eq!(next_anchor(state, 50, 10, change), Ok(Some(24)));
         // A missing header below the tip is an error, not a silent skip.
-        let hole = |h: u64| Ok(if h == 22 { None } else { Some(set) });
+        let hole = |h: u64| {
+            Ok(if h == 22 {
+                None
+            } else {
+                Some(facts(set, false))
+            })
+        };
         assert!(next_anchor(state, 29, 10, hole).is_err());
+        // A header with anchor roots off the configured interval (governance changed it) is
+        // anchored too.
+        let rooted = |h: u64| Ok(Some(facts(set, h == 25)));
+        assert_eq!(next_anchor(state, 28, 10, rooted), Ok(Some(25)));
         // From genesis.
         let start = ContractState {
             last: 0,
