@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use alloy::sol_types::SolCall;
 use anyhow::{Context, Result, bail};
 use chain::{Address, PrivateKeySigner};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,9 @@ pub struct EvmInfo {
 
 /// The EVM chain id of testnets: anvil's default.
 pub const CHAIN_ID: u64 = 31_337;
+
+/// OPG the testnet client holds on the EVM side (from the deployer, who holds the supply).
+pub const CLIENT_OPG: u128 = 1_000_000 * 10u128.pow(18);
 
 /// Whether `pid` is a live anvil process (guards against pid reuse).
 pub fn is_anvil(pid: u32) -> bool {
@@ -92,8 +96,15 @@ pub fn stop_anvil(pid: u32, grace: Duration) {
 
 /// Starts anvil in `dir` and deploys OPG (its whole supply to a new deployer key, saved as
 /// `dir/evm-deployer.key`) and the Settlement contract with `genesis`'s validator set; gives
-/// each of `gas_for` (the validators, which post anchors) 100 ETH for gas.
-pub fn up(dir: &Path, port: u16, genesis: &chain::Genesis, gas_for: &[Address]) -> Result<EvmInfo> {
+/// each of `gas_for` (the validators, which post anchors) 100 ETH for gas; and funds the
+/// testnet's `client` on this side too: [`CLIENT_OPG`] and gas.
+pub fn up(
+    dir: &Path,
+    port: u16,
+    genesis: &chain::Genesis,
+    gas_for: &[Address],
+    client: Address,
+) -> Result<EvmInfo> {
     let contracts = evm::artifacts::contracts_dir();
     evm::artifacts::build(&contracts)?;
     let pid = start_anvil(dir, port)?;
@@ -106,7 +117,7 @@ pub fn up(dir: &Path, port: u16, genesis: &chain::Genesis, gas_for: &[Address]) 
         "anvil_setBalance",
         serde_json::json!([deployer.address(), "0x3635C9ADC5DEA00000"]),
     )?;
-    for a in gas_for {
+    for a in gas_for.iter().chain([&client]) {
         rpc.call::<serde_json::Value>(
             "anvil_setBalance",
             serde_json::json!([a, "0x56BC75E2D63100000"]),
@@ -123,6 +134,14 @@ pub fn up(dir: &Path, port: u16, genesis: &chain::Genesis, gas_for: &[Address]) 
     let settlement = wallet.deploy(
         &evm::artifacts::bytecode(&contracts, "Settlement")?,
         &evm::contracts::settlement_constructor(opg, genesis.chain_id, genesis.hash(), &set),
+    )?;
+    wallet.send(
+        Some(opg),
+        evm::contracts::IOPG::transferCall {
+            to: client,
+            value: alloy::primitives::U256::from(CLIENT_OPG),
+        }
+        .abi_encode(),
     )?;
     Ok(EvmInfo {
         rpc_url,

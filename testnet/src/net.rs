@@ -527,7 +527,7 @@ impl Testnet {
                 .map(|n| n.address)
                 .collect();
             Some(
-                crate::evmnet::up(&dir, port, &genesis, &validators)
+                crate::evmnet::up(&dir, port, &genesis, &validators, client.address())
                     .context("starting the EVM chain")?,
             )
         } else {

@@ -67,6 +67,17 @@ fn anchors_reach_the_evm_and_prove_jobs() {
     ))
     .unwrap();
     assert_eq!(supply, U256::from(chain::TOTAL_SUPPLY));
+    // The testnet client holds OPG on this side too.
+    let held = IOPG::balanceOfCall::abi_decode_returns(&view(
+        &url,
+        info.opg,
+        IOPG::balanceOfCall {
+            owner: net.client_address,
+        }
+        .abi_encode(),
+    ))
+    .unwrap();
+    assert_eq!(held, U256::from(testnet::evmnet::CLIENT_OPG));
 
     // A job, finalized; its receipt names the anchor that covers it once that block exists.
     let model = &net.models[0];
