@@ -1,6 +1,7 @@
 //! `proofmesh verify RECEIPT.json`: checks a job receipt (`GET /v1/receipts/{job}`) step by
-//! step without trusting the node that gave it: the client's and executor's signatures, the
-//! output by bit-exact re-execution (`--model-dir`), the record's Merkle path to its block's
+//! step without trusting the node that gave it: the client's and executor's signatures, a TEE
+//! proof against the genesis roots and chip binding (`--genesis`), the output by bit-exact
+//! re-execution (`--model-dir`), the record's Merkle path to its block's
 //! records root, the block hash from the header, the commit certificate against the validator
 //! set (checked against the genesis set with `--genesis`), and with `--evm-rpc` that the
 //! settlement contract's `verifyInference` accepts the record under its anchor. Prints JSON;
@@ -142,6 +143,47 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             );
         }
         Err(e) => return steps.fail("record_signatures", e.to_string()),
+    }
+
+    if let (chain::Proof::Tee(proof), Some(g)) = (&record.proof, &genesis) {
+        let Some(tee) = &g.tee else {
+            return steps.fail("tee_proof", "the genesis names no TEE roots");
+        };
+        let verifier = tee.verifier().context("the genesis TEE section")?;
+        let verified = match verifier.verify_leaf(
+            &proof.report,
+            &proof.vcek,
+            &proof.path,
+            &record.leaf(&domain),
+            &record.executor,
+        ) {
+            Ok(v) => v,
+            Err(e) => return steps.fail("tee_proof", e.to_string()),
+        };
+        let attested = chain::record::chip_binding(&verified.chip_id);
+        let bound = g
+            .inference_nodes
+            .iter()
+            .find(|n| n.address == record.executor)
+            .and_then(|n| n.tee_chip);
+        let binding = match bound {
+            Some(b) if b != attested => {
+                return steps.fail(
+                    "tee_proof",
+                    format!("attested by chip {attested}, the executor bound chip {b} at genesis"),
+                );
+            }
+            Some(_) => "the chip the executor bound at genesis",
+            None => "a chip the genesis does not bind (registered later: not checkable offline)",
+        };
+        steps.pass(
+            "tee_proof",
+            format!(
+                "SEV-SNP report verified to {} (measurement {}), by {binding}",
+                verified.roots,
+                hex::encode(verified.measurement)
+            ),
+        );
     }
 
     if let Some(dir) = &a.model_dir {

@@ -156,22 +156,23 @@ fn anchors_reach_the_evm_and_prove_jobs() {
 
     // `proofmesh verify` checks the receipt offline and through the contract, and names the
     // step a tampered receipt fails.
-    let scratch = tempfile::tempdir().unwrap();
+    let genesis_file = net.dir.join("genesis.json");
+    let settlement_arg = settlement.to_string();
     let verify_receipt = |r: &serde_json::Value, model: &str| {
-        let path = scratch.path().join("receipt.json");
-        std::fs::write(&path, r.to_string()).unwrap();
-        let out = std::process::Command::new(testnet::net::default_bin())
-            .arg("verify")
-            .arg(&path)
-            .arg("--genesis")
-            .arg(net.dir.join("genesis.json"))
-            .arg("--model-dir")
-            .arg(net.dir.join("models").join(model))
-            .args(["--evm-rpc", &url, "--settlement", &settlement.to_string()])
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (out.status.success(), report)
+        let model_dir = net.dir.join("models").join(model);
+        common::proofmesh_verify(
+            r,
+            &[
+                "--genesis".as_ref(),
+                genesis_file.as_os_str(),
+                "--model-dir".as_ref(),
+                model_dir.as_os_str(),
+                "--evm-rpc".as_ref(),
+                url.as_ref(),
+                "--settlement".as_ref(),
+                settlement_arg.as_ref(),
+            ],
+        )
     };
     let (ok, report) = verify_receipt(&receipt, &model.name);
     assert!(ok, "{report}");

@@ -183,4 +183,45 @@ fn tee_records_are_verified_and_forged_or_replayed_proofs_are_rejected() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // `proofmesh verify` checks an honest job's TEE proof against the genesis roots and the
+    // executor's bound chip, and refuses it with one byte of the report changed.
+    let job = honest_jobs[0]["job_id"].as_str().unwrap();
+    let receipt = client
+        .get(&format!("{v0}/v1/receipts/{job}"))
+        .unwrap()
+        .ok()
+        .unwrap();
+    let genesis_file = net.dir.join("genesis.json");
+    let verify =
+        |r: &Value| common::proofmesh_verify(r, &["--genesis".as_ref(), genesis_file.as_os_str()]);
+    let (ok, report) = verify(&receipt);
+    assert!(ok, "{report}");
+    let tee_step = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "tee_proof")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tee_proof step: {report}"));
+    assert!(
+        tee_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bound at genesis"),
+        "{tee_step}"
+    );
+    let mut tampered = receipt.clone();
+    let hexed = tampered["signed_record"]["proof"]["tee"]["report"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", receipt["signed_record"]["proof"]))
+        .to_string();
+    let mut bytes = hexed.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+    tampered["signed_record"]["proof"]["tee"]["report"] =
+        Value::String(String::from_utf8(bytes).unwrap());
+    let (ok, report) = verify(&tampered);
+    assert!(!ok, "{report}");
+    assert_eq!(report["failed"], "tee_proof", "{report}");
 }

@@ -189,3 +189,23 @@ pub fn signed(
     .sign(key, domain)
     .unwrap()
 }
+
+/// Runs `proofmesh verify` on `receipt` (written to a temporary file) with `args`: whether it
+/// succeeded, and its JSON report.
+#[allow(dead_code)]
+pub fn proofmesh_verify(
+    receipt: &serde_json::Value,
+    args: &[&std::ffi::OsStr],
+) -> (bool, serde_json::Value) {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("receipt.json");
+    std::fs::write(&path, receipt.to_string()).unwrap();
+    let out = std::process::Command::new(testnet::net::default_bin())
+        .arg("verify")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out.status.success(), report)
+}
