@@ -106,8 +106,8 @@ impl Anchor {
     }
 }
 
-/// One anchoring step, blocking: connects the wallet if needed, then [`evm::anchor::step`]
-/// with this node's turn.
+/// One anchoring step, blocking: connects the wallet if needed, then
+/// [`evm::anchor::step_reporting`] with this node's turn.
 fn attempt(
     config: &AnchorConfig,
     key: &PrivateKeySigner,
@@ -140,22 +140,23 @@ fn attempt(
         let rank = turn_rank(store.as_ref(), height, me);
         waited >= config.stagger * rank
     };
-    let result = evm::anchor::step(
+    // The step reports the contract's last anchored height: no second read for the metrics.
+    let result = evm::anchor::step_reporting(
         w,
         config.settlement,
         store.as_ref(),
         config.interval,
         my_turn,
     );
-    if let Ok(state) = evm::anchor::contract_state(w, config.settlement) {
-        METRICS.anchor_height.set(state.last as i64);
+    if let Ok((_, last)) = &result {
+        METRICS.anchor_height.set(*last as i64);
         if let Ok(tip) = NativeChain::tip(store.as_ref()) {
             METRICS
                 .anchor_lag_blocks
-                .set(tip.saturating_sub(state.last) as i64);
+                .set(tip.saturating_sub(*last) as i64);
         }
     }
-    result.map_err(|e| {
+    result.map(|(step, _)| step).map_err(|e| {
         if !e.is_transient() {
             // A wallet that may have lost its place is rebuilt from the node next time.
             *guard = None;

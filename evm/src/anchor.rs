@@ -158,7 +158,36 @@ pub fn step(
     interval: u64,
     my_turn: impl Fn(u64) -> bool,
 ) -> Result<Step, AnchorError> {
+    step_reporting(wallet, settlement, native, interval, my_turn).map(|(step, _)| step)
+}
+
+/// [`step`], with the contract's last anchored height after it (for metrics, without
+/// reading the contract again).
+pub fn step_reporting(
+    wallet: &mut Wallet,
+    settlement: Address,
+    native: &dyn NativeChain,
+    interval: u64,
+    my_turn: impl Fn(u64) -> bool,
+) -> Result<(Step, u64), AnchorError> {
     let state = contract_state(wallet, settlement)?;
+    let step = plan_and_send(wallet, settlement, native, interval, my_turn, state)?;
+    let last = match step {
+        Step::Anchored { height, .. } | Step::AnchoredByOther { height } => height,
+        Step::UpToDate { last } => last,
+        Step::Waiting { .. } => state.last,
+    };
+    Ok((step, last))
+}
+
+fn plan_and_send(
+    wallet: &mut Wallet,
+    settlement: Address,
+    native: &dyn NativeChain,
+    interval: u64,
+    my_turn: impl Fn(u64) -> bool,
+    state: ContractState,
+) -> Result<Step, AnchorError> {
     let tip = native.tip().map_err(AnchorError::Native)?;
     let due = next_anchor(state, tip, interval, |h| {
         native.header(h).map(|o| o.as_ref().map(HeaderFacts::from))

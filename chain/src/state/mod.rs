@@ -681,7 +681,9 @@ impl Ledger {
                 "too many records or transactions".into(),
             ));
         }
-        if Block::records_root(&block.records, &domain) != h.records_root {
+        // Each record's leaf once: for the records root here and the anchor window below.
+        let leaves: Vec<B256> = block.records.iter().map(|r| r.leaf(&domain)).collect();
+        if crate::merkle::root(&leaves) != h.records_root {
             return Err(Error::InvalidBlock("records root mismatch".into()));
         }
         if Block::txs_root(&block.txs, &domain) != h.txs_root {
@@ -749,9 +751,7 @@ impl Ledger {
         // The anchor: this block's leaves join those since the last anchor height; at an
         // anchor height the header carries their roots and the next anchor starts empty.
         let mut anchor = self.anchor.clone();
-        anchor
-            .records
-            .extend(block.records.iter().map(|r| r.leaf(&domain)));
+        anchor.records.extend(leaves);
         let (anchor_records_root, anchor_withdrawals_root) =
             if h.height.is_multiple_of(params.anchor_interval) {
                 let roots = (
