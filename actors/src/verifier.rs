@@ -30,6 +30,41 @@ use crate::settlement::GetJob;
 /// mempool's record capacity.
 const VERIFIED_CACHE: usize = 100_000;
 
+/// Remember at most this many records found false (by leaf).
+const FRAUD_CACHE: usize = 4096;
+
+/// Records found false here, by leaf, with the output re-execution gave: a copy arriving again
+/// or a fraud report naming one is settled without running the model again, and each fraud is
+/// counted and logged once, however it reached this node (its gossiped record, a proposal, or
+/// another validator's report arriving first).
+#[derive(Default)]
+struct FraudLeaves {
+    outputs: HashMap<B256, B256>,
+    order: VecDeque<B256>,
+}
+
+impl FraudLeaves {
+    fn get(&self, leaf: &B256) -> Option<&B256> {
+        self.outputs.get(leaf)
+    }
+
+    /// Whether `leaf` was new.
+    fn insert(&mut self, leaf: B256, actual: B256) -> bool {
+        if self.outputs.contains_key(&leaf) {
+            return false;
+        }
+        self.outputs.insert(leaf, actual);
+        self.order.push_back(leaf);
+        while self.outputs.len() > FRAUD_CACHE {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.outputs.remove(&old);
+        }
+        true
+    }
+}
+
 /// Leaves of records verified here, each with its job, until the job is settled or the cache
 /// is full (then the oldest go first).
 #[derive(Default)]
@@ -163,6 +198,8 @@ pub struct Verifier {
     reporter: Option<Arc<chain::PrivateKeySigner>>,
     /// Inference nodes reported, with when: one report per node while its jail lasts.
     reported: HashMap<chain::Address, Instant>,
+    /// Records found false here.
+    frauds: FraudLeaves,
 }
 
 /// Checks the fraud claims of `ReportFraud` transactions by re-executing each record: `Ok`
@@ -269,6 +306,7 @@ impl Verifier {
             checking: HashSet::new(),
             reporter: None,
             reported: HashMap::new(),
+            frauds: FraudLeaves::default(),
         }
     }
 
@@ -326,19 +364,37 @@ impl Verifier {
         METRICS.verified_cache.set(self.verified.len() as i64);
     }
 
-    fn log_rejection(record: &InferenceRecord, e: &RecordError, domain: &chain::signing::Domain) {
+    fn log_rejection(&mut self, record: &InferenceRecord, e: &RecordError) {
         METRICS
             .records_rejected
             .with_label_values(&[&e.label()])
             .inc();
-        if let RecordError::Fraud { .. } = e {
-            METRICS.fraud_detected.inc();
-            tracing::error!(job = %record.job_id(domain), executor = %record.executor, error = %e, "FRAUD: record rejected");
-        } else if let RecordError::Attestation(_) = e {
-            tracing::error!(job = %record.job_id(domain), executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected");
-        } else {
-            tracing::warn!(job = %record.job_id(domain), error = %e, "record rejected");
+        let job = record.job_id(self.checker.admission.domain());
+        match e {
+            RecordError::Fraud { actual, .. } => {
+                self.note_fraud(record, *actual, "record rejected")
+            }
+            RecordError::Attestation(_) => {
+                tracing::error!(%job, executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected")
+            }
+            _ => tracing::warn!(%job, error = %e, "record rejected"),
         }
+    }
+
+    /// `record`'s re-execution here gave `actual`, not its output: counted and logged the first
+    /// time this node sees it, whichever way it came.
+    fn note_fraud(&mut self, record: &InferenceRecord, actual: B256, what: &str) {
+        let domain = *self.checker.admission.domain();
+        if !self.frauds.insert(record.leaf(&domain), actual) {
+            return;
+        }
+        METRICS.fraud_detected.inc();
+        let e = RecordError::Fraud {
+            executor: record.executor,
+            claimed: record.output_hash,
+            actual,
+        };
+        tracing::error!(job = %record.job_id(&domain), executor = %record.executor, error = %e, "FRAUD: {what}");
     }
 }
 
@@ -382,6 +438,10 @@ impl Handler<GossipRecord> for Verifier {
         let leaf = msg.record.leaf(self.checker.admission.domain());
         let early = if self.verified.contains(&leaf) || self.checking.contains(&id) {
             skip("duplicate")
+        } else if self.frauds.get(&leaf).is_some() {
+            // Found false here before: refused again without running the model.
+            METRICS.records_rejected.with_label_values(&["fraud"]).inc();
+            Some(MessageAcceptance::Reject)
         } else if expiry_ms < chain::types::now_ms() {
             skip("expired")
         } else {
@@ -432,7 +492,7 @@ impl Handler<GossipRecord> for Verifier {
                     MessageAcceptance::Accept
                 }
                 Err(e) => {
-                    Verifier::log_rejection(&record, &e, act.checker.admission.domain());
+                    act.log_rejection(&record, &e);
                     act.report(&record, &e);
                     match e {
                         // Not the sender's fault: we lack the model.
@@ -462,6 +522,18 @@ impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
         let domain = *self.checker.admission.domain();
+        if let Some(r) = msg
+            .0
+            .iter()
+            .find(|r| self.frauds.get(&r.leaf(&domain)).is_some())
+        {
+            METRICS.records_rejected.with_label_values(&["fraud"]).inc();
+            let e = format!(
+                "record {}: found false here before (fraud)",
+                r.job_id(&domain)
+            );
+            return Box::pin(fut::ready(Err(e)));
+        }
         let todo: Vec<InferenceRecord> = msg
             .0
             .into_iter()
@@ -474,37 +546,63 @@ impl Handler<VerifyRecords> for Verifier {
                 let record = Arc::new(record);
                 match check_blocking(checker.clone(), record.clone()).await {
                     Ok(verified) => ok.push((verified.record().leaf(&domain), verified.id())),
-                    Err(e) => {
-                        Verifier::log_rejection(&record, &e, &domain);
-                        return (ok, Err(format!("record {}: {e}", record.job_id(&domain))));
-                    }
+                    Err(e) => return (ok, Some((record, e))),
                 }
             }
-            (ok, Ok(()))
+            (ok, None)
         };
-        Box::pin(fut.into_actor(self).map(|(ok, result), act, _| {
+        Box::pin(fut.into_actor(self).map(move |(ok, rejected), act, _| {
             for (leaf, job) in ok {
                 act.remember(leaf, job);
             }
-            result
+            match rejected {
+                None => Ok(()),
+                Some((record, e)) => {
+                    act.log_rejection(&record, &e);
+                    Err(format!("record {}: {e}", record.job_id(&domain)))
+                }
+            }
         }))
     }
 }
 
 impl Handler<CheckFraud> for Verifier {
-    type Result = ResponseFuture<Result<(), FraudCheckError>>;
+    type Result = ResponseActFuture<Self, Result<(), FraudCheckError>>;
+    /// Claims about records already found false here, with the same recomputed output, hold
+    /// without running the model again; the others are re-executed off the actix threads, and
+    /// each confirmed one is counted as fraud detected here.
     fn handle(&mut self, msg: CheckFraud, _: &mut Self::Context) -> Self::Result {
+        use chain::evidence::FraudClaim;
+        let domain = *self.checker.admission.domain();
+        let todo: Vec<chain::evidence::FraudEvidence> = msg
+            .0
+            .into_iter()
+            .filter(|f| match &f.claim {
+                FraudClaim::Output { recomputed } => {
+                    self.frauds.get(&f.record.leaf(&domain)) != Some(recomputed)
+                }
+                FraudClaim::TeeProof => false,
+            })
+            .collect();
         let checker = self.checker.clone();
-        Box::pin(async move {
+        let fut = async move {
             tokio::task::spawn_blocking(move || {
-                for f in &msg.0 {
+                for f in &todo {
                     checker.check_fraud(f)?;
                 }
-                Ok(())
+                Ok(todo)
             })
             .await
             .map_err(|e| FraudCheckError::Unable(e.to_string()))?
-        })
+        };
+        Box::pin(fut.into_actor(self).map(|confirmed, act, _| {
+            for f in confirmed? {
+                if let FraudClaim::Output { recomputed } = f.claim {
+                    act.note_fraud(&f.record, recomputed, "a reported record re-executed here");
+                }
+            }
+            Ok(())
+        }))
     }
 }
 
@@ -589,33 +687,30 @@ mod tests {
     /// A fraud claim is re-executed: only the output this node computes, when it differs
     /// from the record's, passes; a claim of the record's own output or of another output is
     /// refused, and so is one whose model is not here.
-    #[test]
-    fn fraud_claims_are_re_executed() {
-        use chain::evidence::{FraudClaim, FraudEvidence};
-        let dir = tempfile::tempdir().unwrap();
+    /// A seeded model under `dir`, its true output hash for its example input, and records of
+    /// that job with any output.
+    fn fraud_fixture(
+        dir: &std::path::Path,
+    ) -> (Models, B256, impl Fn(B256) -> InferenceRecord + use<>) {
         let spec = kernels::MlpSpec {
             input_dim: 4,
             hidden_dims: vec![8],
             num_classes: 3,
         };
-        kernels::write_seeded_mlp(&dir.path().join("m"), "m", 5, &spec).unwrap();
-        let models = Models::load_dir(dir.path()).unwrap();
+        kernels::write_seeded_mlp(&dir.join("m"), "m", 5, &spec).unwrap();
+        let models = Models::load_dir(dir).unwrap();
         let model_id = models.ids()[0];
         let model = models.get(&model_id).unwrap();
         let input = String::from_utf8(model.example_input()).unwrap();
-        let backend = kernels::select("cpu").unwrap();
         let truth = B256::from(
             model
-                .run(backend.as_ref(), input.as_bytes())
+                .run(kernels::select("cpu").unwrap().as_ref(), input.as_bytes())
                 .unwrap()
                 .hash(),
         );
         let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
-        let domain = chain::signing::Domain {
-            chain_id: 3,
-            salt: B256::ZERO,
-        };
-        let record = |output| {
+        let domain = tee_fixture().0.domain();
+        let record = move |output| {
             let job = JobRequest {
                 client: client.address(),
                 model_id,
@@ -629,6 +724,15 @@ mod tests {
             InferenceRecord::create(job, input.clone(), output, Proof::Reexec, &exec, &domain)
                 .unwrap()
         };
+        (models, truth, record)
+    }
+
+    #[test]
+    fn fraud_claims_are_re_executed() {
+        use chain::evidence::{FraudClaim, FraudEvidence};
+        let dir = tempfile::tempdir().unwrap();
+        let (models, truth, record) = fraud_fixture(dir.path());
+        let backend = kernels::select("cpu").unwrap();
         let genesis = tee_fixture().0;
         let checker = Checker {
             admission: Admission::new(Arc::new(genesis), None),
@@ -895,24 +999,16 @@ mod tests {
     /// A block may carry a second record of a job whose honest record was verified from
     /// gossip: another output, signed by the same executor, with the honest record's TEE proof.
     /// The verified cache knows records, not jobs: that one is checked in full and refused.
-    #[actix::test]
-    async fn a_verified_job_does_not_vouch_for_another_record_of_it() {
-        let (genesis, make) = tee_fixture();
-        let honest = chain::B256::repeat_byte(1);
-        let good = make(&genesis, honest, honest, true);
-        let forged = make(&genesis, chain::B256::repeat_byte(2), honest, true);
-        let domain = genesis.domain();
-        assert_eq!(good.job_id(&domain), forged.job_id(&domain));
-
+    /// A Verifier actor on a fresh store under `dir`, with its own mempool and network.
+    fn start_verifier(genesis: Genesis, models: Models, dir: &std::path::Path) -> Addr<Verifier> {
         let genesis = Arc::new(genesis);
         let tee = genesis
             .tee
             .as_ref()
             .map(|t| Arc::new(t.verifier().unwrap()));
         let admission = Admission::new(genesis.clone(), tee);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(chain::Store::open(dir.path()).unwrap());
-        let settlement = crate::settlement::Settlement::open(store.clone(), genesis.clone())
+        let store = Arc::new(chain::Store::open(dir).unwrap());
+        let settlement = crate::settlement::Settlement::open(store, genesis)
             .unwrap()
             .start();
         let mempool = Mempool::new(admission.clone(), None, settlement.clone().recipient()).start();
@@ -925,16 +1021,66 @@ mod tests {
         )
         .unwrap()
         .addr;
-        let verifier = Verifier::new(
+        Verifier::new(
             admission,
-            Models::default(),
+            models,
             kernels::select("cpu").unwrap(),
             true,
             network,
             mempool,
             settlement.recipient(),
         )
-        .start();
+        .start()
+    }
+
+    /// Another validator's report reaching this one first: its claim is re-executed and the
+    /// fraud counted here once, however often the claim comes again; the record itself is then
+    /// refused without running the model, and a claim with another output is still false.
+    #[actix::test]
+    async fn a_confirmed_fraud_report_counts_once_and_refuses_the_record() {
+        use chain::evidence::{FraudClaim, FraudEvidence};
+        let dir = tempfile::tempdir().unwrap();
+        let (models, truth, record) = fraud_fixture(&dir.path().join("models"));
+        let verifier = start_verifier(tee_fixture().0, models, &dir.path().join("store"));
+        let liar = record(B256::repeat_byte(1));
+        let claim = |recomputed| {
+            CheckFraud(vec![FraudEvidence {
+                record: liar.clone(),
+                claim: FraudClaim::Output { recomputed },
+            }])
+        };
+        let detected = || METRICS.fraud_detected.get();
+        let before = detected();
+        verifier.send(claim(truth)).await.unwrap().unwrap();
+        assert_eq!(detected(), before + 1);
+        verifier.send(claim(truth)).await.unwrap().unwrap();
+        assert_eq!(detected(), before + 1, "one fraud, counted once");
+        let e = verifier
+            .send(claim(B256::repeat_byte(2)))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, FraudCheckError::False(_)), "{e}");
+        let refused = verifier
+            .send(VerifyRecords(vec![liar.clone()]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(refused.contains("found false here before"), "{refused}");
+        assert_eq!(detected(), before + 1);
+    }
+
+    #[actix::test]
+    async fn a_verified_job_does_not_vouch_for_another_record_of_it() {
+        let (genesis, make) = tee_fixture();
+        let honest = chain::B256::repeat_byte(1);
+        let good = make(&genesis, honest, honest, true);
+        let forged = make(&genesis, chain::B256::repeat_byte(2), honest, true);
+        let domain = genesis.domain();
+        assert_eq!(good.job_id(&domain), forged.job_id(&domain));
+
+        let dir = tempfile::tempdir().unwrap();
+        let verifier = start_verifier(genesis, Models::default(), dir.path());
         verifier
             .send(VerifyRecords(vec![good.clone()]))
             .await

@@ -53,8 +53,9 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
         honest.address.to_string().to_lowercase()
     );
 
-    // ...while every validator re-executed the faulty record, saw another output hash and
-    // refused it: it never reaches a block, and it is logged and counted as fraud.
+    // ...while every validator re-executed the faulty record (its gossiped copy, or the first
+    // validator's fraud report when that came first), saw another output hash and refused it:
+    // it never reaches a block, and it is logged and counted as fraud on each.
     let deadline = Instant::now() + Duration::from_secs(30);
     for v in net.validators() {
         loop {
