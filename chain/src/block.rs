@@ -429,5 +429,14 @@ mod evm_agreement {
             assert_eq!(*a, wa.parse::<Address>().unwrap());
             assert_eq!(hex::encode(sig.0), ws);
         }
+        // A withdrawal's leaf, as `Settlement.withdrawalLeaf` computes it.
+        assert_eq!(
+            crate::state::withdrawal_leaf(
+                keccak256("withdrawal"),
+                Address::repeat_byte(0x34),
+                5 * 10u128.pow(18)
+            ),
+            b("0xe17f3fa9259933c5a72597883a0e8492f4c9caefc64baec39f6503399a48fb3e")
+        );
     }
 }

@@ -222,11 +222,20 @@ pub struct Pools {
     /// Deposits of proposals still being voted on.
     #[serde(with = "amount", default)]
     pub deposits: u128,
+    /// The bridge reserve: the OPG that circulates on the EVM (outside its bridge contract)
+    /// rather than here. A bridge deposit takes from it, a bridge withdrawal adds to it, so
+    /// native circulating + EVM circulating = the supply, once nothing is in flight.
+    #[serde(with = "amount", default)]
+    pub bridge_reserve: u128,
+    /// How many of the EVM bridge's deposits are credited (ids `0..` this): not tokens.
+    #[serde(default)]
+    pub bridge_deposits_credited: u64,
 }
 
 impl Pools {
+    /// The tokens in the pools.
     pub fn total(&self) -> u128 {
-        self.rewards + self.community + self.deposits
+        self.rewards + self.community + self.deposits + self.bridge_reserve
     }
 }
 
@@ -652,7 +661,7 @@ pub(crate) mod tests {
         let pools = Pools {
             rewards: 1_000_000 * OPG,
             community: 1_000 * OPG,
-            deposits: 0,
+            ..Pools::default()
         };
         let rest = TOTAL_SUPPLY - 4 * stake - client_balance - node_stake - pools.total();
         accounts.push(GenesisAccount {

@@ -107,6 +107,22 @@ pub mod typed {
             uint64 nonce;
             uint128 maxFee;
         }
+        struct BridgeDeposit {
+            address from;
+            uint64 id;
+            address depositor;
+            address recipient;
+            uint128 amount;
+            uint64 nonce;
+            uint128 maxFee;
+        }
+        struct BridgeWithdraw {
+            address from;
+            address recipient;
+            uint128 amount;
+            uint64 nonce;
+            uint128 maxFee;
+        }
         struct InferenceResult {
             bytes32 jobId;
             bytes32 modelId;

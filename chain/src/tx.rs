@@ -211,6 +211,27 @@ pub enum Action {
     ReportEvidence(Evidence),
     /// Proof that an inference node signed a false record.
     ReportFraud(Box<FraudEvidence>),
+    /// Credits deposit `id` of the EVM bridge (`Settlement.deposits(id)`): `amount` leaves the
+    /// bridge reserve for `recipient`. Sent by a validator; every validator checks it against
+    /// its own EVM RPC before voting for a block with it; deposits are credited in id order,
+    /// each once.
+    BridgeDeposit {
+        id: u64,
+        /// Who locked the tokens on the EVM.
+        from: Address,
+        recipient: Address,
+        #[serde(with = "amount")]
+        amount: u128,
+    },
+    /// Moves `amount` of the sender's balance into the bridge reserve for `recipient` on the
+    /// EVM: the withdrawal (id = this transaction's hash) joins the next anchor's withdrawals
+    /// root, against which `Settlement.withdraw` releases the ERC-20 once. (`Withdraw` is
+    /// unbonding's.)
+    BridgeWithdraw {
+        recipient: Address,
+        #[serde(with = "amount")]
+        amount: u128,
+    },
 }
 
 impl Action {
@@ -229,13 +250,17 @@ impl Action {
             Action::Unjail => "unjail",
             Action::ReportEvidence(_) => "report_evidence",
             Action::ReportFraud(_) => "report_fraud",
+            Action::BridgeDeposit { .. } => "bridge_deposit",
+            Action::BridgeWithdraw { .. } => "bridge_withdraw",
         }
     }
 
     /// What the action takes from the sender's balance besides the fee.
     pub fn spends(&self) -> u128 {
         match self {
-            Action::Transfer { amount, .. } | Action::Bond { amount } => *amount,
+            Action::Transfer { amount, .. }
+            | Action::Bond { amount }
+            | Action::BridgeWithdraw { amount, .. } => *amount,
             Action::Propose { deposit, .. } => *deposit,
             _ => 0,
         }
@@ -302,6 +327,18 @@ impl Action {
                 Ok(())
             }
             Action::Propose { kind, .. } => kind.check_shape(),
+            Action::BridgeDeposit {
+                recipient, amount, ..
+            }
+            | Action::BridgeWithdraw { recipient, amount } => {
+                if *amount == 0 {
+                    return Err(bad("amount", "0".into()));
+                }
+                if recipient.is_zero() {
+                    return Err(bad("recipient", "the zero address".into()));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -447,6 +484,29 @@ impl UnsignedTx {
                 maxFee: max_fee,
             }
             .eip712_signing_hash(d),
+            Action::BridgeDeposit {
+                id,
+                from: depositor,
+                recipient,
+                amount,
+            } => typed::BridgeDeposit {
+                from,
+                id: *id,
+                depositor: *depositor,
+                recipient: *recipient,
+                amount: *amount,
+                nonce,
+                maxFee: max_fee,
+            }
+            .eip712_signing_hash(d),
+            Action::BridgeWithdraw { recipient, amount } => typed::BridgeWithdraw {
+                from,
+                recipient: *recipient,
+                amount: *amount,
+                nonce,
+                maxFee: max_fee,
+            }
+            .eip712_signing_hash(d),
         }
     }
 
@@ -554,6 +614,16 @@ pub(crate) mod tests {
                     recomputed: B256::repeat_byte(8),
                 },
             })),
+            Action::BridgeDeposit {
+                id: 4,
+                from: Address::repeat_byte(5),
+                recipient: Address::repeat_byte(6),
+                amount: 9,
+            },
+            Action::BridgeWithdraw {
+                recipient: Address::repeat_byte(7),
+                amount: 11,
+            },
         ];
         actions
             .into_iter()
@@ -618,6 +688,8 @@ pub(crate) mod tests {
                 Action::ReportFraud(f) => f.claim = crate::evidence::FraudClaim::TeeProof,
                 Action::Withdraw => t.action = Action::Unjail,
                 Action::Unjail => t.action = Action::Withdraw,
+                Action::BridgeDeposit { id, .. } => *id += 1,
+                Action::BridgeWithdraw { recipient, .. } => *recipient = Address::repeat_byte(1),
                 other => panic!("no edit for {}", other.name()),
             }
             edits.push(t);

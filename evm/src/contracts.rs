@@ -28,6 +28,14 @@ alloy::sol! {
         bytes32 withdrawalsRoot;
     }
 
+    #[derive(Debug, PartialEq, Eq)]
+    struct Deposit {
+        address from;
+        uint64 evmBlock;
+        address nativeRecipient;
+        uint96 amount;
+    }
+
     interface ISettlement {
         function anchor(Header header, uint32 round, bytes[] signatures, address[] nextValidators, uint64[] nextPowers) external;
         function lastAnchoredHeight() external view returns (uint64);
@@ -37,6 +45,11 @@ alloy::sol! {
         function verifyInference(bytes32 leaf, bytes32[] proof, uint64 height) external view returns (bool);
         function deposit(uint256 amount, address nativeRecipient) external;
         function withdraw(bytes32 id, address recipient, uint256 amount, uint64 anchorHeight, bytes32[] proof) external;
+        function depositWithAuthorization(address from, uint256 amount, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
+        function depositCount() external view returns (uint256);
+        function deposits(uint256 id) external view returns (Deposit memory);
+        function withdrawn(bytes32 id) external view returns (bool);
+        function withdrawalLeaf(bytes32 id, address recipient, uint256 amount) external pure returns (bytes32);
 
         event Anchored(uint64 indexed height, bytes32 blockHash, bytes32 stateRoot, bytes32 recordsRoot, bytes32 withdrawalsRoot);
         event ValidatorSetChanged(uint64 indexed height, bytes32 setHash, address[] validators, uint64[] powers);

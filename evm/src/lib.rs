@@ -3,6 +3,7 @@
 
 pub mod anchor;
 pub mod artifacts;
+pub mod bridge;
 pub mod contracts;
 pub mod rpc;
 pub mod wallet;

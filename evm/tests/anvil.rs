@@ -392,6 +392,47 @@ fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
         value: U256::from(1),
     };
     wallet.send(Some(opg), approve.abi_encode()).unwrap();
+
+    // The bridge as validators read it: a deposit is seen only `confirmations` blocks deep.
+    let amount = 7 * 10u128.pow(18);
+    let approve = IOPG::approveCall {
+        spender: settlement,
+        value: U256::from(amount),
+    };
+    wallet.send(Some(opg), approve.abi_encode()).unwrap();
+    let recipient = Address::repeat_byte(0x77);
+    let deposit = ISettlement::depositCall {
+        amount: U256::from(amount),
+        nativeRecipient: recipient,
+    };
+    let receipt = wallet.send(Some(settlement), deposit.abi_encode()).unwrap();
+    let rpc = wallet.rpc();
+    let seen = |confirmations| {
+        let block = evm::bridge::confirmed_block(rpc, confirmations)
+            .unwrap()
+            .unwrap();
+        evm::bridge::deposits_from(rpc, settlement, 0, 16, block).unwrap()
+    };
+    let want = evm::bridge::Deposit {
+        id: 0,
+        from: deployer.address(),
+        recipient,
+        amount,
+        evm_block: receipt.block_number,
+    };
+    assert_eq!(seen(0), vec![want]);
+    assert_eq!(seen(2), vec![], "not 2 blocks deep yet");
+    let _: serde_json::Value = rpc.call("anvil_mine", json!(["0x2"])).unwrap();
+    assert_eq!(seen(2), vec![want]);
+    let block = evm::bridge::confirmed_block(rpc, 0).unwrap().unwrap();
+    assert_eq!(
+        evm::bridge::deposit(rpc, settlement, 0, block).unwrap(),
+        Some(want)
+    );
+    assert_eq!(
+        evm::bridge::deposit(rpc, settlement, 1, block).unwrap(),
+        None
+    );
     let gas: Vec<u64> = steps
         .iter()
         .filter_map(|s| match s {

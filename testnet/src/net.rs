@@ -1052,7 +1052,7 @@ fn make_genesis(
     let pools = chain::Pools {
         rewards: share("rewards_pool"),
         community: share("community_pool"),
-        deposits: 0,
+        ..chain::Pools::default()
     };
     let allocated: u128 =
         accounts.iter().map(|a| a.balance + a.stake).sum::<u128>() + pools.total() + faucet;

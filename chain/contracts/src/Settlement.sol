@@ -69,7 +69,17 @@ contract Settlement {
     uint64 public lastAnchoredHeight;
     mapping(uint64 => Anchor) private _anchors;
 
+    /// A deposit as the proofmesh chain credits it. Validators read these at the block
+    /// `evm_confirmations` below the tip, so a deposit is credited only once that deep.
+    struct Deposit {
+        address from;
+        uint64 evmBlock;
+        address nativeRecipient;
+        uint96 amount;
+    }
+
     uint256 public depositCount;
+    mapping(uint256 => Deposit) private _deposits;
     /// Withdrawal ids already paid out.
     mapping(bytes32 => bool) public withdrawn;
 
@@ -93,6 +103,7 @@ contract Settlement {
     error AlreadyWithdrawn(bytes32 id);
     error InvalidProof();
     error ZeroAmount();
+    error NoSuchDeposit(uint256 id);
 
     constructor(
         OPG opg_,
@@ -239,7 +250,7 @@ contract Settlement {
     function deposit(uint256 amount, address nativeRecipient) external {
         if (amount == 0) revert ZeroAmount();
         IERC20(opg).safeTransferFrom(msg.sender, address(this), amount);
-        emit Deposited(depositCount++, msg.sender, nativeRecipient, amount);
+        _record(msg.sender, nativeRecipient, amount);
     }
 
     /// @notice Locks `amount` OPG of `from` by its EIP-3009 `ReceiveWithAuthorization` to this
@@ -255,7 +266,22 @@ contract Settlement {
     ) external {
         if (amount == 0) revert ZeroAmount();
         opg.receiveWithAuthorization(from, address(this), amount, validAfter, validBefore, nonce, signature);
-        emit Deposited(depositCount++, from, from, amount);
+        _record(from, from, amount);
+    }
+
+    /// @notice Deposit `id` (from 0, in order): who locked, for whom, how much, in which block.
+    function deposits(uint256 id) external view returns (Deposit memory) {
+        if (id >= depositCount) revert NoSuchDeposit(id);
+        return _deposits[id];
+    }
+
+    function _record(address from, address nativeRecipient, uint256 amount) private {
+        uint256 id = depositCount++;
+        // casting to 'uint64' is safe because block numbers stay far below 2^64, and to
+        // 'uint96' because the whole OPG supply (1e27 base units) is below 2^96
+        // forge-lint: disable-next-line(unsafe-typecast)
+        _deposits[id] = Deposit(from, uint64(block.number), nativeRecipient, uint96(amount));
+        emit Deposited(id, from, nativeRecipient, amount);
     }
 
     /// @notice The leaf of a withdrawal in an anchored withdrawals root.

@@ -164,7 +164,17 @@ contract SettlementTest is Network {
             hex"517987e4103d2da6b8256b61630386acce798876bd67337e4b6f737cf5577f0c4e57033d7e786f7ccbef61a236397aed6d325c1f77bac7b91f2168f7991557e01c";
         node.anchor(h, 2, sigs, noAddrs, noPowers);
         assertEq(node.anchors(20).blockHash, blockHash, "anchored");
-        assertTrue(node.verifyInference(keccak256("anchor records"), new bytes32[](0), 20), "a one-leaf tree: its root is its leaf");
+        assertTrue(
+            node.verifyInference(keccak256("anchor records"), new bytes32[](0), 20),
+            "a one-leaf tree: its root is its leaf"
+        );
+        assertEq(
+            node.withdrawalLeaf(
+                keccak256("withdrawal"), address(bytes20(hex"3434343434343434343434343434343434343434")), 5 ether
+            ),
+            0xe17f3fa9259933c5a72597883a0e8492f4c9caefc64baec39f6503399a48fb3e,
+            "withdrawal leaf"
+        );
     }
 
     function test_deployedWithTheGenesisSet() public view {
@@ -424,6 +434,13 @@ contract SettlementTest is Network {
         s.deposit(60 ether, nativeAccount);
         assertEq(token.balanceOf(address(s)), 60 ether, "locked");
         assertEq(s.depositCount(), 1, "count");
+        Settlement.Deposit memory d = s.deposits(0);
+        assertEq(d.from, holder, "from");
+        assertEq(d.nativeRecipient, nativeAccount, "recipient");
+        assertEq(uint256(d.amount), 60 ether, "amount");
+        assertEq(uint256(d.evmBlock), block.number, "block");
+        vm.expectRevert(abi.encodeWithSelector(Settlement.NoSuchDeposit.selector, 1));
+        s.deposits(1);
         vm.prank(holder);
         vm.expectRevert(Settlement.ZeroAmount.selector);
         s.deposit(0, nativeAccount);
@@ -453,6 +470,10 @@ contract SettlementTest is Network {
         s.depositWithAuthorization(payer, 4 ether, 0, before, nonce, sig);
         assertEq(token.balanceOf(address(s)), 4 ether, "locked");
         assertEq(token.balanceOf(payer), 6 ether, "paid");
+        Settlement.Deposit memory d = s.deposits(0);
+        assertEq(d.from, payer, "from");
+        assertEq(d.nativeRecipient, payer, "credited to the payer");
+        assertEq(uint256(d.amount), 4 ether, "amount");
         vm.expectRevert(abi.encodeWithSelector(OPG.AuthorizationAlreadyUsed.selector, payer, nonce));
         s.depositWithAuthorization(payer, 4 ether, 0, before, nonce, sig);
         // Another amount than signed.

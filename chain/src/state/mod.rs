@@ -343,6 +343,8 @@ struct Overlay<'a> {
     frauds: Vec<(Address, JobId)>,
     liveness: Liveness,
     downtime_jailed: Vec<Address>,
+    /// Leaves of this block's bridge withdrawals, in order.
+    withdrawals: Vec<B256>,
     /// The TEE the genesis trusts (for fraud evidence against TEE records).
     tee: Option<&'a crate::genesis::TeeParams>,
 }
@@ -559,7 +561,7 @@ impl Ledger {
         tx: &Tx,
         now_ms: u64,
     ) -> std::result::Result<(), String> {
-        tx.verify(&domain).map_err(|e| e.to_string())?;
+        let hash = tx.verify(&domain).map_err(|e| e.to_string())?;
         let mut o = self.overlay(
             g,
             domain,
@@ -567,7 +569,7 @@ impl Ledger {
             now_ms.max(self.tip_time_ms + 1),
             Address::ZERO,
         );
-        apply_tx(&mut o, tx)?
+        apply_tx(&mut o, tx, hash)?
     }
 
     fn overlay<'a>(
@@ -594,6 +596,7 @@ impl Ledger {
             frauds: Vec::new(),
             liveness: self.liveness.clone(),
             downtime_jailed: Vec::new(),
+            withdrawals: Vec::new(),
             tee: g.tee.as_ref(),
         }
     }
@@ -723,7 +726,7 @@ impl Ledger {
             let hash = tx.verify(&domain).map_err(|e| {
                 Error::InvalidBlock(format!("transaction {}: {e}", tx.hash(&domain)))
             })?;
-            let result = apply_tx(&mut o, tx)
+            let result = apply_tx(&mut o, tx, hash)
                 .map_err(|e| Error::InvalidBlock(format!("transaction {hash}: {e}")))?;
             txs.push(TxOutcome {
                 hash,
@@ -752,6 +755,7 @@ impl Ledger {
         // anchor height the header carries their roots and the next anchor starts empty.
         let mut anchor = self.anchor.clone();
         anchor.records.extend(leaves);
+        anchor.withdrawals.append(&mut o.withdrawals);
         let (anchor_records_root, anchor_withdrawals_root) =
             if h.height.is_multiple_of(params.anchor_interval) {
                 let roots = (
@@ -962,12 +966,15 @@ impl Ledger {
             if kept_txs.len() >= params.max_block_txs as usize {
                 break;
             }
-            if let Err(e) = t.verify(&domain) {
-                dropped_txs.push((t.hash(&domain), e.to_string()));
-                continue;
-            }
+            let hash = match t.verify(&domain) {
+                Ok(hash) => hash,
+                Err(e) => {
+                    dropped_txs.push((t.hash(&domain), e.to_string()));
+                    continue;
+                }
+            };
             // `apply_tx` changes the overlay only when the transaction is included.
-            match apply_tx(&mut o, &t) {
+            match apply_tx(&mut o, &t, hash) {
                 Ok(_) => kept_txs.push(t),
                 Err(e) => dropped_txs.push((t.hash(&domain), e)),
             }
@@ -1117,6 +1124,7 @@ fn settle_job(
 fn apply_tx(
     o: &mut Overlay<'_>,
     tx: &Tx,
+    hash: B256,
 ) -> std::result::Result<std::result::Result<(), String>, String> {
     let fee = o.reg().params.tx_fee;
     let mut sender = o.get(&tx.from);
@@ -1139,7 +1147,7 @@ fn apply_tx(
     sender.nonce += 1;
     o.put(tx.from, sender);
     o.validator_income += fee;
-    Ok(apply_action(o, tx.from, &tx.action))
+    Ok(apply_action(o, tx.from, &tx.action, hash))
 }
 
 /// The action of a transaction whose fee is paid. Every check comes before any change, so a
@@ -1148,6 +1156,7 @@ fn apply_action(
     o: &mut Overlay<'_>,
     from: Address,
     action: &Action,
+    tx_hash: B256,
 ) -> std::result::Result<(), String> {
     let now = o.now_ms;
     let height = o.height;
@@ -1383,6 +1392,41 @@ fn apply_action(
                 v.slashes += 1;
             }
             o.slashes.push((offender, e.height()));
+        }
+        Action::BridgeDeposit {
+            id,
+            recipient,
+            amount,
+            ..
+        } => {
+            let next = o.pools.bridge_deposits_credited;
+            if *id != next {
+                return Err(format!("deposit {id} is not the next to credit ({next})"));
+            }
+            if !o.reg().set.iter().any(|(v, _)| *v == from) {
+                return Err(format!(
+                    "{from} is not an active validator; only validators credit deposits"
+                ));
+            }
+            if o.pools.bridge_reserve < *amount {
+                return Err(format!(
+                    "deposit {id} of {amount} exceeds the bridge reserve {}",
+                    o.pools.bridge_reserve
+                ));
+            }
+            o.pools.bridge_reserve -= amount;
+            o.pools.bridge_deposits_credited += 1;
+            o.credit(*recipient, *amount);
+        }
+        Action::BridgeWithdraw { recipient, amount } => {
+            if acc.spendable(now) < *amount {
+                return Err(format!("{} for {amount}", short_of(&acc, now)));
+            }
+            acc.balance -= amount;
+            o.put(from, acc);
+            o.pools.bridge_reserve += amount;
+            o.withdrawals
+                .push(withdrawal_leaf(tx_hash, *recipient, *amount));
         }
         Action::ReportFraud(f) => {
             let (node, job) = check_fraud(o, f)?;
@@ -1715,6 +1759,15 @@ fn close_proposals(o: &mut Overlay<'_>) {
             entry.tally = Some(t);
         }
     }
+}
+
+/// The leaf of a bridge withdrawal in an anchor's withdrawals root, as the EVM contract's
+/// `withdrawalLeaf(id, recipient, amount)` computes it: OpenZeppelin's double-hashed leaf of
+/// `abi.encode(id, recipient, amount)`. The id is the withdrawing transaction's hash.
+pub fn withdrawal_leaf(id: B256, recipient: Address, amount: u128) -> B256 {
+    use alloy::sol_types::SolValue;
+    let inner = keccak256((id, recipient, alloy::primitives::U256::from(amount)).abi_encode());
+    keccak256(inner)
 }
 
 /// Where every token is, for `accounts` and `pools` at `now_ms`.

@@ -1986,3 +1986,123 @@ fn headers_derive_anchor_roots_and_the_next_set() {
         assert_eq!(l.anchor_leaves().records.len(), waiting);
     }
 }
+
+/// The sample genesis with `reserve` of the ecosystem account's tokens in the bridge reserve
+/// (circulating on the EVM instead).
+fn bridged(reserve: u128) -> Genesis {
+    let mut g = quiet();
+    let eco = g
+        .accounts
+        .iter_mut()
+        .find(|a| a.label == "ecosystem")
+        .unwrap();
+    eco.balance -= reserve;
+    g.pools.bridge_reserve = reserve;
+    g.params.anchor_interval = 4;
+    g
+}
+
+/// Deposits are credited by active validators from the reserve, in id order and once each;
+/// a withdrawal moves the sender's tokens into the reserve and its leaf into the next
+/// anchor's withdrawals root. The supply (reserve included) never changes.
+#[test]
+fn the_bridge_credits_deposits_once_in_order_and_takes_withdrawals() {
+    let g = bridged(1_000 * OPG);
+    let mut l = Ledger::from_genesis(&g);
+    let validator = 0;
+    assert!(in_set(&l, &key(validator).address()));
+    let alice = key(11);
+    let deposit = |id, amount| Action::BridgeDeposit {
+        id,
+        from: Address::repeat_byte(0xe0),
+        recipient: alice.address(),
+        amount,
+    };
+    ok(run(&mut l, &g, validator, deposit(0, 10 * OPG)));
+    assert_eq!(l.account(&alice.address()).balance, 10 * OPG);
+    assert_eq!(l.pools().bridge_reserve, 990 * OPG);
+    assert_eq!(l.pools().bridge_deposits_credited, 1);
+    assert_eq!(l.total_supply(), TOTAL_SUPPLY);
+    // Once, in order, by validators, within the reserve.
+    fails(
+        run(&mut l, &g, validator, deposit(0, 10 * OPG)),
+        "not the next to credit (1)",
+    );
+    fails(
+        run(&mut l, &g, validator, deposit(2, OPG)),
+        "not the next to credit (1)",
+    );
+    fails(
+        run(&mut l, &g, 10, deposit(1, OPG)),
+        "not an active validator",
+    );
+    fails(
+        run(&mut l, &g, validator, deposit(1, 991 * OPG)),
+        "exceeds the bridge reserve",
+    );
+    assert_eq!(l.pools().bridge_deposits_credited, 1);
+    assert_eq!(l.account(&alice.address()).balance, 10 * OPG);
+
+    // Alice withdraws 4 OPG to an EVM address.
+    let evm = Address::repeat_byte(0xee);
+    let withdraw = |amount| Action::BridgeWithdraw {
+        recipient: evm,
+        amount,
+    };
+    fails(run(&mut l, &g, 11, withdraw(11 * OPG)), "for 11");
+    let t = tx(&l, &g, 11, withdraw(4 * OPG));
+    let hash = t.hash(&g.domain());
+    let c = next(&mut l, &g, vec![], vec![t]);
+    assert!(c.txs[0].ok, "{:?}", c.txs[0].reason);
+    assert_eq!(l.account(&alice.address()).balance, 6 * OPG);
+    assert_eq!(l.pools().bridge_reserve, 994 * OPG);
+    assert_eq!(l.total_supply(), TOTAL_SUPPLY);
+    let leaf = withdrawal_leaf(hash, evm, 4 * OPG);
+    assert_eq!(l.anchor_leaves().withdrawals, vec![leaf]);
+    // The anchor height's header carries it.
+    let mut last = None;
+    while !l.height.is_multiple_of(g.params.anchor_interval) {
+        let proposer = l.next_validators()[0].0;
+        let built = l
+            .build_block(&g, proposer, l.tip_time_ms + 1000, vec![], vec![])
+            .unwrap();
+        l.commit(&built.changes);
+        certify(&mut l, &g, &built.block, &[]);
+        last = Some(built.block.header);
+    }
+    let header = last.unwrap();
+    assert_eq!(header.anchor_withdrawals_root, crate::merkle::root(&[leaf]));
+    assert!(l.anchor_leaves().withdrawals.is_empty());
+}
+
+/// The genesis must account for the reserve: the supply counts it.
+#[test]
+fn the_bridge_reserve_is_part_of_the_genesis_supply() {
+    let mut g = bridged(5 * OPG);
+    g.validate().unwrap();
+    g.pools.bridge_reserve += 1;
+    let e = g.validate().unwrap_err().to_string();
+    assert!(e.contains("the supply is"), "{e}");
+    // Shape: no zero deposits or withdrawals, no zero recipient.
+    let l = Ledger::from_genesis(&bridged(5 * OPG));
+    let g = bridged(5 * OPG);
+    for (action, want) in [
+        (
+            Action::BridgeWithdraw {
+                recipient: Address::ZERO,
+                amount: 1,
+            },
+            "zero address",
+        ),
+        (
+            Action::BridgeWithdraw {
+                recipient: Address::repeat_byte(1),
+                amount: 0,
+            },
+            "amount",
+        ),
+    ] {
+        let e = tx(&l, &g, 11, action).verify(&g.domain()).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
