@@ -848,6 +848,13 @@ impl Mempool {
             Ok(hash) => hash,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
+        if matches!(tx.action, chain::Action::BridgeDeposit { .. }) {
+            // Not admitted until validators check deposits against their EVM RPC (the
+            // consensus refuses blocks with them meanwhile).
+            return Box::pin(fut::ready(Err(MempoolError::WouldFail(
+                "bridge deposits are credited only by validators checking the EVM".into(),
+            ))));
+        }
         let accounts = self.accounts.clone();
         let check = CheckTx {
             from: tx.from,

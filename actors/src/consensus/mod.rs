@@ -627,6 +627,18 @@ impl Consensus {
                 let verifier = self.verifier.clone();
                 let started = Instant::now();
                 let fut = async move {
+                    // Deposits are credited only once each validator can check them against
+                    // its own EVM RPC; until the bridge watcher does, none is voted for.
+                    if block
+                        .txs
+                        .iter()
+                        .any(|t| matches!(t.action, chain::Action::BridgeDeposit { .. }))
+                    {
+                        return Err(
+                            "a bridge deposit this validator cannot check against the EVM"
+                                .to_string(),
+                        );
+                    }
                     if let Some(v) = verifier {
                         v.send(VerifyRecords(block.records.clone()))
                             .await
