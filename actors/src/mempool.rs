@@ -1589,6 +1589,47 @@ mod restore_tests {
         assert_eq!(saved.records, vec![good]);
     }
 
+    /// Bridge deposits are not admitted while nothing checks them against the EVM, not even
+    /// a validator's: a signed, well-formed one is refused before it is kept or relayed.
+    #[actix::test]
+    async fn bridge_deposits_are_refused_until_checked_against_the_evm() {
+        let (genesis, _) = network();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settlement = Settlement::open(store.clone(), genesis.clone())
+            .unwrap()
+            .start();
+        let admission = Admission::new(genesis.clone(), None);
+        let mempool = Mempool::new(admission, Some(store), settlement.recipient()).start();
+        let key = seeded_key(21, 3);
+        let tx = chain::UnsignedTx {
+            from: key.address(),
+            nonce: 0,
+            max_fee: 1,
+            action: chain::Action::BridgeDeposit {
+                id: 0,
+                from: Address::repeat_byte(1),
+                recipient: key.address(),
+                amount: 5,
+            },
+        }
+        .sign(&key, &genesis.domain())
+        .unwrap();
+        let e = mempool.send(AddTx(tx)).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, MempoolError::WouldFail(m) if m.contains("checking the EVM")),
+            "{e}"
+        );
+        let (_, txs) = mempool
+            .send(Candidates {
+                max_records: 10,
+                max_txs: 10,
+            })
+            .await
+            .unwrap();
+        assert!(txs.is_empty());
+    }
+
     /// A record that reached the mempool after its block was committed (its AddRecord raced
     /// the Committed) is dropped, with its saved copy, once it has waited; until then it stays.
     #[actix::test]
