@@ -48,6 +48,10 @@ impl FraudLeaves {
         self.outputs.get(leaf)
     }
 
+    fn contains(&self, leaf: &B256) -> bool {
+        self.outputs.contains_key(leaf)
+    }
+
     /// Whether `leaf` was new.
     fn insert(&mut self, leaf: B256, actual: B256) -> bool {
         if self.outputs.contains_key(&leaf) {
@@ -438,7 +442,7 @@ impl Handler<GossipRecord> for Verifier {
         let leaf = msg.record.leaf(self.checker.admission.domain());
         let early = if self.verified.contains(&leaf) || self.checking.contains(&id) {
             skip("duplicate")
-        } else if self.frauds.get(&leaf).is_some() {
+        } else if self.frauds.contains(&leaf) {
             // Found false here before: refused again without running the model.
             METRICS.records_rejected.with_label_values(&["fraud"]).inc();
             Some(MessageAcceptance::Reject)
@@ -522,11 +526,10 @@ impl Handler<VerifyRecords> for Verifier {
     type Result = ResponseActFuture<Self, Result<(), String>>;
     fn handle(&mut self, msg: VerifyRecords, _: &mut Self::Context) -> Self::Result {
         let domain = *self.checker.admission.domain();
-        if let Some(r) = msg
-            .0
-            .iter()
-            .find(|r| self.frauds.get(&r.leaf(&domain)).is_some())
-        {
+        // Each record's leaf once: for the records found false, the verified ones, and after.
+        let leaves: Vec<(B256, InferenceRecord)> =
+            msg.0.into_iter().map(|r| (r.leaf(&domain), r)).collect();
+        if let Some((_, r)) = leaves.iter().find(|(leaf, _)| self.frauds.contains(leaf)) {
             METRICS.records_rejected.with_label_values(&["fraud"]).inc();
             let e = format!(
                 "record {}: found false here before (fraud)",
@@ -534,18 +537,17 @@ impl Handler<VerifyRecords> for Verifier {
             );
             return Box::pin(fut::ready(Err(e)));
         }
-        let todo: Vec<InferenceRecord> = msg
-            .0
+        let todo: Vec<(B256, InferenceRecord)> = leaves
             .into_iter()
-            .filter(|r| !self.verified.contains(&r.leaf(&domain)))
+            .filter(|(leaf, _)| !self.verified.contains(leaf))
             .collect();
         let checker = self.checker.clone();
         let fut = async move {
             let mut ok = Vec::new();
-            for record in todo {
+            for (leaf, record) in todo {
                 let record = Arc::new(record);
                 match check_blocking(checker.clone(), record.clone()).await {
-                    Ok(verified) => ok.push((verified.record().leaf(&domain), verified.id())),
+                    Ok(verified) => ok.push((leaf, verified.id())),
                     Err(e) => return (ok, Some((record, e))),
                 }
             }

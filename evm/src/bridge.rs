@@ -38,10 +38,7 @@ pub fn confirmed_block(rpc: &Rpc, confirmations: u64) -> Result<Option<u64>, Rpc
 
 /// `eth_call` of `data` on `to` in the state after `block`.
 fn call_at(rpc: &Rpc, to: Address, data: Vec<u8>, block: u64) -> Result<Bytes, RpcError> {
-    rpc.call(
-        "eth_call",
-        json!([{"to": to, "data": Bytes::from(data)}, format!("0x{block:x}")]),
-    )
+    rpc.eth_call(to, Bytes::from(data), &format!("0x{block:x}"))
 }
 
 fn decode<C: SolCall>(raw: &Bytes) -> Result<C::Return, RpcError> {

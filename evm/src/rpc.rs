@@ -122,6 +122,19 @@ impl Rpc {
     }
 }
 
+impl Rpc {
+    /// `eth_call` of `data` on `to` in the state of `block` (`"latest"`, or a number as
+    /// `0x…`).
+    pub fn eth_call(
+        &self,
+        to: alloy::primitives::Address,
+        data: alloy::primitives::Bytes,
+        block: &str,
+    ) -> Result<alloy::primitives::Bytes, RpcError> {
+        self.call("eth_call", json!([{"to": to, "data": data}, block]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,10 +113,8 @@ impl Wallet {
 
     /// `eth_call` of `data` on `to` at the latest block.
     pub fn call(&self, to: Address, data: &[u8]) -> Result<Bytes, RpcError> {
-        self.rpc.call(
-            "eth_call",
-            json!([{"to": to, "data": Bytes::copy_from_slice(data)}, "latest"]),
-        )
+        self.rpc
+            .eth_call(to, Bytes::copy_from_slice(data), "latest")
     }
 
     fn u128_of(&self, method: &'static str, params: serde_json::Value) -> Result<u128, RpcError> {

@@ -283,11 +283,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             height: anchor.height,
         };
         let rpc = evm::Rpc::new(url, Duration::from_secs(10));
-        let out: alloy::primitives::Bytes = rpc
-            .call(
-                "eth_call",
-                json!([{"to": settlement, "data": alloy::primitives::Bytes::from(call.abi_encode())}, "latest"]),
-            )
+        let out = rpc
+            .eth_call(settlement, call.abi_encode().into(), "latest")
             .context("calling verifyInference")?;
         let ok = evm::contracts::ISettlement::verifyInferenceCall::abi_decode_returns(&out)
             .context("decoding verifyInference")?;
