@@ -168,18 +168,18 @@ fn attempt(
 /// This validator's place in the turn for `height`: the set deciding it, sorted by address,
 /// rotated by the height; a node outside the set comes after all of it.
 fn turn_rank(store: &dyn NativeChain, height: u64, me: Address) -> u32 {
-    let mut set: Vec<Address> = store
-        .set_at(height)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
+    let set = store.set_at(height).ok().flatten().unwrap_or_default();
+    rank_in(&set, height, me)
+}
+
+/// `me`'s place among `set` (sorted by address, rotated by `key`) in a turn keyed by `key`
+/// (a height to anchor, a deposit id to credit); a node outside the set comes after all of it.
+pub(crate) fn rank_in(set: &[(Address, u64)], key: u64, me: Address) -> u32 {
+    let mut set: Vec<Address> = set.iter().map(|(a, _)| *a).collect();
     set.sort();
     let n = set.len() as u64;
     match set.iter().position(|a| *a == me) {
-        Some(p) if n > 0 => ((p as u64 + n - height % n) % n) as u32,
+        Some(p) if n > 0 => ((p as u64 + n - key % n) % n) as u32,
         _ => n as u32,
     }
 }

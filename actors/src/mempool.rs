@@ -96,6 +96,10 @@ pub enum MempoolError {
     /// that relays it is penalised.
     #[error("{0}")]
     FalseFraudClaim(String),
+    /// A bridge deposit that differs from the one the EVM contract holds under its id: never
+    /// admitted, and a peer that relays it is penalised.
+    #[error("{0}")]
+    FalseDeposit(String),
 }
 
 impl MempoolError {
@@ -112,6 +116,7 @@ impl MempoolError {
             MempoolError::Full => "mempool_full",
             MempoolError::Unavailable(_) => "unavailable",
             MempoolError::FalseFraudClaim(_) => "false_fraud_claim",
+            MempoolError::FalseDeposit(_) => "false_bridge_deposit",
         }
     }
 }
@@ -179,6 +184,12 @@ pub struct AddOwnTx {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetFraudChecker(pub Recipient<crate::verifier::CheckFraud>);
+
+/// Where bridge deposits are checked against the EVM before they are admitted (a validator's
+/// bridge actor). Without one, no bridge deposit is admitted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDepositChecker(pub Recipient<crate::bridge::CheckDeposits>);
 
 /// Whether a transaction waits in the pool: `Some("pending")` (a candidate for blocks),
 /// `Some("queued")` (for an earlier nonce of its sender), `None`.
@@ -628,6 +639,7 @@ pub struct Mempool {
     publish: Option<Recipient<Publish>>,
     /// Re-executes the records of fraud reports before they are admitted.
     fraud_checker: Option<Recipient<crate::verifier::CheckFraud>>,
+    deposit_checker: Option<Recipient<crate::bridge::CheckDeposits>>,
     /// When each pending entry (job id or transaction hash) was last gossiped, as far as this
     /// node knows (first seen by the rebroadcast tick, or sent again by it).
     sent: HashMap<B256, Instant>,
@@ -649,6 +661,7 @@ impl Mempool {
             txs: TxPool::default(),
             publish: None,
             fraud_checker: None,
+            deposit_checker: None,
             sent: HashMap::new(),
         }
     }
@@ -848,13 +861,20 @@ impl Mempool {
             Ok(hash) => hash,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        if matches!(tx.action, chain::Action::BridgeDeposit { .. }) {
-            // Not admitted until validators check deposits against their EVM RPC (the
-            // consensus refuses blocks with them meanwhile).
-            return Box::pin(fut::ready(Err(MempoolError::WouldFail(
-                "bridge deposits are credited only by validators checking the EVM".into(),
-            ))));
-        }
+        // A bridge deposit is checked against this node's EVM RPC first; a node that cannot
+        // check deposits admits none (and never votes for a block with one).
+        let deposit = match (
+            crate::bridge::ClaimedDeposit::of(&tx.action),
+            &self.deposit_checker,
+        ) {
+            (None, _) => None,
+            (Some(claim), Some(checker)) => Some((checker.clone(), claim)),
+            (Some(_), None) => {
+                return Box::pin(fut::ready(Err(MempoolError::WouldFail(
+                    "bridge deposits are credited only by validators checking the EVM".into(),
+                ))));
+            }
+        };
         let accounts = self.accounts.clone();
         let check = CheckTx {
             from: tx.from,
@@ -881,6 +901,19 @@ impl Mempool {
                                 MempoolError::FalseFraudClaim(e.to_string())
                             }
                             FraudCheckError::Unable(_) => MempoolError::Unavailable(e.to_string()),
+                        })?;
+                }
+                if let Some((checker, claim)) = deposit {
+                    use crate::bridge::DepositCheckError;
+                    checker
+                        .send(crate::bridge::CheckDeposits(vec![claim]))
+                        .await
+                        .map_err(|e| MempoolError::Unavailable(e.to_string()))?
+                        .map_err(|e| match e {
+                            DepositCheckError::False(_) => {
+                                MempoolError::FalseDeposit(e.to_string())
+                            }
+                            DepositCheckError::Unable(_) => MempoolError::WouldFail(e.to_string()),
                         })?;
                 }
                 accounts
@@ -1071,7 +1104,8 @@ impl Handler<GossipTx> for Mempool {
                         match e {
                             MempoolError::BadSignature(_)
                             | MempoolError::ZeroAmount
-                            | MempoolError::FalseFraudClaim(_) => MessageAcceptance::Reject,
+                            | MempoolError::FalseFraudClaim(_)
+                            | MempoolError::FalseDeposit(_) => MessageAcceptance::Reject,
                             _ => MessageAcceptance::Ignore,
                         }
                     }
@@ -1128,6 +1162,13 @@ impl Handler<NextNonce> for Mempool {
     type Result = Option<u64>;
     fn handle(&mut self, msg: NextNonce, _: &mut Self::Context) -> Self::Result {
         self.txs.next_nonce(&msg.0)
+    }
+}
+
+impl Handler<SetDepositChecker> for Mempool {
+    type Result = ();
+    fn handle(&mut self, msg: SetDepositChecker, _: &mut Self::Context) {
+        self.deposit_checker = Some(msg.0);
     }
 }
 
@@ -1589,10 +1630,33 @@ mod restore_tests {
         assert_eq!(saved.records, vec![good]);
     }
 
+    /// What the EVM says of deposit claims, by id: 0 false, 1 not checkable, others true.
+    struct EvmSays;
+    impl Actor for EvmSays {
+        type Context = Context<Self>;
+    }
+    impl Handler<crate::bridge::CheckDeposits> for EvmSays {
+        type Result = Result<(), crate::bridge::DepositCheckError>;
+        fn handle(
+            &mut self,
+            msg: crate::bridge::CheckDeposits,
+            _: &mut Self::Context,
+        ) -> Self::Result {
+            use crate::bridge::DepositCheckError::{False, Unable};
+            match msg.0.first().map(|c| c.id) {
+                Some(0) => Err(False("deposit 0 claims amount 5 (EVM: 4)".into())),
+                Some(1) => Err(Unable("deposit 1 is not on the EVM".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
     /// Bridge deposits are not admitted while nothing checks them against the EVM, not even
-    /// a validator's: a signed, well-formed one is refused before it is kept or relayed.
+    /// a validator's: a signed, well-formed one is refused before it is kept or relayed. With
+    /// a checker, one it finds false is refused as such (its relaying peer penalised), one it
+    /// cannot check is refused as failing, and one it confirms goes on to the ledger's checks.
     #[actix::test]
-    async fn bridge_deposits_are_refused_until_checked_against_the_evm() {
+    async fn bridge_deposits_are_admitted_only_as_the_evm_checker_confirms() {
         let (genesis, _) = network();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -1602,22 +1666,45 @@ mod restore_tests {
         let admission = Admission::new(genesis.clone(), None);
         let mempool = Mempool::new(admission, Some(store), settlement.recipient()).start();
         let key = seeded_key(21, 3);
-        let tx = chain::UnsignedTx {
-            from: key.address(),
-            nonce: 0,
-            max_fee: 1,
-            action: chain::Action::BridgeDeposit {
-                id: 0,
-                from: Address::repeat_byte(1),
-                recipient: key.address(),
-                amount: 5,
-            },
-        }
-        .sign(&key, &genesis.domain())
-        .unwrap();
-        let e = mempool.send(AddTx(tx)).await.unwrap().unwrap_err();
+        let deposit = |id: u64| {
+            chain::UnsignedTx {
+                from: key.address(),
+                nonce: 0,
+                max_fee: 1,
+                action: chain::Action::BridgeDeposit {
+                    id,
+                    from: Address::repeat_byte(1),
+                    recipient: key.address(),
+                    amount: 5,
+                },
+            }
+            .sign(&key, &genesis.domain())
+            .unwrap()
+        };
+        let e = mempool.send(AddTx(deposit(0))).await.unwrap().unwrap_err();
         assert!(
             matches!(&e, MempoolError::WouldFail(m) if m.contains("checking the EVM")),
+            "{e}"
+        );
+        mempool
+            .send(SetDepositChecker(EvmSays.start().recipient()))
+            .await
+            .unwrap();
+        let e = mempool.send(AddTx(deposit(0))).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, MempoolError::FalseDeposit(m) if m.contains("EVM: 4")),
+            "{e}"
+        );
+        assert_eq!(e.label(), "false_bridge_deposit");
+        let e = mempool.send(AddTx(deposit(1))).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, MempoolError::WouldFail(m) if m.contains("not on the EVM")),
+            "{e}"
+        );
+        // Confirmed by the EVM, then refused by the ledger: this key is no validator.
+        let e = mempool.send(AddTx(deposit(2))).await.unwrap().unwrap_err();
+        assert!(
+            !matches!(e, MempoolError::FalseDeposit(_)) && !e.to_string().contains("EVM"),
             "{e}"
         );
         let (_, txs) = mempool

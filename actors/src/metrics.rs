@@ -56,6 +56,12 @@ pub struct Metrics {
     /// Anchoring steps by outcome: `sent` (by this node), `by_other`, `error`.
     pub anchor_steps: IntCounterVec,
     pub anchor_gas_used: IntGauge,
+    /// Deposits the bridge holds at this node's confirmed EVM block.
+    pub bridge_deposits_confirmed: IntGauge,
+    /// Bridge deposits this validator sent for crediting.
+    pub bridge_deposits_sent: IntCounter,
+    /// Deposit checks against the EVM by result: `ok`, `false`, `unable`.
+    pub bridge_deposit_checks: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -279,6 +285,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["outcome"],
         ),
         anchor_gas_used: gauge(&r, "anchor_gas_used", "gas used by this node's last anchor"),
+        bridge_deposits_confirmed: gauge(
+            &r,
+            "bridge_deposits_confirmed",
+            "deposits the EVM bridge holds at this node's confirmed block",
+        ),
+        bridge_deposits_sent: counter(
+            &r,
+            "bridge_deposits_sent_total",
+            "bridge_deposit transactions this validator sent",
+        ),
+        bridge_deposit_checks: counter_vec(
+            &r,
+            "bridge_deposit_checks_total",
+            "bridge deposits checked against this node's EVM RPC, by result (ok, false, unable)",
+            &["result"],
+        ),
         registry: r,
     }
 });

@@ -7,7 +7,7 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::sol_types::SolCall;
 use serde_json::json;
 
-use crate::contracts::ISettlement;
+use crate::contracts::{IOPG, ISettlement};
 use crate::rpc::{Rpc, RpcError};
 use crate::wallet::{Receipt, SendError, Wallet};
 
@@ -133,4 +133,90 @@ pub fn withdraw(
         proof: w.proof.clone(),
     };
     wallet.send(Some(settlement), call.abi_encode())
+}
+
+/// The OPG token the bridge at `settlement` locks.
+pub fn token(rpc: &Rpc, settlement: Address) -> Result<Address, RpcError> {
+    let raw = rpc.eth_call(
+        settlement,
+        Bytes::from(ISettlement::opgCall {}.abi_encode()),
+        "latest",
+    )?;
+    decode::<ISettlement::opgCall>(&raw)
+}
+
+/// `owner`'s OPG balance (base units) at `block` (`"latest"` or `0x…`).
+pub fn balance_of(rpc: &Rpc, opg: Address, owner: Address, block: &str) -> Result<u128, RpcError> {
+    let raw = rpc.eth_call(
+        opg,
+        Bytes::from(IOPG::balanceOfCall { owner }.abi_encode()),
+        block,
+    )?;
+    let b: U256 = decode::<IOPG::balanceOfCall>(&raw)?;
+    u128::try_from(b).map_err(|_| RpcError::Decode {
+        method: "eth_call",
+        reason: format!("balance {b} beyond 128 bits"),
+    })
+}
+
+/// OPG outside the bridge on the EVM (the supply less what the bridge holds), at `block`.
+pub fn circulating(rpc: &Rpc, settlement: Address, block: &str) -> Result<u128, RpcError> {
+    let opg = token(rpc, settlement)?;
+    let raw = rpc.eth_call(
+        opg,
+        Bytes::from(IOPG::totalSupplyCall {}.abi_encode()),
+        block,
+    )?;
+    let total = decode::<IOPG::totalSupplyCall>(&raw)?;
+    let total = u128::try_from(total).map_err(|_| RpcError::Decode {
+        method: "eth_call",
+        reason: format!("total supply {total} beyond 128 bits"),
+    })?;
+    let locked = balance_of(rpc, opg, settlement, block)?;
+    Ok(total.saturating_sub(locked))
+}
+
+/// Locks `amount` of the wallet's OPG in the bridge for `recipient` on the native chain
+/// (approval, then `deposit`); returns the deposit's id, read from its `Deposited` event.
+pub fn deposit_tokens(
+    wallet: &mut Wallet,
+    settlement: Address,
+    amount: u128,
+    recipient: Address,
+) -> Result<(u64, Receipt), SendError> {
+    let opg = token(wallet.rpc(), settlement)?;
+    let approve = IOPG::approveCall {
+        spender: settlement,
+        value: U256::from(amount),
+    };
+    wallet.send(Some(opg), approve.abi_encode())?;
+    let call = ISettlement::depositCall {
+        amount: U256::from(amount),
+        nativeRecipient: recipient,
+    };
+    let receipt = wallet.send(Some(settlement), call.abi_encode())?;
+    let id = deposit_id(&receipt, settlement).ok_or_else(|| {
+        SendError::Rpc(RpcError::Decode {
+            method: "eth_getTransactionReceipt",
+            reason: format!(
+                "deposit {} has no Deposited event",
+                receipt.transaction_hash
+            ),
+        })
+    })?;
+    Ok((id, receipt))
+}
+
+/// The id of the deposit `receipt` made at `settlement`, from its `Deposited` event.
+pub fn deposit_id(receipt: &Receipt, settlement: Address) -> Option<u64> {
+    use alloy::sol_types::SolEvent;
+    receipt
+        .logs
+        .iter()
+        .find(|l| {
+            l.address == settlement
+                && l.topics.first() == Some(&ISettlement::Deposited::SIGNATURE_HASH)
+        })
+        .and_then(|l| l.topics.get(1))
+        .and_then(|t| u64::try_from(U256::from_be_bytes(t.0)).ok())
 }

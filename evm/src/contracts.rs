@@ -39,6 +39,7 @@ alloy::sol! {
     interface ISettlement {
         function anchor(Header header, uint32 round, bytes[] signatures, address[] nextValidators, uint64[] nextPowers) external;
         function lastAnchoredHeight() external view returns (uint64);
+        function opg() external view returns (address);
         function anchors(uint64 height) external view returns (Anchor memory);
         function validatorSetHash() external view returns (bytes32);
         function hashHeader(Header header) external pure returns (bytes32);

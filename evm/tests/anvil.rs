@@ -395,17 +395,17 @@ fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
 
     // The bridge as validators read it: a deposit is seen only `confirmations` blocks deep.
     let amount = 7 * 10u128.pow(18);
-    let approve = IOPG::approveCall {
-        spender: settlement,
-        value: U256::from(amount),
-    };
-    wallet.send(Some(opg), approve.abi_encode()).unwrap();
     let recipient = Address::repeat_byte(0x77);
-    let deposit = ISettlement::depositCall {
-        amount: U256::from(amount),
-        nativeRecipient: recipient,
-    };
-    let receipt = wallet.send(Some(settlement), deposit.abi_encode()).unwrap();
+    let circulating = evm::bridge::circulating(wallet.rpc(), settlement, "latest").unwrap();
+    let (id, receipt) =
+        evm::bridge::deposit_tokens(&mut wallet, settlement, amount, recipient).unwrap();
+    assert_eq!(id, 0, "the Deposited event names the deposit");
+    assert_eq!(
+        evm::bridge::circulating(wallet.rpc(), settlement, "latest").unwrap(),
+        circulating - amount,
+        "a deposit takes its amount out of the EVM's circulation"
+    );
+    assert_eq!(evm::bridge::token(wallet.rpc(), settlement).unwrap(), opg);
     let rpc = wallet.rpc();
     let seen = |confirmations| {
         let block = evm::bridge::confirmed_block(rpc, confirmations)

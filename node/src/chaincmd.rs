@@ -17,19 +17,19 @@ use crate::submit::{agent, api_error, domain_of, get, post};
 pub struct TxArgs {
     /// Any node's HTTP URL, e.g. http://127.0.0.1:7480
     #[arg(long)]
-    node: String,
+    pub node: String,
     /// The sender's private key file (hex).
     #[arg(long)]
-    key: PathBuf,
+    pub key: PathBuf,
     /// Most to pay as the fee, base units (default: the chain's fee now).
     #[arg(long)]
-    max_fee: Option<u128>,
+    pub max_fee: Option<u128>,
     /// Wait until a block includes the transaction and print its outcome.
     #[arg(long)]
-    wait: bool,
+    pub wait: bool,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 60)]
-    timeout: u64,
+    pub timeout: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -368,7 +368,7 @@ pub fn account(cmd: AccountCommand) -> Result<()> {
     show(&format!("{}/v1/accounts/{address}", trim(&node)))
 }
 
-fn trim(node: &str) -> &str {
+pub(crate) fn trim(node: &str) -> &str {
     node.trim_end_matches('/')
 }
 
@@ -384,6 +384,14 @@ fn show(url: &str) -> Result<()> {
 /// Signs `action` at the sender's next nonce (after its transactions pending at that node),
 /// submits it, and with `--wait` waits for its outcome.
 pub fn send(a: &TxArgs, action: Action) -> Result<()> {
+    let body = submit_action(a, action)?;
+    println!("{body}");
+    Ok(())
+}
+
+/// Signs `action` at the sender's next nonce, submits it and, with `--wait`, waits for its
+/// block: the node's answer (with `--wait`, the outcome; a failed action is an error).
+pub fn submit_action(a: &TxArgs, action: Action) -> Result<Value> {
     let agent = agent();
     let node = trim(&a.node);
     let key = chain::signing::load_key(&a.key)?;
@@ -439,8 +447,7 @@ pub fn send(a: &TxArgs, action: Action) -> Result<()> {
             );
         }
     }
-    println!("{body}");
-    Ok(())
+    Ok(body)
 }
 
 /// Polls `GET /v1/txs/{hash}` until a block includes the transaction.

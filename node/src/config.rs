@@ -55,9 +55,13 @@ pub struct EvmSection {
     pub opg: String,
     /// How often a validator checks whether an anchor is due.
     pub anchor_tick_ms: u64,
-    /// How much later each next validator in turn posts a due anchor.
+    /// How much later each next validator in turn posts a due anchor (and credits a bridge
+    /// deposit).
     pub anchor_stagger_ms: u64,
     pub rpc_timeout_ms: u64,
+    /// EVM blocks a bridge deposit must be under before validators credit it (its state is
+    /// read that far below the tip, so a shallower reorganisation changes nothing credited).
+    pub confirmations: u64,
 }
 
 impl Default for EvmSection {
@@ -70,6 +74,7 @@ impl Default for EvmSection {
             anchor_tick_ms: 2_000,
             anchor_stagger_ms: 5_000,
             rpc_timeout_ms: 10_000,
+            confirmations: 10,
         }
     }
 }

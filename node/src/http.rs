@@ -81,6 +81,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/v1/params").to(params))
         .service(post("/v1/txs").to(submit_tx))
         .service(get("/v1/txs/{hash}").to(get_tx))
+        .service(get("/v1/withdrawals/{hash}").to(get_withdrawal))
         .service(get("/v1/evidence").to(evidence))
         .service(post("/v1/admin/peers/{peer}/block").to(block_peer))
         .service(post("/v1/admin/peers/{peer}/unblock").to(unblock_peer))
@@ -563,6 +564,8 @@ async fn supply(s: S) -> HttpResponse {
             "bonded": supply.bonded.to_string(),
             "unbonding": supply.unbonding.to_string(),
             "pools": supply.pools,
+            // What circulates here rather than on the EVM: the total less the bridge reserve.
+            "circulating": supply.total.saturating_sub(supply.pools.bridge_reserve).to_string(),
         })),
         Err(e) => unavailable(e),
     }
@@ -704,6 +707,141 @@ async fn get_tx(s: S, path: web::Path<String>) -> HttpResponse {
     }
 }
 
+/// A bridge withdrawal (a committed `bridge_withdraw` transaction) with what
+/// `Settlement.withdraw` needs: recipient, amount, the anchor height covering its block, the
+/// withdrawals root there and the leaf's Merkle path to it. `anchor_height` is `null` while
+/// the anchor's block is not committed.
+async fn get_withdrawal(s: S, path: web::Path<String>) -> HttpResponse {
+    let Ok(hash) = path.parse::<chain::B256>() else {
+        return error(
+            400,
+            "bad_hash",
+            format!("{:?} is not 0x + 64 hex digits", path.as_str()),
+        );
+    };
+    let (height, outcome) = match s.settlement.send(GetTx(hash)).await {
+        Ok(Ok(Some(t))) => t,
+        Ok(Ok(None)) => {
+            return error(
+                404,
+                "not_found",
+                format!("transaction {hash} is not in a block (yet)"),
+            );
+        }
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    };
+    let block = match block_at(&s, height).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some((recipient, amount)) = block
+        .txs
+        .iter()
+        .find(|t| t.hash(&s.domain) == hash)
+        .and_then(|t| match t.action {
+            chain::Action::BridgeWithdraw { recipient, amount } => Some((recipient, amount)),
+            _ => None,
+        })
+    else {
+        return error(
+            400,
+            "not_a_withdrawal",
+            format!("transaction {hash} is not a bridge_withdraw"),
+        );
+    };
+    if !outcome.ok {
+        return error(
+            409,
+            "withdrawal_failed",
+            format!(
+                "withdrawal {hash} failed in block {height}: {}",
+                outcome.reason.unwrap_or_default()
+            ),
+        );
+    }
+    let leaf = chain::state::withdrawal_leaf(hash, recipient, amount);
+    let mut body = json!({
+        "id": hash,
+        "height": height,
+        "recipient": recipient,
+        "amount": amount.to_string(),
+        "leaf": leaf,
+        "anchor_height": null,
+    });
+    match withdrawal_proof(&s, height, leaf).await {
+        Ok(Some((anchor, root, proof))) => {
+            body["anchor_height"] = json!(anchor);
+            body["withdrawals_root"] = json!(root);
+            body["proof"] = json!(proof);
+        }
+        Ok(None) => {}
+        Err(r) => return r,
+    }
+    HttpResponse::Ok().json(body)
+}
+
+async fn block_at(s: &AppState, height: u64) -> Result<chain::Block, HttpResponse> {
+    match s.settlement.send(GetBlock(height)).await {
+        Ok(Ok(Some((b, _)))) => Ok(b),
+        Ok(Ok(None)) => Err(error(500, "storage", format!("block {height} missing"))),
+        Ok(Err(e)) => Err(error(500, "storage", e)),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The anchor covering block `height`, its withdrawals root and `leaf`'s path to it: the
+/// successful withdrawals of the anchor's blocks, in order; `None` while the anchor's block
+/// is not committed.
+async fn withdrawal_proof(
+    s: &AppState,
+    height: u64,
+    leaf: chain::B256,
+) -> Result<Option<(u64, chain::B256, Vec<chain::B256>)>, HttpResponse> {
+    let state = chain_state(s).await?;
+    let interval = state.registry.params.anchor_interval.max(1);
+    let anchor = height.div_ceil(interval) * interval;
+    if anchor > state.height {
+        return Ok(None);
+    }
+    let mut leaves = Vec::new();
+    let mut root = chain::B256::ZERO;
+    for h in anchor + 1 - interval..=anchor {
+        let b = block_at(s, h).await?;
+        for t in &b.txs {
+            let chain::Action::BridgeWithdraw { recipient, amount } = t.action else {
+                continue;
+            };
+            let id = t.hash(&s.domain);
+            match s.settlement.send(GetTx(id)).await {
+                Ok(Ok(Some((_, o)))) if o.ok => {
+                    leaves.push(chain::state::withdrawal_leaf(id, recipient, amount))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(error(500, "storage", e)),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        root = b.header.anchor_withdrawals_root;
+    }
+    let Some(index) = leaves.iter().position(|l| *l == leaf) else {
+        return Err(error(
+            500,
+            "storage",
+            "the anchor's blocks lack the withdrawal",
+        ));
+    };
+    if chain::merkle::root(&leaves) != root {
+        // The interval changed by governance within this window: not served rather than wrong.
+        return Ok(None);
+    }
+    Ok(Some((
+        anchor,
+        root,
+        chain::merkle::proof(&leaves, index).unwrap_or_default(),
+    )))
+}
+
 async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let tx: Tx = match read_json(&s, &req, payload).await {
         Ok(t) => t,
@@ -731,6 +869,7 @@ async fn submit_tx(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespons
                 | MempoolError::ZeroAmount
                 | MempoolError::WouldFail(_)
                 | MempoolError::FalseFraudClaim(_)
+                | MempoolError::FalseDeposit(_)
                 | MempoolError::NonceGap { .. } => 400,
             };
             error(status, e.label(), e)

@@ -3,6 +3,7 @@
 //! runs a model locally.
 
 mod attest;
+mod bridgecmd;
 mod chaincmd;
 mod config;
 mod http;
@@ -88,6 +89,9 @@ enum Command {
     Attest(attest::AttestCommand),
     /// Check a job receipt offline, and its anchor on the EVM chain.
     Verify(verify::VerifyArgs),
+    /// The OPG bridge to the EVM chain: deposit, withdraw, release, status.
+    #[command(subcommand)]
+    Bridge(bridgecmd::BridgeCommand),
 }
 
 fn main() {
@@ -114,6 +118,7 @@ fn main() {
         Command::Infer(args) => infer::infer(args),
         Command::Attest(cmd) => attest::attest(cmd),
         Command::Verify(args) => verify::verify(args),
+        Command::Bridge(cmd) => bridgecmd::bridge(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

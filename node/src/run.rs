@@ -201,6 +201,38 @@ pub fn run(home: &Path) -> Result<()> {
             precommit: Duration::from_millis(c.timeout_precommit_ms),
             delta: Duration::from_millis(c.timeout_delta_ms),
         };
+        // A validator with an EVM RPC credits the bridge's deposits and checks those others
+        // credit; without one it admits and votes for none.
+        let bridge = match (&config.evm, is_validator) {
+            (evm, true) if evm.enabled() => {
+                let settlement_address = evm
+                    .settlement()
+                    .map_err(|e| anyhow::anyhow!("[evm] in node.toml: {e}"))?;
+                let stagger = Duration::from_millis(evm.anchor_stagger_ms);
+                let addr = actors::bridge::Bridge::new(
+                    actors::bridge::BridgeConfig {
+                        rpc_url: evm.rpc_url.clone(),
+                        settlement: settlement_address,
+                        confirmations: evm.confirmations,
+                        tick: Duration::from_millis(evm.anchor_tick_ms),
+                        stagger,
+                        resend: (stagger * 4).max(Duration::from_secs(10)),
+                        rpc_timeout: Duration::from_millis(evm.rpc_timeout_ms),
+                    },
+                    account.clone(),
+                    settlement.clone().recipient(),
+                    mempool.clone().recipient(),
+                )
+                .start();
+                mempool.do_send(actors::mempool::SetDepositChecker(addr.clone().recipient()));
+                Some(addr)
+            }
+            (_, true) => {
+                tracing::warn!("validator without [evm]: it votes for no block that credits a bridge deposit");
+                None
+            }
+            _ => None,
+        };
         let consensus = Consensus::new(
             genesis.clone(),
             is_validator.then(|| account.clone()),
@@ -213,7 +245,11 @@ pub fn run(home: &Path) -> Result<()> {
             settlement.clone(),
             mempool.clone(),
             is_validator.then(|| verifier.clone()),
-        )
+        );
+        let consensus = match &bridge {
+            Some(b) => consensus.with_deposit_checker(b.clone().recipient()),
+            None => consensus,
+        }
         .start();
         if config.evm.enabled() {
             if is_validator {

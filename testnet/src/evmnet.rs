@@ -30,6 +30,12 @@ pub const CHAIN_ID: u64 = 31_337;
 /// OPG the testnet client holds on the EVM side (from the deployer, who holds the supply).
 pub const CLIENT_OPG: u128 = 1_000_000 * 10u128.pow(18);
 
+/// OPG outside the bridge on the EVM side at genesis (the deployer's, [`CLIENT_OPG`] of it
+/// given to the client). The native genesis keeps as much in its bridge reserve and the
+/// deployer locks the rest of the supply in the bridge, so that native circulating + EVM
+/// circulating = the supply, once.
+pub const EVM_CIRCULATING: u128 = 10_000_000 * 10u128.pow(18);
+
 /// Whether `pid` is a live anvil process (guards against pid reuse).
 pub fn is_anvil(pid: u32) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -95,7 +101,8 @@ pub fn stop_anvil(pid: u32, grace: Duration) {
 }
 
 /// Starts anvil in `dir` and deploys OPG (its whole supply to a new deployer key, saved as
-/// `dir/evm-deployer.key`) and the Settlement contract with `genesis`'s validator set; gives
+/// `dir/evm-deployer.key`) and the Settlement contract with `genesis`'s validator set; locks
+/// all but [`EVM_CIRCULATING`] in the bridge (the native side's bridge reserve); gives
 /// each of `gas_for` (the validators, which post anchors) 100 ETH for gas; and funds the
 /// testnet's `client` on this side too: [`CLIENT_OPG`] and gas.
 pub fn up(
@@ -135,6 +142,17 @@ pub fn up(
         &evm::artifacts::bytecode(&contracts, "Settlement")?,
         &evm::contracts::settlement_constructor(opg, genesis.chain_id, genesis.hash(), &set),
     )?;
+    let locked = chain::types::TOTAL_SUPPLY
+        .checked_sub(genesis.pools.bridge_reserve)
+        .context("the genesis bridge reserve exceeds the supply")?;
+    wallet.send(
+        Some(opg),
+        evm::contracts::IOPG::transferCall {
+            to: settlement,
+            value: alloy::primitives::U256::from(locked),
+        }
+        .abi_encode(),
+    )?;
     wallet.send(
         Some(opg),
         evm::contracts::IOPG::transferCall {
@@ -163,5 +181,7 @@ pub fn node_section(info: &EvmInfo) -> toml::Table {
     t.insert("opg".into(), info.opg.to_string().into());
     t.insert("anchor_tick_ms".into(), 500.into());
     t.insert("anchor_stagger_ms".into(), 2_000.into());
+    // anvil mines a block per transaction: one block deep is "after the next transaction".
+    t.insert("confirmations".into(), 1.into());
     t
 }

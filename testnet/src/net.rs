@@ -1052,6 +1052,8 @@ fn make_genesis(
     let pools = chain::Pools {
         rewards: share("rewards_pool"),
         community: share("community_pool"),
+        // What the EVM side holds outside the bridge at genesis (evmnet locks the rest there).
+        bridge_reserve: crate::evmnet::EVM_CIRCULATING,
         ..chain::Pools::default()
     };
     let allocated: u128 =

@@ -125,6 +125,9 @@ pub struct Consensus {
     settlement: Ledger,
     mempool: Addr<Mempool>,
     verifier: Option<Addr<Verifier>>,
+    /// Where bridge deposits are checked against this node's EVM RPC; without it, no block
+    /// with a deposit is voted for.
+    deposits: Option<Recipient<crate::bridge::CheckDeposits>>,
     /// Current height (tip + 1); 0 until the tip is known.
     height: Height,
     blocks: HashMap<B256, Arc<Block>>,
@@ -189,6 +192,7 @@ impl Consensus {
             settlement: settlement.into(),
             mempool,
             verifier,
+            deposits: None,
             height: 0,
             blocks: HashMap::new(),
             votes: HashMap::new(),
@@ -202,6 +206,15 @@ impl Consensus {
             committing: false,
             started: false,
         }
+    }
+
+    /// Checks the bridge deposits of proposals with `checker` (a validator's bridge actor).
+    pub fn with_deposit_checker(
+        mut self,
+        checker: Recipient<crate::bridge::CheckDeposits>,
+    ) -> Self {
+        self.deposits = Some(checker);
+        self
     }
 
     fn publish(&self, msg: &ConsensusMsg) {
@@ -625,19 +638,27 @@ impl Consensus {
                 };
                 let settlement = self.settlement.validate.clone();
                 let verifier = self.verifier.clone();
+                let deposits = self.deposits.clone();
                 let started = Instant::now();
                 let fut = async move {
-                    // Deposits are credited only once each validator can check them against
-                    // its own EVM RPC; until the bridge watcher does, none is voted for.
-                    if block
+                    // Each deposit is checked against this validator's own EVM RPC.
+                    let claims: Vec<_> = block
                         .txs
                         .iter()
-                        .any(|t| matches!(t.action, chain::Action::BridgeDeposit { .. }))
-                    {
-                        return Err(
-                            "a bridge deposit this validator cannot check against the EVM"
-                                .to_string(),
-                        );
+                        .filter_map(|t| crate::bridge::ClaimedDeposit::of(&t.action))
+                        .collect();
+                    if !claims.is_empty() {
+                        let Some(checker) = deposits else {
+                            return Err(
+                                "a bridge deposit this validator cannot check against the EVM"
+                                    .to_string(),
+                            );
+                        };
+                        checker
+                            .send(crate::bridge::CheckDeposits(claims))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
                     }
                     if let Some(v) = verifier {
                         v.send(VerifyRecords(block.records.clone()))
