@@ -66,6 +66,12 @@ impl Anchor {
         }
     }
 
+    /// Sends from `wallet` (shared with this node's other EVM senders: one nonce counter).
+    pub fn with_wallet(mut self, wallet: Arc<Mutex<Option<Wallet>>>) -> Anchor {
+        self.wallet = wallet;
+        self
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.busy || Instant::now() < self.next_try {
             return;

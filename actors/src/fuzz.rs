@@ -28,6 +28,7 @@ use crate::protocol::{self, ConsensusMsg, JobCall, JobReply, SyncReply, SyncRequ
 const CHAIN: chain::signing::Domain = chain::signing::Domain {
     chain_id: 5,
     salt: chain::B256::ZERO,
+    payments: None,
 };
 
 /// What the node holds when messages arrive: one validator (the signer of the samples) at

@@ -1209,6 +1209,7 @@ mod tests {
     const CHAIN: Domain = Domain {
         chain_id: 9,
         salt: B256::ZERO,
+        payments: None,
     };
 
     fn transfer(key: &chain::PrivateKeySigner, nonce: u64, amount: u128) -> (Tx, B256) {
@@ -1557,6 +1558,7 @@ mod restore_tests {
             }],
             params: Params::default(),
             tee: None,
+            evm: None,
         });
         let record = move |domain: &Domain, nonce: u64| {
             let input = "{}".to_string();
@@ -1594,6 +1596,7 @@ mod restore_tests {
         let other = Domain {
             chain_id: 77,
             salt: B256::repeat_byte(1),
+            payments: None,
         };
         let (_, bad) = record(&other, 2);
         // Saved under its id on this network, as this node would have.

@@ -442,6 +442,7 @@ mod tests {
         Domain {
             chain_id,
             salt: chain::B256::ZERO,
+            payments: None,
         }
     }
 

@@ -889,6 +889,7 @@ mod tests {
                 measurements: vec![hex::encode(measurement)],
                 min_tcb: tcb,
             }),
+            evm: None,
         };
         let input = "{}".to_string();
         let request = JobRequest {

@@ -361,6 +361,7 @@ mod evm_agreement {
         let domain = Domain {
             chain_id: 4242,
             salt: keccak256("genesis"),
+            payments: None,
         };
         (header, keys, domain)
     }

@@ -453,6 +453,10 @@ pub struct Genesis {
     /// The TEE the chain trusts; `None` when no model uses attestation.
     #[serde(default)]
     pub tee: Option<TeeParams>,
+    /// The EVM chain x402 payments settle on (OPG and the bridge); `None`: no job is paid by
+    /// x402.
+    #[serde(default)]
+    pub evm: Option<crate::signing::EvmPayments>,
 }
 
 impl Genesis {
@@ -480,6 +484,7 @@ impl Genesis {
         crate::signing::Domain {
             chain_id: self.chain_id,
             salt: self.hash(),
+            payments: self.evm,
         }
     }
 
@@ -697,6 +702,7 @@ pub(crate) mod tests {
             }],
             params: Params::default(),
             tee: None,
+            evm: None,
         }
     }
 

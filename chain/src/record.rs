@@ -52,22 +52,88 @@ impl JobRequest {
         Ok(SignedJobRequest {
             request: self,
             signature,
+            payment: None,
+        })
+    }
+
+    /// The x402 form of [`JobRequest::sign`]: the client's EIP-3009 authorization of `value`
+    /// OPG to the bridge, valid in (`valid_after`, `valid_before`), nonce = the job id.
+    pub fn sign_payment(
+        self,
+        key: &PrivateKeySigner,
+        domain: &Domain,
+        payment: Payment,
+    ) -> Result<SignedJobRequest> {
+        let payments = domain.payments.ok_or_else(|| Error::Invalid {
+            field: "payment",
+            reason: "this network takes no x402 payments".into(),
+        })?;
+        let digest = payments.authorization_digest(
+            self.client,
+            payment.value,
+            payment.valid_after,
+            payment.valid_before,
+            self.id(domain).0,
+        );
+        Ok(SignedJobRequest {
+            signature: signing::sign(key, &digest)?,
+            request: self,
+            payment: Some(payment),
         })
     }
 }
 
-/// A job request with the client's signature.
+/// The terms of an x402 payment that authorizes a job (see [`signing::EvmPayments`]): the
+/// rest of the signed EIP-3009 authorization is the job's client (`from`), the bridge (`to`)
+/// and the job id (`nonce`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    #[serde(with = "amount")]
+    pub value: u128,
+    pub valid_after: u64,
+    pub valid_before: u64,
+}
+
+/// A job request with the client's authorization: its EIP-712 signature of the request, or,
+/// with `payment`, its signature of an x402 payment bound to the job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedJobRequest {
     pub request: JobRequest,
     pub signature: Sig,
+    #[serde(default)]
+    pub payment: Option<Payment>,
 }
 
 impl SignedJobRequest {
-    /// Checks the client's signature and returns the job id.
+    /// Checks the client's authorization and returns the job id.
     pub fn verify(&self, domain: &Domain) -> Result<JobId> {
         let id = self.request.id(domain);
-        signing::verify(&self.signature, &id.0, self.request.client)?;
+        let digest = match &self.payment {
+            None => id.0,
+            Some(p) => {
+                let payments = domain.payments.ok_or_else(|| Error::Invalid {
+                    field: "payment",
+                    reason: "this network takes no x402 payments".into(),
+                })?;
+                if p.value < self.request.max_fee {
+                    return Err(Error::Invalid {
+                        field: "payment",
+                        reason: format!(
+                            "the payment of {} is less than the job's max_fee {}",
+                            p.value, self.request.max_fee
+                        ),
+                    });
+                }
+                payments.authorization_digest(
+                    self.request.client,
+                    p.value,
+                    p.valid_after,
+                    p.valid_before,
+                    id.0,
+                )
+            }
+        };
+        signing::verify(&self.signature, &digest, self.request.client)?;
         Ok(id)
     }
 }
@@ -457,7 +523,79 @@ pub(crate) mod tests {
     pub(crate) const D7: Domain = Domain {
         chain_id: 7,
         salt: B256::ZERO,
+        payments: None,
     };
+
+    /// A job authorized by an x402 payment (the client's EIP-3009 signature whose nonce is the
+    /// job id) verifies on the network whose payments it names, and nowhere else; its terms
+    /// are signed (a changed value or window fails), and it must cover the job's max_fee.
+    #[test]
+    fn a_job_paid_by_x402_verifies_only_on_its_network() {
+        let client = seeded_key(1, 1);
+        let payments = crate::signing::EvmPayments {
+            chain_id: 31_337,
+            opg: Address::repeat_byte(0xa),
+            settlement: Address::repeat_byte(0xb),
+        };
+        let d = Domain {
+            payments: Some(payments),
+            ..D7
+        };
+        let request = JobRequest {
+            client: client.address(),
+            model_id: ModelId([4; 32]),
+            input_hash: keccak256(b"in"),
+            max_fee: 100,
+            nonce: 5,
+            expiry: 1_000,
+        };
+        let terms = Payment {
+            value: 100,
+            valid_after: 5,
+            valid_before: 1_000,
+        };
+        let job = request.clone().sign_payment(&client, &d, terms).unwrap();
+        assert_eq!(job.verify(&d).unwrap(), request.id(&d));
+        assert!(job.verify(&D7).is_err(), "a network without x402");
+        let elsewhere = Domain {
+            payments: Some(crate::signing::EvmPayments {
+                settlement: Address::repeat_byte(0xc),
+                ..payments
+            }),
+            ..D7
+        };
+        assert!(job.verify(&elsewhere).is_err(), "another bridge");
+        for changed in [
+            Payment {
+                value: 101,
+                ..terms
+            },
+            Payment {
+                valid_after: 4,
+                ..terms
+            },
+            Payment {
+                valid_before: 999,
+                ..terms
+            },
+        ] {
+            let mut j = job.clone();
+            j.payment = Some(changed);
+            assert!(j.verify(&d).is_err(), "{changed:?}");
+        }
+        let short = JobRequest {
+            max_fee: 101,
+            ..request
+        }
+        .sign_payment(&client, &d, terms)
+        .unwrap();
+        let e = short.verify(&d).unwrap_err().to_string();
+        assert!(e.contains("less than the job's max_fee"), "{e}");
+        // A native signature is not a payment's, nor the other way round.
+        let mut native_as_paid = request.clone().sign(&client, &d).unwrap();
+        native_as_paid.payment = Some(terms);
+        assert!(native_as_paid.verify(&d).is_err());
+    }
 
     pub(crate) fn sample_record(domain: &Domain) -> InferenceRecord {
         let client = seeded_key(1, 1);
@@ -553,6 +691,7 @@ pub(crate) mod tests {
             }],
             params: Params::default(),
             tee: None,
+            evm: None,
         };
         let admit = |g: &crate::Genesis, r: &InferenceRecord| {
             Admission::new(Arc::new(g.clone()), None).check(Arc::new(r.clone()))

@@ -17,6 +17,15 @@ use crate::types::Sig;
 /// The EIP-712 struct definitions, as a wallet sees them.
 pub mod typed {
     alloy::sol! {
+        /// EIP-3009, as OPG (`chain/contracts/src/OPG.sol`) defines it: what an x402 payer signs.
+        struct ReceiveWithAuthorization {
+            address from;
+            address to;
+            uint256 value;
+            uint256 validAfter;
+            uint256 validBefore;
+            bytes32 nonce;
+        }
         struct JobRequest {
             address client;
             bytes32 modelId;
@@ -171,6 +180,51 @@ pub struct Domain {
     pub chain_id: u64,
     /// The genesis hash.
     pub salt: B256,
+    /// Where x402 payments for this network settle (the genesis `evm` section); `None`: no
+    /// job can be authorized by a payment.
+    #[serde(default)]
+    pub payments: Option<EvmPayments>,
+}
+
+/// The EVM side of a network's x402 payments: OPG's address and EIP-712 domain (`OPG`, `1`,
+/// the EVM chain id, the token) and the bridge the payments go to. A job may be authorized by
+/// its client's EIP-3009 `ReceiveWithAuthorization` of OPG to the bridge whose nonce is the job
+/// id: the same signature that pays (through the bridge, to the client's own account) commits
+/// to the job, so no second signature is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct EvmPayments {
+    pub chain_id: u64,
+    pub opg: Address,
+    pub settlement: Address,
+}
+
+impl EvmPayments {
+    /// OPG's EIP-712 domain.
+    pub fn eip712(&self) -> Eip712Domain {
+        eip712_domain! { name: "OPG", version: "1", chain_id: self.chain_id, verifying_contract: self.opg, }
+    }
+
+    /// The digest `from` signs to let the bridge pull `value` OPG, valid strictly between
+    /// `valid_after` and `valid_before` (Unix seconds), once per `nonce`.
+    pub fn authorization_digest(
+        &self,
+        from: Address,
+        value: u128,
+        valid_after: u64,
+        valid_before: u64,
+        nonce: B256,
+    ) -> B256 {
+        use alloy::primitives::U256;
+        typed::ReceiveWithAuthorization {
+            from,
+            to: self.settlement,
+            value: U256::from(value),
+            validAfter: U256::from(valid_after),
+            validBefore: U256::from(valid_before),
+            nonce,
+        }
+        .eip712_signing_hash(&self.eip712())
+    }
 }
 
 impl Domain {
@@ -302,6 +356,7 @@ pub(crate) fn test_domain(chain_id: u64) -> Domain {
     Domain {
         chain_id,
         salt: B256::ZERO,
+        payments: None,
     }
 }
 

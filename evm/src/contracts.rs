@@ -173,6 +173,7 @@ mod tests {
         let domain = Domain {
             chain_id: 1,
             salt: B256::ZERO,
+            payments: None,
         };
         let votes: Vec<SignedVote> = keys
             .iter()

@@ -7,6 +7,7 @@ pub mod bridge;
 pub mod contracts;
 pub mod rpc;
 pub mod wallet;
+pub mod x402;
 
 pub use rpc::{Rpc, RpcError};
 pub use wallet::{Receipt, SendError, Wallet};

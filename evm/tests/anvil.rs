@@ -137,6 +137,7 @@ fn network() -> (
         }],
         params,
         tee: None,
+        evm: None,
     };
     genesis.validate().unwrap();
     (genesis, validators, client, exec, model)

@@ -42,6 +42,8 @@ pub struct AppState {
     pub served: Vec<kernels::ModelId>,
     /// How long a client may take to send a request body, from the end of its headers.
     pub body_timeout: Duration,
+    /// x402 payments, when this node takes them ([evm] and a genesis with `evm`).
+    pub x402: Option<std::sync::Arc<crate::x402::X402>>,
 }
 
 type S = web::Data<AppState>;
@@ -53,7 +55,7 @@ pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> HttpRe
         .json(json!({"error": {"code": code, "message": message.to_string()}}))
 }
 
-fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
     error(
         503,
         "unavailable",
@@ -82,6 +84,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(post("/v1/txs").to(submit_tx))
         .service(get("/v1/txs/{hash}").to(get_tx))
         .service(get("/v1/withdrawals/{hash}").to(get_withdrawal))
+        .service(get("/v1/x402/supported").to(x402_supported))
         .service(get("/v1/evidence").to(evidence))
         .service(post("/v1/admin/peers/{peer}/block").to(block_peer))
         .service(post("/v1/admin/peers/{peer}/unblock").to(unblock_peer))
@@ -276,9 +279,17 @@ struct JobBody {
 }
 
 async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let body: JobBody = match read_json(&s, &req, payload).await {
+    let body: Value = match read_json(&s, &req, payload).await {
         Ok(b) => b,
         Err(r) => return r,
+    };
+    // Without a signed native job, the job is paid by x402 (or answered 402).
+    if body.get("job").is_none() {
+        return crate::x402::job(&s, &req, body).await;
+    }
+    let body: JobBody = match serde_json::from_value(body) {
+        Ok(b) => b,
+        Err(e) => return error(400, "bad_request", format!("body: {e}")),
     };
     match s
         .gateway
@@ -288,7 +299,17 @@ async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespon
         })
         .await
     {
-        Ok(Ok(r)) => {
+        Ok(result) => job_response(result),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The answer to an executed (or refused) job.
+pub(crate) fn job_response(
+    result: Result<actors::gateway::JobResult, GatewayError>,
+) -> HttpResponse {
+    match result {
+        Ok(r) => {
             let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::String(r.output));
             HttpResponse::Ok().json(json!({
                 "job_id": r.job_id,
@@ -300,11 +321,12 @@ async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespon
                 "proof": r.record.proof,
             }))
         }
-        Ok(Err(GatewayError { kind, message })) => {
-            error(refusal_status(kind), kind.code(), message)
-        }
-        Err(e) => unavailable(e),
+        Err(GatewayError { kind, message }) => error(refusal_status(kind), kind.code(), message),
     }
+}
+
+async fn x402_supported(s: S) -> HttpResponse {
+    HttpResponse::Ok().json(crate::x402::supported(s.x402.as_deref()))
 }
 
 /// The HTTP status of each way a job can be refused or fail at the gateway.
@@ -404,6 +426,7 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
         "status": match entry.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },
         "chain_id": domain.chain_id,
         "genesis_hash": domain.salt,
+        "evm_payments": domain.payments,
         "height": entry.height,
         "block_hash": block.hash(),
         "records_root": block.header.records_root,
@@ -1023,6 +1046,7 @@ mod tests {
         let domain = chain::signing::Domain {
             chain_id: 9,
             salt: chain::B256::ZERO,
+            payments: None,
         };
         let tx = chain::UnsignedTx {
             from: key.address(),

@@ -11,6 +11,7 @@ mod infer;
 mod run;
 mod submit;
 mod verify;
+mod x402;
 
 use std::path::PathBuf;
 

@@ -251,6 +251,9 @@ pub fn run(home: &Path) -> Result<()> {
             None => consensus,
         }
         .start();
+        // One EVM wallet (one nonce counter) for this node's key: anchors and x402 settlements.
+        let evm_wallet = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let x402 = x402_of(&config, &genesis, &account, evm_wallet.clone())?;
         if config.evm.enabled() {
             if is_validator {
                 let settlement_address = config
@@ -270,6 +273,7 @@ pub fn run(home: &Path) -> Result<()> {
                     account.clone(),
                     store.clone(),
                 )
+                .with_wallet(evm_wallet.clone())
                 .start();
             }
         } else {
@@ -289,6 +293,7 @@ pub fn run(home: &Path) -> Result<()> {
 
         let request_timeout = Duration::from_millis(config.http.request_timeout_ms);
         let state = AppState {
+            x402,
             body_timeout: request_timeout,
             gateway,
             settlement,
@@ -438,9 +443,106 @@ fn start_attestation(
     ))
 }
 
+/// x402 payments, when this node has an EVM RPC and the genesis names where payments settle;
+/// an `[evm]` section naming other contracts than the genesis is an error.
+fn x402_of(
+    config: &Config,
+    genesis: &chain::Genesis,
+    account: &chain::PrivateKeySigner,
+    wallet: std::sync::Arc<std::sync::Mutex<Option<evm::Wallet>>>,
+) -> Result<Option<std::sync::Arc<crate::x402::X402>>> {
+    let evm = &config.evm;
+    let Some(payments) = genesis.evm else {
+        if evm.enabled() {
+            tracing::info!("the genesis names no EVM payments: this node takes no x402 payments");
+        }
+        return Ok(None);
+    };
+    if !evm.enabled() {
+        return Ok(None);
+    }
+    same_evm(evm, &payments).map_err(|e| anyhow::anyhow!("[evm] in node.toml: {e}"))?;
+    tracing::info!(opg = %payments.opg, pay_to = %payments.settlement, "taking x402 payments for jobs");
+    Ok(Some(std::sync::Arc::new(crate::x402::X402 {
+        payments,
+        rpc_url: evm.rpc_url.clone(),
+        rpc_timeout: Duration::from_millis(evm.rpc_timeout_ms),
+        key: account.clone(),
+        wallet,
+        credit_timeout: Duration::from_secs(60),
+        max_timeout_seconds: 300,
+    })))
+}
+
+/// Whether the `[evm]` section names the chain and contracts the genesis' payments settle on.
+fn same_evm(
+    evm: &crate::config::EvmSection,
+    payments: &chain::signing::EvmPayments,
+) -> std::result::Result<(), String> {
+    let settlement = evm.settlement()?;
+    let opg_differs =
+        !evm.opg.is_empty() && evm.opg.parse::<chain::Address>().ok() != Some(payments.opg);
+    if evm.chain_id != payments.chain_id || settlement != payments.settlement || opg_differs {
+        return Err(format!(
+            "chain {}, settlement {}, opg {:?} is not the genesis' EVM (chain {}, settlement {}, opg {})",
+            evm.chain_id, settlement, evm.opg, payments.chain_id, payments.settlement, payments.opg
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
+
+    /// x402 is taken only where the node's [evm] names the genesis' chain and contracts.
+    #[test]
+    fn the_evm_section_must_name_the_genesis_contracts() {
+        let payments = chain::signing::EvmPayments {
+            chain_id: 31_337,
+            opg: chain::Address::repeat_byte(1),
+            settlement: chain::Address::repeat_byte(2),
+        };
+        let section = crate::config::EvmSection {
+            rpc_url: "http://127.0.0.1:8545".into(),
+            chain_id: 31_337,
+            settlement: payments.settlement.to_string(),
+            opg: payments.opg.to_string(),
+            ..Default::default()
+        };
+        assert_eq!(super::same_evm(&section, &payments), Ok(()));
+        let no_opg = crate::config::EvmSection {
+            opg: String::new(),
+            ..section.clone()
+        };
+        assert_eq!(super::same_evm(&no_opg, &payments), Ok(()));
+        for (wrong, why) in [
+            (
+                crate::config::EvmSection {
+                    chain_id: 8453,
+                    ..section.clone()
+                },
+                "chain",
+            ),
+            (
+                crate::config::EvmSection {
+                    settlement: chain::Address::repeat_byte(3).to_string(),
+                    ..section.clone()
+                },
+                "settlement",
+            ),
+            (
+                crate::config::EvmSection {
+                    opg: chain::Address::repeat_byte(3).to_string(),
+                    ..section.clone()
+                },
+                "opg",
+            ),
+        ] {
+            let e = super::same_evm(&wrong, &payments).unwrap_err();
+            assert!(e.contains("is not the genesis' EVM"), "{why}: {e}");
+        }
+    }
     use std::time::{Duration, Instant};
 
     use actix::prelude::*;

@@ -38,6 +38,11 @@ pub struct SubmitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Pay by x402 instead of from a native account: the key's OPG on the EVM chain pays
+    /// (an EIP-3009 authorization the gateway settles on the bridge), and the same signature
+    /// authorizes the job.
+    #[arg(long)]
+    x402: bool,
 }
 
 #[derive(clap::Args)]
@@ -126,6 +131,9 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
         return Err(api_error(st, &status));
     }
     let domain = domain_of(&status)?;
+    if a.x402 {
+        return pay_x402(&a, &agent, node, domain, &key, model, &input);
+    }
     let max_fee = match a.max_fee {
         Some(f) => f,
         None => {
@@ -204,6 +212,107 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     Ok(())
 }
 
+/// `submit --x402`: asks for the job, reads what the `402` says to pay, signs the EIP-3009
+/// authorization bound to the job and sends it again with `PAYMENT-SIGNATURE`.
+fn pay_x402(
+    a: &SubmitArgs,
+    agent: &ureq::Agent,
+    node: &str,
+    mut domain: chain::signing::Domain,
+    key: &chain::PrivateKeySigner,
+    model: ModelId,
+    input: &str,
+) -> Result<()> {
+    let url = format!("{node}/v1/jobs");
+    let body = json!({"model": model, "input": input});
+    let send = |header: Option<&str>| -> Result<(u16, Option<String>, Value)> {
+        let mut req = agent.post(&url);
+        if let Some(h) = header {
+            req = req.header("PAYMENT-SIGNATURE", h);
+        }
+        let mut resp = req
+            .send_json(&body)
+            .with_context(|| format!("POST {url}"))?;
+        let st = resp.status().as_u16();
+        let name = if header.is_some() {
+            "payment-response"
+        } else {
+            "payment-required"
+        };
+        let h = resp
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let v = resp.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        Ok((st, h, v))
+    };
+    let (st, required, answer) = send(None)?;
+    let required = match (st, required) {
+        (402, Some(h)) => evm::x402::decode_header(&h)?,
+        _ => return Err(api_error(st, &answer)),
+    };
+    let accepts = required["accepts"]
+        .as_array()
+        .and_then(|l| l.iter().find(|o| o["scheme"] == evm::x402::SCHEME))
+        .cloned()
+        .context("the 402 offers no exact payment")?;
+    let field = |k: &str| -> Result<&str> {
+        accepts[k]
+            .as_str()
+            .with_context(|| format!("the 402's offer has no {k}"))
+    };
+    let payments = chain::signing::EvmPayments {
+        chain_id: field("network")?
+            .trim_start_matches("eip155:")
+            .parse()
+            .context("the offer's network is not eip155:<chain id>")?,
+        opg: field("asset")?.parse().context("asset")?,
+        settlement: field("payTo")?.parse().context("payTo")?,
+    };
+    domain.payments = Some(payments);
+    let amount: u128 = field("amount")?.parse().context("amount")?;
+    let value = a.max_fee.unwrap_or(amount).max(amount);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    // validAfter is the job's nonce: a random second of the past hour keeps two payments of
+    // the same job apart.
+    let after = now.saturating_sub(60 + random_nonce() % 3600);
+    let before = now
+        + accepts["maxTimeoutSeconds"]
+            .as_u64()
+            .unwrap_or(300)
+            .min(a.expires_in);
+    let job = JobRequest {
+        client: key.address(),
+        model_id: model,
+        input_hash: keccak256(input.as_bytes()),
+        max_fee: value,
+        nonce: after,
+        expiry: before,
+    }
+    .sign_payment(
+        key,
+        &domain,
+        chain::record::Payment {
+            value,
+            valid_after: after,
+            valid_before: before,
+        },
+    )?;
+    let payload = evm::x402::payment_payload(2, &domain, &job, &accepts)?;
+    let (st, response, mut answer) = send(Some(&evm::x402::encode_header(&payload)))?;
+    if st != 200 {
+        return Err(api_error(st, &answer));
+    }
+    if let Some(h) = response {
+        answer["payment"] = evm::x402::decode_header(&h)?;
+    }
+    println!("{answer}");
+    Ok(())
+}
+
 /// The signing domain a node's `/v1/status` names: its chain id and genesis hash.
 pub(crate) fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Domain> {
     let chain_id = status["chain_id"]
@@ -213,7 +322,11 @@ pub(crate) fn domain_of(status: &serde_json::Value) -> Result<chain::signing::Do
         .as_str()
         .and_then(|h| h.parse().ok())
         .context("status has no genesis_hash")?;
-    Ok(chain::signing::Domain { chain_id, salt })
+    Ok(chain::signing::Domain {
+        chain_id,
+        salt,
+        payments: None,
+    })
 }
 
 pub fn transfer(a: TransferArgs) -> Result<()> {

@@ -54,6 +54,10 @@ struct Receipt {
     commit: Option<CommitCertificate>,
     validators: Option<Vec<(Address, u64)>>,
     anchor: Option<Anchor>,
+    /// Where the network's x402 payments settle (its genesis `evm`): a job paid by x402 is
+    /// authorized by the payment's signature.
+    #[serde(default)]
+    evm_payments: Option<chain::signing::EvmPayments>,
 }
 
 #[derive(Deserialize)]
@@ -97,15 +101,18 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     }
     let r: Receipt = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a receipt", a.receipt.display()))?;
-    let domain = Domain {
+    let mut domain = Domain {
         chain_id: r.chain_id,
         salt: r.genesis_hash,
+        payments: r.evm_payments,
     };
     let mut steps = Steps(Vec::new());
 
     let genesis = match &a.genesis {
         Some(path) => {
             let g = chain::Genesis::load(path).context("loading the genesis")?;
+            // The genesis, checked by its hash, says where payments settle; not the receipt.
+            domain.payments = g.evm;
             if g.domain() != domain {
                 return steps.fail(
                     "genesis",

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use alloy::sol_types::SolCall;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -94,6 +95,11 @@ pub struct BenchReport {
     pub submit_to_result: Option<Percentiles>,
     pub submit_to_finalized: Option<Percentiles>,
     pub footprint: Vec<NodeFootprint>,
+    /// Jobs paid by x402 from the client's OPG on the EVM (each settled on the bridge and
+    /// credited before it runs) rather than signed from its native account.
+    pub x402: bool,
+    /// Anchors the validators posted on the EVM during the run, per minute.
+    pub anchors_per_min: Option<f64>,
 }
 
 /// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
@@ -105,7 +111,27 @@ pub fn run(
     jobs: usize,
     concurrency: usize,
     seed: u64,
+    x402: bool,
 ) -> Result<BenchReport> {
+    if x402 && net.domain.payments.is_none() {
+        anyhow::bail!("--x402 needs a testnet with an EVM chain (started without --no-evm)");
+    }
+    let anchored = || {
+        net.evm.as_ref().and_then(|e| {
+            let rpc = evm::Rpc::new(&e.rpc_url, Duration::from_secs(5));
+            let raw = rpc
+                .eth_call(
+                    e.settlement,
+                    evm::contracts::ISettlement::lastAnchoredHeightCall {}
+                        .abi_encode()
+                        .into(),
+                    "latest",
+                )
+                .ok()?;
+            evm::contracts::ISettlement::lastAnchoredHeightCall::abi_decode_returns(&raw).ok()
+        })
+    };
+    let anchored_before = anchored();
     let key = net.client_key()?;
     let model = net.model(model)?;
     let model_id: kernels::ModelId = model
@@ -156,15 +182,24 @@ pub fn run(
                     let text = format!("{input}{}", " ".repeat(i % 7));
                     let t0 = Instant::now();
                     let outcome = (|| -> Result<(f64, f64, bool)> {
-                        let body = signed_job(
-                            &key,
-                            &domain,
-                            model_id,
-                            &text,
-                            price,
-                            base_nonce + i as u64,
-                        )?;
-                        let reply = client.post(&format!("{node}/v1/jobs"), &body)?.ok()?;
+                        let url = format!("{node}/v1/jobs");
+                        let reply = if x402 {
+                            let (body, header) =
+                                paid_job(&key, &domain, model_id, &text, price, i)?;
+                            client
+                                .post_with(&url, &body, &[("PAYMENT-SIGNATURE", &header)])?
+                                .ok()?
+                        } else {
+                            let body = signed_job(
+                                &key,
+                                &domain,
+                                model_id,
+                                &text,
+                                price,
+                                base_nonce + i as u64,
+                            )?;
+                            client.post(&url, &body)?.ok()?
+                        };
                         let t_result = t0.elapsed().as_secs_f64() * 1000.0;
                         let id = reply["job_id"].as_str().context("no job_id")?.to_string();
                         let fin = client.wait_job(node, &id, Duration::from_secs(120))?;
@@ -183,6 +218,10 @@ pub fn run(
         let _ = w.join();
     }
     let wall = started.elapsed().as_secs_f64();
+    let interval = crate::net::testnet_params().anchor_interval.max(1);
+    let anchors_per_min = anchored_before
+        .zip(anchored())
+        .map(|(a, b)| (b.saturating_sub(a) / interval) as f64 * 60.0 / wall);
     let results = std::mem::take(
         &mut *results
             .lock()
@@ -246,5 +285,52 @@ pub fn run(
         jobs_per_s: finalized as f64 / wall,
         submit_to_result: percentiles(to_result),
         submit_to_finalized: percentiles(to_final),
+        x402,
+        anchors_per_min,
     })
+}
+
+/// Job `i` paid by x402, as a client library builds it: the body without a signed job, and
+/// the `PAYMENT-SIGNATURE` header (the EIP-3009 authorization bound to the job; its
+/// `validAfter`, the job's nonce, differs per job).
+fn paid_job(
+    key: &chain::PrivateKeySigner,
+    domain: &chain::signing::Domain,
+    model: kernels::ModelId,
+    input: &str,
+    price: u128,
+    i: usize,
+) -> Result<(serde_json::Value, String)> {
+    let payments = domain.payments.context("no x402 on this testnet")?;
+    let now = chain::types::now_ms() / 1000;
+    let after = now.saturating_sub(3_600 + i as u64);
+    let job = chain::JobRequest {
+        client: key.address(),
+        model_id: model,
+        input_hash: alloy::primitives::keccak256(input.as_bytes()),
+        max_fee: price,
+        nonce: after,
+        expiry: now + 300,
+    }
+    .sign_payment(
+        key,
+        domain,
+        chain::record::Payment {
+            value: price,
+            valid_after: after,
+            valid_before: now + 300,
+        },
+    )?;
+    let offer = serde_json::json!({
+        "scheme": "exact",
+        "network": evm::x402::network(payments.chain_id),
+        "amount": price.to_string(),
+        "asset": payments.opg,
+        "payTo": payments.settlement,
+    });
+    let payload = evm::x402::payment_payload(2, domain, &job, &offer)?;
+    Ok((
+        serde_json::json!({"model": model, "input": input}),
+        evm::x402::encode_header(&payload),
+    ))
 }

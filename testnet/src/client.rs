@@ -83,6 +83,18 @@ impl Client {
         Ok(Reply { status, body })
     }
 
+    /// POST JSON with extra `headers`.
+    pub fn post_with(&self, url: &str, body: &Value, headers: &[(&str, &str)]) -> Result<Reply> {
+        let mut req = self.agent.post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.send_json(body).with_context(|| format!("POST {url}"))?;
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
     pub fn post_raw(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Reply> {
         let mut r = self
             .agent

@@ -56,6 +56,9 @@ pub fn start_anvil(dir: &Path, port: u16) -> Result<u32> {
     let mut cmd = Command::new(&bin);
     cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--chain-id", &CHAIN_ID.to_string()])
+        // A block a second, as a real chain: deposits get their confirmations without
+        // waiting for other transactions.
+        .args(["--block-time", "1"])
         .arg("--state")
         .arg(dir.join("anvil-state.json"))
         .args(["--state-interval", "1"]);
@@ -111,12 +114,12 @@ pub fn up(
     genesis: &chain::Genesis,
     gas_for: &[Address],
     client: Address,
+    deployer: PrivateKeySigner,
 ) -> Result<EvmInfo> {
     let contracts = evm::artifacts::contracts_dir();
     evm::artifacts::build(&contracts)?;
     let pid = start_anvil(dir, port)?;
     let rpc_url = format!("http://127.0.0.1:{port}");
-    let deployer = PrivateKeySigner::random();
     let deployer_key = dir.join("evm-deployer.key");
     chain::signing::write_key(&deployer_key, &deployer)?;
     let rpc = evm::Rpc::new(&rpc_url, Duration::from_secs(10));
@@ -142,6 +145,14 @@ pub fn up(
         &evm::artifacts::bytecode(&contracts, "Settlement")?,
         &evm::contracts::settlement_constructor(opg, genesis.chain_id, genesis.hash(), &set),
     )?;
+    let predicted = payments_of(deployer.address());
+    if genesis.evm.is_some_and(|p| p != predicted)
+        || (predicted.opg, predicted.settlement) != (opg, settlement)
+    {
+        bail!(
+            "the contracts landed at {opg} and {settlement}, not where the genesis expects them ({predicted:?})"
+        );
+    }
     let locked = chain::types::TOTAL_SUPPLY
         .checked_sub(genesis.pools.bridge_reserve)
         .context("the genesis bridge reserve exceeds the supply")?;
@@ -170,6 +181,16 @@ pub fn up(
         anvil_pid: pid,
         port,
     })
+}
+
+/// Where a fresh `deployer`'s [`up`] puts OPG and the Settlement contract (its first two
+/// creations), for the genesis written before they exist.
+pub fn payments_of(deployer: Address) -> chain::signing::EvmPayments {
+    chain::signing::EvmPayments {
+        chain_id: CHAIN_ID,
+        opg: deployer.create(0),
+        settlement: deployer.create(1),
+    }
 }
 
 /// The `[evm]` section of a node's config for this chain.

@@ -422,6 +422,7 @@ pub fn lie_about_sync(target: &str, duration: Duration, junk: Junk) -> Result<Li
 const JUNK_DOMAIN: chain::signing::Domain = chain::signing::Domain {
     chain_id: 1,
     salt: chain::B256::ZERO,
+    payments: None,
 };
 
 fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {

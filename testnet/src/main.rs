@@ -88,6 +88,9 @@ enum Cmd {
         /// Model name (default: the testnet's first model).
         #[arg(long)]
         model: Option<String>,
+        /// Pay each job by x402 from the client's OPG on the EVM chain.
+        #[arg(long)]
+        x402: bool,
     },
     /// Transactions per second of each kind (transfer, bond, unbond, register_model, vote)
     /// from ACCOUNTS funded accounts at once, against transfers in the same run, and block
@@ -179,9 +182,11 @@ fn run(cli: Cli) -> Result<()> {
             concurrency,
             seed,
             model,
+            x402,
         } => {
             let net = Testnet::load(&dir)?;
-            let report = testnet::bench::run(&net, model.as_deref(), jobs, concurrency, seed)?;
+            let report =
+                testnet::bench::run(&net, model.as_deref(), jobs, concurrency, seed, x402)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

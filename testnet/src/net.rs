@@ -164,10 +164,31 @@ pub fn default_bin() -> PathBuf {
 
 /// Free ports on 127.0.0.1, distinct from each other: every listener stays open until all are
 /// picked (a port released at once could be handed out again by the next bind).
+/// `n` free ports on 127.0.0.1 for the nodes, below Linux's ephemeral range (32768–60999): a
+/// port from that range can be taken, between this check and the node's bind, as the local
+/// end of an outgoing connection (deploying the EVM contracts makes many RPC calls).
 fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes (parallel test binaries) start at different places, calls within one move on.
+    let start = std::process::id()
+        .wrapping_mul(7_919)
+        .wrapping_add(NEXT.fetch_add(64, Ordering::Relaxed));
+    let mut listeners = Vec::with_capacity(n);
+    for k in 0..SPAN {
+        if listeners.len() == n {
+            break;
+        }
+        let port = (LOW + start.wrapping_add(k) % SPAN) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    if listeners.len() < n {
+        bail!("fewer than {n} free ports in {LOW}..{}", LOW + SPAN);
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
@@ -501,7 +522,13 @@ impl Testnet {
             .iter()
             .map(|(a, c)| (*a, chain::record::chip_binding(c.chip_id())))
             .collect();
-        let genesis = make_genesis(
+        // The EVM deployer's key comes first: its contracts' addresses (its first two
+        // creations) go into the genesis, where x402 payments settle.
+        let deployer = o.evm.then(chain::PrivateKeySigner::random);
+        let payments = deployer
+            .as_ref()
+            .map(|d| crate::evmnet::payments_of(d.address()));
+        let mut genesis = make_genesis(
             chain_id,
             chain::types::now_ms(),
             &nodes,
@@ -516,22 +543,21 @@ impl Testnet {
             &models,
             tee,
         )?;
+        genesis.evm = payments;
         let genesis_json = genesis.to_json();
         std::fs::write(dir.join("genesis.json"), &genesis_json)?;
 
-        let evm = if o.evm {
-            let port = free_ports(1)?[0];
-            let validators: Vec<Address> = nodes
-                .iter()
-                .filter(|n| n.role == "validator")
-                .map(|n| n.address)
-                .collect();
-            Some(
-                crate::evmnet::up(&dir, port, &genesis, &validators, client.address())
-                    .context("starting the EVM chain")?,
-            )
-        } else {
-            None
+        let evm = match deployer {
+            Some(deployer) => {
+                let port = free_ports(1)?[0];
+                // Every node may send to the EVM: validators anchor, gateways settle x402.
+                let senders: Vec<Address> = nodes.iter().map(|n| n.address).collect();
+                Some(
+                    crate::evmnet::up(&dir, port, &genesis, &senders, client.address(), deployer)
+                        .context("starting the EVM chain")?,
+                )
+            }
+            None => None,
         };
 
         // Like a real network: every node knows two bootstrap peers (the first two validators)
@@ -1094,6 +1120,7 @@ fn make_genesis(
             .collect::<Result<_>>()?,
         params: testnet_params(),
         tee: Some(tee),
+        evm: None,
     };
     genesis.validate()?;
     Ok(genesis)
@@ -1126,6 +1153,7 @@ mod tests {
         let domain = |chain_id| chain::signing::Domain {
             chain_id,
             salt: chain::B256::ZERO,
+            payments: None,
         };
         let signed = transfer.sign(&key, &domain(ids[0])).unwrap();
         assert!(signed.verify(&domain(ids[0])).is_ok());

@@ -259,6 +259,7 @@ mod tests {
     const CHAIN: chain::signing::Domain = chain::signing::Domain {
         chain_id: 3,
         salt: chain::B256::ZERO,
+        payments: None,
     };
 
     fn keys() -> Vec<chain::PrivateKeySigner> {

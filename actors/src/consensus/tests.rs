@@ -46,6 +46,7 @@ fn solo_genesis(key: &PrivateKeySigner) -> Genesis {
             ..Params::default()
         },
         tee: None,
+        evm: None,
     }
 }
 
@@ -188,6 +189,7 @@ fn only_the_same_signed_vote_at_this_height_counts_as_held() {
     let domain = chain::signing::Domain {
         chain_id: 9,
         salt: chain::B256::ZERO,
+        payments: None,
     };
     let vote = |height, block: Option<chain::B256>| {
         SignedVote::sign(

@@ -19,6 +19,7 @@ use super::*;
 const CHAIN: chain::signing::Domain = chain::signing::Domain {
     chain_id: 31,
     salt: chain::B256::ZERO,
+    payments: None,
 };
 const HEIGHT: Height = 1;
 
