@@ -145,6 +145,32 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
         Ok(Err(e)) => return error(500, "storage", e),
         Err(e) => return unavailable(e),
     }
+    // The job's nonce (the authorization's validAfter) used by another job of this payer:
+    // refused before anything is paid.
+    match s
+        .settlement
+        .send(actors::settlement::NonceUsed {
+            client: job.request.client,
+            nonce: job.request.nonce,
+        })
+        .await
+    {
+        Ok(Ok(Some(other))) if other != id => {
+            return paid_error(
+                &offer,
+                &X402Error {
+                    code: "invalid_exact_evm_payload_authorization_valid_after",
+                    reason: format!(
+                        "validAfter {} is this payer's job nonce and job {other} used it; sign with another validAfter",
+                        job.request.nonce
+                    ),
+                },
+            );
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return error(500, "storage", e),
+        Err(e) => return unavailable(e),
+    }
     // Taken by this gateway already and not in a block yet: the same payment again.
     if let Ok(Some(_)) = s.gateway.send(actors::gateway::PendingJob(id)).await {
         return paid_error(

@@ -153,6 +153,10 @@ pub fn run(
     let started = Instant::now();
     let base_nonce =
         seed.wrapping_mul(1_000_003) % (1 << 40) + (chain::types::now_ms() % (1 << 20)) * (1 << 20);
+    // x402 jobs' nonces (their validAfter, in the past): a run's block of `jobs` seconds,
+    // placed by the clock so that runs do not overlap.
+    let x402_base = (chain::types::now_ms() / 1000).saturating_sub(86_400)
+        - (chain::types::now_ms() / 1000 % 600) * jobs as u64;
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (next, results, urls, key, input) = (
@@ -185,7 +189,7 @@ pub fn run(
                         let url = format!("{node}/v1/jobs");
                         let reply = if x402 {
                             let (body, header) =
-                                paid_job(&key, &domain, model_id, &text, price, i)?;
+                                paid_job(&key, &domain, model_id, &text, price, i, x402_base)?;
                             client
                                 .post_with(&url, &body, &[("PAYMENT-SIGNATURE", &header)])?
                                 .ok()?
@@ -300,10 +304,12 @@ fn paid_job(
     input: &str,
     price: u128,
     i: usize,
+    base: u64,
 ) -> Result<(serde_json::Value, String)> {
     let payments = domain.payments.context("no x402 on this testnet")?;
     let now = chain::types::now_ms() / 1000;
-    let after = now.saturating_sub(3_600 + i as u64);
+    // validAfter is the job's nonce for this payer: distinct per job and per run (`base`).
+    let after = base.saturating_sub(i as u64);
     let job = chain::JobRequest {
         client: key.address(),
         model_id: model,

@@ -259,6 +259,32 @@ fn jobs_are_paid_by_x402_once_and_replays_are_refused() {
     );
     assert_eq!(evm_balance(payer.address()), funded - price);
 
+    // Another job with the first one's validAfter (this payer's job nonce): refused before
+    // anything is paid.
+    let other_input = format!("{input} ");
+    let clash = JobRequest {
+        input_hash: keccak256(other_input.as_bytes()),
+        ..first.clone()
+    };
+    let (status, _, answer) = post(
+        &jobs,
+        &json!({"model": model.name, "input": other_input}),
+        &[(
+            "PAYMENT-SIGNATURE",
+            &pay(&payer, &accepts, &clash, &net.domain, 2),
+        )],
+        &[],
+    );
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (
+            402,
+            Some("invalid_exact_evm_payload_authorization_valid_after")
+        ),
+        "{answer}"
+    );
+    assert_eq!(evm_balance(payer.address()), funded - price);
+
     // v1: X-PAYMENT, answered in X-PAYMENT-RESPONSE.
     let second = job(now_s() - 59);
     let v1 = pay(&payer, &accepts, &second, &net.domain, 1);
