@@ -234,6 +234,26 @@ fn plan_and_send(
     }
 }
 
+/// The EVM transaction that anchored `height` on `settlement` (its `Anchored` event), if any.
+pub fn anchor_transaction(
+    rpc: &crate::Rpc,
+    settlement: Address,
+    height: u64,
+) -> Result<Option<alloy::primitives::B256>, crate::RpcError> {
+    use alloy::sol_types::SolEvent;
+    let topic = alloy::primitives::B256::from(alloy::primitives::U256::from(height));
+    let logs: Vec<crate::wallet::Log> = rpc.call(
+        "eth_getLogs",
+        serde_json::json!([{
+            "address": settlement,
+            "topics": [ISettlement::Anchored::SIGNATURE_HASH, topic],
+            "fromBlock": "earliest",
+            "toBlock": "latest",
+        }]),
+    )?;
+    Ok(logs.into_iter().find_map(|l| l.transaction_hash))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// x402 payments, when this node takes them ([evm] and a genesis with `evm`).
     pub x402: Option<std::sync::Arc<crate::x402::X402>>,
+    /// The EVM RPC and settlement contract ([evm]), to name the transaction of an anchor.
+    pub evm: Option<(String, Address)>,
 }
 
 type S = web::Data<AppState>;
@@ -417,10 +419,21 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
         Ok(Err(e)) => return error(500, "storage", e),
         Err(e) => return unavailable(e),
     };
-    let anchor = match anchor_proof(&s, entry.height, leaves[index]).await {
+    let mut anchor = match anchor_proof(&s, entry.height, leaves[index]).await {
         Ok(a) => a,
         Err(r) => return r,
     };
+    // The EVM transaction that posted the anchor, when this node reaches the EVM and it is
+    // there; the receipt does not wait for it.
+    if let (Some(height), Some((url, settlement))) = (anchor["height"].as_u64(), s.evm.clone()) {
+        let find = tokio::task::spawn_blocking(move || {
+            let rpc = evm::Rpc::new(&url, Duration::from_secs(3));
+            evm::anchor::anchor_transaction(&rpc, settlement, height)
+        });
+        if let Ok(Ok(Some(tx))) = find.await {
+            anchor["evm_tx"] = json!(tx);
+        }
+    }
     HttpResponse::Ok().json(json!({
         "job_id": id,
         "status": match entry.status { JobStatus::Finalized => "finalized", JobStatus::Failed => "failed" },

@@ -294,6 +294,10 @@ pub fn run(home: &Path) -> Result<()> {
         let request_timeout = Duration::from_millis(config.http.request_timeout_ms);
         let state = AppState {
             x402,
+            evm: match (config.evm.enabled(), config.evm.settlement()) {
+                (true, Ok(settlement)) => Some((config.evm.rpc_url.clone(), settlement)),
+                _ => None,
+            },
             body_timeout: request_timeout,
             gateway,
             settlement,

@@ -112,6 +112,33 @@ fn anchors_reach_the_evm_and_prove_jobs() {
         Duration::from_secs(60),
         || last_anchored(&url, settlement) >= anchor_height,
     );
+    // Once on the EVM, the receipt names the anchor's transaction, mined on the settlement
+    // contract.
+    wait(
+        "the anchor's EVM transaction in the receipt",
+        Duration::from_secs(30),
+        || {
+            receipt = client
+                .get(&format!("{v0}/v1/receipts/{job}"))
+                .unwrap()
+                .ok()
+                .unwrap();
+            receipt["anchor"]["evm_tx"].is_string()
+        },
+    );
+    let tx: B256 = receipt["anchor"]["evm_tx"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mined: serde_json::Value = evm::Rpc::new(&url, Duration::from_secs(5))
+        .call("eth_getTransactionReceipt", json!([tx]))
+        .unwrap();
+    assert_eq!(mined["status"], "0x1", "{mined}");
+    assert_eq!(
+        mined["to"].as_str().unwrap().parse::<Address>().unwrap(),
+        settlement
+    );
     let leaf: B256 = receipt["leaf"].as_str().unwrap().parse().unwrap();
     let proof: Vec<B256> = serde_json::from_value(receipt["anchor"]["proof"].clone()).unwrap();
     let verify = |leaf: B256, proof: Vec<B256>, height: u64| {
