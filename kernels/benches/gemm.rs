@@ -1,13 +1,16 @@
 //! CPU GEMM throughput at all-MiniLM-L6-v2's shapes: our exact-mode kernel against the
 //! `matrixmultiply` crate (a well-known, fast, non-exact Rust SGEMM) in the same run.
 //!
+//! `proofmesh_packed` is the models' path: weights packed once at load (`PackedMatrix`);
+//! `proofmesh` packs them in each call.
+//!
 //! `cargo bench -p kernels --bench gemm`; criterion reports "elem/s" where one element is one
 //! floating-point operation (2·m·k·n per GEMM), so Gelem/s reads as GFLOP/s. Both sides use all
 //! cores (ours splits rows over threads, `matrixmultiply` runs with its `threading` feature;
 //! `MATMUL_NUM_THREADS` sets its count).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kernels::{Backend, CpuBackend};
+use kernels::{Backend, CpuBackend, PackedMatrix};
 
 fn random(seed: u64, len: usize) -> Vec<f32> {
     let mut s = seed;
@@ -43,6 +46,13 @@ fn gemm(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("proofmesh", &label), &(), |bench, _| {
             bench.iter(|| cpu.gemm_bias(&a, &b, Some(&bias), m, k, n))
         });
+        // Weights packed once, as the models hold them.
+        let packed = PackedMatrix::new(&b, k, n);
+        group.bench_with_input(
+            BenchmarkId::new("proofmesh_packed", &label),
+            &(),
+            |bench, _| bench.iter(|| cpu.gemm_packed(&a, &packed, Some(&bias), m)),
+        );
         group.bench_with_input(
             BenchmarkId::new("matrixmultiply", &label),
             &(),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PackedMatrix};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, Tensor, take};
 use crate::{Error, rng::SplitMix64};
@@ -150,15 +150,16 @@ impl BertConfig {
 }
 
 struct Layer {
-    /// `[hidden × 3·hidden]`: the query, key and value weights side by side.
-    qkv: Vec<f32>,
+    /// `[hidden × 3·hidden]`: the query, key and value weights side by side. Every weight
+    /// matrix is packed once, here, into the GEMM's layout.
+    qkv: PackedMatrix,
     qkv_bias: Vec<f32>,
-    out: Vec<f32>,
+    out: PackedMatrix,
     out_bias: Vec<f32>,
     ln1: (Vec<f32>, Vec<f32>),
-    up: Vec<f32>,
+    up: PackedMatrix,
     up_bias: Vec<f32>,
-    down: Vec<f32>,
+    down: PackedMatrix,
     down_bias: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
 }
@@ -291,15 +292,16 @@ impl Bert {
                 h,
             )?;
             let ln2 = layer_norm(&mut t, &format!("{p}.output.LayerNorm"), h)?;
+            let inter = cfg.intermediate_size;
             layers.push(Layer {
-                qkv,
+                qkv: PackedMatrix::new(&qkv, h, 3 * h),
                 qkv_bias: [qb, kb, vb].concat(),
-                out,
+                out: PackedMatrix::new(&out, h, h),
                 out_bias,
                 ln1,
-                up,
+                up: PackedMatrix::new(&up, h, inter),
                 up_bias,
-                down,
+                down: PackedMatrix::new(&down, inter, h),
                 down_bias,
                 ln2,
             });
@@ -385,7 +387,7 @@ impl Bert {
 
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         for (i, l) in self.layers.iter().enumerate() {
-            let qkv = backend.gemm_bias(&x, &l.qkv, Some(&l.qkv_bias), rows, h, 3 * h);
+            let qkv = backend.gemm_packed(&x, &l.qkv, Some(&l.qkv_bias), rows);
             let mut q = Vec::with_capacity(rows * h);
             let mut k = Vec::with_capacity(rows * h);
             let mut v = Vec::with_capacity(rows * h);
@@ -395,14 +397,13 @@ impl Bert {
                 v.extend_from_slice(&row[2 * h..]);
             }
             let ctx = backend.attention(&q, &k, &v, &mask, batch, seq, heads, head_dim, scale);
-            let mut y = backend.gemm_bias(&ctx, &l.out, Some(&l.out_bias), rows, h, h);
+            let mut y = backend.gemm_packed(&ctx, &l.out, Some(&l.out_bias), rows);
             backend.add_inplace(&mut y, &x);
             backend.layernorm_rows(&mut y, h, &l.ln1.0, &l.ln1.1, eps);
             x = y;
-            let inter = self.cfg.intermediate_size;
-            let mut up = backend.gemm_bias(&x, &l.up, Some(&l.up_bias), rows, h, inter);
+            let mut up = backend.gemm_packed(&x, &l.up, Some(&l.up_bias), rows);
             backend.gelu(&mut up);
-            let mut y = backend.gemm_bias(&up, &l.down, Some(&l.down_bias), rows, inter, h);
+            let mut y = backend.gemm_packed(&up, &l.down, Some(&l.down_bias), rows);
             backend.add_inplace(&mut y, &x);
             backend.layernorm_rows(&mut y, h, &l.ln2.0, &l.ln2.1, eps);
             x = y;

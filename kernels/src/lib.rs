@@ -34,8 +34,8 @@ mod tokenizer;
 mod weights;
 
 pub use backend::{
-    Backend, Comparison, CpuBackend, CudaBackend, CudaError, GemmTiming, Probe, UnknownBackend,
-    select,
+    Backend, Comparison, CpuBackend, CudaBackend, CudaError, GemmTiming, PackedMatrix, Probe,
+    UnknownBackend, select,
 };
 pub use bert::{BertSpec, MAX_TEXT_BYTES, write_seeded_bert};
 pub use error::Error;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PackedMatrix};
 use crate::model::{CONFIG_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, manifest_of, write_file};
 use crate::rng::SplitMix64;
 use crate::weights::{self, Tensor, take};
@@ -100,9 +100,9 @@ fn validate_name(name: &str) -> Result<(), Error> {
 }
 
 struct Layer {
-    weight: Vec<f32>,
+    /// `fan_in × fan_out`, packed once at load into the GEMM's layout.
+    weight: PackedMatrix,
     bias: Vec<f32>,
-    fan_in: usize,
     fan_out: usize,
 }
 
@@ -141,9 +141,8 @@ impl Mlp {
             )?;
             let bias = take(&mut tensors, format!("layers.{i}.bias"), vec![fan_out])?;
             layers.push(Layer {
-                weight,
+                weight: PackedMatrix::new(&weight, fan_in, fan_out),
                 bias,
-                fan_in,
                 fan_out,
             });
         }
@@ -166,14 +165,7 @@ impl Mlp {
     ) -> Result<Vec<f32>, Error> {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut y = backend.gemm_bias(
-                &x,
-                &layer.weight,
-                Some(&layer.bias),
-                rows,
-                layer.fan_in,
-                layer.fan_out,
-            );
+            let mut y = backend.gemm_packed(&x, &layer.weight, Some(&layer.bias), rows);
             // Finite in, finite out for GELU and softmax; only the GEMM can overflow.
             if y.iter().any(|v| !v.is_finite()) {
                 return Err(Error::NonFiniteOutput { layer: i });

@@ -81,6 +81,16 @@ impl Backend for CpuBackend {
         gemm(a, b, bias, m, k, n, self.fma, threads)
     }
 
+    fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+        let work = m.saturating_mul(w.n).saturating_mul(w.k);
+        let threads = if work > PARALLEL_WORK {
+            self.threads
+        } else {
+            1
+        };
+        gemm_packed(a, w, bias, m, self.fma, threads)
+    }
+
     fn gelu(&self, x: &mut [f32]) {
         for v in x {
             *v = math::gelu(*v);
@@ -108,7 +118,67 @@ fn fma_available() -> bool {
     }
 }
 
-/// GEMM with an explicit kernel choice and thread count (see [`Backend::gemm_bias`]).
+/// A `k × n` weight matrix packed once, at model load, into the CPU GEMM's layout: 16-column
+/// panels, each `k` rows of 16 contiguous values (zero past column `n`), so no GEMM call copies
+/// or re-lays out its weights. [`Backend::gemm_packed`] on it gives the same bits as
+/// [`Backend::gemm_bias`] on the row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    /// Panel `j` (columns `16j..16j+16`) is `panels[j·k..(j+1)·k]`.
+    panels: Vec<[f32; NR]>,
+}
+
+impl PackedMatrix {
+    /// Packs the row-major `k × n` matrix `b`.
+    ///
+    /// # Panics
+    ///
+    /// When `b` does not hold `k·n` values (a loader bug: shapes are checked when read).
+    pub fn new(b: &[f32], k: usize, n: usize) -> PackedMatrix {
+        assert_eq!(
+            b.len(),
+            k * n,
+            "PackedMatrix: {} values for a {k}×{n} matrix",
+            b.len()
+        );
+        let mut panels = vec![[0.0f32; NR]; k * n.div_ceil(NR)];
+        for (jp, j0) in (0..n).step_by(NR).enumerate() {
+            let width = NR.min(n - j0);
+            for (p, dst) in panels[jp * k..(jp + 1) * k].iter_mut().enumerate() {
+                dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
+            }
+        }
+        PackedMatrix { k, n, panels }
+    }
+
+    /// Rows (the GEMM's inner dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The row-major values again (for backends that read that layout).
+    pub fn to_row_major(&self) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let mut b = vec![0.0f32; k * n];
+        for (jp, j0) in (0..n).step_by(NR).enumerate() {
+            let width = NR.min(n - j0);
+            for (p, src) in self.panels[jp * k..(jp + 1) * k].iter().enumerate() {
+                b[p * n + j0..p * n + j0 + width].copy_from_slice(&src[..width]);
+            }
+        }
+        b
+    }
+}
+
+/// GEMM with an explicit kernel choice and thread count (see [`Backend::gemm_bias`]): each
+/// thread copies each 16-column panel of `b` into a contiguous buffer as it reaches it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     a: &[f32],
@@ -121,36 +191,120 @@ pub(crate) fn gemm(
     threads: usize,
 ) -> Vec<f32> {
     super::ops::check_gemm_shapes(a, b, bias, m, k, n);
+    run(a, bias, m, k, n, fma, threads, || Copied {
+        b,
+        n,
+        buf: vec![[0.0f32; NR]; k],
+    })
+}
+
+/// GEMM on weights packed at load (see [`Backend::gemm_packed`]): every thread reads the same
+/// panels, nothing is copied.
+pub(crate) fn gemm_packed(
+    a: &[f32],
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    m: usize,
+    fma: bool,
+    threads: usize,
+) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm_packed: a has {} values, expected m·k = {m}·{k}",
+        a.len()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_packed: bias has {} values, expected n = {n}",
+            bias.len()
+        );
+    }
+    run(a, bias, m, k, n, fma, threads, || Packed(&w.panels[..], k))
+}
+
+/// Where the GEMM body finds panel `jp` (columns `j0..j0 + width`) of `b`, `k` rows of 16.
+trait Panels {
+    fn panel(&mut self, jp: usize, j0: usize, width: usize) -> &[[f32; NR]];
+}
+
+/// Panels packed once ([`PackedMatrix`]).
+struct Packed<'a>(&'a [[f32; NR]], usize);
+
+impl Panels for Packed<'_> {
+    #[inline(always)]
+    fn panel(&mut self, jp: usize, _: usize, _: usize) -> &[[f32; NR]] {
+        &self.0[jp * self.1..(jp + 1) * self.1]
+    }
+}
+
+/// Panels copied from a row-major `b` into one reused buffer (zero past column n).
+struct Copied<'a> {
+    b: &'a [f32],
+    n: usize,
+    buf: Vec<[f32; NR]>,
+}
+
+impl Panels for Copied<'_> {
+    #[inline(always)]
+    fn panel(&mut self, _: usize, j0: usize, width: usize) -> &[[f32; NR]] {
+        let n = self.n;
+        for (p, dst) in self.buf.iter_mut().enumerate() {
+            dst[..width].copy_from_slice(&self.b[p * n + j0..p * n + j0 + width]);
+            dst[width..].fill(0.0);
+        }
+        &self.buf
+    }
+}
+
+/// Splits the rows of `a` over `threads` (whole tiles each), each thread reading `b` through
+/// its own [`Panels`] from `panels`.
+#[allow(clippy::too_many_arguments)]
+fn run<P: Panels>(
+    a: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    fma: bool,
+    threads: usize,
+    panels: impl Fn() -> P + Sync,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     if m == 0 || n == 0 {
         return out;
     }
     let threads = threads.clamp(1, m.div_ceil(MR));
     if threads == 1 {
-        rows(a, b, bias, k, n, &mut out, fma);
+        rows(a, &mut panels(), bias, k, n, &mut out, fma);
         return out;
     }
     // Whole tiles per thread; every element is computed the same way whichever thread owns it.
     let rows_per = m.div_ceil(threads).next_multiple_of(MR);
+    let panels = &panels;
     std::thread::scope(|s| {
         let mut chunks = out.chunks_mut(rows_per * n).enumerate();
         let first = chunks.next();
         for (c, out_chunk) in chunks {
             let r0 = c * rows_per;
             let a_chunk = &a[r0 * k..(r0 + out_chunk.len() / n) * k];
-            s.spawn(move || rows(a_chunk, b, bias, k, n, out_chunk, fma));
+            s.spawn(move || rows(a_chunk, &mut panels(), bias, k, n, out_chunk, fma));
         }
         if let Some((_, out_chunk)) = first {
-            rows(&a[..out_chunk.len() / n * k], b, bias, k, n, out_chunk, fma);
+            let a_chunk = &a[..out_chunk.len() / n * k];
+            rows(a_chunk, &mut panels(), bias, k, n, out_chunk, fma);
         }
     });
     out
 }
 
 /// Computes `out` (some rows × n) from the matching rows of `a`.
-fn rows(
+fn rows<P: Panels>(
     a: &[f32],
-    b: &[f32],
+    panels: &mut P,
     bias: Option<&[f32]>,
     k: usize,
     n: usize,
@@ -160,11 +314,11 @@ fn rows(
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if fma {
         // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
-        unsafe { rows_fma(a, b, bias, k, n, out) };
+        unsafe { rows_fma(a, panels, bias, k, n, out) };
         return;
     }
     let _ = fma;
-    rows_body(a, b, bias, k, n, out);
+    rows_body(a, panels, bias, k, n, out);
 }
 
 /// [`rows_body`] compiled with FMA (and the AVX it implies), so `mul_add` is `vfmadd`.
@@ -174,40 +328,42 @@ fn rows(
 /// The CPU must support AVX and FMA.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "fma")]
-unsafe fn rows_fma(
+unsafe fn rows_fma<P: Panels>(
     a: &[f32],
-    b: &[f32],
+    panels: &mut P,
     bias: Option<&[f32]>,
     k: usize,
     n: usize,
     out: &mut [f32],
 ) {
-    rows_body(a, b, bias, k, n, out);
+    rows_body(a, panels, bias, k, n, out);
 }
 
 /// The one GEMM body, inlined into each kernel variant so each gets its own code generation.
+/// Each 16-column panel of `b` is read contiguous, with no stride and no bounds checks; padding
+/// lanes are computed and dropped, the real lanes do exactly the documented operations.
 #[inline(always)]
-fn rows_body(a: &[f32], b: &[f32], bias: Option<&[f32]>, k: usize, n: usize, out: &mut [f32]) {
+fn rows_body<P: Panels>(
+    a: &[f32],
+    panels: &mut P,
+    bias: Option<&[f32]>,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     let m = out.len() / n;
     let row = |i: usize| &a[i * k..(i + 1) * k];
-    // Each 16-column panel of `b` is copied into a contiguous k×16 buffer (zero-padded past
-    // column n), so the tile loop reads it with no stride and no bounds checks. Padding lanes are
-    // computed and dropped; the real lanes do exactly the documented operations.
-    let mut panel = vec![[0.0f32; NR]; k];
-    for j0 in (0..n).step_by(NR) {
+    for (jp, j0) in (0..n).step_by(NR).enumerate() {
         let width = NR.min(n - j0);
-        for (p, dst) in panel.iter_mut().enumerate() {
-            dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
-            dst[width..].fill(0.0);
-        }
+        let panel = panels.panel(jp, j0, width);
         let mut i0 = 0;
         while i0 + MR <= m {
-            let acc = tile([row(i0), row(i0 + 1), row(i0 + 2), row(i0 + 3)], &panel);
+            let acc = tile([row(i0), row(i0 + 1), row(i0 + 2), row(i0 + 3)], panel);
             store(&acc, bias, out, n, i0, j0, width);
             i0 += MR;
         }
         while i0 < m {
-            let acc = tile([row(i0)], &panel);
+            let acc = tile([row(i0)], panel);
             store(&acc, bias, out, n, i0, j0, width);
             i0 += 1;
         }
@@ -418,6 +574,45 @@ mod tests {
             bits(&cpu.gemm_bias(&a, &b, None, m, k, n)),
             bits(&gemm(&a, &b, None, m, k, n, fma, 1))
         );
+    }
+
+    /// Weights packed once give the bits of the unpacked call, for every tail width, and
+    /// unpack to themselves.
+    #[test]
+    fn packed_weights_give_the_same_bits() {
+        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+            for (seed, m, k, n) in [
+                (91, 5, 7, 1),
+                (92, 9, 33, 16),
+                (93, 13, 40, 47),
+                (94, 64, 256, 320),
+                (95, 3, 0, 5),
+            ] {
+                let a = random(seed, m * k);
+                let b = random(seed + 1, k * n);
+                let bias = random(seed + 2, n);
+                let w = PackedMatrix::new(&b, k, n);
+                assert_eq!(w.to_row_major(), b);
+                assert_eq!((w.k(), w.n()), (k, n));
+                assert_eq!(
+                    bits(&cpu.gemm_packed(&a, &w, Some(&bias), m)),
+                    bits(&cpu.gemm_bias(&a, &b, Some(&bias), m, k, n)),
+                    "m={m} k={k} n={n} fma={}",
+                    cpu.fma
+                );
+                assert_eq!(
+                    bits(&cpu.gemm_packed(&a, &w, None, m)),
+                    bits(&cpu.gemm_bias(&a, &b, None, m, k, n))
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm_packed: a has")]
+    fn gemm_packed_rejects_wrong_lengths() {
+        let w = PackedMatrix::new(&[1.0; 6], 3, 2);
+        CpuBackend::new().gemm_packed(&[1.0; 5], &w, None, 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod ops;
 
 use std::sync::Arc;
 
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, PackedMatrix};
 pub use cuda::{Comparison, CudaBackend, CudaError, GemmTiming, Probe};
 
 /// A backend name [`select`] does not know.
@@ -82,6 +82,12 @@ pub trait Backend: Send + Sync {
 
     /// In-place GELU, erf form: `(0.5·x)·(1 + erf(x·(1/√2)))` with this crate's own `erf`
     /// polynomial (see the `math` module), elementwise.
+    /// [`Backend::gemm_bias`] with weights packed once at load ([`PackedMatrix`]): the same
+    /// bits. Backends that read row-major weights get them back from the packing.
+    fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+        self.gemm_bias(a, &w.to_row_major(), bias, m, w.k(), w.n())
+    }
+
     fn gelu(&self, x: &mut [f32]);
 
     /// In-place softmax over each row of `cols` values: subtract the row max, apply this crate's

@@ -298,3 +298,22 @@ fn minilm_matches_a_float64_reference() {
     eprintln!("worst |f32 - f64| = {worst:.3e}");
     assert!(worst < 2e-6, "worst deviation {worst:e}");
 }
+
+/// Pins all-MiniLM-L6-v2's exact-mode output bits: a batch of the pool's 11 texts, hashed, under
+/// the FMA and the portable kernels. Any change to the order of a floating-point operation
+/// anywhere in the model (packing, tiling, threading, fusions) changes this hash; every output
+/// hash on the network would change with it. Update only on purpose.
+#[test]
+fn minilm_output_bits_are_pinned() {
+    let model = Model::load(&minilm_dir()).unwrap();
+    let input = texts_json(POOL);
+    for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+        let out = model.run(&cpu, &input).unwrap();
+        assert_eq!(
+            crate::id::hex32(&out.hash()),
+            "0x65f7ec942d03674eec7f37072c6553aa27e4304168a101847e3682f5a315017e",
+            "fma = {}",
+            cpu.uses_fma()
+        );
+    }
+}
