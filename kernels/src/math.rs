@@ -38,7 +38,7 @@ pub(crate) const EXP_POLY: [f32; 6] = [
 /// `e^x` in f32: `x = n·ln2 + r`, `e^x = 2^n · p(r)`.
 ///
 /// Special values: NaN gives NaN, +inf gives +inf, -inf gives 0.
-#[inline]
+#[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -66,7 +66,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 }
 
 /// 2^n for n in [-126, 127], built from the exponent bits.
-#[inline]
+#[inline(always)]
 fn pow2(n: i32) -> f32 {
     f32::from_bits(((n + 127) as u32) << 23)
 }
@@ -103,7 +103,7 @@ pub(crate) const ERF_LARGE: [f32; 11] = [
 ];
 
 /// The error function, with our own polynomials (see the constants above).
-#[inline]
+#[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -131,13 +131,14 @@ pub(crate) fn erf(x: f32) -> f32 {
 pub(crate) const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// GELU, erf form: `0.5·x·(1 + erf(x/√2))`, evaluated as `(0.5·x)·(1 + erf(x·(1/√2)))`.
-#[inline]
+#[inline(always)]
 pub(crate) fn gelu(x: f32) -> f32 {
     let e = erf(x * FRAC_1_SQRT_2);
     (0.5 * x) * (1.0 + e)
 }
 
 /// In-place softmax of one row: subtract the row maximum, `exp`, sum left to right, divide.
+#[inline(always)]
 pub(crate) fn softmax_row(row: &mut [f32]) {
     let Some(&first) = row.first() else { return };
     let mut max = first;

@@ -92,17 +92,101 @@ impl Backend for CpuBackend {
     }
 
     fn gelu(&self, x: &mut [f32]) {
-        for v in x {
-            *v = math::gelu(*v);
-        }
+        let threads = if x.len() >= PARALLEL_ELEMENTS {
+            self.threads
+        } else {
+            1
+        };
+        let fma = self.fma;
+        split(x, 1, threads, |chunk| elementwise(chunk, fma, Op::Gelu));
     }
 
     fn softmax_rows(&self, x: &mut [f32], cols: usize) {
         if !super::ops::has_rows("softmax_rows", x.len(), cols) {
             return;
         }
-        for row in x.chunks_exact_mut(cols) {
-            math::softmax_row(row);
+        let threads = if x.len() >= PARALLEL_ELEMENTS {
+            self.threads
+        } else {
+            1
+        };
+        let fma = self.fma;
+        split(x, cols, threads, |rows| {
+            elementwise(rows, fma, Op::Softmax(cols))
+        });
+    }
+}
+
+/// Element-wise ops over more values than this are split over threads (whole rows each, so
+/// every value is computed exactly as on one thread).
+const PARALLEL_ELEMENTS: usize = 1 << 14;
+
+/// The element-wise ops compiled per kernel variant.
+#[derive(Clone, Copy)]
+enum Op {
+    Gelu,
+    /// Softmax of each row of this many columns.
+    Softmax(usize),
+}
+
+/// Runs `f` on `x` cut into at most `threads` pieces of whole `unit`s (rows), in parallel.
+fn split(x: &mut [f32], unit: usize, threads: usize, f: impl Fn(&mut [f32]) + Sync) {
+    let units = x.len() / unit.max(1);
+    let threads = threads.clamp(1, units.max(1));
+    if threads == 1 {
+        f(x);
+        return;
+    }
+    let per = units.div_ceil(threads) * unit;
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut chunks = x.chunks_mut(per);
+        let first = chunks.next();
+        for chunk in chunks {
+            s.spawn(move || f(chunk));
+        }
+        if let Some(chunk) = first {
+            f(chunk);
+        }
+    });
+}
+
+/// `op` on `x`, with the FMA kernel where the CPU has it: `math`'s `mul_add`s are then single
+/// instructions instead of calls to the software routine, with the same bits.
+fn elementwise(x: &mut [f32], fma: bool, op: Op) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if fma {
+        // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
+        unsafe { elementwise_fma(x, op) };
+        return;
+    }
+    let _ = fma;
+    elementwise_body(x, op);
+}
+
+/// [`elementwise_body`] compiled with FMA.
+///
+/// # Safety
+///
+/// The CPU must support AVX and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "fma")]
+unsafe fn elementwise_fma(x: &mut [f32], op: Op) {
+    elementwise_body(x, op);
+}
+
+#[inline(always)]
+fn elementwise_body(x: &mut [f32], op: Op) {
+    match op {
+        Op::Gelu => {
+            for v in x {
+                *v = math::gelu(*v);
+            }
+        }
+        Op::Softmax(cols) => {
+            for row in x.chunks_exact_mut(cols) {
+                math::softmax_row(row);
+            }
         }
     }
 }
@@ -665,6 +749,45 @@ mod tests {
             assert!((sum - 1.0).abs() <= 1e-6, "row sums to {sum}");
         }
         assert!(x[cols..2 * cols].iter().all(|&v| v == x[cols]));
+    }
+
+    /// GELU and softmax give the same bits under the FMA kernel, the portable one and split
+    /// over threads (above the threshold).
+    #[test]
+    fn elementwise_ops_are_identical_under_every_kernel_and_thread_count() {
+        let xs: Vec<f32> = random(71, 37 * (3 * PARALLEL_ELEMENTS / 37 + 5))
+            .iter()
+            .map(|v| v * 9.0)
+            .collect();
+        let want_gelu: Vec<u32> = xs.iter().map(|v| math::gelu(*v).to_bits()).collect();
+        let mut want_softmax = xs.clone();
+        for row in want_softmax.chunks_exact_mut(37) {
+            math::softmax_row(row);
+        }
+        let threaded = CpuBackend {
+            fma: CpuBackend::new().fma,
+            threads: 3,
+        };
+        for cpu in [CpuBackend::new(), CpuBackend::portable(), threaded] {
+            let mut g = xs.clone();
+            cpu.gelu(&mut g);
+            assert_eq!(
+                bits(&g),
+                want_gelu,
+                "gelu, fma={} threads={}",
+                cpu.fma,
+                cpu.threads
+            );
+            let mut s = xs.clone();
+            cpu.softmax_rows(&mut s, 37);
+            assert_eq!(
+                bits(&s),
+                bits(&want_softmax),
+                "softmax, fma={} threads={}",
+                cpu.fma,
+                cpu.threads
+            );
+        }
     }
 
     #[test]
