@@ -115,6 +115,21 @@ impl Backend for CpuBackend {
             elementwise(rows, fma, Op::Softmax(cols))
         });
     }
+
+    fn layernorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+        if !super::ops::layernorm_shapes(x.len(), cols, gamma, beta) {
+            return;
+        }
+        let threads = if x.len() >= PARALLEL_ELEMENTS {
+            self.threads
+        } else {
+            1
+        };
+        let fma = self.fma;
+        split(x, cols, threads, |rows| {
+            elementwise(rows, fma, Op::LayerNorm { gamma, beta, eps })
+        });
+    }
 }
 
 /// Element-wise ops over more values than this are split over threads (whole rows each, so
@@ -123,10 +138,16 @@ const PARALLEL_ELEMENTS: usize = 1 << 14;
 
 /// The element-wise ops compiled per kernel variant.
 #[derive(Clone, Copy)]
-enum Op {
+enum Op<'a> {
     Gelu,
     /// Softmax of each row of this many columns.
     Softmax(usize),
+    /// LayerNorm of each row (as long as `gamma`).
+    LayerNorm {
+        gamma: &'a [f32],
+        beta: &'a [f32],
+        eps: f32,
+    },
 }
 
 /// Runs `f` on `x` cut into at most `threads` pieces of whole `unit`s (rows), in parallel.
@@ -153,7 +174,7 @@ fn split(x: &mut [f32], unit: usize, threads: usize, f: impl Fn(&mut [f32]) + Sy
 
 /// `op` on `x`, with the FMA kernel where the CPU has it: `math`'s `mul_add`s are then single
 /// instructions instead of calls to the software routine, with the same bits.
-fn elementwise(x: &mut [f32], fma: bool, op: Op) {
+fn elementwise(x: &mut [f32], fma: bool, op: Op<'_>) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if fma {
         // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
@@ -171,13 +192,18 @@ fn elementwise(x: &mut [f32], fma: bool, op: Op) {
 /// The CPU must support AVX and FMA.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "fma")]
-unsafe fn elementwise_fma(x: &mut [f32], op: Op) {
+unsafe fn elementwise_fma(x: &mut [f32], op: Op<'_>) {
     elementwise_body(x, op);
 }
 
 #[inline(always)]
-fn elementwise_body(x: &mut [f32], op: Op) {
+fn elementwise_body(x: &mut [f32], op: Op<'_>) {
     match op {
+        Op::LayerNorm { gamma, beta, eps } => {
+            for row in x.chunks_exact_mut(gamma.len()) {
+                super::ops::layernorm_row(row, gamma, beta, eps);
+            }
+        }
         Op::Gelu => {
             for v in x {
                 *v = math::gelu(*v);
@@ -751,8 +777,8 @@ mod tests {
         assert!(x[cols..2 * cols].iter().all(|&v| v == x[cols]));
     }
 
-    /// GELU and softmax give the same bits under the FMA kernel, the portable one and split
-    /// over threads (above the threshold).
+    /// GELU, softmax and layernorm give the same bits under the FMA kernel, the portable one
+    /// and split over threads (above the threshold) as the scalar definitions.
     #[test]
     fn elementwise_ops_are_identical_under_every_kernel_and_thread_count() {
         let xs: Vec<f32> = random(71, 37 * (3 * PARALLEL_ELEMENTS / 37 + 5))
@@ -764,6 +790,9 @@ mod tests {
         for row in want_softmax.chunks_exact_mut(37) {
             math::softmax_row(row);
         }
+        let (gamma, beta) = (random(72, 37), random(73, 37));
+        let mut want_layernorm = xs.clone();
+        super::super::ops::layernorm_rows(&mut want_layernorm, 37, &gamma, &beta, 1e-12);
         let threaded = CpuBackend {
             fma: CpuBackend::new().fma,
             threads: 3,
@@ -775,6 +804,15 @@ mod tests {
                 bits(&g),
                 want_gelu,
                 "gelu, fma={} threads={}",
+                cpu.fma,
+                cpu.threads
+            );
+            let mut l = xs.clone();
+            cpu.layernorm_rows(&mut l, 37, &gamma, &beta, 1e-12);
+            assert_eq!(
+                bits(&l),
+                bits(&want_layernorm),
+                "layernorm, fma={} threads={}",
                 cpu.fma,
                 cpu.threads
             );

@@ -55,30 +55,43 @@ pub(crate) fn check_gemm_shapes(
 
 /// See [`Backend::layernorm_rows`](super::Backend::layernorm_rows).
 pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    if !layernorm_shapes(x.len(), cols, gamma, beta) {
+        return;
+    }
+    for row in x.chunks_exact_mut(cols) {
+        layernorm_row(row, gamma, beta, eps);
+    }
+}
+
+/// Checks `layernorm_rows`' shapes (a caller bug otherwise, hence a panic); `false` for no
+/// values.
+pub(crate) fn layernorm_shapes(len: usize, cols: usize, gamma: &[f32], beta: &[f32]) -> bool {
     assert!(
         gamma.len() == cols && beta.len() == cols,
         "layernorm: gamma/beta are not {cols} long"
     );
-    if !has_rows("layernorm", x.len(), cols) {
-        return;
+    has_rows("layernorm", len, cols)
+}
+
+/// One row of [`layernorm_rows`]: mean by a left-to-right sum, variance by fused
+/// multiply-adds in order, then `(d·inv)·gamma + beta` fused.
+#[inline(always)]
+pub(crate) fn layernorm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mut sum = 0.0f32;
+    for &v in row.iter() {
+        sum += v;
     }
-    let n = cols as f32;
-    for row in x.chunks_exact_mut(cols) {
-        let mut sum = 0.0f32;
-        for &v in row.iter() {
-            sum += v;
-        }
-        let mean = sum / n;
-        let mut acc = 0.0f32;
-        for &v in row.iter() {
-            let d = v - mean;
-            acc = d.mul_add(d, acc);
-        }
-        let inv = 1.0 / (acc / n + eps).sqrt();
-        for (j, v) in row.iter_mut().enumerate() {
-            let d = *v - mean;
-            *v = (d * inv).mul_add(gamma[j], beta[j]);
-        }
+    let mean = sum / n;
+    let mut acc = 0.0f32;
+    for &v in row.iter() {
+        let d = v - mean;
+        acc = d.mul_add(d, acc);
+    }
+    let inv = 1.0 / (acc / n + eps).sqrt();
+    for (j, v) in row.iter_mut().enumerate() {
+        let d = *v - mean;
+        *v = (d * inv).mul_add(gamma[j], beta[j]);
     }
 }
 
