@@ -480,15 +480,9 @@ async fn anchor_proof(s: &AppState, height: u64, leaf: chain::B256) -> Result<Va
     let mut leaves = Vec::new();
     let mut root = chain::B256::ZERO;
     for h in anchor + 1 - interval..=anchor {
-        match s.settlement.send(GetBlock(h)).await {
-            Ok(Ok(Some((b, _)))) => {
-                leaves.extend(b.records.iter().map(|r| r.leaf(&s.domain)));
-                root = b.header.anchor_records_root;
-            }
-            Ok(Ok(None)) => return Err(error(500, "storage", format!("block {h} missing"))),
-            Ok(Err(e)) => return Err(error(500, "storage", e)),
-            Err(e) => return Err(unavailable(e)),
-        }
+        let b = block_at(s, h).await?;
+        leaves.extend(b.records.iter().map(|r| r.leaf(&s.domain)));
+        root = b.header.anchor_records_root;
     }
     let Some(index) = leaves.iter().position(|l| *l == leaf) else {
         return Err(error(500, "storage", "the anchor's blocks lack the record"));

@@ -53,18 +53,18 @@ fn payment_header(req: &HttpRequest) -> Option<(String, &'static str)> {
         .or_else(|| get("x-payment").map(|h| (h, "X-PAYMENT-RESPONSE")))
 }
 
-fn paid_error(offer: &Offer, e: &X402Error) -> HttpResponse {
-    let required = offer.payment_required(2, e.code);
-    let mut r = error(402, e.code, &e.reason);
-    if let Ok(v) =
-        actix_web::http::header::HeaderValue::from_str(&evm::x402::encode_header(&required))
-    {
-        r.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("payment-required"),
-            v,
-        );
+/// `r` with the x402 header `name` carrying `value` (base64 JSON).
+fn with_header(mut r: HttpResponse, name: &'static str, value: &Value) -> HttpResponse {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Ok(v) = HeaderValue::from_str(&evm::x402::encode_header(value)) {
+        r.headers_mut().insert(HeaderName::from_static(name), v);
     }
     r
+}
+
+fn paid_error(offer: &Offer, e: &X402Error) -> HttpResponse {
+    let required = offer.payment_required(2, e.code);
+    with_header(error(402, e.code, &e.reason), "payment-required", &required)
 }
 
 fn now_s() -> u64 {
@@ -110,16 +110,8 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
     };
     let Some((header, answer_in)) = payment_header(req) else {
         let required = offer.payment_required(2, "payment required");
-        let mut r = HttpResponse::PaymentRequired().json(&required);
-        if let Ok(v) =
-            actix_web::http::header::HeaderValue::from_str(&evm::x402::encode_header(&required))
-        {
-            r.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("payment-required"),
-                v,
-            );
-        }
-        return r;
+        let r = HttpResponse::PaymentRequired().json(&required);
+        return with_header(r, "payment-required", &required);
     };
     let payment = match evm::x402::decode_payment(&header, &x.payments) {
         Ok(p) => p,
@@ -221,20 +213,12 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
             _ => break result,
         }
     };
-    let mut r = job_response(result);
-    if let Ok(v) =
-        actix_web::http::header::HeaderValue::from_str(&evm::x402::encode_header(&response))
-    {
-        r.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static(if answer_in == "PAYMENT-RESPONSE" {
-                "payment-response"
-            } else {
-                "x-payment-response"
-            }),
-            v,
-        );
-    }
-    r
+    let header = if answer_in == "PAYMENT-RESPONSE" {
+        "payment-response"
+    } else {
+        "x-payment-response"
+    };
+    with_header(job_response(result), header, &response)
 }
 
 /// Blocking: settles `payment` on the bridge, or finds it settled already. Returns the

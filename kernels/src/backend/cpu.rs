@@ -45,6 +45,11 @@ impl CpuBackend {
         }
     }
 
+    /// All the threads for work big enough to split, else one.
+    fn threads_if(&self, big: bool) -> usize {
+        if big { self.threads } else { 1 }
+    }
+
     /// Whether this backend runs the FMA kernel.
     #[cfg(test)]
     pub(crate) fn uses_fma(&self) -> bool {
@@ -73,30 +78,18 @@ impl Backend for CpuBackend {
         n: usize,
     ) -> Vec<f32> {
         let work = m.saturating_mul(n).saturating_mul(k);
-        let threads = if work > PARALLEL_WORK {
-            self.threads
-        } else {
-            1
-        };
+        let threads = self.threads_if(work > PARALLEL_WORK);
         gemm(a, b, bias, m, k, n, self.fma, threads)
     }
 
     fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
         let work = m.saturating_mul(w.n).saturating_mul(w.k);
-        let threads = if work > PARALLEL_WORK {
-            self.threads
-        } else {
-            1
-        };
+        let threads = self.threads_if(work > PARALLEL_WORK);
         gemm_packed(a, w, bias, m, self.fma, threads)
     }
 
     fn gelu(&self, x: &mut [f32]) {
-        let threads = if x.len() >= PARALLEL_ELEMENTS {
-            self.threads
-        } else {
-            1
-        };
+        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
         let fma = self.fma;
         split(x, 1, threads, |chunk| elementwise(chunk, fma, Op::Gelu));
     }
@@ -105,11 +98,7 @@ impl Backend for CpuBackend {
         if !super::ops::has_rows("softmax_rows", x.len(), cols) {
             return;
         }
-        let threads = if x.len() >= PARALLEL_ELEMENTS {
-            self.threads
-        } else {
-            1
-        };
+        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
         let fma = self.fma;
         split(x, cols, threads, |rows| {
             elementwise(rows, fma, Op::Softmax(cols))
@@ -120,11 +109,7 @@ impl Backend for CpuBackend {
         if !super::ops::layernorm_shapes(x.len(), cols, gamma, beta) {
             return;
         }
-        let threads = if x.len() >= PARALLEL_ELEMENTS {
-            self.threads
-        } else {
-            1
-        };
+        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
         let fma = self.fma;
         split(x, cols, threads, |rows| {
             elementwise(rows, fma, Op::LayerNorm { gamma, beta, eps })
