@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, PackedMatrix};
+use crate::backend::{Backend, Epilogue, PackedMatrix};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{self, Tensor, take};
 use crate::{Error, rng::SplitMix64};
@@ -388,23 +388,14 @@ impl Bert {
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         for (i, l) in self.layers.iter().enumerate() {
             let qkv = backend.gemm_packed(&x, &l.qkv, Some(&l.qkv_bias), rows);
-            let mut q = Vec::with_capacity(rows * h);
-            let mut k = Vec::with_capacity(rows * h);
-            let mut v = Vec::with_capacity(rows * h);
-            for row in qkv.chunks_exact(3 * h) {
-                q.extend_from_slice(&row[..h]);
-                k.extend_from_slice(&row[h..2 * h]);
-                v.extend_from_slice(&row[2 * h..]);
-            }
-            let ctx = backend.attention(&q, &k, &v, &mask, batch, seq, heads, head_dim, scale);
-            let mut y = backend.gemm_packed(&ctx, &l.out, Some(&l.out_bias), rows);
-            backend.add_inplace(&mut y, &x);
+            let ctx = backend.attention_qkv(&qkv, &mask, batch, seq, heads, head_dim, scale);
+            let then = Epilogue::Residual(&x);
+            let mut y = backend.gemm_packed_then(&ctx, &l.out, Some(&l.out_bias), rows, then);
             backend.layernorm_rows(&mut y, h, &l.ln1.0, &l.ln1.1, eps);
             x = y;
-            let mut up = backend.gemm_packed(&x, &l.up, Some(&l.up_bias), rows);
-            backend.gelu(&mut up);
-            let mut y = backend.gemm_packed(&up, &l.down, Some(&l.down_bias), rows);
-            backend.add_inplace(&mut y, &x);
+            let up = backend.gemm_packed_then(&x, &l.up, Some(&l.up_bias), rows, Epilogue::Gelu);
+            let then = Epilogue::Residual(&x);
+            let mut y = backend.gemm_packed_then(&up, &l.down, Some(&l.down_bias), rows, then);
             backend.layernorm_rows(&mut y, h, &l.ln2.0, &l.ln2.1, eps);
             x = y;
             if x.iter().any(|v| !v.is_finite()) {

@@ -27,6 +27,7 @@ mod id;
 mod math;
 mod mlp;
 mod model;
+mod pool;
 mod rng;
 #[cfg(test)]
 mod testing;
@@ -34,8 +35,8 @@ mod tokenizer;
 mod weights;
 
 pub use backend::{
-    Backend, Comparison, CpuBackend, CudaBackend, CudaError, GemmTiming, PackedMatrix, Probe,
-    UnknownBackend, select,
+    Backend, Comparison, CpuBackend, CpuKernel, CpuKernelError, CudaBackend, CudaError, Epilogue,
+    GemmTiming, PackedMatrix, Probe, UnknownBackend, select,
 };
 pub use bert::{BertSpec, MAX_TEXT_BYTES, write_seeded_bert};
 pub use error::Error;

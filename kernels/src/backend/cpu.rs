@@ -1,46 +1,203 @@
 //! The CPU reference backend.
 //!
-//! GEMM runs a 4×16 register tile (4 rows of `a` against 16 columns of `b`), accumulating the
-//! whole `k` dimension in order for every element, so tiling, batching and threading change only
-//! which elements are computed together, never the arithmetic of one element. The tile is
-//! compiled twice from one body: once with the `fma` target feature (chosen at run time when the
-//! CPU has it, where `mul_add` is one instruction) and once portable (where `mul_add` is the
-//! correctly rounded software routine); both produce identical bits.
+//! GEMM runs register tiles of `MR` rows of `a` against 16 columns of `b`, accumulating the whole
+//! `k` dimension in order for every element, so tiling, batching and threading change only which
+//! elements are computed together, never the arithmetic of one element. Every op is compiled
+//! three times from one body ([`CpuKernel`]): with AVX-512 (8-row tiles, one 512-bit vector per
+//! row), with AVX2 and FMA (4-row tiles, two 256-bit vectors per row), and portable (where
+//! `mul_add` is the correctly rounded software routine). The best one the CPU has is chosen at
+//! run time; all three give identical bits, and each can be forced
+//! ([`CpuBackend::with_kernel`]) to prove it.
+//!
+//! Work is split by whole rows (GEMM row tiles, softmax/layernorm rows, attention heads) over
+//! the process's one thread pool ([`crate::pool`]).
 
-use crate::backend::Backend;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::backend::{Backend, Epilogue};
 use crate::math;
+use crate::pool;
 
-/// Rows of `a` per register tile.
-const MR: usize = 4;
-/// Columns of `b` per register tile (two 256-bit vectors per row).
+/// Columns of `b` per register tile (one 512-bit or two 256-bit vectors per row).
 const NR: usize = 16;
 /// GEMMs with more multiply-adds than this (m·n·k) are split over threads by rows. Measured on
 /// the 2-core dev machine: at 1.6M a second thread costs more than it saves, at 9.4M it saves 35%.
 const PARALLEL_WORK: usize = 1 << 22;
+/// Element-wise ops over more values than this are split over threads (whole rows each, so
+/// every value is computed exactly as on one thread).
+const PARALLEL_ELEMENTS: usize = 1 << 14;
+
+/// Environment variable that forces a kernel variant in [`CpuBackend::new`].
+pub const KERNEL_ENV: &str = "PROOFMESH_CPU_KERNEL";
+
+/// Which compiled variant of the CPU kernels runs. Every variant gives the same bits; they
+/// differ in speed only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuKernel {
+    /// No target features: `mul_add` is the software routine (slow, runs anywhere).
+    Portable,
+    /// AVX2 and FMA: 4×16 GEMM tiles in 256-bit registers.
+    Avx2,
+    /// AVX-512F (and FMA): 8×16 GEMM tiles in 512-bit registers.
+    Avx512,
+}
+
+impl CpuKernel {
+    /// Every variant, slowest first.
+    pub const ALL: [CpuKernel; 3] = [CpuKernel::Portable, CpuKernel::Avx2, CpuKernel::Avx512];
+
+    /// The fastest variant this CPU runs.
+    pub fn best() -> CpuKernel {
+        let mut best = CpuKernel::Portable;
+        for k in CpuKernel::ALL {
+            if k.available() {
+                best = k;
+            }
+        }
+        best
+    }
+
+    /// Whether this CPU has the instructions the variant needs.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx") && has!("avx2") && has!("fma");
+            match self {
+                CpuKernel::Portable => true,
+                CpuKernel::Avx2 => avx2,
+                CpuKernel::Avx512 => avx2 && has!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == CpuKernel::Portable
+        }
+    }
+
+    /// The name used in configuration: `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuKernel::Portable => "portable",
+            CpuKernel::Avx2 => "avx2",
+            CpuKernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Rows of `a` per GEMM register tile.
+    fn mr(self) -> usize {
+        match self {
+            CpuKernel::Avx512 => 8,
+            _ => 4,
+        }
+    }
+}
+
+impl fmt::Display for CpuKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CpuKernel {
+    type Err = CpuKernelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CpuKernel::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| CpuKernelError::Unknown(s.to_string()))
+    }
+}
+
+/// A CPU kernel variant that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CpuKernelError {
+    /// Not a variant's name.
+    #[error("unknown cpu kernel {0:?}; the kernels are \"portable\", \"avx2\" and \"avx512\"")]
+    Unknown(String),
+    /// This CPU lacks the variant's instructions.
+    #[error("this CPU cannot run the {0} kernels")]
+    Unsupported(CpuKernel),
+}
 
 /// Pure-Rust backend; the reference every other backend must match bit for bit.
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
-    /// Use the `fma` target-feature kernel (detected at construction).
-    fma: bool,
-    /// Threads for large GEMMs.
+    kernel: CpuKernel,
+    /// Most pieces one op is cut into on the shared pool.
     threads: usize,
 }
 
 impl CpuBackend {
-    /// Detects FMA support and the number of cores.
+    /// The fastest kernel variant of this CPU (or the one `PROOFMESH_CPU_KERNEL` names, for
+    /// benchmarks and checks), with every core.
     pub fn new() -> Self {
-        let fma = fma_available();
+        let kernel = match std::env::var(KERNEL_ENV) {
+            Ok(name) => match name.parse::<CpuKernel>() {
+                Ok(k) if k.available() => k,
+                Ok(k) => {
+                    tracing::warn!("{KERNEL_ENV}: {}", CpuKernelError::Unsupported(k));
+                    CpuKernel::best()
+                }
+                Err(e) => {
+                    tracing::warn!("{KERNEL_ENV}: {e}");
+                    CpuKernel::best()
+                }
+            },
+            Err(_) => CpuKernel::best(),
+        };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tracing::debug!(fma, threads, "cpu backend ready");
-        CpuBackend { fma, threads }
+        tracing::debug!(%kernel, threads, "cpu backend ready");
+        CpuBackend { kernel, threads }
     }
 
-    /// The portable kernel (no target features), for comparing against the FMA kernel.
+    /// Forces one kernel variant (same bits, other speed), e.g. to check that variant.
+    pub fn with_kernel(kernel: CpuKernel) -> Result<Self, CpuKernelError> {
+        if !kernel.available() {
+            return Err(CpuKernelError::Unsupported(kernel));
+        }
+        Ok(CpuBackend {
+            kernel,
+            ..CpuBackend::new()
+        })
+    }
+
+    /// Cuts each op into at most `threads` pieces (at least 1) on the process's one thread
+    /// pool: how a node shares the cores between its inference batcher and its verifier.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The kernel variant that runs.
+    pub fn kernel(&self) -> CpuKernel {
+        self.kernel
+    }
+
+    /// Most pieces one op is cut into.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Every kernel variant this CPU runs, each on one thread and on three pieces (tests of
+    /// bit identity run under all of them).
+    #[cfg(test)]
+    pub(crate) fn every_variant() -> Vec<CpuBackend> {
+        CpuKernel::ALL
+            .into_iter()
+            .filter(|k| k.available())
+            .flat_map(|kernel| [1, 3].map(|threads| CpuBackend { kernel, threads }))
+            .collect()
+    }
+
+    /// The portable kernel on one thread.
     #[cfg(test)]
     pub(crate) fn portable() -> Self {
         CpuBackend {
-            fma: false,
+            kernel: CpuKernel::Portable,
             threads: 1,
         }
     }
@@ -48,12 +205,6 @@ impl CpuBackend {
     /// All the threads for work big enough to split, else one.
     fn threads_if(&self, big: bool) -> usize {
         if big { self.threads } else { 1 }
-    }
-
-    /// Whether this backend runs the FMA kernel.
-    #[cfg(test)]
-    pub(crate) fn uses_fma(&self) -> bool {
-        self.fma
     }
 }
 
@@ -79,49 +230,182 @@ impl Backend for CpuBackend {
     ) -> Vec<f32> {
         let work = m.saturating_mul(n).saturating_mul(k);
         let threads = self.threads_if(work > PARALLEL_WORK);
-        gemm(a, b, bias, m, k, n, self.fma, threads)
+        gemm(a, b, bias, m, k, n, self.kernel, threads)
     }
 
     fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+        self.gemm_packed_then(a, w, bias, m, Epilogue::Plain)
+    }
+
+    fn gemm_packed_then(
+        &self,
+        a: &[f32],
+        w: &PackedMatrix,
+        bias: Option<&[f32]>,
+        m: usize,
+        then: Epilogue<'_>,
+    ) -> Vec<f32> {
         let work = m.saturating_mul(w.n).saturating_mul(w.k);
         let threads = self.threads_if(work > PARALLEL_WORK);
-        gemm_packed(a, w, bias, m, self.fma, threads)
+        gemm_packed(a, w, bias, m, then, self.kernel, threads)
     }
 
     fn gelu(&self, x: &mut [f32]) {
-        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
-        let fma = self.fma;
-        split(x, 1, threads, |chunk| elementwise(chunk, fma, Op::Gelu));
+        self.rows(x, 1, Op::Gelu);
     }
 
     fn softmax_rows(&self, x: &mut [f32], cols: usize) {
-        if !super::ops::has_rows("softmax_rows", x.len(), cols) {
-            return;
+        if super::ops::has_rows("softmax_rows", x.len(), cols) {
+            self.rows(x, cols, Op::Softmax(cols));
         }
-        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
-        let fma = self.fma;
-        split(x, cols, threads, |rows| {
-            elementwise(rows, fma, Op::Softmax(cols))
-        });
     }
 
     fn layernorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
-        if !super::ops::layernorm_shapes(x.len(), cols, gamma, beta) {
-            return;
+        if super::ops::layernorm_shapes(x.len(), cols, gamma, beta) {
+            self.rows(x, cols, Op::LayerNorm { gamma, beta, eps });
         }
-        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
-        let fma = self.fma;
-        split(x, cols, threads, |rows| {
-            elementwise(rows, fma, Op::LayerNorm { gamma, beta, eps })
-        });
+    }
+
+    fn l2_normalize_rows(&self, x: &mut [f32], cols: usize) {
+        if super::ops::has_rows("l2_normalize", x.len(), cols) {
+            self.rows(x, cols, Op::L2Normalize(cols));
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let hidden = heads * head_dim;
+        super::ops::check_attention_shapes(q.len(), k.len(), v.len(), mask, batch, seq, hidden);
+        let qkv = Qkv::Separate { q, k, v };
+        self.attention_of(qkv, mask, batch, seq, heads, head_dim, scale)
+    }
+
+    fn attention_qkv(
+        &self,
+        qkv: &[f32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        super::ops::check_qkv_shapes(qkv.len(), mask, batch, seq, heads * head_dim);
+        self.attention_of(Qkv::Fused(qkv), mask, batch, seq, heads, head_dim, scale)
     }
 }
 
-/// Element-wise ops over more values than this are split over threads (whole rows each, so
-/// every value is computed exactly as on one thread).
-const PARALLEL_ELEMENTS: usize = 1 << 14;
+impl CpuBackend {
+    /// `op` on `x`, split over the pool by whole rows of `unit` values when it is big enough.
+    fn rows(&self, x: &mut [f32], unit: usize, op: Op<'_>) {
+        let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
+        let kernel = self.kernel;
+        pool::split_rows(x, unit, threads, |rows| elementwise(kernel, rows, op));
+    }
 
-/// The element-wise ops compiled per kernel variant.
+    /// Attention per (sequence, head), split over the pool by heads; see
+    /// [`Backend::attention`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_of(
+        &self,
+        qkv: Qkv<'_>,
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let hidden = heads * head_dim;
+        // Computed as [batch][head][seq][head_dim], one contiguous block per (sequence, head),
+        // then laid out as [batch][seq][hidden].
+        let mut by_head = vec![0.0f32; batch * seq * hidden];
+        let block = seq * head_dim;
+        let work = batch * heads * seq * seq * head_dim;
+        let threads = self.threads_if(work >= PARALLEL_WORK / 8);
+        let units = Attention {
+            qkv,
+            mask,
+            seq,
+            heads,
+            head_dim,
+            scale,
+        };
+        let kernel = self.kernel;
+        let per = (batch * heads).div_ceil(threads.max(1)).max(1);
+        pool::for_chunks(&mut by_head, per * block.max(1), threads, |c, chunk| {
+            attention_units(kernel, &units, c * per, chunk)
+        });
+        let mut out = vec![0.0f32; batch * seq * hidden];
+        for b in 0..batch {
+            for h in 0..heads {
+                let src = &by_head[(b * heads + h) * block..][..block];
+                for (t, row) in src.chunks_exact(head_dim).enumerate() {
+                    let o = (b * seq + t) * hidden + h * head_dim;
+                    out[o..o + head_dim].copy_from_slice(row);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Defines `fn $name(kernel: CpuKernel, args…)`, which runs one of three expressions compiled
+/// for `kernel`: inside a `#[target_feature]` function for AVX2 and FMA, inside one for
+/// AVX-512, or as portable code. The bodies are `#[inline(always)]` functions, so each variant
+/// gets its own code generation from one source.
+macro_rules! per_kernel {
+    (
+        $(#[$doc:meta])*
+        fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) {
+            portable: $portable:expr,
+            avx2: $avx2:expr,
+            avx512: $avx512:expr $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        fn $name$(<$g: $bound>)?(kernel: CpuKernel, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// # Safety
+                ///
+                /// The CPU must support AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2$(<$g: $bound>)?($($arg: $ty),*) {
+                    $avx2
+                }
+                /// # Safety
+                ///
+                /// The CPU must support AVX-512F, AVX2 and FMA.
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512$(<$g: $bound>)?($($arg: $ty),*) {
+                    $avx512
+                }
+                match kernel {
+                    // SAFETY: a backend holds a variant only after `CpuKernel::available` saw
+                    // its features on this CPU.
+                    CpuKernel::Avx512 => return unsafe { avx512($($arg),*) },
+                    CpuKernel::Avx2 => return unsafe { avx2($($arg),*) },
+                    CpuKernel::Portable => {}
+                }
+            }
+            let _ = kernel;
+            $portable
+        }
+    };
+}
+
+/// The element-wise and row ops compiled per kernel variant.
 #[derive(Clone, Copy)]
 enum Op<'a> {
     Gelu,
@@ -133,52 +417,18 @@ enum Op<'a> {
         beta: &'a [f32],
         eps: f32,
     },
+    /// L2 normalisation of each row of this many columns.
+    L2Normalize(usize),
 }
 
-/// Runs `f` on `x` cut into at most `threads` pieces of whole `unit`s (rows), in parallel.
-fn split(x: &mut [f32], unit: usize, threads: usize, f: impl Fn(&mut [f32]) + Sync) {
-    let units = x.len() / unit.max(1);
-    let threads = threads.clamp(1, units.max(1));
-    if threads == 1 {
-        f(x);
-        return;
+per_kernel! {
+    /// `op` on `x`, compiled for `kernel`: `math`'s `mul_add`s are single instructions under
+    /// AVX2 and AVX-512, the software routine in the portable variant, with the same bits.
+    fn elementwise(x: &mut [f32], op: Op<'_>) {
+        portable: elementwise_body(x, op),
+        avx2: elementwise_body(x, op),
+        avx512: elementwise_body(x, op),
     }
-    let per = units.div_ceil(threads) * unit;
-    let f = &f;
-    std::thread::scope(|s| {
-        let mut chunks = x.chunks_mut(per);
-        let first = chunks.next();
-        for chunk in chunks {
-            s.spawn(move || f(chunk));
-        }
-        if let Some(chunk) = first {
-            f(chunk);
-        }
-    });
-}
-
-/// `op` on `x`, with the FMA kernel where the CPU has it: `math`'s `mul_add`s are then single
-/// instructions instead of calls to the software routine, with the same bits.
-fn elementwise(x: &mut [f32], fma: bool, op: Op<'_>) {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if fma {
-        // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
-        unsafe { elementwise_fma(x, op) };
-        return;
-    }
-    let _ = fma;
-    elementwise_body(x, op);
-}
-
-/// [`elementwise_body`] compiled with FMA.
-///
-/// # Safety
-///
-/// The CPU must support AVX and FMA.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "fma")]
-unsafe fn elementwise_fma(x: &mut [f32], op: Op<'_>) {
-    elementwise_body(x, op);
 }
 
 #[inline(always)]
@@ -199,17 +449,11 @@ fn elementwise_body(x: &mut [f32], op: Op<'_>) {
                 math::softmax_row(row);
             }
         }
-    }
-}
-
-fn fma_available() -> bool {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    {
-        false
+        Op::L2Normalize(cols) => {
+            for row in x.chunks_exact_mut(cols) {
+                super::ops::l2_normalize_row(row);
+            }
+        }
     }
 }
 
@@ -282,25 +526,33 @@ pub(crate) fn gemm(
     m: usize,
     k: usize,
     n: usize,
-    fma: bool,
+    kernel: CpuKernel,
     threads: usize,
 ) -> Vec<f32> {
     super::ops::check_gemm_shapes(a, b, bias, m, k, n);
-    run(a, bias, m, k, n, fma, threads, || Copied {
+    let gemm = Gemm {
+        a,
+        bias,
+        then: Epilogue::Plain,
+        k,
+        n,
+    };
+    run(&gemm, m, kernel, threads, || Copied {
         b,
         n,
         buf: vec![[0.0f32; NR]; k],
     })
 }
 
-/// GEMM on weights packed at load (see [`Backend::gemm_packed`]): every thread reads the same
-/// panels, nothing is copied.
+/// GEMM on weights packed at load (see [`Backend::gemm_packed_then`]): every thread reads the
+/// same panels, nothing is copied.
 pub(crate) fn gemm_packed(
     a: &[f32],
     w: &PackedMatrix,
     bias: Option<&[f32]>,
     m: usize,
-    fma: bool,
+    then: Epilogue<'_>,
+    kernel: CpuKernel,
     threads: usize,
 ) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
@@ -318,7 +570,47 @@ pub(crate) fn gemm_packed(
             bias.len()
         );
     }
-    run(a, bias, m, k, n, fma, threads, || Packed(&w.panels[..], k))
+    if let Epilogue::Residual(r) = then {
+        assert_eq!(
+            r.len(),
+            m * n,
+            "gemm_packed: residual has {} values, expected m·n = {m}·{n}",
+            r.len()
+        );
+    }
+    let gemm = Gemm {
+        a,
+        bias,
+        then,
+        k,
+        n,
+    };
+    run(&gemm, m, kernel, threads, || Packed(&w.panels[..], k))
+}
+
+/// One GEMM's inputs besides `b`: `a` (m × k), the bias and what follows it.
+#[derive(Clone, Copy)]
+struct Gemm<'a> {
+    a: &'a [f32],
+    bias: Option<&'a [f32]>,
+    then: Epilogue<'a>,
+    k: usize,
+    n: usize,
+}
+
+impl<'a> Gemm<'a> {
+    /// The same GEMM restricted to rows `r0..r0 + rows`.
+    fn rows(&self, r0: usize, rows: usize) -> Gemm<'a> {
+        let then = match self.then {
+            Epilogue::Residual(r) => Epilogue::Residual(&r[r0 * self.n..(r0 + rows) * self.n]),
+            other => other,
+        };
+        Gemm {
+            a: &self.a[r0 * self.k..(r0 + rows) * self.k],
+            then,
+            ..*self
+        }
+    }
 }
 
 /// Where the GEMM body finds panel `jp` (columns `j0..j0 + width`) of `b`, `k` rows of 16.
@@ -326,7 +618,7 @@ trait Panels {
     fn panel(&mut self, jp: usize, j0: usize, width: usize) -> &[[f32; NR]];
 }
 
-/// Panels packed once ([`PackedMatrix`]).
+/// Panels packed once ([`PackedMatrix`], or a head's keys and values in attention).
 struct Packed<'a>(&'a [[f32; NR]], usize);
 
 impl Panels for Packed<'_> {
@@ -355,97 +647,126 @@ impl Panels for Copied<'_> {
     }
 }
 
-/// Splits the rows of `a` over `threads` (whole tiles each), each thread reading `b` through
-/// its own [`Panels`] from `panels`.
-#[allow(clippy::too_many_arguments)]
+/// Splits the rows of the output over `threads` pieces of whole tiles on the pool, each piece
+/// reading `b` through its own [`Panels`] from `panels`.
 fn run<P: Panels>(
-    a: &[f32],
-    bias: Option<&[f32]>,
+    gemm: &Gemm<'_>,
     m: usize,
-    k: usize,
-    n: usize,
-    fma: bool,
+    kernel: CpuKernel,
     threads: usize,
     panels: impl Fn() -> P + Sync,
 ) -> Vec<f32> {
+    let n = gemm.n;
     let mut out = vec![0.0f32; m * n];
     if m == 0 || n == 0 {
         return out;
     }
-    let threads = threads.clamp(1, m.div_ceil(MR));
-    if threads == 1 {
-        rows(a, &mut panels(), bias, k, n, &mut out, fma);
-        return out;
-    }
-    // Whole tiles per thread; every element is computed the same way whichever thread owns it.
-    let rows_per = m.div_ceil(threads).next_multiple_of(MR);
-    let panels = &panels;
-    std::thread::scope(|s| {
-        let mut chunks = out.chunks_mut(rows_per * n).enumerate();
-        let first = chunks.next();
-        for (c, out_chunk) in chunks {
-            let r0 = c * rows_per;
-            let a_chunk = &a[r0 * k..(r0 + out_chunk.len() / n) * k];
-            s.spawn(move || rows(a_chunk, &mut panels(), bias, k, n, out_chunk, fma));
-        }
-        if let Some((_, out_chunk)) = first {
-            let a_chunk = &a[..out_chunk.len() / n * k];
-            rows(a_chunk, &mut panels(), bias, k, n, out_chunk, fma);
-        }
+    let mr = kernel.mr();
+    let threads = threads.clamp(1, m.div_ceil(mr));
+    // Whole tiles per piece; every element is computed the same way whichever piece owns it.
+    let rows_per = m.div_ceil(threads).next_multiple_of(mr);
+    pool::for_chunks(&mut out, rows_per * n, threads, |c, out_chunk| {
+        let part = gemm.rows(c * rows_per, out_chunk.len() / n);
+        rows(kernel, &part, &mut panels(), out_chunk)
     });
     out
 }
 
-/// Computes `out` (some rows × n) from the matching rows of `a`.
-fn rows<P: Panels>(
-    a: &[f32],
-    panels: &mut P,
-    bias: Option<&[f32]>,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-    fma: bool,
-) {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if fma {
-        // SAFETY: `fma` is only true when `fma_available()` saw AVX and FMA on this CPU.
-        unsafe { rows_fma(a, panels, bias, k, n, out) };
-        return;
+per_kernel! {
+    /// Computes `out` (some rows × n) from `gemm`'s rows, compiled for `kernel`: 4-row tiles
+    /// on 256-bit vectors (AVX2) or in portable code, 8-row tiles in 512-bit registers
+    /// (AVX-512).
+    fn rows<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
+        portable: rows_body::<P, 4>(gemm, panels, out),
+        avx2: rows_body::<P, 4>(gemm, panels, out),
+        avx512: rows_body_with::<P, Avx512Tile, 8>(gemm, panels, out),
     }
-    let _ = fma;
-    rows_body(a, panels, bias, k, n, out);
 }
 
-/// [`rows_body`] compiled with FMA (and the AVX it implies), so `mul_add` is `vfmadd`.
+/// How a kernel variant computes its tiles of `R` rows (a trait, not a closure, so the tile
+/// is inlined into each variant and compiled with its target features).
+trait Tiles {
+    fn tile<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; R];
+}
+
+/// The portable tile ([`tile`]), vectorised by the compiler for the variant's features.
+struct AutoTile;
+
+impl Tiles for AutoTile {
+    #[inline(always)]
+    fn tile<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; R] {
+        tile(arows, panel)
+    }
+}
+
+/// Tiles in AVX-512 intrinsics ([`tile_avx512`]); used only inside AVX-512 variants.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Tile;
+
+#[cfg(target_arch = "x86_64")]
+impl Tiles for Avx512Tile {
+    #[inline(always)]
+    fn tile<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; R] {
+        // SAFETY: only the AVX-512 variants (run where `CpuKernel::Avx512.available()`) use
+        // these tiles.
+        unsafe { tile_avx512(arows, panel) }
+    }
+}
+
+/// An `R`×16 tile in AVX-512 registers: each step loads the panel row once and does one
+/// `vfmadd231ps` per tile row (`_mm512_fmadd_ps` rounds once, as `mul_add`), so every element
+/// accumulates `p = 0..k` in order exactly as [`tile`] does.
 ///
 /// # Safety
 ///
-/// The CPU must support AVX and FMA.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "fma")]
-unsafe fn rows_fma<P: Panels>(
-    a: &[f32],
-    panels: &mut P,
-    bias: Option<&[f32]>,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-) {
-    rows_body(a, panels, bias, k, n, out);
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_avx512<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; R] {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    let k = panel.len();
+    assert!(
+        arows.iter().all(|r| r.len() >= k),
+        "tile: a row shorter than k"
+    );
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (p, brow) in panel.iter().enumerate() {
+        // SAFETY: `brow` is 16 floats; every row holds at least k > p values (checked above).
+        unsafe {
+            let b = _mm512_loadu_ps(brow.as_ptr());
+            for (acc, arow) in acc.iter_mut().zip(&arows) {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*arow.get_unchecked(p)), b, *acc);
+            }
+        }
+    }
+    let mut out = [[0.0f32; NR]; R];
+    for (dst, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: `dst` is 16 floats.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+    }
+    out
 }
 
 /// The one GEMM body, inlined into each kernel variant so each gets its own code generation.
 /// Each 16-column panel of `b` is read contiguous, with no stride and no bounds checks; padding
-/// lanes are computed and dropped, the real lanes do exactly the documented operations.
+/// lanes are computed and dropped, the real lanes do exactly the documented operations. Tiles
+/// are `MR` rows, then one tile of all the rows left.
 #[inline(always)]
-fn rows_body<P: Panels>(
-    a: &[f32],
+fn rows_body<P: Panels, const MR: usize>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
+    rows_body_with::<P, AutoTile, MR>(gemm, panels, out);
+}
+
+/// [`rows_body`] with `T` computing the `MR`-row tiles.
+#[inline(always)]
+fn rows_body_with<P: Panels, T: Tiles, const MR: usize>(
+    gemm: &Gemm<'_>,
     panels: &mut P,
-    bias: Option<&[f32]>,
-    k: usize,
-    n: usize,
     out: &mut [f32],
 ) {
+    let (a, k, n) = (gemm.a, gemm.k, gemm.n);
     let m = out.len() / n;
     let row = |i: usize| &a[i * k..(i + 1) * k];
     for (jp, j0) in (0..n).step_by(NR).enumerate() {
@@ -453,15 +774,24 @@ fn rows_body<P: Panels>(
         let panel = panels.panel(jp, j0, width);
         let mut i0 = 0;
         while i0 + MR <= m {
-            let acc = tile([row(i0), row(i0 + 1), row(i0 + 2), row(i0 + 3)], panel);
-            store(&acc, bias, out, n, i0, j0, width);
+            let acc = T::tile::<MR>(std::array::from_fn(|r| row(i0 + r)), panel);
+            store(&acc, gemm, out, i0, j0, width);
             i0 += MR;
         }
-        while i0 < m {
-            let acc = tile([row(i0)], panel);
-            store(&acc, bias, out, n, i0, j0, width);
-            i0 += 1;
+        // The last rows in one tile of their own height: each row still has its own
+        // accumulators, and more rows per tile hide the fused multiply-add's latency.
+        macro_rules! rest {
+            ($($r:literal)*) => {
+                match m - i0 {
+                    $($r if $r < MR => {
+                        let acc = T::tile::<$r>(std::array::from_fn(|r| row(i0 + r)), panel);
+                        store(&acc, gemm, out, i0, j0, width);
+                    })*
+                    _ => {}
+                }
+            };
         }
+        rest!(1 2 3 4 5 6 7);
     }
 }
 
@@ -484,30 +814,166 @@ fn tile<const R: usize>(arows: [&[f32]; R], panel: &[[f32; NR]]) -> [[f32; NR]; 
     acc
 }
 
-/// Writes the first `width` columns of a tile at (`i0`, `j0`), adding the bias (one rounding).
+/// Writes the first `width` columns of a tile at (`i0`, `j0`): the sum, plus the bias (one
+/// rounding), then the epilogue (GELU, or the residual added with one rounding).
 #[inline(always)]
 fn store<const R: usize>(
     acc: &[[f32; NR]; R],
-    bias: Option<&[f32]>,
+    gemm: &Gemm<'_>,
     out: &mut [f32],
-    n: usize,
     i0: usize,
     j0: usize,
     width: usize,
 ) {
+    let n = gemm.n;
     for (r, acc_row) in acc.iter().enumerate() {
-        let dst = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + width];
-        match bias {
-            Some(bias) => {
-                for ((d, &v), &b) in dst.iter_mut().zip(acc_row).zip(&bias[j0..j0 + width]) {
-                    *d = v + b;
+        let at = (i0 + r) * n + j0;
+        let dst = &mut out[at..at + width];
+        let mut v = *acc_row;
+        if let Some(bias) = gemm.bias {
+            for (v, &b) in v.iter_mut().zip(&bias[j0..j0 + width]) {
+                *v += b;
+            }
+        }
+        match gemm.then {
+            Epilogue::Plain => {}
+            Epilogue::Gelu => {
+                for v in v.iter_mut() {
+                    *v = math::gelu(*v);
                 }
             }
-            None => dst.copy_from_slice(&acc_row[..width]),
+            Epilogue::Residual(res) => {
+                for (v, &x) in v.iter_mut().zip(&res[at..at + width]) {
+                    *v += x;
+                }
+            }
         }
+        dst.copy_from_slice(&v[..width]);
     }
 }
 
+/// Attention's queries, keys and values: three `[batch][seq][hidden]` arrays, or one
+/// `[batch][seq][3·hidden]` array with each row's query, key and value side by side.
+#[derive(Clone, Copy)]
+enum Qkv<'a> {
+    Separate {
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+    },
+    Fused(&'a [f32]),
+}
+
+impl Qkv<'_> {
+    /// Head `h`'s slice of token `t` (a row of the whole batch) of part 0 (q), 1 (k) or 2 (v).
+    #[inline(always)]
+    fn head(&self, part: usize, t: usize, h: usize, hidden: usize, head_dim: usize) -> &[f32] {
+        let (src, at) = match *self {
+            Qkv::Separate { q, k, v } => ([q, k, v][part], t * hidden),
+            Qkv::Fused(all) => (all, t * 3 * hidden + part * hidden),
+        };
+        &src[at + h * head_dim..at + (h + 1) * head_dim]
+    }
+}
+
+/// One attention call's inputs, shared by every (sequence, head) unit.
+struct Attention<'a> {
+    qkv: Qkv<'a>,
+    mask: &'a [u8],
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+per_kernel! {
+    /// Units `first, first + 1, …` (unit = sequence · heads + head) into `out`,
+    /// `seq · head_dim` values per unit, compiled for `kernel`.
+    fn attention_units(att: &Attention<'_>, first: usize, out: &mut [f32]) {
+        portable: attention_body::<AutoTile, 4>(att, first, out),
+        avx2: attention_body::<AutoTile, 4>(att, first, out),
+        avx512: attention_body::<Avx512Tile, 8>(att, first, out),
+    }
+}
+
+/// Attention of each unit as two small GEMMs on the GEMM tiles: scores `Q·Kᵀ` (each score
+/// accumulates `d = 0..head_dim` in order from 0 with one fused multiply-add per step, exactly
+/// the documented dot product), scaled with one rounding, softmax per query row, then `P·V`
+/// (each output accumulates the unmasked keys in increasing order from 0, fused). Only
+/// unmasked queries and keys are gathered, so padding is never weighted and padded queries
+/// stay zero.
+#[inline(always)]
+fn attention_body<T: Tiles, const MR: usize>(att: &Attention<'_>, first: usize, out: &mut [f32]) {
+    let (seq, hd) = (att.seq, att.head_dim);
+    let hidden = att.heads * hd;
+    let mut keys = Vec::with_capacity(seq);
+    let mut queries: Vec<f32> = Vec::with_capacity(seq * hd);
+    let mut kt = Vec::new();
+    let mut vp = Vec::new();
+    let (mut p, mut ctx) = (Vec::new(), Vec::new());
+    for (u, block) in out.chunks_exact_mut(seq * hd).enumerate() {
+        let unit = first + u;
+        let (b, h) = (unit / att.heads, unit % att.heads);
+        let m = &att.mask[b * seq..(b + 1) * seq];
+        keys.clear();
+        keys.extend((0..seq).filter(|&j| m[j] != 0).map(|j| b * seq + j));
+        let nk = keys.len();
+        if nk == 0 {
+            continue;
+        }
+        // Kᵀ as panels (head_dim rows of 16 keys) and V as panels (nk rows of 16 dims).
+        kt.clear();
+        kt.resize(hd * nk.div_ceil(NR), [0.0f32; NR]);
+        vp.clear();
+        vp.resize(nk * hd.div_ceil(NR), [0.0f32; NR]);
+        for (j, &t) in keys.iter().enumerate() {
+            let key = att.qkv.head(1, t, h, hidden, hd);
+            let panel = &mut kt[(j / NR) * hd..(j / NR + 1) * hd];
+            for (dst, &x) in panel.iter_mut().zip(key) {
+                dst[j % NR] = x;
+            }
+            let value = att.qkv.head(2, t, h, hidden, hd);
+            for (jp, part) in value.chunks(NR).enumerate() {
+                vp[jp * nk + j][..part.len()].copy_from_slice(part);
+            }
+        }
+        // The unmasked queries (a sequence's tokens are its keys).
+        queries.clear();
+        for &t in &keys {
+            queries.extend_from_slice(att.qkv.head(0, t, h, hidden, hd));
+        }
+        let scores = Gemm {
+            a: &queries,
+            bias: None,
+            then: Epilogue::Plain,
+            k: hd,
+            n: nk,
+        };
+        p.clear();
+        p.resize(nk * nk, 0.0);
+        rows_body_with::<_, T, MR>(&scores, &mut Packed(&kt, hd), &mut p);
+        for row in p.chunks_exact_mut(nk) {
+            for s in row.iter_mut() {
+                *s *= att.scale;
+            }
+            math::softmax_row(row);
+        }
+        let context = Gemm {
+            a: &p,
+            bias: None,
+            then: Epilogue::Plain,
+            k: nk,
+            n: hd,
+        };
+        ctx.clear();
+        ctx.resize(nk * hd, 0.0);
+        rows_body_with::<_, T, MR>(&context, &mut Packed(&vp, nk), &mut ctx);
+        for (&t, row) in keys.iter().zip(ctx.chunks_exact(hd)) {
+            let i = t - b * seq;
+            block[i * hd..(i + 1) * hd].copy_from_slice(row);
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,7 +1044,7 @@ mod tests {
         let a = random(11, m * k);
         let b = random(12, k * n);
         let bias = random(13, n);
-        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+        for cpu in CpuBackend::every_variant() {
             let got = cpu.gemm_bias(&a, &b, Some(&bias), m, k, n);
             let no_bias = cpu.gemm_bias(&a, &b, None, m, k, n);
             for i in 0..m {
@@ -604,43 +1070,49 @@ mod tests {
 
     #[test]
     fn gemm_rows_are_batch_invariant() {
-        let (m, k, n) = (13, 37, 29);
+        let (m, k, n) = (21, 37, 29);
         let a = random(21, m * k);
         let b = random(22, k * n);
         let bias = random(23, n);
-        let cpu = CpuBackend::new();
-        let full = bits(&cpu.gemm_bias(&a, &b, Some(&bias), m, k, n));
-        for size in 1..=m {
-            for start in 0..=m - size {
-                let sub = &a[start * k..(start + size) * k];
-                let got = bits(&cpu.gemm_bias(sub, &b, Some(&bias), size, k, n));
-                assert_eq!(
-                    got,
-                    full[start * n..(start + size) * n],
-                    "batch of {size} rows at row {start}"
-                );
+        for cpu in CpuBackend::every_variant() {
+            let full = bits(&cpu.gemm_bias(&a, &b, Some(&bias), m, k, n));
+            for size in 1..=m {
+                for start in 0..=m - size {
+                    let sub = &a[start * k..(start + size) * k];
+                    let got = bits(&cpu.gemm_bias(sub, &b, Some(&bias), size, k, n));
+                    assert_eq!(
+                        got,
+                        full[start * n..(start + size) * n],
+                        "batch of {size} rows at row {start}, {:?}",
+                        cpu.kernel
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn gemm_fma_and_portable_kernels_agree() {
-        let cpu = CpuBackend::new();
-        if !cpu.uses_fma() {
-            eprintln!("this CPU has no FMA: only the portable kernel runs here");
-        }
+    fn every_kernel_variant_gives_the_portable_bits() {
+        let here: Vec<CpuKernel> = CpuKernel::ALL
+            .into_iter()
+            .filter(|k| k.available())
+            .collect();
+        eprintln!("kernel variants on this CPU: {here:?}");
         for (seed, m, k, n) in [
             (31, 1, 1, 1),
             (32, 6, 33, 17),
             (33, 21, 130, 70),
             (34, 4, 8, 16),
+            (35, 19, 64, 48),
         ] {
             let a = random(seed, m * k);
             let b = random(seed + 1, k * n);
             let bias = random(seed + 2, n);
-            let fast = gemm(&a, &b, Some(&bias), m, k, n, cpu.uses_fma(), 1);
-            let slow = gemm(&a, &b, Some(&bias), m, k, n, false, 1);
-            assert_eq!(bits(&fast), bits(&slow), "m={m} k={k} n={n}");
+            let slow = gemm(&a, &b, Some(&bias), m, k, n, CpuKernel::Portable, 1);
+            for &kernel in &here {
+                let fast = gemm(&a, &b, Some(&bias), m, k, n, kernel, 1);
+                assert_eq!(bits(&fast), bits(&slow), "m={m} k={k} n={n} {kernel}");
+            }
         }
     }
 
@@ -650,14 +1122,15 @@ mod tests {
         let a = random(41, m * k);
         let b = random(42, k * n);
         let bias = random(43, n);
-        let fma = CpuBackend::new().uses_fma();
-        let one = bits(&gemm(&a, &b, Some(&bias), m, k, n, fma, 1));
-        for threads in [2, 3, 5, 64] {
-            assert_eq!(
-                bits(&gemm(&a, &b, Some(&bias), m, k, n, fma, threads)),
-                one,
-                "{threads} threads"
-            );
+        for kernel in CpuKernel::ALL.into_iter().filter(|k| k.available()) {
+            let one = bits(&gemm(&a, &b, Some(&bias), m, k, n, kernel, 1));
+            for threads in [2, 3, 5, 64] {
+                assert_eq!(
+                    bits(&gemm(&a, &b, Some(&bias), m, k, n, kernel, threads)),
+                    one,
+                    "{threads} threads, {kernel}"
+                );
+            }
         }
         // Above the threshold the backend itself goes parallel; same bits.
         let (m, k, n) = (64, 256, 320);
@@ -667,15 +1140,103 @@ mod tests {
         assert!(m * k * n > PARALLEL_WORK);
         assert_eq!(
             bits(&cpu.gemm_bias(&a, &b, None, m, k, n)),
-            bits(&gemm(&a, &b, None, m, k, n, fma, 1))
+            bits(&gemm(&a, &b, None, m, k, n, CpuKernel::Portable, 1))
         );
+    }
+
+    /// Bias + GELU and bias + residual in the GEMM's epilogue give the bits of the separate
+    /// ops, under every variant and thread count.
+    #[test]
+    fn fused_epilogues_give_the_bits_of_separate_ops() {
+        for (seed, m, k, n) in [(101, 1, 5, 3), (102, 13, 40, 47), (103, 64, 256, 320)] {
+            let a: Vec<f32> = random(seed, m * k).iter().map(|v| v * 4.0).collect();
+            let w = PackedMatrix::new(&random(seed + 1, k * n), k, n);
+            let bias = random(seed + 2, n);
+            let residual = random(seed + 3, m * n);
+            let reference = CpuBackend::portable();
+            let mut want_gelu = reference.gemm_packed(&a, &w, Some(&bias), m);
+            for v in want_gelu.iter_mut() {
+                *v = math::gelu(*v);
+            }
+            let mut want_residual = reference.gemm_packed(&a, &w, Some(&bias), m);
+            super::super::ops::add_inplace(&mut want_residual, &residual);
+            for cpu in CpuBackend::every_variant() {
+                let gelu = cpu.gemm_packed_then(&a, &w, Some(&bias), m, Epilogue::Gelu);
+                assert_eq!(bits(&gelu), bits(&want_gelu), "gelu m={m} {:?}", cpu.kernel);
+                let res = Epilogue::Residual(&residual);
+                let got = cpu.gemm_packed_then(&a, &w, Some(&bias), m, res);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want_residual),
+                    "residual m={m} {:?}",
+                    cpu.kernel
+                );
+            }
+        }
+    }
+
+    /// Attention as small GEMMs per head gives the scalar definition's bits (`ops::attention`)
+    /// for padded batches, under every variant and thread count, from separate or fused q/k/v.
+    #[test]
+    fn attention_gives_the_scalar_definitions_bits() {
+        let (batch, seq, heads, head_dim) = (5, 19, 3, 20);
+        let hidden = heads * head_dim;
+        let len = batch * seq * hidden;
+        let q: Vec<f32> = random(111, len).iter().map(|v| v * 3.0).collect();
+        let k: Vec<f32> = random(112, len).iter().map(|v| v * 3.0).collect();
+        let v = random(113, len);
+        // Lengths 19, 7, 1, 0 (all padding) and 17 tokens.
+        let mut mask = vec![0u8; batch * seq];
+        for (b, n) in [19, 7, 1, 0, 17].into_iter().enumerate() {
+            mask[b * seq..b * seq + n].fill(1);
+        }
+        let scale = 0.223_606_8;
+        let want = bits(&super::super::ops::attention(
+            &q, &k, &v, &mask, batch, seq, heads, head_dim, scale,
+        ));
+        let mut qkv = Vec::with_capacity(3 * len);
+        for t in 0..batch * seq {
+            for part in [&q, &k, &v] {
+                qkv.extend_from_slice(&part[t * hidden..(t + 1) * hidden]);
+            }
+        }
+        for cpu in CpuBackend::every_variant() {
+            let got = cpu.attention(&q, &k, &v, &mask, batch, seq, heads, head_dim, scale);
+            assert_eq!(bits(&got), want, "{:?} threads {}", cpu.kernel, cpu.threads);
+            let got = cpu.attention_qkv(&qkv, &mask, batch, seq, heads, head_dim, scale);
+            assert_eq!(
+                bits(&got),
+                want,
+                "qkv {:?} threads {}",
+                cpu.kernel,
+                cpu.threads
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_names_parse_and_unsupported_ones_are_refused() {
+        for k in CpuKernel::ALL {
+            assert_eq!(k.name().parse::<CpuKernel>(), Ok(k));
+            assert_eq!(k.to_string(), k.name());
+            match CpuBackend::with_kernel(k) {
+                Ok(cpu) => assert!(k.available() && cpu.kernel() == k),
+                Err(e) => assert_eq!(e, CpuKernelError::Unsupported(k)),
+            }
+        }
+        assert_eq!(
+            "sse9".parse::<CpuKernel>(),
+            Err(CpuKernelError::Unknown("sse9".into()))
+        );
+        assert!(CpuKernel::best().available());
+        assert_eq!(CpuBackend::new().with_threads(0).threads(), 1);
     }
 
     /// Weights packed once give the bits of the unpacked call, for every tail width, and
     /// unpack to themselves.
     #[test]
     fn packed_weights_give_the_same_bits() {
-        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+        for cpu in CpuBackend::every_variant() {
             for (seed, m, k, n) in [
                 (91, 5, 7, 1),
                 (92, 9, 33, 16),
@@ -692,8 +1253,8 @@ mod tests {
                 assert_eq!(
                     bits(&cpu.gemm_packed(&a, &w, Some(&bias), m)),
                     bits(&cpu.gemm_bias(&a, &b, Some(&bias), m, k, n)),
-                    "m={m} k={k} n={n} fma={}",
-                    cpu.fma
+                    "m={m} k={k} n={n} {:?}",
+                    cpu.kernel
                 );
                 assert_eq!(
                     bits(&cpu.gemm_packed(&a, &w, None, m)),
@@ -778,18 +1339,14 @@ mod tests {
         let (gamma, beta) = (random(72, 37), random(73, 37));
         let mut want_layernorm = xs.clone();
         super::super::ops::layernorm_rows(&mut want_layernorm, 37, &gamma, &beta, 1e-12);
-        let threaded = CpuBackend {
-            fma: CpuBackend::new().fma,
-            threads: 3,
-        };
-        for cpu in [CpuBackend::new(), CpuBackend::portable(), threaded] {
+        for cpu in CpuBackend::every_variant() {
             let mut g = xs.clone();
             cpu.gelu(&mut g);
             assert_eq!(
                 bits(&g),
                 want_gelu,
-                "gelu, fma={} threads={}",
-                cpu.fma,
+                "gelu, {:?} threads={}",
+                cpu.kernel,
                 cpu.threads
             );
             let mut l = xs.clone();
@@ -797,8 +1354,8 @@ mod tests {
             assert_eq!(
                 bits(&l),
                 bits(&want_layernorm),
-                "layernorm, fma={} threads={}",
-                cpu.fma,
+                "layernorm, {:?} threads={}",
+                cpu.kernel,
                 cpu.threads
             );
             let mut s = xs.clone();
@@ -806,8 +1363,8 @@ mod tests {
             assert_eq!(
                 bits(&s),
                 bits(&want_softmax),
-                "softmax, fma={} threads={}",
-                cpu.fma,
+                "softmax, {:?} threads={}",
+                cpu.kernel,
                 cpu.threads
             );
         }
@@ -839,13 +1396,13 @@ mod tests {
         let b = random(82, k * n);
         let bias = random(83, n);
         let xs: Vec<f32> = random(84, 4000).iter().map(|v| v * 12.0).collect();
-        for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+        for cpu in CpuBackend::every_variant() {
             let y = cpu.gemm_bias(&a, &b, Some(&bias), m, k, n);
             assert_eq!(
                 hash_bits(&y),
                 "0x9a16447d6efe0becf33c0aa91d3494f6b27858cc28ac56295633593d1611b906",
-                "gemm, fma={}",
-                cpu.fma
+                "gemm, {:?}",
+                cpu.kernel
             );
             let mut g = xs.clone();
             cpu.gelu(&mut g);

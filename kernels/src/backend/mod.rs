@@ -15,7 +15,7 @@ mod ops;
 
 use std::sync::Arc;
 
-pub use cpu::{CpuBackend, PackedMatrix};
+pub use cpu::{CpuBackend, CpuKernel, CpuKernelError, PackedMatrix};
 pub use cuda::{Comparison, CudaBackend, CudaError, GemmTiming, Probe};
 
 /// A backend name [`select`] does not know.
@@ -43,6 +43,18 @@ pub fn select(name: &str) -> Result<Arc<dyn Backend>, UnknownBackend> {
             name: name.to_string(),
         }),
     }
+}
+
+/// What a GEMM does with each output element after its bias ([`Backend::gemm_packed_then`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Nothing: the element is `acc + bias`.
+    Plain,
+    /// [`Backend::gelu`] of the element (bias + GELU fused: one pass over the output).
+    Gelu,
+    /// The element plus `residual[i][j]` (`m × n`, row-major) with one rounding, as
+    /// [`Backend::add_inplace`] would add it (fused residual: one pass over the output).
+    Residual(&'a [f32]),
 }
 
 /// Deterministic tensor ops on row-major `f32` slices.
@@ -80,14 +92,34 @@ pub trait Backend: Send + Sync {
         n: usize,
     ) -> Vec<f32>;
 
-    /// In-place GELU, erf form: `(0.5·x)·(1 + erf(x·(1/√2)))` with this crate's own `erf`
-    /// polynomial (see the `math` module), elementwise.
     /// [`Backend::gemm_bias`] with weights packed once at load ([`PackedMatrix`]): the same
     /// bits. Backends that read row-major weights get them back from the packing.
     fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
         self.gemm_bias(a, &w.to_row_major(), bias, m, w.k(), w.n())
     }
 
+    /// [`Backend::gemm_packed`], then `then` on every output element: the bits of calling
+    /// [`Backend::gelu`] or [`Backend::add_inplace`] on the result, in one pass where the
+    /// backend fuses them into the GEMM.
+    fn gemm_packed_then(
+        &self,
+        a: &[f32],
+        w: &PackedMatrix,
+        bias: Option<&[f32]>,
+        m: usize,
+        then: Epilogue<'_>,
+    ) -> Vec<f32> {
+        let mut y = self.gemm_packed(a, w, bias, m);
+        match then {
+            Epilogue::Plain => {}
+            Epilogue::Gelu => self.gelu(&mut y),
+            Epilogue::Residual(r) => self.add_inplace(&mut y, r),
+        }
+        y
+    }
+
+    /// In-place GELU, erf form: `(0.5·x)·(1 + erf(x·(1/√2)))` with this crate's own `erf`
+    /// polynomial (see the `math` module), elementwise.
     fn gelu(&self, x: &mut [f32]);
 
     /// In-place softmax over each row of `cols` values: subtract the row max, apply this crate's
@@ -141,6 +173,36 @@ pub trait Backend: Send + Sync {
         scale: f32,
     ) -> Vec<f32> {
         ops::attention(q, k, v, mask, batch, seq, heads, head_dim, scale)
+    }
+
+    /// [`Backend::attention`] on the output of one GEMM against the concatenated query, key and
+    /// value weights: `qkv` is `[batch][seq][3·hidden]`, each row its query, key and value side
+    /// by side. The same bits as splitting them first.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_qkv(
+        &self,
+        qkv: &[f32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let hidden = heads * head_dim;
+        ops::check_qkv_shapes(qkv.len(), mask, batch, seq, hidden);
+        let rows = batch * seq;
+        let (mut q, mut k, mut v) = (
+            Vec::with_capacity(rows * hidden),
+            Vec::with_capacity(rows * hidden),
+            Vec::with_capacity(rows * hidden),
+        );
+        for row in qkv.chunks_exact(3 * hidden) {
+            q.extend_from_slice(&row[..hidden]);
+            k.extend_from_slice(&row[hidden..2 * hidden]);
+            v.extend_from_slice(&row[2 * hidden..]);
+        }
+        self.attention(&q, &k, &v, mask, batch, seq, heads, head_dim, scale)
     }
 
     /// Mean over each sequence's unmasked tokens (`x` is `[batch][seq][cols]`): summed in token

@@ -134,15 +134,7 @@ pub(crate) fn attention(
 ) -> Vec<f32> {
     let hidden = heads * head_dim;
     let len = batch * seq * hidden;
-    assert!(
-        q.len() == len && k.len() == len && v.len() == len,
-        "attention: q/k/v are not {len} long"
-    );
-    assert_eq!(
-        mask.len(),
-        batch * seq,
-        "attention: mask is not batch × seq"
-    );
+    check_attention_shapes(q.len(), k.len(), v.len(), mask, batch, seq, hidden);
     let mut out = vec![0.0f32; len];
     let mut scores = Vec::with_capacity(seq);
     let mut keys = Vec::with_capacity(seq);
@@ -181,6 +173,40 @@ pub(crate) fn attention(
     out
 }
 
+/// Checks attention's shapes (a caller bug otherwise, hence a panic): `q`, `k`, `v` of
+/// `batch · seq · hidden` values each, a `batch · seq` mask.
+pub(crate) fn check_attention_shapes(
+    q: usize,
+    k: usize,
+    v: usize,
+    mask: &[u8],
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+) {
+    let len = batch * seq * hidden;
+    assert!(
+        q == len && k == len && v == len,
+        "attention: q/k/v are not {len} long"
+    );
+    assert_eq!(
+        mask.len(),
+        batch * seq,
+        "attention: mask is not batch × seq"
+    );
+}
+
+/// Checks [`Backend::attention_qkv`](super::Backend::attention_qkv)'s shapes (a caller bug
+/// otherwise, hence a panic).
+pub(crate) fn check_qkv_shapes(qkv: usize, mask: &[u8], batch: usize, seq: usize, hidden: usize) {
+    assert_eq!(
+        qkv,
+        batch * seq * 3 * hidden,
+        "attention_qkv: qkv is not batch × seq × 3·hidden"
+    );
+    check_attention_shapes(0, 0, 0, mask, batch, seq, 0);
+}
+
 /// See [`Backend::mean_pool`](super::Backend::mean_pool).
 pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
     assert_eq!(
@@ -217,14 +243,20 @@ pub(crate) fn l2_normalize_rows(x: &mut [f32], cols: usize) {
         return;
     }
     for row in x.chunks_exact_mut(cols) {
-        let mut acc = 0.0f32;
-        for &v in row.iter() {
-            acc = v.mul_add(v, acc);
-        }
-        let n = acc.sqrt().max(1e-12);
-        for v in row.iter_mut() {
-            *v /= n;
-        }
+        l2_normalize_row(row);
+    }
+}
+
+/// One row of [`l2_normalize_rows`].
+#[inline(always)]
+pub(crate) fn l2_normalize_row(row: &mut [f32]) {
+    let mut acc = 0.0f32;
+    for &v in row.iter() {
+        acc = v.mul_add(v, acc);
+    }
+    let n = acc.sqrt().max(1e-12);
+    for v in row.iter_mut() {
+        *v /= n;
     }
 }
 

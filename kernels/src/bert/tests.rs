@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, CpuKernel};
 use crate::testing::minilm_dir;
 use crate::{BertSpec, Error, Model, OutputKind, write_seeded_bert};
 
@@ -66,31 +66,46 @@ const POOL: &[&str] = &[
 #[test]
 fn minilm_embeddings_do_not_depend_on_the_batch() {
     let model = Model::load(&minilm_dir()).unwrap();
-    let cpu = CpuBackend::new();
+    // Every kernel variant of this CPU, on one thread and split over the pool; the portable
+    // one (software fused multiply-add, ~20x slower) on fewer batches.
+    for cpu in CpuBackend::every_variant() {
+        let sizes: &[usize] = match (cpu.kernel(), cpu.threads()) {
+            (CpuKernel::Portable, 1) => &[3, 8],
+            (CpuKernel::Portable, _) => continue,
+            _ => &[2, 3, 5, 8, 13, 21, 34, 64],
+        };
+        batch_invariance(&model, &cpu, sizes);
+    }
+}
+
+fn batch_invariance(model: &Model, cpu: &CpuBackend, sizes: &[usize]) {
     let alone: Vec<Vec<u32>> = POOL
         .iter()
         .map(|t| {
-            let out = embed(&model, &cpu, &[t]);
+            let out = embed(model, cpu, &[t]);
             out[0].iter().map(|v| v.to_bits()).collect()
         })
         .collect();
     let mut checked = 0;
-    for (round, size) in [2usize, 3, 5, 8, 13, 21, 34, 64].into_iter().enumerate() {
+    for (round, &size) in sizes.iter().enumerate() {
         let batch: Vec<usize> = (0..size)
             .map(|i| (i * 7 + round * 3) % POOL.len())
             .collect();
         let texts: Vec<&str> = batch.iter().map(|&i| POOL[i]).collect();
-        let out = embed(&model, &cpu, &texts);
+        let out = embed(model, cpu, &texts);
         for (pos, (&i, row)) in batch.iter().zip(&out).enumerate() {
             let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
             assert_eq!(
-                bits, alone[i],
-                "text {i} at position {pos} of a batch of {size}"
+                bits,
+                alone[i],
+                "text {i} at position {pos} of a batch of {size}, {:?} on {} threads",
+                cpu.kernel(),
+                cpu.threads()
             );
             checked += 1;
         }
     }
-    assert_eq!(checked, 2 + 3 + 5 + 8 + 13 + 21 + 34 + 64);
+    assert_eq!(checked, sizes.iter().sum::<usize>());
 }
 
 /// Over-long input is truncated to the model's 256 tokens (not refused); the text and the
@@ -300,20 +315,21 @@ fn minilm_matches_a_float64_reference() {
 }
 
 /// Pins all-MiniLM-L6-v2's exact-mode output bits: a batch of the pool's 11 texts, hashed, under
-/// the FMA and the portable kernels. Any change to the order of a floating-point operation
+/// every kernel variant of this CPU (AVX-512, AVX2, portable), on one thread and split. Any change to the order of a floating-point operation
 /// anywhere in the model (packing, tiling, threading, fusions) changes this hash; every output
 /// hash on the network would change with it. Update only on purpose.
 #[test]
 fn minilm_output_bits_are_pinned() {
     let model = Model::load(&minilm_dir()).unwrap();
     let input = texts_json(POOL);
-    for cpu in [CpuBackend::new(), CpuBackend::portable()] {
+    for cpu in CpuBackend::every_variant() {
         let out = model.run(&cpu, &input).unwrap();
         assert_eq!(
             crate::id::hex32(&out.hash()),
             "0x65f7ec942d03674eec7f37072c6553aa27e4304168a101847e3682f5a315017e",
-            "fma = {}",
-            cpu.uses_fma()
+            "{:?} on {} threads",
+            cpu.kernel(),
+            cpu.threads()
         );
     }
 }

@@ -95,8 +95,9 @@ fn golden_model_id_and_output_hash() {
         hex32(&out.hash()),
         "0x257fce842b4225520dc289cefaa81f4f743817530bd6f2875e0d31a826a953c4"
     );
-    let portable = model.run(&CpuBackend::portable(), &input).unwrap();
-    assert_eq!(out.hash(), portable.hash());
+    for other in CpuBackend::every_variant() {
+        assert_eq!(out.hash(), model.run(&other, &input).unwrap().hash());
+    }
 }
 
 #[test]
