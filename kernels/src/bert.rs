@@ -6,9 +6,10 @@
 //! Q, K and V come from one GEMM against the concatenated `[hidden × 3·hidden]` weight: each
 //! output column is still its own dot product, so the bits are those of three separate GEMMs.
 //!
-//! Batching pads every sequence to the longest one in the call; padded keys are never weighted
-//! and pooling skips padded tokens, and every other op is row-wise, so a text's embedding does
-//! not depend on the batch it came in (tested bit for bit).
+//! A batch lays its sequences end to end without padding ([`Backend::attention_ragged`]): every
+//! op but attention is row-wise, attention keeps each sequence to its own tokens and pooling
+//! to its own rows, so a text's embedding does not depend on the batch it came in (tested bit
+//! for bit) and a batch costs only its real tokens.
 
 use std::collections::BTreeMap;
 
@@ -357,9 +358,12 @@ impl Bert {
         let eps = self.cfg.layer_norm_eps as f32;
         let heads = self.cfg.num_attention_heads;
         let head_dim = h / heads;
-        let batch = ids.len();
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        if seq > self.max_seq_len {
+        // Sequences end to end, no padding: every op but attention is row-wise, and
+        // attention keeps each sequence to its own tokens, so a batch costs its real tokens.
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        if let Some(&seq) = lens.iter().max()
+            && seq > self.max_seq_len
+        {
             return Err(Error::BadInput {
                 reason: format!(
                     "a sequence has {seq} tokens; this model takes at most {}",
@@ -367,20 +371,16 @@ impl Bert {
                 ),
             });
         }
-        let rows = batch * seq;
-        let mut flat = vec![0u32; rows];
-        let mut mask = vec![0u8; rows];
-        for (b, seq_ids) in ids.iter().enumerate() {
-            flat[b * seq..b * seq + seq_ids.len()].copy_from_slice(seq_ids);
-            mask[b * seq..b * seq + seq_ids.len()].fill(1);
-        }
+        let rows: usize = lens.iter().sum();
+        let flat: Vec<u32> = ids.concat();
 
         // Embeddings: (word + token_type₀) + position, then LayerNorm.
         let mut x = backend.embedding_gather(&self.word, h, &flat)?;
         let tt: Vec<f32> = self.token_type.repeat(rows);
         backend.add_inplace(&mut x, &tt);
-        let pos: Vec<f32> = (0..batch)
-            .flat_map(|_| self.position[..seq * h].iter().copied())
+        let pos: Vec<f32> = lens
+            .iter()
+            .flat_map(|&len| self.position[..len * h].iter().copied())
             .collect();
         backend.add_inplace(&mut x, &pos);
         backend.layernorm_rows(&mut x, h, &self.emb_ln.0, &self.emb_ln.1, eps);
@@ -388,7 +388,7 @@ impl Bert {
         let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
         for (i, l) in self.layers.iter().enumerate() {
             let qkv = backend.gemm_packed(&x, &l.qkv, Some(&l.qkv_bias), rows);
-            let ctx = backend.attention_qkv(&qkv, &mask, batch, seq, heads, head_dim, scale);
+            let ctx = backend.attention_ragged(&qkv, &lens, heads, head_dim, scale);
             let then = Epilogue::Residual(&x);
             let mut y = backend.gemm_packed_then(&ctx, &l.out, Some(&l.out_bias), rows, then);
             backend.layernorm_rows(&mut y, h, &l.ln1.0, &l.ln1.1, eps);
@@ -402,7 +402,13 @@ impl Bert {
                 return Err(Error::NonFiniteOutput { layer: i });
             }
         }
-        let mut pooled = backend.mean_pool(&x, &mask, batch, seq, h);
+        let mut pooled = Vec::with_capacity(lens.len() * h);
+        let mut first = 0;
+        for &len in &lens {
+            let tokens = &x[first * h..(first + len) * h];
+            pooled.extend(backend.mean_pool(tokens, &vec![1; len], 1, len, h));
+            first += len;
+        }
         backend.l2_normalize_rows(&mut pooled, h);
         Ok(pooled)
     }

@@ -193,6 +193,33 @@ pub(crate) fn for_chunks(
     });
 }
 
+/// Runs `f(i, piece)` for the pieces of `x` cut at the offsets `cuts` (increasing, each at
+/// most `x.len()`), in parallel on the pool.
+pub(crate) fn for_splits(x: &mut [f32], cuts: &[usize], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let mut pieces = Vec::with_capacity(cuts.len() + 1);
+    let mut rest = x;
+    let mut at = 0;
+    for &cut in cuts {
+        let (piece, tail) = rest.split_at_mut(cut - at);
+        pieces.push(Mutex::new(piece));
+        rest = tail;
+        at = cut;
+    }
+    pieces.push(Mutex::new(rest));
+    if pieces.len() == 1 {
+        let only = pieces
+            .remove(0)
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        f(0, only);
+        return;
+    }
+    Pool::global().run(pieces.len(), &|i| {
+        let mut piece = pieces[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(i, &mut piece);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

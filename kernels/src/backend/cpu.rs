@@ -286,8 +286,13 @@ impl Backend for CpuBackend {
     ) -> Vec<f32> {
         let hidden = heads * head_dim;
         super::ops::check_attention_shapes(q.len(), k.len(), v.len(), mask, batch, seq, hidden);
-        let qkv = Qkv::Separate { q, k, v };
-        self.attention_of(qkv, mask, batch, seq, heads, head_dim, scale)
+        let att = Attention {
+            qkv: Qkv::Separate { q, k, v },
+            heads,
+            head_dim,
+            scale,
+        };
+        self.attention_of(&att, &Self::padded(mask, batch, seq), batch * seq)
     }
 
     fn attention_qkv(
@@ -301,7 +306,43 @@ impl Backend for CpuBackend {
         scale: f32,
     ) -> Vec<f32> {
         super::ops::check_qkv_shapes(qkv.len(), mask, batch, seq, heads * head_dim);
-        self.attention_of(Qkv::Fused(qkv), mask, batch, seq, heads, head_dim, scale)
+        let att = Attention {
+            qkv: Qkv::Fused(qkv),
+            heads,
+            head_dim,
+            scale,
+        };
+        self.attention_of(&att, &Self::padded(mask, batch, seq), batch * seq)
+    }
+
+    fn attention_ragged(
+        &self,
+        qkv: &[f32],
+        lens: &[usize],
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let rows = super::ops::check_ragged_shapes(qkv.len(), lens, heads * head_dim);
+        let mut first = 0;
+        let seqs: Vec<Sequence> = lens
+            .iter()
+            .map(|&len| {
+                let s = Sequence {
+                    first,
+                    tokens: (0..len).collect(),
+                };
+                first += len;
+                s
+            })
+            .collect();
+        let att = Attention {
+            qkv: Qkv::Fused(qkv),
+            heads,
+            head_dim,
+            scale,
+        };
+        self.attention_of(&att, &seqs, rows)
     }
 }
 
@@ -313,50 +354,33 @@ impl CpuBackend {
         pool::split_rows(x, unit, threads, |rows| elementwise(kernel, rows, op));
     }
 
-    /// Attention per (sequence, head), split over the pool by heads; see
-    /// [`Backend::attention`].
-    #[allow(clippy::too_many_arguments)]
-    fn attention_of(
-        &self,
-        qkv: Qkv<'_>,
-        mask: &[u8],
-        batch: usize,
-        seq: usize,
-        heads: usize,
-        head_dim: usize,
-        scale: f32,
-    ) -> Vec<f32> {
-        let hidden = heads * head_dim;
-        // Computed as [batch][head][seq][head_dim], one contiguous block per (sequence, head),
-        // then laid out as [batch][seq][hidden].
-        let mut by_head = vec![0.0f32; batch * seq * hidden];
-        let block = seq * head_dim;
-        let work = batch * heads * seq * seq * head_dim;
-        let threads = self.threads_if(work >= PARALLEL_WORK / 8);
-        let units = Attention {
-            qkv,
-            mask,
-            seq,
-            heads,
-            head_dim,
-            scale,
-        };
+    /// Attention of each sequence (its first row and its token rows), split over the pool
+    /// by whole sequences; the output is `rows × hidden`, zero where no token is.
+    fn attention_of(&self, att: &Attention<'_>, seqs: &[Sequence], rows: usize) -> Vec<f32> {
+        let hidden = att.heads * att.head_dim;
+        let mut out = vec![0.0f32; rows * hidden];
+        let work: usize = seqs.iter().map(|s| s.tokens.len().pow(2)).sum::<usize>() * hidden;
+        let pieces = self.threads_if(work >= PARALLEL_WORK / 8).min(seqs.len());
+        // Contiguous runs of sequences of about equal work, each owning its rows of `out`.
+        let per = seqs.len().div_ceil(pieces.max(1)).max(1);
+        let groups: Vec<&[Sequence]> = seqs.chunks(per).collect();
+        let cuts: Vec<usize> = groups.iter().skip(1).map(|g| g[0].first * hidden).collect();
         let kernel = self.kernel;
-        let per = (batch * heads).div_ceil(threads.max(1)).max(1);
-        pool::for_chunks(&mut by_head, per * block.max(1), threads, |c, chunk| {
-            attention_units(kernel, &units, c * per, chunk)
+        pool::for_splits(&mut out, &cuts, |i, chunk| {
+            attention_seqs(kernel, att, groups[i], chunk)
         });
-        let mut out = vec![0.0f32; batch * seq * hidden];
-        for b in 0..batch {
-            for h in 0..heads {
-                let src = &by_head[(b * heads + h) * block..][..block];
-                for (t, row) in src.chunks_exact(head_dim).enumerate() {
-                    let o = (b * seq + t) * hidden + h * head_dim;
-                    out[o..o + head_dim].copy_from_slice(row);
-                }
-            }
-        }
         out
+    }
+
+    /// The padded layout's sequences: sequence `b` is rows `b·seq..`, its tokens the unmasked
+    /// ones.
+    fn padded(mask: &[u8], batch: usize, seq: usize) -> Vec<Sequence> {
+        (0..batch)
+            .map(|b| Sequence {
+                first: b * seq,
+                tokens: (0..seq).filter(|&j| mask[b * seq + j] != 0).collect(),
+            })
+            .collect()
     }
 }
 
@@ -876,104 +900,111 @@ impl Qkv<'_> {
     }
 }
 
-/// One attention call's inputs, shared by every (sequence, head) unit.
+/// One attention call's inputs, shared by every sequence.
 struct Attention<'a> {
     qkv: Qkv<'a>,
-    mask: &'a [u8],
-    seq: usize,
     heads: usize,
     head_dim: usize,
     scale: f32,
 }
 
+/// One sequence of an attention call: its first row and its tokens (offsets from that row, in
+/// increasing order; padding is left out).
+struct Sequence {
+    first: usize,
+    tokens: Vec<usize>,
+}
+
 per_kernel! {
-    /// Units `first, first + 1, …` (unit = sequence · heads + head) into `out`,
-    /// `seq · head_dim` values per unit, compiled for `kernel`.
-    fn attention_units(att: &Attention<'_>, first: usize, out: &mut [f32]) {
-        portable: attention_body::<AutoTile, 4>(att, first, out),
-        avx2: attention_body::<AutoTile, 4>(att, first, out),
-        avx512: attention_body::<Avx512Tile, 8>(att, first, out),
+    /// Attention of `seqs` (consecutive sequences) into `out`, their rows from the first
+    /// sequence's first row on, compiled for `kernel`.
+    fn attention_seqs(att: &Attention<'_>, seqs: &[Sequence], out: &mut [f32]) {
+        portable: attention_body::<AutoTile, 4>(att, seqs, out),
+        avx2: attention_body::<AutoTile, 4>(att, seqs, out),
+        avx512: attention_body::<Avx512Tile, 8>(att, seqs, out),
     }
 }
 
-/// Attention of each unit as two small GEMMs on the GEMM tiles: scores `Q·Kᵀ` (each score
-/// accumulates `d = 0..head_dim` in order from 0 with one fused multiply-add per step, exactly
-/// the documented dot product), scaled with one rounding, softmax per query row, then `P·V`
-/// (each output accumulates the unmasked keys in increasing order from 0, fused). Only
-/// unmasked queries and keys are gathered, so padding is never weighted and padded queries
-/// stay zero.
+/// Attention of each (sequence, head) as two small GEMMs on the GEMM tiles: scores `Q·Kᵀ`
+/// (each score accumulates `d = 0..head_dim` in order from 0 with one fused multiply-add per
+/// step, exactly the documented dot product), scaled with one rounding, softmax per query row,
+/// then `P·V` (each output accumulates the sequence's keys in increasing order from 0, fused).
+/// Only a sequence's tokens are gathered, so padding is never weighted and padded rows stay
+/// zero.
 #[inline(always)]
-fn attention_body<T: Tiles, const MR: usize>(att: &Attention<'_>, first: usize, out: &mut [f32]) {
-    let (seq, hd) = (att.seq, att.head_dim);
+fn attention_body<T: Tiles, const MR: usize>(
+    att: &Attention<'_>,
+    seqs: &[Sequence],
+    out: &mut [f32],
+) {
+    let hd = att.head_dim;
     let hidden = att.heads * hd;
-    let mut keys = Vec::with_capacity(seq);
-    let mut queries: Vec<f32> = Vec::with_capacity(seq * hd);
+    let base = seqs.first().map_or(0, |s| s.first);
+    let mut queries: Vec<f32> = Vec::new();
     let mut kt = Vec::new();
     let mut vp = Vec::new();
     let (mut p, mut ctx) = (Vec::new(), Vec::new());
-    for (u, block) in out.chunks_exact_mut(seq * hd).enumerate() {
-        let unit = first + u;
-        let (b, h) = (unit / att.heads, unit % att.heads);
-        let m = &att.mask[b * seq..(b + 1) * seq];
-        keys.clear();
-        keys.extend((0..seq).filter(|&j| m[j] != 0).map(|j| b * seq + j));
-        let nk = keys.len();
+    for seq in seqs {
+        let nk = seq.tokens.len();
         if nk == 0 {
             continue;
         }
-        // Kᵀ as panels (head_dim rows of 16 keys) and V as panels (nk rows of 16 dims).
-        kt.clear();
-        kt.resize(hd * nk.div_ceil(NR), [0.0f32; NR]);
-        vp.clear();
-        vp.resize(nk * hd.div_ceil(NR), [0.0f32; NR]);
-        for (j, &t) in keys.iter().enumerate() {
-            let key = att.qkv.head(1, t, h, hidden, hd);
-            let panel = &mut kt[(j / NR) * hd..(j / NR + 1) * hd];
-            for (dst, &x) in panel.iter_mut().zip(key) {
-                dst[j % NR] = x;
+        let row = |j: usize| seq.first + seq.tokens[j];
+        for h in 0..att.heads {
+            // Kᵀ as panels (head_dim rows of 16 keys) and V as panels (nk rows of 16 dims).
+            kt.clear();
+            kt.resize(hd * nk.div_ceil(NR), [0.0f32; NR]);
+            vp.clear();
+            vp.resize(nk * hd.div_ceil(NR), [0.0f32; NR]);
+            queries.clear();
+            for j in 0..nk {
+                let t = row(j);
+                let key = att.qkv.head(1, t, h, hidden, hd);
+                let panel = &mut kt[(j / NR) * hd..(j / NR + 1) * hd];
+                for (dst, &x) in panel.iter_mut().zip(key) {
+                    dst[j % NR] = x;
+                }
+                let value = att.qkv.head(2, t, h, hidden, hd);
+                for (jp, part) in value.chunks(NR).enumerate() {
+                    vp[jp * nk + j][..part.len()].copy_from_slice(part);
+                }
+                // The queries are the same tokens.
+                queries.extend_from_slice(att.qkv.head(0, t, h, hidden, hd));
             }
-            let value = att.qkv.head(2, t, h, hidden, hd);
-            for (jp, part) in value.chunks(NR).enumerate() {
-                vp[jp * nk + j][..part.len()].copy_from_slice(part);
+            let scores = Gemm {
+                a: &queries,
+                bias: None,
+                then: Epilogue::Plain,
+                k: hd,
+                n: nk,
+            };
+            p.clear();
+            p.resize(nk * nk, 0.0);
+            rows_body_with::<_, T, MR>(&scores, &mut Packed(&kt, hd), &mut p);
+            for r in p.chunks_exact_mut(nk) {
+                for s in r.iter_mut() {
+                    *s *= att.scale;
+                }
+                math::softmax_row(r);
             }
-        }
-        // The unmasked queries (a sequence's tokens are its keys).
-        queries.clear();
-        for &t in &keys {
-            queries.extend_from_slice(att.qkv.head(0, t, h, hidden, hd));
-        }
-        let scores = Gemm {
-            a: &queries,
-            bias: None,
-            then: Epilogue::Plain,
-            k: hd,
-            n: nk,
-        };
-        p.clear();
-        p.resize(nk * nk, 0.0);
-        rows_body_with::<_, T, MR>(&scores, &mut Packed(&kt, hd), &mut p);
-        for row in p.chunks_exact_mut(nk) {
-            for s in row.iter_mut() {
-                *s *= att.scale;
+            let context = Gemm {
+                a: &p,
+                bias: None,
+                then: Epilogue::Plain,
+                k: nk,
+                n: hd,
+            };
+            ctx.clear();
+            ctx.resize(nk * hd, 0.0);
+            rows_body_with::<_, T, MR>(&context, &mut Packed(&vp, nk), &mut ctx);
+            for (j, r) in ctx.chunks_exact(hd).enumerate() {
+                let o = (row(j) - base) * hidden + h * hd;
+                out[o..o + hd].copy_from_slice(r);
             }
-            math::softmax_row(row);
-        }
-        let context = Gemm {
-            a: &p,
-            bias: None,
-            then: Epilogue::Plain,
-            k: nk,
-            n: hd,
-        };
-        ctx.clear();
-        ctx.resize(nk * hd, 0.0);
-        rows_body_with::<_, T, MR>(&context, &mut Packed(&vp, nk), &mut ctx);
-        for (&t, row) in keys.iter().zip(ctx.chunks_exact(hd)) {
-            let i = t - b * seq;
-            block[i * hd..(i + 1) * hd].copy_from_slice(row);
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1212,6 +1243,99 @@ mod tests {
                 cpu.threads
             );
         }
+    }
+
+    /// The trait's own (unfused) methods, for comparing the CPU overrides against.
+    struct Defaults(CpuBackend);
+
+    impl Backend for Defaults {
+        fn name(&self) -> &'static str {
+            "defaults"
+        }
+        fn gemm_bias(
+            &self,
+            a: &[f32],
+            b: &[f32],
+            bias: Option<&[f32]>,
+            m: usize,
+            k: usize,
+            n: usize,
+        ) -> Vec<f32> {
+            self.0.gemm_bias(a, b, bias, m, k, n)
+        }
+        fn gelu(&self, x: &mut [f32]) {
+            self.0.gelu(x)
+        }
+        fn softmax_rows(&self, x: &mut [f32], cols: usize) {
+            self.0.softmax_rows(x, cols)
+        }
+    }
+
+    /// Sequences end to end without padding give the bits of the padded batch, for the CPU's
+    /// own attention under every variant and for the trait's default (pad, attend, unpad).
+    #[test]
+    fn ragged_attention_gives_the_bits_of_the_padded_batch() {
+        let (heads, head_dim) = (3, 20);
+        let hidden = heads * head_dim;
+        let lens = [19, 7, 1, 0, 17, 40];
+        let (batch, seq) = (lens.len(), 40);
+        let rows: usize = lens.iter().sum();
+        let ragged_qkv: Vec<f32> = random(121, rows * 3 * hidden)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let mut padded = vec![0.0f32; batch * seq * 3 * hidden];
+        let mut mask = vec![0u8; batch * seq];
+        let mut first = 0;
+        for (b, &len) in lens.iter().enumerate() {
+            padded[b * seq * 3 * hidden..][..len * 3 * hidden]
+                .copy_from_slice(&ragged_qkv[first * 3 * hidden..][..len * 3 * hidden]);
+            mask[b * seq..b * seq + len].fill(1);
+            first += len;
+        }
+        let scale = 0.3;
+        let full = CpuBackend::portable()
+            .attention_qkv(&padded, &mask, batch, seq, heads, head_dim, scale);
+        let mut want = Vec::new();
+        for (b, &len) in lens.iter().enumerate() {
+            want.extend(bits(&full[b * seq * hidden..][..len * hidden]));
+        }
+        for cpu in CpuBackend::every_variant() {
+            let got = cpu.attention_ragged(&ragged_qkv, &lens, heads, head_dim, scale);
+            assert_eq!(bits(&got), want, "{:?} threads {}", cpu.kernel, cpu.threads);
+        }
+        let defaults = Defaults(CpuBackend::new());
+        let got = defaults.attention_ragged(&ragged_qkv, &lens, heads, head_dim, scale);
+        assert_eq!(bits(&got), want, "the trait's default");
+    }
+
+    /// The trait's default fused-epilogue GEMM and q/k/v split give the CPU overrides' bits.
+    #[test]
+    fn trait_defaults_give_the_overrides_bits() {
+        let (m, k, n) = (9, 33, 40);
+        let a = random(131, m * k);
+        let w = PackedMatrix::new(&random(132, k * n), k, n);
+        let bias = random(133, n);
+        let residual = random(134, m * n);
+        let (cpu, defaults) = (CpuBackend::new(), Defaults(CpuBackend::new()));
+        for then in [
+            Epilogue::Plain,
+            Epilogue::Gelu,
+            Epilogue::Residual(&residual),
+        ] {
+            assert_eq!(
+                bits(&defaults.gemm_packed_then(&a, &w, Some(&bias), m, then)),
+                bits(&cpu.gemm_packed_then(&a, &w, Some(&bias), m, then)),
+                "{then:?}"
+            );
+        }
+        let (batch, seq, heads, head_dim) = (2, 5, 2, 8);
+        let qkv = random(135, batch * seq * 3 * heads * head_dim);
+        let mask = [1, 1, 1, 0, 0, 1, 1, 1, 1, 1];
+        assert_eq!(
+            bits(&defaults.attention_qkv(&qkv, &mask, batch, seq, heads, head_dim, 0.5)),
+            bits(&cpu.attention_qkv(&qkv, &mask, batch, seq, heads, head_dim, 0.5))
+        );
     }
 
     #[test]

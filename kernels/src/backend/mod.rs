@@ -205,6 +205,39 @@ pub trait Backend: Send + Sync {
         self.attention(&q, &k, &v, mask, batch, seq, heads, head_dim, scale)
     }
 
+    /// [`Backend::attention_qkv`] on sequences laid end to end without padding: `qkv` is
+    /// `[Σ lens][3·hidden]`, sequence `b` the `lens[b]` rows after those of the sequences
+    /// before it, and each attends to its own tokens only. The bits of
+    /// [`Backend::attention_qkv`] on the same sequences padded (padding is never weighted);
+    /// batches of unequal lengths then cost no work for padding in any row-wise op.
+    fn attention_ragged(
+        &self,
+        qkv: &[f32],
+        lens: &[usize],
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let hidden = heads * head_dim;
+        ops::check_ragged_shapes(qkv.len(), lens, hidden);
+        let (batch, seq) = (lens.len(), lens.iter().copied().max().unwrap_or(0));
+        let mut padded = vec![0.0f32; batch * seq * 3 * hidden];
+        let mut mask = vec![0u8; batch * seq];
+        let mut first = 0;
+        for (b, &len) in lens.iter().enumerate() {
+            padded[b * seq * 3 * hidden..][..len * 3 * hidden]
+                .copy_from_slice(&qkv[first * 3 * hidden..(first + len) * 3 * hidden]);
+            mask[b * seq..b * seq + len].fill(1);
+            first += len;
+        }
+        let out = self.attention_qkv(&padded, &mask, batch, seq, heads, head_dim, scale);
+        let mut ragged = Vec::with_capacity(first * hidden);
+        for (b, &len) in lens.iter().enumerate() {
+            ragged.extend_from_slice(&out[b * seq * hidden..][..len * hidden]);
+        }
+        ragged
+    }
+
     /// Mean over each sequence's unmasked tokens (`x` is `[batch][seq][cols]`): summed in token
     /// order from `0.0`, divided by the token count (at least 1).
     fn mean_pool(&self, x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {

@@ -207,6 +207,18 @@ pub(crate) fn check_qkv_shapes(qkv: usize, mask: &[u8], batch: usize, seq: usize
     check_attention_shapes(0, 0, 0, mask, batch, seq, 0);
 }
 
+/// Checks [`Backend::attention_ragged`](super::Backend::attention_ragged)'s shapes (a caller
+/// bug otherwise, hence a panic); returns the rows, `Σ lens`.
+pub(crate) fn check_ragged_shapes(qkv: usize, lens: &[usize], hidden: usize) -> usize {
+    let rows: usize = lens.iter().sum();
+    assert_eq!(
+        qkv,
+        rows * 3 * hidden,
+        "attention_ragged: qkv is not Σ lens × 3·hidden"
+    );
+    rows
+}
+
 /// See [`Backend::mean_pool`](super::Backend::mean_pool).
 pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
     assert_eq!(
