@@ -150,6 +150,17 @@ pub struct InferenceSection {
     /// Where models run: `"cpu"` or `"cuda"` (falls back to the CPU, with a warning, when no
     /// GPU is usable). Outputs are bit-identical either way.
     pub backend: String,
+    /// The CPU kernels: `"auto"` (the fastest this CPU runs), `"avx512"`, `"avx2"` or
+    /// `"portable"`. Every choice gives the same bits; forcing one checks it or works around a
+    /// CPU that misreports its features.
+    pub cpu_kernel: String,
+    /// Cores one inference batch may use on the CPU backend (0: all of them). All CPU work of
+    /// the process shares one pool of workers, one per core, so a batch and a re-execution
+    /// running together share the cores instead of oversubscribing them.
+    pub threads: usize,
+    /// Cores one re-execution of a validator's verifier may use (0: all of them); see
+    /// `threads`.
+    pub verify_threads: usize,
     /// Testnet fault injection: sign wrong output hashes. Never set this on a real node.
     pub faulty: bool,
 }
@@ -270,11 +281,36 @@ impl Default for HttpSection {
     }
 }
 
+impl InferenceSection {
+    fn check(&self) -> Result<(), String> {
+        if !matches!(self.backend.as_str(), "cpu" | "cuda") {
+            return Err(format!(
+                "inference.backend {:?}: the backends are \"cpu\" and \"cuda\"",
+                self.backend
+            ));
+        }
+        self.cpu_kernel()
+            .map(|_| ())
+            .map_err(|e| format!("inference.cpu_kernel: {e}"))
+    }
+
+    /// The forced CPU kernel variant, or `None` for `"auto"`.
+    pub fn cpu_kernel(&self) -> Result<Option<kernels::CpuKernel>, kernels::CpuKernelError> {
+        match self.cpu_kernel.as_str() {
+            "auto" => Ok(None),
+            name => name.parse().map(Some),
+        }
+    }
+}
+
 impl Default for InferenceSection {
     fn default() -> Self {
         InferenceSection {
             models_dir: "models".into(),
             backend: "cpu".into(),
+            cpu_kernel: "auto".into(),
+            threads: 0,
+            verify_threads: 0,
             faulty: false,
         }
     }
@@ -364,6 +400,7 @@ impl Config {
             return Err("consensus timeouts must be positive".into());
         }
         self.evm.check()?;
+        self.inference.check()?;
         Ok(())
     }
 
@@ -418,6 +455,14 @@ mod tests {
             ("[http]\nmax_connections = 0", "max_connections"),
             ("[http]\nrequest_timeout_ms = 5", "request_timeout_ms"),
             ("[consensus]\ntimeout_propose_ms = 0", "positive"),
+            (
+                "[inference]\nbackend = \"tpu\"",
+                "inference.backend \"tpu\"",
+            ),
+            (
+                "[inference]\ncpu_kernel = \"sse9\"",
+                "unknown cpu kernel \"sse9\"",
+            ),
             ("[attestation]\ntee = \"sgx\"", "sgx"),
             ("[attestation]\nbatch_max = 0", "batch_max"),
             ("[attestation]\nmeasurement = \"abc\"", "measurement"),

@@ -24,6 +24,10 @@ pub struct InferArgs {
     /// usable; the printed "backend" says which ran. Both give bit-identical outputs.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
+    /// The CPU kernels: `auto` (the fastest this CPU runs) or one forced variant, `avx512`,
+    /// `avx2` or `portable` (same bits, other speed).
+    #[arg(long, default_value = "auto")]
+    cpu_kernel: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,7 +54,14 @@ pub fn infer(a: InferArgs) -> Result<()> {
         BackendKind::Cpu => "cpu",
         BackendKind::Cuda => "cuda",
     };
-    let backend = kernels::select(name)?;
+    let backend: std::sync::Arc<dyn kernels::Backend> = match (a.backend, a.cpu_kernel.as_str()) {
+        (BackendKind::Cpu, "auto") => kernels::select(name)?,
+        (BackendKind::Cpu, forced) => {
+            let kernel: kernels::CpuKernel = forced.parse().context("--cpu-kernel")?;
+            std::sync::Arc::new(kernels::CpuBackend::with_kernel(kernel).context("--cpu-kernel")?)
+        }
+        (BackendKind::Cuda, _) => kernels::select(name)?,
+    };
     let output = model
         .run(backend.as_ref(), &input)
         .context("running the model")?;

@@ -110,9 +110,7 @@ pub fn run(home: &Path) -> Result<()> {
     let system = actix::System::new();
     let home = home.to_path_buf();
     system.block_on(async move {
-        let backend: Arc<dyn Backend> = kernels::select(&config.inference.backend)
-            .context("[inference] backend in node.toml")?;
-        tracing::info!(backend = backend.name(), "inference backend ready");
+        let (backend, verify_backend) = backends(&config.inference)?;
         let started = Network::start(p2p, network_config).context("starting the network")?;
         let network = started.addr.clone();
         // One set of record checks (and one TEE verifier cache) for every actor that admits
@@ -139,7 +137,7 @@ pub fn run(home: &Path) -> Result<()> {
         let verifier = Verifier::new(
             admission.clone(),
             models.clone(),
-            backend.clone(),
+            verify_backend,
             is_validator,
             network.clone(),
             mempool.clone(),
@@ -391,6 +389,40 @@ pub fn stop_on_panic() {
 }
 
 /// Opens the configured TEE and starts the Attestation actor (`None` for `tee = "none"`).
+/// The inference backend and the verifier's, from `[inference]`: on the CPU, the kernel
+/// variant (`cpu_kernel`) and the cores each may use of the process's one pool (`threads`,
+/// `verify_threads`); a CUDA node verifies on its GPU too.
+fn backends(
+    section: &crate::config::InferenceSection,
+) -> Result<(Arc<dyn Backend>, Arc<dyn Backend>)> {
+    let kernel = section.cpu_kernel().context("[inference] cpu_kernel")?;
+    let cpu = match kernel {
+        Some(kernel) => kernels::CpuBackend::with_kernel(kernel)
+            .with_context(|| format!("[inference] cpu_kernel = \"{kernel}\" in node.toml"))?,
+        None => kernels::CpuBackend::new(),
+    };
+    let cores = cpu.threads();
+    let cap = |n: usize| if n == 0 { cores } else { n.min(cores) };
+    let verify: Arc<dyn Backend> = Arc::new(cpu.clone().with_threads(cap(section.verify_threads)));
+    let infer: Arc<dyn Backend> = match section.backend.as_str() {
+        "cpu" => Arc::new(cpu.clone().with_threads(cap(section.threads))),
+        name => kernels::select(name).context("[inference] backend in node.toml")?,
+    };
+    let verify = if infer.name() == "cpu" {
+        verify
+    } else {
+        infer.clone()
+    };
+    tracing::info!(
+        backend = infer.name(),
+        cpu_kernel = %cpu.kernel(),
+        threads = cap(section.threads),
+        verify_threads = cap(section.verify_threads),
+        "inference backend ready"
+    );
+    Ok((infer, verify))
+}
+
 fn start_attestation(
     config: &Config,
     home: &std::path::Path,

@@ -11,12 +11,16 @@ mod testing;
 use testing::minilm_dir;
 
 fn infer(model: &Path, input: &Path, backend: &str) -> Output {
+    infer_with(model, input, &["--backend", backend])
+}
+
+fn infer_with(model: &Path, input: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proofmesh"))
         .args(["infer", "--model-dir"])
         .arg(model)
         .arg("--input")
         .arg(input)
-        .args(["--backend", backend])
+        .args(args)
         .output()
         .unwrap()
 }
@@ -60,6 +64,22 @@ fn infer_prints_embeddings_hash_backend_and_model_id() {
     assert!((cosine - 0.7553).abs() <= 0.0005, "cosine {cosine}");
     let hash = json["output_hash"].as_str().unwrap();
     assert!(hash.starts_with("0x") && hash.len() == 66, "{hash}");
+
+    // Every CPU kernel variant this CPU runs gives the same bits; one it lacks, or an unknown
+    // name, is a clear error.
+    for kernel in kernels::CpuKernel::ALL {
+        let out = infer_with(&model, &input, &["--cpu-kernel", kernel.name()]);
+        if kernel.available() {
+            let forced: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(forced["output_hash"], json["output_hash"], "{kernel}");
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("cannot run"), "{kernel}: {stderr}");
+        }
+    }
+    let out = infer_with(&model, &input, &["--cpu-kernel", "sse9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown cpu kernel \"sse9\""));
 
     // `--backend cuda` on a machine without a GPU says so and runs on the CPU, same bits;
     // with a GPU it runs there, and the bits must still be the same.

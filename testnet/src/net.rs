@@ -565,6 +565,11 @@ impl Testnet {
         let bootstrap: Vec<String> = nodes.iter().take(2).map(|n| n.p2p.clone()).collect();
         let mut inference_index = 0;
         let mut validator_index = 0;
+        let fast_kernels: Vec<kernels::CpuKernel> = kernels::CpuKernel::ALL
+            .into_iter()
+            .rev()
+            .filter(|k| k.available() && *k != kernels::CpuKernel::Portable)
+            .collect();
         for n in &nodes {
             std::fs::write(n.home.join("genesis.json"), &genesis_json)?;
             let path = n.home.join("node.toml");
@@ -603,6 +608,14 @@ impl Testnet {
                         .as_table_mut()
                 {
                     c.insert("byzantine".into(), fault.into());
+                }
+                // Validators take turns on the fast CPU kernel variants this machine runs
+                // (AVX-512, AVX2), inference nodes pick the fastest: every re-executed job is
+                // then checked bit for bit across variants.
+                if let Some(&kernel) = fast_kernels.get(validator_index % fast_kernels.len().max(1))
+                    && let Some(inf) = cfg.get_mut("inference").and_then(|v| v.as_table_mut())
+                {
+                    inf.insert("cpu_kernel".into(), kernel.name().into());
                 }
                 validator_index += 1;
             }
