@@ -665,14 +665,19 @@ impl Testnet {
         Ok(net)
     }
 
-    /// The model called `name`, or the first (default) model for `None`.
+    /// The model called `name` (ASCII case ignored: `all-MiniLM-L6-v2` is `all-minilm-l6-v2`),
+    /// or the first (default) model for `None`.
     pub fn model(&self, name: Option<&str>) -> Result<&ModelInfo> {
         match name {
             None => self.models.first().context("testnet has no model"),
-            Some(n) => self.models.iter().find(|m| m.name == n).with_context(|| {
-                let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-                format!("no model {n:?} in this testnet; it serves {names:?}")
-            }),
+            Some(n) => self
+                .models
+                .iter()
+                .find(|m| m.name.eq_ignore_ascii_case(n))
+                .with_context(|| {
+                    let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                    format!("no model {n:?} in this testnet; it serves {names:?}")
+                }),
         }
     }
 

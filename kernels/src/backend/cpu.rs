@@ -485,12 +485,21 @@ fn elementwise_body(x: &mut [f32], op: Op<'_>) {
 /// panels, each `k` rows of 16 contiguous values (zero past column `n`), so no GEMM call copies
 /// or re-lays out its weights. [`Backend::gemm_packed`] on it gives the same bits as
 /// [`Backend::gemm_bias`] on the row-major values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PackedMatrix {
+    /// Unique per packing (clones share it): device backends key their copies by it.
+    id: u64,
     k: usize,
     n: usize,
     /// Panel `j` (columns `16j..16j+16`) is `panels[j·k..(j+1)·k]`.
     panels: Vec<[f32; NR]>,
+}
+
+/// Equal when they hold the same matrix, whatever their identities.
+impl PartialEq for PackedMatrix {
+    fn eq(&self, other: &Self) -> bool {
+        (self.k, self.n) == (other.k, other.n) && self.panels == other.panels
+    }
 }
 
 impl PackedMatrix {
@@ -513,7 +522,15 @@ impl PackedMatrix {
                 dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
             }
         }
-        PackedMatrix { k, n, panels }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PackedMatrix { id, k, n, panels }
+    }
+
+    /// This packing's identity: different for every [`PackedMatrix::new`], the same for its
+    /// clones (which hold the same values).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Rows (the GEMM's inner dimension).
@@ -580,20 +597,7 @@ pub(crate) fn gemm_packed(
     threads: usize,
 ) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
-    assert_eq!(
-        a.len(),
-        m * k,
-        "gemm_packed: a has {} values, expected m·k = {m}·{k}",
-        a.len()
-    );
-    if let Some(bias) = bias {
-        assert_eq!(
-            bias.len(),
-            n,
-            "gemm_packed: bias has {} values, expected n = {n}",
-            bias.len()
-        );
-    }
+    super::ops::check_packed_shapes(a, w, bias, m);
     if let Epilogue::Residual(r) = then {
         assert_eq!(
             r.len(),
@@ -1373,6 +1377,8 @@ mod tests {
                 let bias = random(seed + 2, n);
                 let w = PackedMatrix::new(&b, k, n);
                 assert_eq!(w.to_row_major(), b);
+                let again = PackedMatrix::new(&b, k, n);
+                assert!(again == w && again.id() != w.id() && w.clone().id() == w.id());
                 assert_eq!((w.k(), w.n()), (k, n));
                 assert_eq!(
                     bits(&cpu.gemm_packed(&a, &w, Some(&bias), m)),

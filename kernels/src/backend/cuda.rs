@@ -33,7 +33,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc;
 
-use super::{Backend, CpuBackend, ops};
+use super::{Backend, CpuBackend, PackedMatrix, ops};
 use crate::rng::SplitMix64;
 
 /// `math.cuh`, the one header every kernel source includes.
@@ -189,7 +189,21 @@ pub struct CudaBackend {
     sm_count: usize,
     cpu: CpuBackend,
     fallbacks: AtomicU64,
+    /// Weights uploaded once ([`PackedMatrix::id`] → row-major copy on the device), so a
+    /// model's GEMMs copy only their activations; see [`CudaBackend::try_gemm_packed`].
+    weights: Mutex<DeviceWeights>,
 }
+
+/// The device copies of packed weight matrices, up to [`DEVICE_WEIGHT_BYTES`] in all.
+#[derive(Default)]
+struct DeviceWeights {
+    by_id: HashMap<u64, Arc<CudaSlice<f32>>>,
+    bytes: usize,
+}
+
+/// Most bytes of weights kept on the device; past it the copies are dropped and uploaded
+/// again as they are used (a bound for processes that load and drop many models).
+const DEVICE_WEIGHT_BYTES: usize = 8 << 30;
 
 impl fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -283,6 +297,7 @@ impl CudaBackend {
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             cpu: CpuBackend::new(),
             fallbacks: AtomicU64::new(0),
+            weights: Mutex::new(DeviceWeights::default()),
         })
     }
 
@@ -415,6 +430,50 @@ impl CudaBackend {
         let mut out_dev = self.zeros(m * n)?;
         self.launch_gemm(&a_dev, &b_dev, bias_dev.as_ref(), &mut out_dev, m, k, n)?;
         self.download(&out_dev)
+    }
+
+    /// [`Backend::gemm_packed`] on the device, returning device errors instead of falling back.
+    /// The weights are uploaded on their first use and stay on the device: each call copies
+    /// only `a` (and the bias) in and the product out, and runs the same GEMM kernel as
+    /// [`CudaBackend::try_gemm_bias`], so the bits are the same.
+    pub fn try_gemm_packed(
+        &self,
+        a: &[f32],
+        w: &PackedMatrix,
+        bias: Option<&[f32]>,
+        m: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let (k, n) = (w.k(), w.n());
+        ops::check_packed_shapes(a, w, bias, m);
+        if m == 0 || n == 0 || k == 0 {
+            return Ok(self.cpu.gemm_packed(a, w, bias, m));
+        }
+        let b_dev = self.device_weights(w)?;
+        let a_dev = self.upload(a)?;
+        let bias_dev = bias.map(|bias| self.upload(bias)).transpose()?;
+        let mut out_dev = self.zeros(m * n)?;
+        self.launch_gemm(&a_dev, &b_dev, bias_dev.as_ref(), &mut out_dev, m, k, n)?;
+        self.download(&out_dev)
+    }
+
+    /// The device copy of `w`, uploaded now if it is not there yet.
+    fn device_weights(&self, w: &PackedMatrix) -> Result<Arc<CudaSlice<f32>>, CudaError> {
+        let mut cache = self.weights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dev) = cache.by_id.get(&w.id()) {
+            return Ok(dev.clone());
+        }
+        let bytes = w.k() * w.n() * std::mem::size_of::<f32>();
+        if cache.bytes + bytes > DEVICE_WEIGHT_BYTES {
+            tracing::info!(
+                bytes = cache.bytes,
+                "device weight cache full: dropping it (weights upload again on use)"
+            );
+            *cache = DeviceWeights::default();
+        }
+        let dev = Arc::new(self.upload(&w.to_row_major())?);
+        cache.by_id.insert(w.id(), dev.clone());
+        cache.bytes += bytes;
+        Ok(dev)
     }
 
     /// [`Backend::gelu`] on the device, returning device errors instead of falling back.
@@ -1142,6 +1201,11 @@ impl Backend for CudaBackend {
     ) -> Vec<f32> {
         let r = self.try_gemm_bias(a, b, bias, m, k, n);
         self.or_cpu("gemm_bias", r, || self.cpu.gemm_bias(a, b, bias, m, k, n))
+    }
+
+    fn gemm_packed(&self, a: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, m: usize) -> Vec<f32> {
+        let r = self.try_gemm_packed(a, w, bias, m);
+        self.or_cpu("gemm_packed", r, || self.cpu.gemm_packed(a, w, bias, m))
     }
 
     fn gelu(&self, x: &mut [f32]) {

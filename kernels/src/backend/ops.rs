@@ -53,6 +53,31 @@ pub(crate) fn check_gemm_shapes(
     }
 }
 
+/// Checks the slice lengths of a GEMM on packed weights (a caller bug otherwise, hence a
+/// panic), with the same messages on every backend.
+pub(crate) fn check_packed_shapes(
+    a: &[f32],
+    w: &super::PackedMatrix,
+    bias: Option<&[f32]>,
+    m: usize,
+) {
+    let (k, n) = (w.k(), w.n());
+    assert_eq!(
+        a.len(),
+        m * k,
+        "gemm_packed: a has {} values, expected m·k = {m}·{k}",
+        a.len()
+    );
+    if let Some(bias) = bias {
+        assert_eq!(
+            bias.len(),
+            n,
+            "gemm_packed: bias has {} values, expected n = {n}",
+            bias.len()
+        );
+    }
+}
+
 /// See [`Backend::layernorm_rows`](super::Backend::layernorm_rows).
 pub(crate) fn layernorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     if !layernorm_shapes(x.len(), cols, gamma, beta) {
