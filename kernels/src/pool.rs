@@ -16,6 +16,25 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
+/// How long a thread waits awake for work or for the other pieces before sleeping.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Spins until `done` or [`SPIN`] has passed; whether `done` became true.
+fn spin_until(done: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return done();
+        }
+    }
+}
+
 /// One parallel call: `tasks` pieces, claimed one at a time by the caller and the workers.
 struct Job {
     /// The caller's closure with its lifetime erased; valid until `finished == tasks`, which the
@@ -23,7 +42,9 @@ struct Job {
     f: *const (dyn Fn(usize) + Sync),
     tasks: usize,
     next: AtomicUsize,
-    finished: Mutex<usize>,
+    finished: AtomicUsize,
+    /// Held to notify `all_done`, so a caller that saw pieces unfinished under it is woken.
+    done_lock: Mutex<()>,
     all_done: Condvar,
     panicked: AtomicBool,
 }
@@ -49,9 +70,8 @@ impl Job {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
                 self.panicked.store(true, Ordering::Relaxed);
             }
-            let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-            *finished += 1;
-            if *finished == self.tasks {
+            if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == self.tasks {
+                let _held = self.done_lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.all_done.notify_all();
             }
         }
@@ -61,6 +81,8 @@ impl Job {
 /// The process's workers and their queue of jobs with pieces left to claim.
 pub(crate) struct Pool {
     queue: Mutex<VecDeque<Arc<Job>>>,
+    /// Jobs ever queued: an idle worker spins on it briefly before sleeping.
+    pushed: AtomicUsize,
     wake: Condvar,
     workers: usize,
 }
@@ -79,6 +101,7 @@ impl Pool {
     fn start(workers: usize) -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             queue: Mutex::new(VecDeque::new()),
+            pushed: AtomicUsize::new(0),
             wake: Condvar::new(),
             workers,
         }));
@@ -97,6 +120,10 @@ impl Pool {
 
     fn serve(&self) {
         loop {
+            // A model's ops come microseconds apart: wait for the next one awake a moment
+            // before sleeping (a futex wake-up per op costs more than the op at batch 1).
+            let seen = self.pushed.load(Ordering::Acquire);
+            spin_until(|| self.pushed.load(Ordering::Acquire) != seen);
             let job = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
@@ -132,30 +159,36 @@ impl Pool {
             f,
             tasks,
             next: AtomicUsize::new(0),
-            finished: Mutex::new(0),
+            finished: AtomicUsize::new(0),
+            done_lock: Mutex::new(()),
             all_done: Condvar::new(),
             panicked: AtomicBool::new(false),
         });
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             queue.push_back(job.clone());
+            self.pushed.fetch_add(1, Ordering::AcqRel);
         }
         for _ in 1..tasks.min(self.workers + 1) {
             self.wake.notify_one();
         }
         job.work();
-        let mut finished = job.finished.lock().unwrap_or_else(|e| e.into_inner());
-        while *finished < tasks {
-            finished = job
-                .all_done
-                .wait(finished)
-                .unwrap_or_else(|e| e.into_inner());
+        let all_done = || job.finished.load(Ordering::Acquire) >= tasks;
+        if !spin_until(all_done) {
+            let mut held = job.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !all_done() {
+                held = job.all_done.wait(held).unwrap_or_else(|e| e.into_inner());
+            }
         }
-        drop(finished);
         if job.panicked.load(Ordering::Relaxed) {
             panic!("a kernel thread panicked");
         }
     }
+}
+
+/// Runs `f(0), …, f(tasks − 1)` in parallel on the pool.
+pub(crate) fn each(tasks: usize, f: impl Fn(usize) + Sync) {
+    Pool::global().run(tasks, &f);
 }
 
 /// Cuts `x` into at most `pieces` runs of whole `unit`s (rows) and runs `f` on each, in

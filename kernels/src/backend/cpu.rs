@@ -613,7 +613,72 @@ pub(crate) fn gemm_packed(
         k,
         n,
     };
+    let panels = n.div_ceil(NR);
+    if threads > 1 && m < 2 * kernel.mr() * threads && panels >= 2 * threads {
+        return by_columns(&gemm, w, m, kernel, threads);
+    }
     run(&gemm, m, kernel, threads, || Packed(&w.panels[..], k))
+}
+
+/// A packed GEMM with few rows (one short sequence) split over the pool by column panels
+/// instead of rows: each piece reads only its share of the weights, which at batch 1 is
+/// most of the memory traffic. Every element is computed exactly as in [`run`].
+fn by_columns(
+    gemm: &Gemm<'_>,
+    w: &PackedMatrix,
+    m: usize,
+    kernel: CpuKernel,
+    threads: usize,
+) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    let panels = n.div_ceil(NR);
+    let per = panels.div_ceil(threads);
+    let pieces: Vec<(usize, usize)> = (0..panels)
+        .step_by(per)
+        .map(|p0| (p0, (p0 + per).min(panels)))
+        .collect();
+    let parts: Vec<std::sync::Mutex<Vec<f32>>> =
+        pieces.iter().map(|_| Default::default()).collect();
+    pool::each(pieces.len(), |i| {
+        let (p0, p1) = pieces[i];
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+        let width = c1 - c0;
+        let columns: Vec<f32>;
+        let then = match gemm.then {
+            Epilogue::Residual(r) => {
+                columns = r
+                    .chunks_exact(n)
+                    .flat_map(|row| row[c0..c1].iter().copied())
+                    .collect();
+                Epilogue::Residual(&columns)
+            }
+            other => other,
+        };
+        let part = Gemm {
+            a: gemm.a,
+            bias: gemm.bias.map(|b| &b[c0..c1]),
+            then,
+            k,
+            n: width,
+        };
+        let mut out = vec![0.0f32; m * width];
+        rows(
+            kernel,
+            &part,
+            &mut Packed(&w.panels[p0 * k..p1 * k], k),
+            &mut out,
+        );
+        *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = out;
+    });
+    let mut out = vec![0.0f32; m * n];
+    for (&(p0, p1), part) in pieces.iter().zip(parts) {
+        let part = part.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (c0, c1) = (p0 * NR, (p1 * NR).min(n));
+        for (dst, src) in out.chunks_exact_mut(n).zip(part.chunks_exact(c1 - c0)) {
+            dst[c0..c1].copy_from_slice(src);
+        }
+    }
+    out
 }
 
 /// One GEMM's inputs besides `b`: `a` (m × k), the bias and what follows it.
@@ -1183,7 +1248,12 @@ mod tests {
     /// ops, under every variant and thread count.
     #[test]
     fn fused_epilogues_give_the_bits_of_separate_ops() {
-        for (seed, m, k, n) in [(101, 1, 5, 3), (102, 13, 40, 47), (103, 64, 256, 320)] {
+        for (seed, m, k, n) in [
+            (101, 1, 5, 3),
+            (102, 13, 40, 47),
+            (103, 64, 256, 320),
+            (104, 9, 700, 700),
+        ] {
             let a: Vec<f32> = random(seed, m * k).iter().map(|v| v * 4.0).collect();
             let w = PackedMatrix::new(&random(seed + 1, k * n), k, n);
             let bias = random(seed + 2, n);
@@ -1360,8 +1430,8 @@ mod tests {
         assert_eq!(CpuBackend::new().with_threads(0).threads(), 1);
     }
 
-    /// Weights packed once give the bits of the unpacked call, for every tail width, and
-    /// unpack to themselves.
+    /// Weights packed once give the bits of the unpacked call, for every tail width, split by
+    /// rows or by column panels, and unpack to themselves.
     #[test]
     fn packed_weights_give_the_same_bits() {
         for cpu in CpuBackend::every_variant() {
@@ -1371,6 +1441,8 @@ mod tests {
                 (93, 13, 40, 47),
                 (94, 64, 256, 320),
                 (95, 3, 0, 5),
+                // Few rows, much work: split over the pool by column panels.
+                (96, 9, 700, 700),
             ] {
                 let a = random(seed, m * k);
                 let b = random(seed + 1, k * n);
