@@ -272,6 +272,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn mean_pool(&self, x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
+        mean_pool(self.kernel, x, mask, batch, seq, cols)
+    }
+
     fn attention(
         &self,
         q: &[f32],
@@ -427,6 +431,36 @@ macro_rules! per_kernel {
             $portable
         }
     };
+}
+
+/// [`Backend::mean_pool`] compiled for `kernel` (the sums vectorise over the columns).
+fn mean_pool(
+    kernel: CpuKernel,
+    x: &[f32],
+    mask: &[u8],
+    batch: usize,
+    seq: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    pool_into(kernel, x, mask, batch, seq, cols, &mut out);
+    out
+}
+
+per_kernel! {
+    /// [`super::ops::mean_pool`] into `out`, compiled for `kernel`.
+    fn pool_into(
+        x: &[f32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        cols: usize,
+        out: &mut Vec<f32>,
+    ) {
+        portable: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
+        avx2: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
+        avx512: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
+    }
 }
 
 /// The element-wise and row ops compiled per kernel variant.

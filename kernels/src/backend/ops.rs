@@ -245,6 +245,7 @@ pub(crate) fn check_ragged_shapes(qkv: usize, lens: &[usize], hidden: usize) -> 
 }
 
 /// See [`Backend::mean_pool`](super::Backend::mean_pool).
+#[inline(always)]
 pub(crate) fn mean_pool(x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
     assert_eq!(
         x.len(),

@@ -333,3 +333,26 @@ fn minilm_output_bits_are_pinned() {
         );
     }
 }
+
+/// Jobs running at once on the shared pool (an inference batch and re-executions, each
+/// backend capped to its cores) give the bits each gives alone.
+#[test]
+fn concurrent_jobs_on_the_shared_pool_give_the_same_bits() {
+    let model = Model::load(&minilm_dir()).unwrap();
+    let batch = texts_json(&POOL[..5]);
+    let single = texts_json(&POOL[5..6]);
+    let want_batch = model.run(&CpuBackend::portable(), &batch).unwrap().hash();
+    let want_single = model.run(&CpuBackend::portable(), &single).unwrap().hash();
+    std::thread::scope(|s| {
+        for job in 0..4 {
+            let (model, batch, single) = (&model, &batch, &single);
+            s.spawn(move || {
+                let cpu = CpuBackend::new().with_threads(1 + job % 2);
+                for _ in 0..5 {
+                    assert_eq!(model.run(&cpu, batch).unwrap().hash(), want_batch);
+                    assert_eq!(model.run(&cpu, single).unwrap().hash(), want_single);
+                }
+            });
+        }
+    });
+}
