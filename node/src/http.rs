@@ -554,6 +554,14 @@ async fn get_account(s: S, path: web::Path<String>) -> HttpResponse {
             );
         }
     };
+    // The nonce the next transaction must carry: after this node's pending ones. The mempool is
+    // asked before the ledger: the settlement applies a block before the mempool forgets what
+    // it included, so in this order a block committing between the two reads is seen by one
+    // of them (the other order could answer a nonce that block just spent).
+    let pending_next = match s.mempool.send(NextNonce(address)).await {
+        Ok(n) => n,
+        Err(e) => return unavailable(e),
+    };
     let account = match s.settlement.send(GetAccount(address)).await {
         Ok(a) => a,
         Err(e) => return unavailable(e),
@@ -562,11 +570,7 @@ async fn get_account(s: S, path: web::Path<String>) -> HttpResponse {
         Ok(t) => t,
         Err(e) => return unavailable(e),
     };
-    // The nonce the next transaction must carry: after this node's pending ones.
-    let next = match s.mempool.send(NextNonce(address)).await {
-        Ok(n) => n.unwrap_or(account.nonce).max(account.nonce),
-        Err(e) => return unavailable(e),
-    };
+    let next = pending_next.unwrap_or(account.nonce).max(account.nonce);
     let now = tip.timestamp_ms;
     HttpResponse::Ok().json(json!({
         "address": address,
