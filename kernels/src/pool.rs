@@ -209,21 +209,18 @@ pub(crate) fn for_chunks(
     pieces: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
 ) {
+    let chunk_len = chunk_len.max(1);
     if x.is_empty() {
         return;
     }
-    let chunk_len = chunk_len.max(1);
-    if pieces <= 1 || chunk_len >= x.len() {
+    if pieces <= 1 {
         for (i, chunk) in x.chunks_mut(chunk_len).enumerate() {
             f(i, chunk);
         }
         return;
     }
-    let chunks: Vec<Mutex<&mut [f32]>> = x.chunks_mut(chunk_len).map(Mutex::new).collect();
-    Pool::global().run(chunks.len(), &|i| {
-        let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
-        f(i, &mut chunk);
-    });
+    let cuts: Vec<usize> = (chunk_len..x.len()).step_by(chunk_len).collect();
+    for_splits(x, &cuts, f);
 }
 
 /// Runs `f(i, piece)` for the pieces of `x` cut at the offsets `cuts` (increasing, each at

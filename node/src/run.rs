@@ -403,13 +403,12 @@ fn backends(
     };
     let cores = cpu.threads();
     let cap = |n: usize| if n == 0 { cores } else { n.min(cores) };
-    let verify: Arc<dyn Backend> = Arc::new(cpu.clone().with_threads(cap(section.verify_threads)));
     let infer: Arc<dyn Backend> = match section.backend.as_str() {
         "cpu" => Arc::new(cpu.clone().with_threads(cap(section.threads))),
         name => kernels::select(name).context("[inference] backend in node.toml")?,
     };
-    let verify = if infer.name() == "cpu" {
-        verify
+    let verify: Arc<dyn Backend> = if infer.name() == "cpu" {
+        Arc::new(cpu.clone().with_threads(cap(section.verify_threads)))
     } else {
         infer.clone()
     };

@@ -254,24 +254,24 @@ impl Backend for CpuBackend {
     }
 
     fn gelu(&self, x: &mut [f32]) {
-        self.rows(x, 1, Op::Gelu);
+        self.row_op(x, 1, Op::Gelu);
     }
 
     fn softmax_rows(&self, x: &mut [f32], cols: usize) {
         if super::ops::has_rows("softmax_rows", x.len(), cols) {
-            self.rows(x, cols, Op::Softmax(cols));
+            self.row_op(x, cols, Op::Softmax(cols));
         }
     }
 
     fn layernorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
         if super::ops::layernorm_shapes(x.len(), cols, gamma, beta) {
-            self.rows(x, cols, Op::LayerNorm { gamma, beta, eps });
+            self.row_op(x, cols, Op::LayerNorm { gamma, beta, eps });
         }
     }
 
     fn l2_normalize_rows(&self, x: &mut [f32], cols: usize) {
         if super::ops::has_rows("l2_normalize", x.len(), cols) {
-            self.rows(x, cols, Op::L2Normalize(cols));
+            self.row_op(x, cols, Op::L2Normalize(cols));
         }
     }
 
@@ -355,7 +355,7 @@ impl Backend for CpuBackend {
 
 impl CpuBackend {
     /// `op` on `x`, split over the pool by whole rows of `unit` values when it is big enough.
-    fn rows(&self, x: &mut [f32], unit: usize, op: Op<'_>) {
+    fn row_op(&self, x: &mut [f32], unit: usize, op: Op<'_>) {
         let threads = self.threads_if(x.len() >= PARALLEL_ELEMENTS);
         let kernel = self.kernel;
         pool::split_rows(x, unit, threads, |rows| elementwise(kernel, rows, op));
@@ -398,28 +398,28 @@ impl CpuBackend {
 macro_rules! per_kernel {
     (
         $(#[$doc:meta])*
-        fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) {
+        fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? {
             portable: $portable:expr,
             avx2: $avx2:expr,
             avx512: $avx512:expr $(,)?
         }
     ) => {
         $(#[$doc])*
-        fn $name$(<$g: $bound>)?(kernel: CpuKernel, $($arg: $ty),*) {
+        fn $name$(<$g: $bound>)?(kernel: CpuKernel, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 /// # Safety
                 ///
                 /// The CPU must support AVX2 and FMA.
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2$(<$g: $bound>)?($($arg: $ty),*) {
+                unsafe fn avx2$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
                     $avx2
                 }
                 /// # Safety
                 ///
                 /// The CPU must support AVX-512F, AVX2 and FMA.
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512$(<$g: $bound>)?($($arg: $ty),*) {
+                unsafe fn avx512$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
                     $avx512
                 }
                 match kernel {
@@ -436,33 +436,18 @@ macro_rules! per_kernel {
     };
 }
 
-/// [`Backend::mean_pool`] compiled for `kernel` (the sums vectorise over the columns).
-fn mean_pool(
-    kernel: CpuKernel,
-    x: &[f32],
-    mask: &[u8],
-    batch: usize,
-    seq: usize,
-    cols: usize,
-) -> Vec<f32> {
-    let mut out = Vec::new();
-    pool_into(kernel, x, mask, batch, seq, cols, &mut out);
-    out
-}
-
 per_kernel! {
-    /// [`super::ops::mean_pool`] into `out`, compiled for `kernel`.
-    fn pool_into(
+    /// [`Backend::mean_pool`] compiled for `kernel` (the sums vectorise over the columns).
+    fn mean_pool(
         x: &[f32],
         mask: &[u8],
         batch: usize,
         seq: usize,
         cols: usize,
-        out: &mut Vec<f32>,
-    ) {
-        portable: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
-        avx2: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
-        avx512: *out = super::ops::mean_pool(x, mask, batch, seq, cols),
+    ) -> Vec<f32> {
+        portable: super::ops::mean_pool(x, mask, batch, seq, cols),
+        avx2: super::ops::mean_pool(x, mask, batch, seq, cols),
+        avx512: super::ops::mean_pool(x, mask, batch, seq, cols),
     }
 }
 
