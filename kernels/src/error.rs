@@ -53,7 +53,7 @@ pub enum Error {
     BadDtype { name: String, dtype: String },
 
     /// A tensor the config implies is not in the weights file.
-    #[error("tensor {name} is missing from model.safetensors")]
+    #[error("tensor {name} is missing from the weights file")]
     MissingTensor { name: String },
 
     /// The weights file holds a tensor the config does not account for.
@@ -108,6 +108,19 @@ pub enum Error {
         bytes: usize,
         max: usize,
     },
+
+    /// A sequence would grow past the model's context.
+    #[error("{tokens} tokens do not fit the model's context of {context}")]
+    ContextFull { tokens: usize, context: usize },
+
+    /// A GGUF file is malformed: bad magic or version, truncated, or its counts, lengths,
+    /// offsets or shapes disagree with the file.
+    #[error("not a valid GGUF file: {reason}")]
+    BadGguf { reason: String },
+
+    /// A tensor is stored in a type this build cannot read.
+    #[error("tensor {name} has type {kind}; this build reads F32, F16, Q4_1 and Q8_0")]
+    UnsupportedTensorType { name: String, kind: String },
 
     /// A model id string is not "0x" followed by 64 hex digits.
     #[error("invalid model id {input:?}: expected 0x followed by 64 hex digits")]

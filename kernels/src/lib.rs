@@ -22,13 +22,19 @@
 
 mod backend;
 mod bert;
+mod bpe;
 mod error;
+mod generate;
+mod gguf;
 mod id;
+mod llama;
 mod math;
 mod mlp;
 mod model;
 mod pool;
 mod rng;
+mod rope;
+mod sample;
 #[cfg(test)]
 mod testing;
 mod tokenizer;
@@ -39,13 +45,20 @@ pub use backend::{
     GemmTiming, PackedMatrix, Probe, UnknownBackend, select,
 };
 pub use bert::{BertSpec, MAX_TEXT_BYTES, write_seeded_bert};
+pub use bpe::{BpeTokenizer, Utf8Stream};
 pub use error::Error;
+pub use generate::{
+    Completion, FinishReason, GenerateRequest, Generator, MAX_COMPLETION_TOKENS, MessageJson, Step,
+};
 pub use id::{ModelId, keccak256};
+pub use llama::{ChatMessage, KvCache, LlamaSpec};
 pub use mlp::{MlpSpec, write_seeded_mlp};
 pub use model::{
     MAX_CONFIG_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES, Model, Output, OutputKind,
     manifest,
 };
+pub use rope::RopeTable;
+pub use sample::{Sampling, argmax, logprob};
 pub use tokenizer::Tokenizer;
 
 thread_local! {

@@ -137,6 +137,13 @@ pub(crate) fn gelu(x: f32) -> f32 {
     (0.5 * x) * (1.0 + e)
 }
 
+/// SiLU, `x / (1 + exp(−x))` with this crate's `exp` (−0.0 for x below about −89, where the
+/// exponential overflows).
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
 /// In-place softmax of one row: subtract the row maximum, `exp`, sum left to right, divide.
 #[inline(always)]
 pub(crate) fn softmax_row(row: &mut [f32]) {

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::bert::{Bert, SentenceFiles};
+use crate::generate::{Completion, GenerateRequest, Generator, Step};
 use crate::id::hex32;
+use crate::llama::Llama;
 use crate::mlp::Mlp;
 use crate::{Error, ModelId, keccak256};
 
@@ -16,6 +18,8 @@ use crate::{Error, ModelId, keccak256};
 pub(crate) const CONFIG_FILE: &str = "config.json";
 /// The model's weights file in a model directory.
 pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+/// A GGUF model's one file in a model directory.
+pub(crate) const GGUF_FILE: &str = "model.gguf";
 /// A text model's tokenizer.
 pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
 /// A sentence-transformers model's pooling config (optional).
@@ -41,6 +45,9 @@ pub struct Output {
     pub data: Vec<f32>,
     /// What the values are; decides the JSON form, not the hash.
     pub kind: OutputKind,
+    /// A generation job's completion (`kind` [`OutputKind::Completion`]); `shape` is then
+    /// `[completion tokens]` and `data` empty.
+    pub completion: Option<Completion>,
 }
 
 /// What an [`Output`] holds.
@@ -50,14 +57,21 @@ pub enum OutputKind {
     Probabilities,
     /// Unit-length embeddings, one row per text.
     Embeddings,
+    /// Generated text ([`Output::completion`]).
+    Completion,
 }
 
 impl Output {
     /// The commitment an executor signs and a validator recomputes:
     /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`, every NaN
     /// written as the canonical quiet NaN `0x7fc00000` (payloads are not portable).
+    ///
+    /// A completion commits instead to its tokens and sampling ([`Completion::hash`]).
     pub fn hash(&self) -> [u8; 32] {
         use tiny_keccak::{Hasher, Keccak};
+        if let Some(c) = &self.completion {
+            return c.hash();
+        }
         let mut h = Keccak::v256();
         h.update(&(self.shape.len() as u32).to_le_bytes());
         for &d in &self.shape {
@@ -86,6 +100,16 @@ impl Output {
     pub fn to_json(&self) -> serde_json::Value {
         let mut obj = serde_json::Map::new();
         obj.insert("shape".into(), self.shape.clone().into());
+        if let Some(c) = &self.completion {
+            obj.insert("text".into(), c.text.clone().into());
+            obj.insert("tokens".into(), c.tokens.clone().into());
+            obj.insert("prompt_tokens".into(), c.prompt_tokens.len().into());
+            obj.insert(
+                "finish_reason".into(),
+                serde_json::to_value(c.finish).unwrap_or_default(),
+            );
+            return serde_json::Value::Object(obj);
+        }
         if self.kind == OutputKind::Embeddings {
             obj.insert("embeddings".into(), self.rows_json());
             return serde_json::Value::Object(obj);
@@ -138,6 +162,7 @@ fn argmax(row: &[f32]) -> usize {
 enum Network {
     Mlp(Mlp),
     Bert(Box<Bert>),
+    Llama(Box<Llama>),
 }
 
 /// A loaded, validated model, immutable and shareable across threads.
@@ -182,6 +207,13 @@ struct ModelFiles {
 
 impl ModelFiles {
     fn read(dir: &Path) -> Result<ModelFiles, Error> {
+        if dir.is_file() {
+            return Self::gguf(dir);
+        }
+        let gguf = dir.join(GGUF_FILE);
+        if gguf.exists() {
+            return Self::gguf(&gguf);
+        }
         let mut files = Vec::new();
         for (name, limit, required) in [
             (POOLING_FILE, MAX_CONFIG_BYTES, false),
@@ -197,6 +229,14 @@ impl ModelFiles {
             }
         }
         Ok(ModelFiles { files })
+    }
+
+    /// A GGUF model: the one file, named [`GGUF_FILE`] in the manifest whatever its name on
+    /// disk (a file and a directory holding it have the same id).
+    fn gguf(path: &Path) -> Result<ModelFiles, Error> {
+        Ok(ModelFiles {
+            files: vec![(GGUF_FILE, read_file(path, MAX_WEIGHTS_BYTES)?)],
+        })
     }
 
     fn get(&self, name: &str) -> Option<&[u8]> {
@@ -243,6 +283,22 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Model, Error> {
         let files = ModelFiles::read(dir)?;
         let (_, id) = files.manifest();
+        if let Some(gguf) = files.get(GGUF_FILE) {
+            let llama = Llama::from_gguf(gguf)?;
+            let name = if dir.is_file() {
+                dir.file_stem()
+            } else {
+                dir.file_name()
+            }
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "llama".into());
+            tracing::debug!(model = %id, %name, path = %dir.display(), "model loaded");
+            return Ok(Model {
+                id,
+                name,
+                net: Network::Llama(Box::new(llama)),
+            });
+        }
         let config = files.require(dir, CONFIG_FILE)?;
         let weights = files.require(dir, WEIGHTS_FILE)?;
         let head: ConfigHead = serde_json::from_slice(config).map_err(|e| Error::BadConfig {
@@ -289,19 +345,62 @@ impl Model {
         Ok(model)
     }
 
-    /// `"mlp"` or `"bert"`.
+    /// `"mlp"`, `"bert"` or `"llama"`.
     pub fn architecture(&self) -> &'static str {
         match self.net {
             Network::Mlp(_) => "mlp",
             Network::Bert(_) => "bert",
+            Network::Llama(_) => "llama",
         }
     }
 
-    /// A text model's token ids for `text` (`[CLS] … [SEP]`, truncated as [`Model::run`]
-    /// truncates); `None` for a model that takes no text.
+    /// Whether the model generates text (its jobs take a [`GenerateRequest`]).
+    pub fn generates(&self) -> bool {
+        matches!(self.net, Network::Llama(_))
+    }
+
+    /// A continuous batch for this model's generations; an error for a model that does not
+    /// generate.
+    pub fn generator(&self) -> Result<Generator<'_>, Error> {
+        match &self.net {
+            Network::Llama(llama) => Ok(Generator::new(llama)),
+            _ => Err(Error::BadInput {
+                reason: format!(
+                    "model {} ({}) does not generate text",
+                    self.name,
+                    self.architecture()
+                ),
+            }),
+        }
+    }
+
+    /// Runs a generation request, calling `on_step` with each token as it is chosen (returning
+    /// `false` cancels: the tokens so far are the completion). An error for a model that does
+    /// not generate.
+    pub fn generate(
+        &self,
+        backend: &dyn Backend,
+        req: &GenerateRequest,
+        on_step: &mut dyn FnMut(&Step<'_>) -> bool,
+    ) -> Result<Completion, Error> {
+        match &self.net {
+            Network::Llama(llama) => crate::generate::generate(llama, backend, req, on_step),
+            _ => Err(Error::BadInput {
+                reason: format!(
+                    "model {} ({}) does not generate text",
+                    self.name,
+                    self.architecture()
+                ),
+            }),
+        }
+    }
+
+    /// A text model's token ids for `text` (BERT: `[CLS] … [SEP]`, truncated as
+    /// [`Model::run`] truncates; Llama: the text alone); `None` for a model that takes no text.
     pub fn tokenize(&self, text: &str) -> Option<Vec<u32>> {
         match &self.net {
             Network::Bert(bert) => Some(bert.tokenize(text)),
+            Network::Llama(llama) => Some(llama.tokenizer().encode(text)),
             Network::Mlp(_) => None,
         }
     }
@@ -323,6 +422,7 @@ impl Model {
     /// - BERT: JSON `{"texts": ["...", ...]}` with 1 to [`MAX_ROWS`] texts of at most
     ///   [`MAX_TEXT_BYTES`](crate::MAX_TEXT_BYTES) bytes each, truncated to the model's `max_seq_length` tokens →
     ///   unit-length embeddings `[texts, hidden]`.
+    /// - Llama: a [`GenerateRequest`] as JSON → the [`Completion`] (`shape` `[tokens]`).
     ///
     /// Deterministic: the same model, input and backend contract give the same bits on any
     /// machine, and each row's output does not depend on the other rows in the call.
@@ -336,6 +436,7 @@ impl Model {
                     shape: vec![rows, mlp.spec().num_classes],
                     data,
                     kind: OutputKind::Probabilities,
+                    completion: None,
                 })
             }
             Network::Bert(bert) => {
@@ -356,6 +457,17 @@ impl Model {
                     shape: vec![rows, bert.dim()],
                     data,
                     kind: OutputKind::Embeddings,
+                    completion: None,
+                })
+            }
+            Network::Llama(llama) => {
+                let req = GenerateRequest::parse(input)?;
+                let c = crate::generate::generate(llama, backend, &req, &mut |_| true)?;
+                Ok(Output {
+                    shape: vec![c.tokens.len()],
+                    data: Vec::new(),
+                    kind: OutputKind::Completion,
+                    completion: Some(c),
                 })
             }
         }
@@ -369,6 +481,14 @@ impl Model {
             Network::Bert(_) => {
                 let texts = ["A man is eating food.", "A man is eating a piece of bread."];
                 return serde_json::json!({ "texts": texts })
+                    .to_string()
+                    .into_bytes();
+            }
+            Network::Llama(_) => {
+                let messages = [serde_json::json!({
+                    "role": "user", "content": "What is the capital of France?"
+                })];
+                return serde_json::json!({ "messages": messages, "max_tokens": 16 })
                     .to_string()
                     .into_bytes();
             }

@@ -544,9 +544,48 @@ impl PackedMatrix {
                 dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
             }
         }
+        PackedMatrix {
+            id: Self::next_id(),
+            k,
+            n,
+            panels,
+        }
+    }
+
+    /// Packs the `k × n` matrix whose transpose `w_t` holds (`n` rows of `k` values: a linear
+    /// layer stored out × in, as PyTorch and GGUF store them), without a transposed copy.
+    ///
+    /// # Panics
+    ///
+    /// When `w_t` does not hold `k·n` values (a loader bug: shapes are checked when read).
+    pub fn from_transposed(w_t: &[f32], k: usize, n: usize) -> PackedMatrix {
+        assert_eq!(
+            w_t.len(),
+            k * n,
+            "PackedMatrix: {} values for a {k}×{n} matrix",
+            w_t.len()
+        );
+        let mut panels = vec![[0.0f32; NR]; k * n.div_ceil(NR)];
+        for (jp, j0) in (0..n).step_by(NR).enumerate() {
+            let width = NR.min(n - j0);
+            let panel = &mut panels[jp * k..(jp + 1) * k];
+            for c in 0..width {
+                for (p, &v) in w_t[(j0 + c) * k..(j0 + c + 1) * k].iter().enumerate() {
+                    panel[p][c] = v;
+                }
+            }
+        }
+        PackedMatrix {
+            id: Self::next_id(),
+            k,
+            n,
+            panels,
+        }
+    }
+
+    fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        PackedMatrix { id, k, n, panels }
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This packing's identity: different for every [`PackedMatrix::new`], the same for its

@@ -15,6 +15,8 @@ mod ops;
 
 use std::sync::Arc;
 
+use crate::RopeTable;
+
 pub use cpu::{CpuBackend, CpuKernel, CpuKernelError, PackedMatrix};
 pub use cuda::{Comparison, CudaBackend, CudaError, GemmTiming, Probe};
 
@@ -248,5 +250,77 @@ pub trait Backend: Send + Sync {
     /// `0.0` (as `torch.nn.functional.normalize`).
     fn l2_normalize_rows(&self, x: &mut [f32], cols: usize) {
         ops::l2_normalize_rows(x, cols);
+    }
+    /// In-place RMS normalisation of each row of `cols` values (decoder models):
+    /// `ss = Σ x.mul_add(x, ·)` left to right from `0.0`; `inv = 1 / sqrt(ss / cols + eps)`
+    /// (a division, a square root, a division, each rounded once); `y = (x · inv) · gamma`
+    /// (two roundings).
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not empty and `cols` is 0 or does not divide it, or `gamma` is not `cols` long.
+    fn rmsnorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], eps: f32) {
+        ops::rmsnorm_rows(x, cols, gamma, eps);
+    }
+
+    /// Rotary position embedding in place, on rows of `width` values whose first
+    /// `heads · head_dim` values are heads to rotate (a fused query-key row rotates its query
+    /// and key heads, and leaves the values after them). Row `r` is at `positions[r]`; each
+    /// consecutive pair `(x0, x1)` of a head, pair `i`, with `(c, s)` = `table.at(pos)[i]`,
+    /// becomes `(x0·c − x1·s, x0·s + x1·c)`: each product rounded, then the sum (no FMA).
+    /// Consecutive pairs are the layout of GGUF Llama weights, whose query and key rows the
+    /// converter permuted for it.
+    ///
+    /// # Panics
+    ///
+    /// If the shapes disagree or a position is past the table.
+    fn rope(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        table: &RopeTable,
+    ) {
+        ops::rope(x, width, heads, head_dim, positions, table);
+    }
+
+    /// SwiGLU: each row of `gate_up` is `cols` gate values then `cols` up values; the result's
+    /// row is `silu(gate) · up`, `silu(g) = g / (1 + exp(−g))` with this crate's `exp` (a
+    /// negation, the exponential, an addition, a division, a multiplication, each rounded).
+    ///
+    /// # Panics
+    ///
+    /// If `gate_up` is not empty and `2·cols` does not divide it.
+    fn swiglu(&self, gate_up: &[f32], cols: usize) -> Vec<f32> {
+        ops::swiglu(gate_up, cols)
+    }
+
+    /// Causal grouped-query attention of one sequence over its key-value cache: `q` is
+    /// `[queries][heads·head_dim]`, `k` and `v` are `[keys][kv_heads·head_dim]` (the cache,
+    /// this call's own keys last), query `i` is at position `keys − queries + i` and sees keys
+    /// `0..=` its position. Query head `h` reads key-value head `h / (heads / kv_heads)`. Per
+    /// query and head, over visible keys in increasing order: the arithmetic of
+    /// [`Backend::attention`] (scores accumulated by `mul_add` from `0.0` then scaled, the
+    /// softmax of [`Backend::softmax_rows`], values accumulated by `mul_add` in key order). A
+    /// token's bits depend on its sequence alone, never on the batch or on how its prompt was
+    /// split into calls.
+    ///
+    /// # Panics
+    ///
+    /// If the shapes disagree or there are more queries than keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_causal(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale)
     }
 }

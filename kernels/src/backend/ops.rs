@@ -303,6 +303,165 @@ pub(crate) fn l2_normalize_row(row: &mut [f32]) {
     }
 }
 
+/// See [`Backend::rmsnorm_rows`](super::Backend::rmsnorm_rows).
+pub(crate) fn rmsnorm_rows(x: &mut [f32], cols: usize, gamma: &[f32], eps: f32) {
+    if !has_rows("rmsnorm_rows", x.len(), cols) {
+        return;
+    }
+    assert_eq!(gamma.len(), cols, "rmsnorm_rows: gamma is not {cols} long");
+    for row in x.chunks_exact_mut(cols) {
+        rmsnorm_row(row, gamma, eps);
+    }
+}
+
+/// One row of [`rmsnorm_rows`].
+#[inline(always)]
+pub(crate) fn rmsnorm_row(row: &mut [f32], gamma: &[f32], eps: f32) {
+    let mut ss = 0.0f32;
+    for &v in row.iter() {
+        ss = v.mul_add(v, ss);
+    }
+    let inv = 1.0 / (ss / row.len() as f32 + eps).sqrt();
+    for (v, &g) in row.iter_mut().zip(gamma) {
+        *v = (*v * inv) * g;
+    }
+}
+
+/// See [`Backend::rope`](super::Backend::rope).
+pub(crate) fn rope(
+    x: &mut [f32],
+    width: usize,
+    heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    table: &crate::RopeTable,
+) {
+    check_rope_shapes(x.len(), width, heads, head_dim, positions, table);
+    for (row, &pos) in x.chunks_exact_mut(width).zip(positions) {
+        rope_row(&mut row[..heads * head_dim], head_dim, table.at(pos));
+    }
+}
+
+/// Rotates every head of `row` by `angles` (one `(cos, sin)` per pair).
+#[inline(always)]
+pub(crate) fn rope_row(row: &mut [f32], head_dim: usize, angles: &[(f32, f32)]) {
+    for head in row.chunks_exact_mut(head_dim) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(angles) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0 * c - x1 * s;
+            pair[1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// Checks RoPE's shapes (a caller bug otherwise, hence a panic).
+pub(crate) fn check_rope_shapes(
+    len: usize,
+    width: usize,
+    heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    table: &crate::RopeTable,
+) {
+    assert!(
+        width > 0 && len == positions.len() * width,
+        "rope: {len} values are not {} rows of {width}",
+        positions.len()
+    );
+    assert!(
+        heads * head_dim <= width && head_dim == 2 * table.pairs(),
+        "rope: {heads} heads of {head_dim} in rows of {width} with a table of {} pairs",
+        table.pairs()
+    );
+    assert!(
+        positions.iter().all(|&p| p < table.positions()),
+        "rope: a position is past the table"
+    );
+}
+
+/// See [`Backend::swiglu`](super::Backend::swiglu).
+pub(crate) fn swiglu(gate_up: &[f32], cols: usize) -> Vec<f32> {
+    if !has_rows("swiglu", gate_up.len(), 2 * cols) {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks_exact(2 * cols) {
+        let (gate, up) = row.split_at(cols);
+        out.extend(gate.iter().zip(up).map(|(&g, &u)| math::silu(g) * u));
+    }
+    out
+}
+
+/// See [`Backend::attention_causal`](super::Backend::attention_causal).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_causal(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let (queries, keys) = check_causal_shapes(q.len(), k.len(), v.len(), heads, kv_heads, head_dim);
+    let (width, kv_width, group) = (heads * head_dim, kv_heads * head_dim, heads / kv_heads);
+    let mut out = vec![0.0f32; queries * width];
+    let mut scores = Vec::with_capacity(keys);
+    for i in 0..queries {
+        let visible = keys - queries + i + 1;
+        for h in 0..heads {
+            let g = h / group;
+            let qi = &q[i * width + h * head_dim..][..head_dim];
+            scores.clear();
+            for j in 0..visible {
+                let kj = &k[j * kv_width + g * head_dim..][..head_dim];
+                let mut acc = 0.0f32;
+                for d in 0..head_dim {
+                    acc = qi[d].mul_add(kj[d], acc);
+                }
+                scores.push(acc * scale);
+            }
+            math::softmax_row(&mut scores);
+            let o = &mut out[i * width + h * head_dim..][..head_dim];
+            for (d, o) in o.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for (j, p) in scores.iter().enumerate() {
+                    acc = p.mul_add(v[j * kv_width + g * head_dim + d], acc);
+                }
+                *o = acc;
+            }
+        }
+    }
+    out
+}
+
+/// Checks causal attention's shapes (a caller bug otherwise, hence a panic) and returns
+/// `(queries, keys)`.
+pub(crate) fn check_causal_shapes(
+    q: usize,
+    k: usize,
+    v: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> (usize, usize) {
+    assert!(
+        head_dim > 0 && kv_heads > 0 && heads.is_multiple_of(kv_heads),
+        "attention_causal: {heads} heads over {kv_heads} kv heads of {head_dim}"
+    );
+    let (width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+    assert!(
+        q.is_multiple_of(width) && k.is_multiple_of(kv_width) && k == v,
+        "attention_causal: q {q}, k {k}, v {v} values for rows of {width} and {kv_width}"
+    );
+    let (queries, keys) = (q / width, k / kv_width);
+    assert!(
+        queries <= keys,
+        "attention_causal: {queries} queries but only {keys} keys"
+    );
+    (queries, keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -473,7 +473,8 @@ fn pre_tokenize(s: &str) -> Vec<&str> {
     words
 }
 
-fn in_ranges(ranges: &[(u32, u32)], c: char) -> bool {
+/// Whether `c` lies in one of `ranges` (sorted, disjoint, inclusive).
+pub(crate) fn in_ranges(ranges: &[(u32, u32)], c: char) -> bool {
     let c = c as u32;
     ranges
         .binary_search_by(|&(lo, hi)| {

@@ -1,0 +1,233 @@
+use super::*;
+use crate::CpuBackend;
+use crate::llama::tests::tiny_llama;
+
+fn request(json: serde_json::Value) -> Result<GenerateRequest, Error> {
+    GenerateRequest::parse(json.to_string().as_bytes())
+}
+
+fn user(text: &str) -> serde_json::Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+#[test]
+fn requests_are_checked() {
+    let ok = request(serde_json::json!({"messages": user("hi")})).unwrap();
+    assert_eq!(
+        (ok.max_tokens, ok.temperature, ok.top_p, ok.top_k),
+        (256, 0.0, 1.0, 0)
+    );
+    let cases = [
+        (serde_json::json!({"messages": []}), "0 messages"),
+        (
+            serde_json::json!({"messages": user("hi"), "max_tokens": 0}),
+            "max_tokens is 0",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "max_tokens": 5000}),
+            "max_tokens is 5000",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "temperature": 3.0}),
+            "temperature 3",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "top_p": 0.0}),
+            "top_p 0",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "stop": ["a", "b", "c", "d", "e"]}),
+            "5 stop strings",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "stop": [""]}),
+            "stop string \"\"",
+        ),
+        (
+            serde_json::json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "role is \"tool\"",
+        ),
+        (
+            serde_json::json!({"messages": user("hi"), "extra": 1}),
+            "unknown field",
+        ),
+        (
+            serde_json::json!({"messages": user(&"x".repeat(MAX_PROMPT_BYTES + 1))}),
+            "bytes of text",
+        ),
+        (serde_json::json!({"messages": "hi"}), "expected"),
+    ];
+    for (json, want) in cases {
+        let err = request(json.clone()).unwrap_err().to_string();
+        assert!(err.contains(want), "{json}: {err}");
+    }
+    assert!(GenerateRequest::parse(b"\xff\x00garbage").is_err());
+}
+
+fn tiny() -> Llama {
+    Llama::from_gguf(&tiny_llama(3, 2)).unwrap()
+}
+
+#[test]
+fn generation_streams_what_it_returns_and_repeats() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    let req = request(serde_json::json!({
+        "messages": user("the cat"), "max_tokens": 20, "temperature": 0.9, "seed": 5
+    }))
+    .unwrap();
+    let mut streamed = String::new();
+    let mut tokens = Vec::new();
+    let c = generate(&model, &backend, &req, &mut |s| {
+        streamed.push_str(s.text);
+        tokens.push(s.token);
+        assert!(s.logprob <= 0.0);
+        true
+    })
+    .unwrap();
+    assert_eq!(c.tokens, tokens);
+    assert_eq!(streamed, c.text);
+    assert_eq!(c.prompt_tokens, model.chat_prompt(&req.chat()).unwrap());
+    let again = generate(&model, &backend, &req, &mut |_| true).unwrap();
+    assert_eq!(again, c);
+    assert_eq!(again.hash(), c.hash());
+    if c.finish == FinishReason::Length {
+        assert_eq!(c.tokens.len(), 20);
+    } else {
+        assert_eq!(*c.tokens.last().unwrap(), model.eos());
+    }
+}
+
+#[test]
+fn cancelling_keeps_the_tokens_so_far() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    let req = request(serde_json::json!({"messages": user("the"), "max_tokens": 30, "temperature": 1.0, "seed": 9})).unwrap();
+    let full = generate(&model, &backend, &req, &mut |_| true).unwrap();
+    if full.tokens.len() < 4 {
+        return;
+    }
+    let c = generate(&model, &backend, &req, &mut |s| s.index < 2).unwrap();
+    assert_eq!(c.finish, FinishReason::Cancelled);
+    assert_eq!(c.tokens, full.tokens[..3]);
+    assert_ne!(c.hash(), full.hash());
+}
+
+#[test]
+fn long_prompts_are_refused_before_decoding() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    // The tiny model's context is 256 tokens.
+    let req = request(serde_json::json!({"messages": user(&"x ".repeat(200)), "max_tokens": 100}))
+        .unwrap();
+    let err = generate(&model, &backend, &req, &mut |_| panic!("decoded")).unwrap_err();
+    assert!(err.to_string().contains("context is 256 tokens"), "{err}");
+}
+
+#[test]
+fn stop_strings_end_the_text_before_them() {
+    assert_eq!(stop_prefix_len("hello wor", &["world".into()]), 3);
+    assert_eq!(stop_prefix_len("hello", &["xyz".into()]), 0);
+    assert_eq!(stop_prefix_len("ab", &["b!".into(), "ab!".into()]), 2);
+    assert_eq!(stop_prefix_len("é", &["éa".into()]), 2);
+
+    let model = crate::llama::tests::smollm2();
+    let backend = CpuBackend::new();
+    let ask = |stop: serde_json::Value| {
+        request(serde_json::json!({
+            "messages": user("What is the capital of France?"), "max_tokens": 12, "stop": stop
+        }))
+        .unwrap()
+    };
+    let plain = generate(model, &backend, &ask(serde_json::json!([])), &mut |_| true).unwrap();
+    assert!(
+        plain.text.starts_with("The capital of France is Paris"),
+        "{:?}",
+        plain.text
+    );
+    let mut streamed = String::new();
+    let c = generate(
+        model,
+        &backend,
+        &ask(serde_json::json!(["Paris", "zzz"])),
+        &mut |s| {
+            streamed.push_str(s.text);
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(c.text, "The capital of France is ");
+    assert_eq!(streamed, c.text, "nothing of the stop string was streamed");
+    assert_eq!(c.finish, FinishReason::Stop);
+    assert!(c.tokens.len() < plain.tokens.len());
+}
+
+#[test]
+fn the_commitment_covers_every_field() {
+    let base = Completion {
+        prompt_tokens: vec![1, 2, 3],
+        tokens: vec![4, 5],
+        text: "x".into(),
+        finish: FinishReason::Stop,
+        sampling: Sampling::default(),
+    };
+    let h = base.hash();
+    let variants = [
+        Completion {
+            prompt_tokens: vec![1, 2],
+            ..base.clone()
+        },
+        Completion {
+            prompt_tokens: vec![1, 2, 3, 4],
+            tokens: vec![5],
+            ..base.clone()
+        },
+        Completion {
+            tokens: vec![4, 6],
+            ..base.clone()
+        },
+        Completion {
+            finish: FinishReason::Length,
+            ..base.clone()
+        },
+        Completion {
+            sampling: Sampling {
+                temperature: 0.5,
+                ..base.sampling
+            },
+            ..base.clone()
+        },
+        Completion {
+            sampling: Sampling {
+                top_p: 0.5,
+                ..base.sampling
+            },
+            ..base.clone()
+        },
+        Completion {
+            sampling: Sampling {
+                top_k: 5,
+                ..base.sampling
+            },
+            ..base.clone()
+        },
+        Completion {
+            sampling: Sampling {
+                seed: 1,
+                ..base.sampling
+            },
+            ..base.clone()
+        },
+    ];
+    for v in variants {
+        assert_ne!(v.hash(), h, "{v:?}");
+    }
+    assert_eq!(
+        Completion {
+            text: "other".into(),
+            ..base.clone()
+        }
+        .hash(),
+        h
+    );
+}

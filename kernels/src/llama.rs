@@ -1,0 +1,569 @@
+//! Llama-architecture decoder language models from GGUF files (SmolLM2-135M-Instruct), run in
+//! exact mode on the [`Backend`] ops.
+//!
+//! The architecture is read from the file's metadata (`llama.*`): layers, hidden and FFN
+//! widths, query and key-value heads (grouped-query attention), RMSNorm epsilon, RoPE base over
+//! the whole head with consecutive-pair rotation, SwiGLU, and a language-model head tied to the
+//! token embedding when the file has no `output.weight`.
+//!
+//! Weights are dequantised once, at load, to f32 and packed for the GEMM (Q4_1 and Q8_0 values
+//! are exact functions of their blocks, so this gives the bits a fused dequantising GEMV would);
+//! the token embedding stays quantised and its rows are dequantised when gathered. Dequantising
+//! at load spends memory (about 0.6 GB for SmolLM2-135M) and memory traffic per decoded token
+//! (every weight is read as 4 bytes instead of 5/8 of a byte): see the README's decode figures.
+//!
+//! A forward pass takes any number of sequences, each with its own key-value cache and any
+//! number of new tokens; every op is row-wise except attention, which runs per sequence, so a
+//! sequence's logits do not depend on what else was in the batch or on how its tokens were
+//! split between calls.
+
+use crate::backend::{Backend, Epilogue, PackedMatrix};
+use crate::bpe::BpeTokenizer;
+use crate::gguf::{Gguf, Tensor, TensorType};
+use crate::{Error, RopeTable};
+
+/// Limits on what a GGUF file may declare (far above SmolLM2's).
+const MAX_LAYERS: u64 = 256;
+const MAX_WIDTH: u64 = 1 << 16;
+const MAX_HEADS: u64 = 1024;
+const MAX_CONTEXT: u64 = 1 << 17;
+const MAX_VOCAB: u64 = 1 << 20;
+
+/// The dimensions of a Llama model, from its GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaSpec {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Width of the SwiGLU feed-forward layer.
+    pub ffn: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key-value heads (`heads` is a multiple of it).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest sequence (prompt and completion).
+    pub context: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// RoPE frequency base.
+    pub rope_base: f64,
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::BadSpec {
+        reason: reason.into(),
+    }
+}
+
+impl LlamaSpec {
+    fn from_gguf(g: &Gguf<'_>) -> Result<LlamaSpec, Error> {
+        let arch = g.str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::UnsupportedArchitecture {
+                architecture: arch.to_string(),
+            });
+        }
+        let dim = |key: &str, max: u64| -> Result<usize, Error> {
+            let v = g.uint(&format!("llama.{key}"))?;
+            if v == 0 || v > max {
+                return Err(bad(format!("llama.{key} is {v} (1 to {max})")));
+            }
+            Ok(v as usize)
+        };
+        let layers = dim("block_count", MAX_LAYERS)?;
+        let hidden = dim("embedding_length", MAX_WIDTH)?;
+        let ffn = dim("feed_forward_length", MAX_WIDTH)?;
+        let heads = dim("attention.head_count", MAX_HEADS)?;
+        let kv_heads = dim("attention.head_count_kv", MAX_HEADS)?;
+        let context = dim("context_length", MAX_CONTEXT)?;
+        let eps = g.float("llama.attention.layer_norm_rms_epsilon")?;
+        let rope_base = g.float("llama.rope.freq_base").unwrap_or(10_000.0);
+        if hidden % heads != 0 || heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "{heads} heads do not divide the width {hidden}, or {kv_heads} kv heads do not divide them"
+            )));
+        }
+        let head_dim = hidden / heads;
+        if head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "head width {head_dim} is odd; RoPE needs pairs"
+            )));
+        }
+        if let Ok(rot) = g.uint("llama.rope.dimension_count")
+            && rot as usize != head_dim
+        {
+            return Err(bad(format!(
+                "RoPE over {rot} of {head_dim} head dimensions; this build rotates whole heads"
+            )));
+        }
+        if let Ok(kind) = g.str("llama.rope.scaling.type")
+            && kind != "none"
+        {
+            return Err(bad(format!("RoPE scaling {kind:?} is not supported")));
+        }
+        if !(eps > 0.0 && eps < 1.0 && rope_base > 1.0 && rope_base < 1e9) {
+            return Err(bad(format!(
+                "RMSNorm epsilon {eps} or RoPE base {rope_base} out of range"
+            )));
+        }
+        let vocab = g.array("tokenizer.ggml.tokens")?.len();
+        if vocab == 0 || vocab as u64 > MAX_VOCAB {
+            return Err(bad(format!("{vocab} tokens (1 to {MAX_VOCAB})")));
+        }
+        Ok(LlamaSpec {
+            layers,
+            hidden,
+            ffn,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            context,
+            eps: eps as f32,
+            rope_base,
+        })
+    }
+
+    /// Width of a query-key-value row: the query heads, then the key heads, then the value
+    /// heads.
+    fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// `hidden × qkv_width`: query, key and value projections side by side.
+    qkv: PackedMatrix,
+    /// `hidden × hidden`.
+    out: PackedMatrix,
+    ffn_norm: Vec<f32>,
+    /// `hidden × 2·ffn`: gate, then up.
+    gate_up: PackedMatrix,
+    /// `ffn × hidden`.
+    down: PackedMatrix,
+}
+
+/// The token embedding, kept in its file encoding; rows dequantised when gathered.
+struct Embedding {
+    kind: TensorType,
+    /// Bytes of one row.
+    row_bytes: usize,
+    bytes: Vec<u8>,
+    dim: usize,
+}
+
+impl Embedding {
+    fn row(&self, id: u32, out: &mut Vec<f32>) -> Result<(), Error> {
+        let start = id as usize * self.row_bytes;
+        let data = self
+            .bytes
+            .get(start..start + self.row_bytes)
+            .ok_or_else(|| Error::BadInput {
+                reason: format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.bytes.len() / self.row_bytes
+                ),
+            })?;
+        let t = Tensor {
+            name: "token_embd.weight".into(),
+            dims: vec![self.dim as u64],
+            kind: self.kind,
+            data,
+        };
+        out.extend(t.to_f32()?);
+        Ok(())
+    }
+}
+
+/// A loaded Llama model with its tokenizer. Immutable; share it across threads.
+pub(crate) struct Llama {
+    spec: LlamaSpec,
+    embd: Embedding,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `hidden × vocab`.
+    head: PackedMatrix,
+    rope: RopeTable,
+    tokenizer: BpeTokenizer,
+    chat: ChatTemplate,
+}
+
+/// One sequence's key-value cache: per layer, the keys and values of every position so far.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The ChatML template of the file (`tokenizer.chat_template`), and its default system
+/// message.
+#[derive(Debug, Clone)]
+pub(crate) struct ChatTemplate {
+    im_start: u32,
+    im_end: u32,
+    eos: u32,
+    default_system: Option<String>,
+}
+
+/// Roles a chat message may have.
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+impl ChatTemplate {
+    fn from_gguf(g: &Gguf<'_>) -> Result<ChatTemplate, Error> {
+        let tokens = g.array("tokenizer.ggml.tokens")?;
+        let find = |text: &str| {
+            tokens
+                .iter()
+                .position(|t| matches!(t, crate::gguf::Value::String(s) if s == text))
+                .map(|i| i as u32)
+                .ok_or_else(|| Error::BadTokenizer {
+                    reason: format!("the vocabulary has no {text} token (ChatML)"),
+                })
+        };
+        let template = g.str("tokenizer.chat_template").unwrap_or_default();
+        if !template.contains("<|im_start|>") {
+            return Err(Error::BadTokenizer {
+                reason: "tokenizer.chat_template is not ChatML (<|im_start|>role…<|im_end|>)"
+                    .into(),
+            });
+        }
+        // SmolLM2's template inserts a fixed system message when the first message is not one.
+        let default_system = template
+            .split_once("<|im_start|>system\n")
+            .and_then(|(_, rest)| rest.split_once("<|im_end|>"))
+            .map(|(msg, _)| msg.to_string());
+        let eos = g
+            .uint("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|v| v as u32)
+            .map_or_else(|| find("<|im_end|>"), Ok)?;
+        Ok(ChatTemplate {
+            im_start: find("<|im_start|>")?,
+            im_end: find("<|im_end|>")?,
+            eos,
+            default_system,
+        })
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `"system"`, `"user"` or `"assistant"`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+fn matrix(g: &Gguf<'_>, name: &str, k: usize, n: usize) -> Result<Vec<f32>, Error> {
+    let t = g.tensor(name)?;
+    if t.dims != [k as u64, n as u64] {
+        return Err(Error::ShapeMismatch {
+            name: name.into(),
+            expected: vec![k, n],
+            actual: t.dims.iter().map(|&d| d as usize).collect(),
+        });
+    }
+    t.to_f32()
+}
+
+fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, Error> {
+    let t = g.tensor(name)?;
+    if t.dims != [n as u64] {
+        return Err(Error::ShapeMismatch {
+            name: name.into(),
+            expected: vec![n],
+            actual: t.dims.iter().map(|&d| d as usize).collect(),
+        });
+    }
+    t.to_f32()
+}
+
+impl Llama {
+    /// Loads a model from the bytes of a GGUF file, checking the architecture, every tensor's
+    /// shape and type, and the tokenizer.
+    pub(crate) fn from_gguf(bytes: &[u8]) -> Result<Llama, Error> {
+        let g = Gguf::parse(bytes)?;
+        let spec = LlamaSpec::from_gguf(&g)?;
+        let tokenizer = BpeTokenizer::from_gguf(&g)?;
+        let chat = ChatTemplate::from_gguf(&g)?;
+        let (h, kvw) = (spec.hidden, spec.kv_width());
+        let mut used = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
+        let mut layers = Vec::with_capacity(spec.layers);
+        for l in 0..spec.layers {
+            let name = |part: &str| format!("blk.{l}.{part}.weight");
+            let mut qkv = matrix(&g, &name("attn_q"), h, h)?;
+            qkv.extend(matrix(&g, &name("attn_k"), h, kvw)?);
+            qkv.extend(matrix(&g, &name("attn_v"), h, kvw)?);
+            let mut gate_up = matrix(&g, &name("ffn_gate"), h, spec.ffn)?;
+            gate_up.extend(matrix(&g, &name("ffn_up"), h, spec.ffn)?);
+            layers.push(Layer {
+                attn_norm: vector(&g, &name("attn_norm"), h)?,
+                qkv: PackedMatrix::from_transposed(&qkv, h, spec.qkv_width()),
+                out: PackedMatrix::from_transposed(&matrix(&g, &name("attn_output"), h, h)?, h, h),
+                ffn_norm: vector(&g, &name("ffn_norm"), h)?,
+                gate_up: PackedMatrix::from_transposed(&gate_up, h, 2 * spec.ffn),
+                down: PackedMatrix::from_transposed(
+                    &matrix(&g, &name("ffn_down"), spec.ffn, h)?,
+                    spec.ffn,
+                    h,
+                ),
+            });
+            for part in [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "attn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+                "ffn_norm",
+            ] {
+                used.push(name(part));
+            }
+        }
+        let embd_t = g.tensor("token_embd.weight")?;
+        if embd_t.dims != [h as u64, spec.vocab as u64] {
+            return Err(Error::ShapeMismatch {
+                name: "token_embd.weight".into(),
+                expected: vec![h, spec.vocab],
+                actual: embd_t.dims.iter().map(|&d| d as usize).collect(),
+            });
+        }
+        // The head: `output.weight` when present, else the embedding (tied).
+        let head_name = if g.tensor("output.weight").is_ok() {
+            used.push("output.weight".into());
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let head =
+            PackedMatrix::from_transposed(&matrix(&g, head_name, h, spec.vocab)?, h, spec.vocab);
+        // `rope_freqs.weight` would scale the frequencies: not supported; anything else unused
+        // means a model this loader does not understand.
+        let used: std::collections::HashSet<&str> = used.iter().map(String::as_str).collect();
+        if let Some(extra) = g.tensors.iter().find(|t| !used.contains(t.name.as_str())) {
+            return Err(Error::UnexpectedTensor {
+                name: extra.name.clone(),
+            });
+        }
+        if tokenizer.vocab_size() != spec.vocab {
+            return Err(bad("tokenizer and embedding sizes differ"));
+        }
+        let embd = Embedding {
+            kind: embd_t.kind,
+            row_bytes: embd_t.data.len() / spec.vocab,
+            bytes: embd_t.data.to_vec(),
+            dim: h,
+        };
+        // The table covers the context; RoPE tables are small (8192 × 32 pairs: 2 MB).
+        let rope = RopeTable::new(spec.head_dim, spec.context, spec.rope_base);
+        Ok(Llama {
+            norm: vector(&g, "output_norm.weight", h)?,
+            spec,
+            embd,
+            layers,
+            head,
+            rope,
+            tokenizer,
+            chat,
+        })
+    }
+
+    pub(crate) fn spec(&self) -> &LlamaSpec {
+        &self.spec
+    }
+
+    pub(crate) fn tokenizer(&self) -> &BpeTokenizer {
+        &self.tokenizer
+    }
+
+    /// The end-of-sequence token (`<|im_end|>` for SmolLM2-Instruct).
+    pub(crate) fn eos(&self) -> u32 {
+        self.chat.eos
+    }
+
+    /// An empty cache for one sequence.
+    pub(crate) fn new_cache(&self) -> KvCache {
+        KvCache {
+            k: vec![Vec::new(); self.spec.layers],
+            v: vec![Vec::new(); self.spec.layers],
+            len: 0,
+        }
+    }
+
+    /// The prompt of a chat in ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message,
+    /// after the template's default system message when the first message is not a system
+    /// message, then `<|im_start|>assistant\n`. Message text is tokenized as text only (a
+    /// literal `<|im_end|>` in it is not the control token).
+    pub(crate) fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, Error> {
+        if messages.is_empty() {
+            return Err(Error::BadInput {
+                reason: "messages is empty".into(),
+            });
+        }
+        let c = &self.chat;
+        let newline = self.tokenizer.encode("\n");
+        let mut ids = Vec::new();
+        let mut turn = |role: &str, content: &str| {
+            ids.push(c.im_start);
+            ids.extend(self.tokenizer.encode(&format!("{role}\n{content}")));
+            ids.push(c.im_end);
+            ids.extend_from_slice(&newline);
+        };
+        if messages[0].role != "system"
+            && let Some(system) = &c.default_system
+        {
+            turn("system", system);
+        }
+        for (i, m) in messages.iter().enumerate() {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(Error::BadInput {
+                    reason: format!(
+                        "messages[{i}].role is {:?}; the roles are system, user and assistant",
+                        m.role
+                    ),
+                });
+            }
+            turn(&m.role, &m.content);
+        }
+        ids.push(c.im_start);
+        ids.extend(self.tokenizer.encode("assistant\n"));
+        Ok(ids)
+    }
+
+    /// Runs `tokens[s]` through sequence `s` and appends them to its cache (`caches[s]`).
+    /// Returns logits (`vocab` per row): the last new token's of every sequence, or with
+    /// `every_row` those of every new token, in order. Nothing is appended on error.
+    pub(crate) fn forward(
+        &self,
+        backend: &dyn Backend,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+        every_row: bool,
+    ) -> Result<Vec<f32>, Error> {
+        let s = &self.spec;
+        assert_eq!(
+            caches.len(),
+            tokens.len(),
+            "forward: one cache per sequence"
+        );
+        let mut positions = Vec::new();
+        let mut x = Vec::new();
+        for (cache, toks) in caches.iter().zip(tokens) {
+            if toks.is_empty() {
+                return Err(Error::BadInput {
+                    reason: "a sequence has no new tokens".into(),
+                });
+            }
+            if cache.len + toks.len() > s.context {
+                return Err(Error::ContextFull {
+                    tokens: cache.len + toks.len(),
+                    context: s.context,
+                });
+            }
+            positions.extend(cache.len..cache.len + toks.len());
+            for &t in *toks {
+                self.embd.row(t, &mut x)?;
+            }
+        }
+        let rows = positions.len();
+        let (h, qw, kvw) = (s.hidden, s.qkv_width(), s.kv_width());
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut a = x.clone();
+            backend.rmsnorm_rows(&mut a, h, &layer.attn_norm, s.eps);
+            let mut qkv = backend.gemm_packed(&a, &layer.qkv, None, rows);
+            backend.rope(
+                &mut qkv,
+                qw,
+                s.heads + s.kv_heads,
+                s.head_dim,
+                &positions,
+                &self.rope,
+            );
+            let mut att = Vec::with_capacity(rows * h);
+            let mut first = 0;
+            for (cache, toks) in caches.iter_mut().zip(tokens) {
+                let n = toks.len();
+                let mut q = Vec::with_capacity(n * h);
+                for row in qkv[first * qw..(first + n) * qw].chunks_exact(qw) {
+                    q.extend_from_slice(&row[..h]);
+                    cache.k[l].extend_from_slice(&row[h..h + kvw]);
+                    cache.v[l].extend_from_slice(&row[h + kvw..]);
+                }
+                att.extend(backend.attention_causal(
+                    &q,
+                    &cache.k[l],
+                    &cache.v[l],
+                    s.heads,
+                    s.kv_heads,
+                    s.head_dim,
+                    scale,
+                ));
+                first += n;
+            }
+            x = backend.gemm_packed_then(&att, &layer.out, None, rows, Epilogue::Residual(&x));
+            let mut a = x.clone();
+            backend.rmsnorm_rows(&mut a, h, &layer.ffn_norm, s.eps);
+            let gate_up = backend.gemm_packed(&a, &layer.gate_up, None, rows);
+            let act = backend.swiglu(&gate_up, s.ffn);
+            x = backend.gemm_packed_then(&act, &layer.down, None, rows, Epilogue::Residual(&x));
+        }
+        for (cache, toks) in caches.iter_mut().zip(tokens) {
+            cache.len += toks.len();
+        }
+        let mut last = if every_row {
+            x
+        } else {
+            let mut sel = Vec::with_capacity(tokens.len() * h);
+            let mut end = 0;
+            for toks in tokens {
+                end += toks.len();
+                sel.extend_from_slice(&x[(end - 1) * h..end * h]);
+            }
+            sel
+        };
+        let out_rows = last.len() / h;
+        backend.rmsnorm_rows(&mut last, h, &self.norm, s.eps);
+        let logits = backend.gemm_packed(&last, &self.head, None, out_rows);
+        if logits.iter().any(|v| !v.is_finite()) {
+            for (cache, toks) in caches.iter_mut().zip(tokens) {
+                cache.len -= toks.len();
+                for l in 0..s.layers {
+                    cache.k[l].truncate(cache.len * kvw);
+                    cache.v[l].truncate(cache.len * kvw);
+                }
+            }
+            return Err(Error::NonFiniteOutput { layer: s.layers });
+        }
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
