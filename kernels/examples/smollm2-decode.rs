@@ -7,7 +7,7 @@
 //!     --streams 1 --tokens 64
 //! ```
 //!
-//! Prints one JSON line: `{"system":"proofmesh","streams":S,"prompt_tokens":P,
+//! Prints one JSON line: `{"system":"proofmesh","streams":S,"prompt_tokens":P (all streams),
 //! "ttft_s":..,"decode_tokens":N,"decode_s":..,"tokens_per_s":..}` where `tokens_per_s`
 //! counts every stream's tokens (aggregate) over the decode steps after the first token.
 
@@ -39,7 +39,6 @@ fn main() -> Result<(), Box<dyn Error>> {
         Ok(GenerateRequest::parse(json.to_string().as_bytes())?)
     };
     let mut batch = model.generator()?;
-    let mut prompt_tokens = 0;
     for i in 0..streams {
         batch.add(i as u64, &req(i)?)?;
     }
@@ -51,21 +50,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         true
     };
     // The first step prefills every prompt and chooses every first token.
-    batch.step(&backend, &mut on_step)?;
+    let mut done = batch.step(&backend, &mut on_step)?;
     let ttft = start.elapsed().as_secs_f64();
     first.get_or_insert(Instant::now());
     while !batch.is_empty() {
-        batch.step(&backend, &mut on_step)?;
+        done.extend(batch.step(&backend, &mut on_step)?);
     }
     let decode = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    for i in 0..streams {
-        prompt_tokens += req(i)?.messages[0].content.len() / 4;
-    }
+    let prompt_tokens: usize = done.iter().map(|(_, c)| c.prompt_tokens.len()).sum();
     let decoded = produced - streams;
     println!(
         "{}",
         serde_json::json!({
-            "system": "proofmesh", "streams": streams, "prompt_tokens_approx": prompt_tokens,
+            "system": "proofmesh", "streams": streams, "prompt_tokens": prompt_tokens,
             "ttft_s": ttft, "decode_tokens": decoded, "decode_s": decode,
             "tokens_per_s": decoded as f64 / decode,
         })

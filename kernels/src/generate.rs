@@ -48,6 +48,10 @@ pub struct GenerateRequest {
     /// Generation stops before the first of these appears in the text.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Whether each step reports its token's log-probability ([`Step::logprob`]); reporting
+    /// only, not part of the commitment.
+    #[serde(default)]
+    pub logprobs: bool,
 }
 
 fn default_max_tokens() -> usize {
@@ -227,8 +231,8 @@ pub struct Step<'a> {
     /// Text now safe to show (complete characters, not a possible start of a stop string);
     /// may be empty.
     pub text: &'a str,
-    /// `ln p(token)` under the model's distribution (temperature 1).
-    pub logprob: f32,
+    /// `ln p(token)` under the model's distribution (temperature 1), when the request asked.
+    pub logprob: Option<f32>,
 }
 
 /// The most bytes of `text`'s end that could begin a stop string (held back while streaming).
@@ -387,6 +391,7 @@ pub(crate) struct Decoder {
     sampling: Sampling,
     max_tokens: usize,
     stops: Vec<String>,
+    logprobs: bool,
     prompt: Vec<u32>,
     tokens: Vec<u32>,
     /// The last forward's logits for this sequence.
@@ -404,6 +409,7 @@ impl Decoder {
             sampling: req.sampling(),
             max_tokens: req.max_tokens,
             stops: req.stop.clone(),
+            logprobs: req.logprobs,
             prompt,
             tokens: Vec::new(),
             logits,
@@ -423,7 +429,9 @@ impl Decoder {
     ) -> Option<u32> {
         let position = (self.prompt.len() + self.tokens.len()) as u64;
         let token = self.sampling.choose(&self.logits, position);
-        let logprob = crate::sample::logprob(&self.logits, token);
+        let logprob = self
+            .logprobs
+            .then(|| crate::sample::logprob(&self.logits, token));
         self.tokens.push(token);
         let tok = model.tokenizer();
         let mut done = None;

@@ -212,6 +212,50 @@ impl Tensor<'_> {
     }
 }
 
+impl Tensor<'_> {
+    /// Block `i` (in file order: row-major, `dims[0] / 32` blocks per row) of a Q4_1 or Q8_0
+    /// tensor as `(d, m, q)`: the scale, the minimum (0 for Q8_0) and each value's raw
+    /// quant (a nibble for Q4_1, the i8's byte for Q8_0). Other types give zeros.
+    pub(crate) fn block(&self, i: usize) -> (f32, f32, [u8; 32]) {
+        let mut q = [0u8; 32];
+        let half = |b: &[u8], at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
+        match self.kind {
+            TensorType::Q4_1 => {
+                let b = &self.data[i * 20..(i + 1) * 20];
+                for j in 0..16 {
+                    q[j] = b[4 + j] & 15;
+                    q[j + 16] = b[4 + j] >> 4;
+                }
+                (half(b, 0), half(b, 2), q)
+            }
+            TensorType::Q8_0 => {
+                let b = &self.data[i * 34..(i + 1) * 34];
+                q.copy_from_slice(&b[2..34]);
+                (half(b, 0), 0.0, q)
+            }
+            _ => (0.0, 0.0, q),
+        }
+    }
+
+    /// Checks that every block's scale and minimum is finite (Q4_1, Q8_0); then every value
+    /// is, as [`Tensor::to_f32`] would check.
+    pub(crate) fn check_scales(&self) -> Result<(), Error> {
+        let (per, bytes) = self.kind.block();
+        let blocks = self.elements() / per;
+        for i in 0..blocks as usize {
+            let (d, m, _) = self.block(i);
+            if !d.is_finite() || !m.is_finite() {
+                return Err(Error::NonFiniteWeight {
+                    name: self.name.clone(),
+                    index: i * per as usize,
+                });
+            }
+        }
+        debug_assert_eq!(self.data.len() as u64, blocks * bytes);
+        Ok(())
+    }
+}
+
 /// IEEE half precision to single, exactly (every f16 is an f32).
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;

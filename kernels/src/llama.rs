@@ -6,18 +6,20 @@
 //! the whole head with consecutive-pair rotation, SwiGLU, and a language-model head tied to the
 //! token embedding when the file has no `output.weight`.
 //!
-//! Weights are dequantised once, at load, to f32 and packed for the GEMM (Q4_1 and Q8_0 values
-//! are exact functions of their blocks, so this gives the bits a fused dequantising GEMV would);
-//! the token embedding stays quantised and its rows are dequantised when gathered. Dequantising
-//! at load spends memory (about 0.6 GB for SmolLM2-135M) and memory traffic per decoded token
-//! (every weight is read as 4 bytes instead of 5/8 of a byte): see the README's decode figures.
+//! Q4_1 and Q8_0 weights stay quantised in memory, re-laid out at load into the GEMM's 16-column
+//! panels (one byte per value and a scale and minimum per 32), and each panel is dequantised
+//! into a small buffer as the GEMM reaches it. A value is an exact function of its block
+//! (`q·d` is exact in f32; Q4_1 adds `m` with one rounding), so this gives the bits of
+//! dequantising the whole model at load, while a decoded token reads about 1.25 bytes per
+//! weight instead of 4: at batch 1 the weights' memory traffic is what bounds decode speed.
+//! The token embedding keeps the file's encoding; its rows are dequantised when gathered.
 //!
 //! A forward pass takes any number of sequences, each with its own key-value cache and any
 //! number of new tokens; every op is row-wise except attention, which runs per sequence, so a
 //! sequence's logits do not depend on what else was in the batch or on how its tokens were
 //! split between calls.
 
-use crate::backend::{Backend, Epilogue, PackedMatrix};
+use crate::backend::{Backend, Epilogue, PackedMatrix, QuantKind};
 use crate::bpe::BpeTokenizer;
 use crate::gguf::{Gguf, Tensor, TensorType};
 use crate::{Error, RopeTable};
@@ -278,16 +280,49 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-fn matrix(g: &Gguf<'_>, name: &str, k: usize, n: usize) -> Result<Vec<f32>, Error> {
-    let t = g.tensor(name)?;
-    if t.dims != [k as u64, n as u64] {
-        return Err(Error::ShapeMismatch {
-            name: name.into(),
-            expected: vec![k, n],
-            actual: t.dims.iter().map(|&d| d as usize).collect(),
-        });
+/// The linear layers `names` (each `[k, n_i]` in the file: `n_i` outputs of `k` inputs) side
+/// by side as one packed `k × Σ n_i` matrix. Q4_1 and Q8_0 stay quantised (dequantised panel
+/// by panel inside the GEMM, the same bits); other types, or a mix, are dequantised here.
+fn packed(g: &Gguf<'_>, names: &[String], k: usize, ns: &[usize]) -> Result<PackedMatrix, Error> {
+    let mut tensors = Vec::with_capacity(names.len());
+    for (name, &n) in names.iter().zip(ns) {
+        let t = g.tensor(name)?;
+        if t.dims != [k as u64, n as u64] {
+            return Err(Error::ShapeMismatch {
+                name: name.clone(),
+                expected: vec![k, n],
+                actual: t.dims.iter().map(|&d| d as usize).collect(),
+            });
+        }
+        tensors.push(t);
     }
-    t.to_f32()
+    let total: usize = ns.iter().sum();
+    let kind = match tensors[0].kind {
+        TensorType::Q4_1 => Some(QuantKind::Q4_1),
+        TensorType::Q8_0 => Some(QuantKind::Q8_0),
+        _ => None,
+    };
+    let Some(kind) = kind.filter(|_| tensors.iter().all(|t| t.kind == tensors[0].kind)) else {
+        let mut w_t = Vec::with_capacity(k * total);
+        for t in &tensors {
+            w_t.extend(t.to_f32()?);
+        }
+        return Ok(PackedMatrix::from_transposed(&w_t, k, total));
+    };
+    // Every scale and minimum must be finite (the values then are).
+    for t in &tensors {
+        t.check_scales()?;
+    }
+    // Output column j → (tensor, its row).
+    let mut owner = Vec::with_capacity(total);
+    for (i, &n) in ns.iter().enumerate() {
+        owner.extend((0..n).map(|r| (i, r)));
+    }
+    let nb = k / 32;
+    Ok(PackedMatrix::quantized(kind, k, total, |j, b| {
+        let (i, r) = owner[j];
+        tensors[i].block(r * nb + b)
+    }))
 }
 
 fn vector(g: &Gguf<'_>, name: &str, n: usize) -> Result<Vec<f32>, Error> {
@@ -315,22 +350,24 @@ impl Llama {
         let mut layers = Vec::with_capacity(spec.layers);
         for l in 0..spec.layers {
             let name = |part: &str| format!("blk.{l}.{part}.weight");
-            let mut qkv = matrix(&g, &name("attn_q"), h, h)?;
-            qkv.extend(matrix(&g, &name("attn_k"), h, kvw)?);
-            qkv.extend(matrix(&g, &name("attn_v"), h, kvw)?);
-            let mut gate_up = matrix(&g, &name("ffn_gate"), h, spec.ffn)?;
-            gate_up.extend(matrix(&g, &name("ffn_up"), h, spec.ffn)?);
+            let names = |parts: &[&str]| parts.iter().map(|p| name(p)).collect::<Vec<_>>();
             layers.push(Layer {
                 attn_norm: vector(&g, &name("attn_norm"), h)?,
-                qkv: PackedMatrix::from_transposed(&qkv, h, spec.qkv_width()),
-                out: PackedMatrix::from_transposed(&matrix(&g, &name("attn_output"), h, h)?, h, h),
-                ffn_norm: vector(&g, &name("ffn_norm"), h)?,
-                gate_up: PackedMatrix::from_transposed(&gate_up, h, 2 * spec.ffn),
-                down: PackedMatrix::from_transposed(
-                    &matrix(&g, &name("ffn_down"), spec.ffn, h)?,
-                    spec.ffn,
+                qkv: packed(
+                    &g,
+                    &names(&["attn_q", "attn_k", "attn_v"]),
                     h,
-                ),
+                    &[h, kvw, kvw],
+                )?,
+                out: packed(&g, &names(&["attn_output"]), h, &[h])?,
+                ffn_norm: vector(&g, &name("ffn_norm"), h)?,
+                gate_up: packed(
+                    &g,
+                    &names(&["ffn_gate", "ffn_up"]),
+                    h,
+                    &[spec.ffn, spec.ffn],
+                )?,
+                down: packed(&g, &names(&["ffn_down"]), spec.ffn, &[h])?,
             });
             for part in [
                 "attn_q",
@@ -361,8 +398,7 @@ impl Llama {
         } else {
             "token_embd.weight"
         };
-        let head =
-            PackedMatrix::from_transposed(&matrix(&g, head_name, h, spec.vocab)?, h, spec.vocab);
+        let head = packed(&g, &[head_name.to_string()], h, &[spec.vocab])?;
         // `rope_freqs.weight` would scale the frequencies: not supported; anything else unused
         // means a model this loader does not understand.
         let used: std::collections::HashSet<&str> = used.iter().map(String::as_str).collect();

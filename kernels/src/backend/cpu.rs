@@ -249,7 +249,14 @@ impl Backend for CpuBackend {
         // Split by column panels (few rows), a piece costs less: a quarter of the work is
         // enough (MiniLM's 384×384 projection at batch 1).
         let columns = by_columns_fits(m, w.n, self.kernel, self.threads);
-        let big = work > PARALLEL_WORK || (columns && work > PARALLEL_WORK / 4);
+        // A quantised row dequantises as it goes: twice the work per weight, so splitting
+        // pays off at half the size.
+        let min_split = if w.is_quantized() && m == 1 {
+            PARALLEL_WORK / 16
+        } else {
+            PARALLEL_WORK / 4
+        };
+        let big = work > PARALLEL_WORK || (columns && work > min_split);
         gemm_packed(a, w, bias, m, then, self.kernel, self.threads_if(big))
     }
 
@@ -277,6 +284,42 @@ impl Backend for CpuBackend {
 
     fn mean_pool(&self, x: &[f32], mask: &[u8], batch: usize, seq: usize, cols: usize) -> Vec<f32> {
         mean_pool(self.kernel, x, mask, batch, seq, cols)
+    }
+
+    fn rmsnorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], eps: f32) {
+        if super::ops::has_rows("rmsnorm_rows", x.len(), cols) {
+            assert_eq!(gamma.len(), cols, "rmsnorm_rows: gamma is not {cols} long");
+            self.row_op(x, cols, Op::RmsNorm { gamma, eps });
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        table: &crate::RopeTable,
+    ) {
+        rope(self.kernel, x, width, heads, head_dim, positions, table);
+    }
+
+    fn swiglu(&self, gate_up: &[f32], cols: usize) -> Vec<f32> {
+        swiglu(self.kernel, gate_up, cols)
+    }
+
+    fn attention_causal(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        attention_causal(self.kernel, q, k, v, heads, kv_heads, head_dim, scale)
     }
 
     fn attention(
@@ -465,6 +508,11 @@ enum Op<'a> {
     },
     /// L2 normalisation of each row of this many columns.
     L2Normalize(usize),
+    /// RMS normalisation of each row (as long as `gamma`).
+    RmsNorm {
+        gamma: &'a [f32],
+        eps: f32,
+    },
 }
 
 per_kernel! {
@@ -500,6 +548,54 @@ fn elementwise_body(x: &mut [f32], op: Op<'_>) {
                 super::ops::l2_normalize_row(row);
             }
         }
+        Op::RmsNorm { gamma, eps } => {
+            for row in x.chunks_exact_mut(gamma.len()) {
+                super::ops::rmsnorm_row(row, gamma, eps);
+            }
+        }
+    }
+}
+
+per_kernel! {
+    /// [`Backend::swiglu`] compiled for `kernel` (its `exp` is `mul_add`s).
+    fn swiglu(gate_up: &[f32], cols: usize) -> Vec<f32> {
+        portable: super::ops::swiglu(gate_up, cols),
+        avx2: super::ops::swiglu(gate_up, cols),
+        avx512: super::ops::swiglu(gate_up, cols),
+    }
+}
+
+per_kernel! {
+    /// [`Backend::rope`] compiled for `kernel`.
+    fn rope(
+        x: &mut [f32],
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        table: &crate::RopeTable,
+    ) {
+        portable: super::ops::rope(x, width, heads, head_dim, positions, table),
+        avx2: super::ops::rope(x, width, heads, head_dim, positions, table),
+        avx512: super::ops::rope(x, width, heads, head_dim, positions, table),
+    }
+}
+
+per_kernel! {
+    /// [`Backend::attention_causal`] compiled for `kernel`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_causal(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        portable: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
+        avx2: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
+        avx512: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
     }
 }
 
@@ -513,14 +609,81 @@ pub struct PackedMatrix {
     id: u64,
     k: usize,
     n: usize,
-    /// Panel `j` (columns `16j..16j+16`) is `panels[j·k..(j+1)·k]`.
-    panels: Vec<[f32; NR]>,
+    values: Values,
 }
 
-/// Equal when they hold the same matrix, whatever their identities.
+/// How a [`PackedMatrix`] holds its values.
+#[derive(Debug, Clone)]
+enum Values {
+    /// Panel `j` (columns `16j..16j+16`) is `panels[j·k..(j+1)·k]`.
+    F32(Vec<[f32; NR]>),
+    /// Quantised blocks, dequantised one panel at a time inside the GEMM.
+    Quant(Quantized),
+}
+
+/// A quantised encoding of a GGUF weight block (32 values along `k` of one column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuantKind {
+    /// Value = `q.mul_add(d, m)` (one rounding), `q` in 0..16.
+    Q4_1,
+    /// Value = `q · d` (exact), `q` in −128..128 (stored as its byte).
+    Q8_0,
+}
+
+/// Quantised panels: per panel `jp`, `k` rows of 16 quant bytes (`q[jp·k + p][c]`) and, per
+/// block of 32 rows, 16 scales and 16 minimums (`d[jp·k/32 + b][c]`; `m` likewise, empty for
+/// Q8_0). Columns past `n` have `d = m = 0` (value 0, as the f32 panels' zero fill). One byte
+/// per value plus 8 bytes per 32: about 1.25 bytes per weight against 4 for f32, which is what
+/// bounds a decoder's speed at batch 1.
+#[derive(Debug, Clone)]
+struct Quantized {
+    kind: QuantKind,
+    q: Vec<[u8; NR]>,
+    d: Vec<[f32; NR]>,
+    m: Vec<[f32; NR]>,
+}
+
+/// Values per quantisation block along `k`.
+const QK: usize = 32;
+
+impl Quantized {
+    /// Dequantises panel `jp` (`k` rows) into `out`: each value as [`QuantKind`] says, the
+    /// bits of dequantising at load.
+    #[inline(always)]
+    fn panel_into(&self, jp: usize, k: usize, out: &mut [[f32; NR]]) {
+        let nb = k / QK;
+        let q = &self.q[jp * k..(jp + 1) * k];
+        let d = &self.d[jp * nb..(jp + 1) * nb];
+        match self.kind {
+            QuantKind::Q4_1 => {
+                let m = &self.m[jp * nb..(jp + 1) * nb];
+                for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
+                    let (d, m) = (&d[b], &m[b]);
+                    for (dst, src) in out.iter_mut().zip(q) {
+                        for c in 0..NR {
+                            dst[c] = f32::from(src[c]).mul_add(d[c], m[c]);
+                        }
+                    }
+                }
+            }
+            QuantKind::Q8_0 => {
+                for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
+                    let d = &d[b];
+                    for (dst, src) in out.iter_mut().zip(q) {
+                        for c in 0..NR {
+                            dst[c] = f32::from(src[c] as i8) * d[c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Equal when they hold the same matrix, whatever their identities or encodings.
 impl PartialEq for PackedMatrix {
     fn eq(&self, other: &Self) -> bool {
-        (self.k, self.n) == (other.k, other.n) && self.panels == other.panels
+        (self.k, self.n) == (other.k, other.n) && self.to_row_major() == other.to_row_major()
     }
 }
 
@@ -548,7 +711,7 @@ impl PackedMatrix {
             id: Self::next_id(),
             k,
             n,
-            panels,
+            values: Values::F32(panels),
         }
     }
 
@@ -579,7 +742,79 @@ impl PackedMatrix {
             id: Self::next_id(),
             k,
             n,
-            panels,
+            values: Values::F32(panels),
+        }
+    }
+
+    /// Packs quantised blocks without dequantising them: `block(j, b)` gives column `j`'s
+    /// block `b` (rows `32b..32b+32`) as `(d, m, q)` (`m` ignored for Q8_0, `q` the raw byte
+    /// of each value). The GEMM dequantises each panel as it reaches it: the bits of
+    /// [`PackedMatrix::new`] on the dequantised values.
+    ///
+    /// # Panics
+    ///
+    /// When `k` is not a multiple of 32 (a loader bug: GGUF blocks are whole).
+    pub(crate) fn quantized(
+        kind: QuantKind,
+        k: usize,
+        n: usize,
+        block: impl Fn(usize, usize) -> (f32, f32, [u8; QK]),
+    ) -> PackedMatrix {
+        assert!(
+            k.is_multiple_of(QK),
+            "PackedMatrix: k = {k} is not whole blocks"
+        );
+        let (panels, nb) = (n.div_ceil(NR), k / QK);
+        let mut q = vec![[0u8; NR]; panels * k];
+        let mut d = vec![[0.0f32; NR]; panels * nb];
+        let mut m = match kind {
+            QuantKind::Q4_1 => vec![[0.0f32; NR]; panels * nb],
+            QuantKind::Q8_0 => Vec::new(),
+        };
+        for j in 0..n {
+            let (jp, c) = (j / NR, j % NR);
+            for b in 0..nb {
+                let (scale, min, values) = block(j, b);
+                d[jp * nb + b][c] = scale;
+                if let Some(row) = m.get_mut(jp * nb + b) {
+                    row[c] = min;
+                }
+                for (r, &v) in values.iter().enumerate() {
+                    q[jp * k + b * QK + r][c] = v;
+                }
+            }
+        }
+        PackedMatrix {
+            id: Self::next_id(),
+            k,
+            n,
+            values: Values::Quant(Quantized { kind, q, d, m }),
+        }
+    }
+
+    /// Whether the values are kept quantised.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.values, Values::Quant(_))
+    }
+
+    /// Bytes the values take in memory.
+    pub fn bytes(&self) -> usize {
+        match &self.values {
+            Values::F32(p) => p.len() * NR * 4,
+            Values::Quant(q) => (q.q.len() + 4 * (q.d.len() + q.m.len())) * NR,
+        }
+    }
+
+    /// The panels from `p0` on, as the GEMM reads them.
+    fn panels_from(&self, p0: usize) -> WeightPanels<'_> {
+        match &self.values {
+            Values::F32(p) => WeightPanels::F32(Packed(&p[p0 * self.k..], self.k)),
+            Values::Quant(q) => WeightPanels::Quant {
+                q,
+                k: self.k,
+                first: p0,
+                buf: vec![[0.0f32; NR]; self.k],
+            },
         }
     }
 
@@ -608,9 +843,10 @@ impl PackedMatrix {
     pub fn to_row_major(&self) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let mut b = vec![0.0f32; k * n];
+        let mut panels = self.panels_from(0);
         for (jp, j0) in (0..n).step_by(NR).enumerate() {
             let width = NR.min(n - j0);
-            for (p, src) in self.panels[jp * k..(jp + 1) * k].iter().enumerate() {
+            for (p, src) in panels.panel(jp, j0, width).iter().enumerate() {
                 b[p * n + j0..p * n + j0 + width].copy_from_slice(&src[..width]);
             }
         }
@@ -677,7 +913,7 @@ pub(crate) fn gemm_packed(
     if threads > 1 && by_columns_fits(m, n, kernel, threads) {
         return by_columns(&gemm, w, m, kernel, threads);
     }
-    run(&gemm, m, kernel, threads, || Packed(&w.panels[..], k))
+    run(&gemm, m, kernel, threads, || w.panels_from(0))
 }
 
 /// Whether a packed GEMM of `m` rows and `n` columns is split by column panels
@@ -728,12 +964,7 @@ fn by_columns(
             n: width,
         };
         let mut out = vec![0.0f32; m * width];
-        rows(
-            kernel,
-            &part,
-            &mut Packed(&w.panels[p0 * k..p1 * k], k),
-            &mut out,
-        );
+        rows(kernel, &part, &mut w.panels_from(p0), &mut out);
         *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = out;
     });
     let mut out = vec![0.0f32; m * n];
@@ -775,6 +1006,14 @@ impl<'a> Gemm<'a> {
 /// Where the GEMM body finds panel `jp` (columns `j0..j0 + width`) of `b`, `k` rows of 16.
 trait Panels {
     fn panel(&mut self, jp: usize, j0: usize, width: usize) -> &[[f32; NR]];
+
+    /// `gemm` for one row straight from this encoding, where it has such a path (quantised
+    /// weights dequantised in registers, not through a buffer): the bits of [`Panels::panel`]
+    /// then the one-row tile. Returns whether it ran.
+    #[inline(always)]
+    fn gemv(&mut self, _gemm: &Gemm<'_>, _out: &mut [f32]) -> bool {
+        false
+    }
 }
 
 /// Panels packed once ([`PackedMatrix`], or a head's keys and values in attention).
@@ -785,6 +1024,102 @@ impl Panels for Packed<'_> {
     fn panel(&mut self, jp: usize, _: usize, _: usize) -> &[[f32; NR]] {
         &self.0[jp * self.1..(jp + 1) * self.1]
     }
+}
+
+/// A [`PackedMatrix`]'s panels from one on: read in place, or dequantised into a buffer.
+enum WeightPanels<'a> {
+    F32(Packed<'a>),
+    Quant {
+        q: &'a Quantized,
+        k: usize,
+        first: usize,
+        buf: Vec<[f32; NR]>,
+    },
+}
+
+impl Panels for WeightPanels<'_> {
+    #[inline(always)]
+    fn panel(&mut self, jp: usize, j0: usize, width: usize) -> &[[f32; NR]] {
+        match self {
+            WeightPanels::F32(p) => p.panel(jp, j0, width),
+            WeightPanels::Quant { q, k, first, buf } => {
+                q.panel_into(*first + jp, *k, buf);
+                buf
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn gemv(&mut self, gemm: &Gemm<'_>, out: &mut [f32]) -> bool {
+        let WeightPanels::Quant { q, k, first, .. } = self else {
+            return false;
+        };
+        let (k, n, first) = (*k, gemm.n, *first);
+        let a = &gemm.a[..k];
+        let panels = n.div_ceil(NR);
+        let mut jp = 0;
+        // Two panels at a time: four independent accumulator chains per step.
+        while jp < panels {
+            let group = if panels - jp >= 2 { 2 } else { 1 };
+            let accs: [[f32; NR]; 2] = match (group, q.kind) {
+                (2, QuantKind::Q4_1) => dot_panels::<2, true>(q, k, first + jp, a),
+                (2, QuantKind::Q8_0) => dot_panels::<2, false>(q, k, first + jp, a),
+                (_, QuantKind::Q4_1) => pad(dot_panels::<1, true>(q, k, first + jp, a)),
+                (_, QuantKind::Q8_0) => pad(dot_panels::<1, false>(q, k, first + jp, a)),
+            };
+            for (g, acc) in accs.iter().take(group).enumerate() {
+                let j0 = (jp + g) * NR;
+                store(&[*acc], gemm, out, 0, j0, NR.min(n - j0));
+            }
+            jp += group;
+        }
+        true
+    }
+}
+
+#[inline(always)]
+fn pad(one: [[f32; NR]; 1]) -> [[f32; NR]; 2] {
+    [one[0], [0.0; NR]]
+}
+
+/// One row `a` against `G` quantised panels from `jp`, dequantising each value in registers
+/// exactly as [`Quantized::panel_into`] does and accumulating `p = 0..k` in order with one
+/// fused multiply-add each, as the one-row tile does. `MIN`: Q4_1 (`q.mul_add(d, m)`), else
+/// Q8_0 (`q · d`).
+#[inline(always)]
+fn dot_panels<const G: usize, const MIN: bool>(
+    q: &Quantized,
+    k: usize,
+    jp: usize,
+    a: &[f32],
+) -> [[f32; NR]; G] {
+    let nb = k / QK;
+    let mut acc = [[0.0f32; NR]; G];
+    for (b, a) in a.chunks_exact(QK).enumerate() {
+        let d: [[f32; NR]; G] = std::array::from_fn(|g| q.d[(jp + g) * nb + b]);
+        let m: [[f32; NR]; G] = std::array::from_fn(|g| {
+            if MIN {
+                q.m[(jp + g) * nb + b]
+            } else {
+                [0.0; NR]
+            }
+        });
+        let qs: [&[[u8; NR]]; G] = std::array::from_fn(|g| &q.q[(jp + g) * k + b * QK..][..QK]);
+        for (r, &x) in a.iter().enumerate() {
+            for g in 0..G {
+                let row = &qs[g][r];
+                for c in 0..NR {
+                    let w = if MIN {
+                        f32::from(row[c]).mul_add(d[g][c], m[g][c])
+                    } else {
+                        f32::from(row[c] as i8) * d[g][c]
+                    };
+                    acc[g][c] = x.mul_add(w, acc[g][c]);
+                }
+            }
+        }
+    }
+    acc
 }
 
 /// Panels copied from a row-major `b` into one reused buffer (zero past column n).
@@ -927,6 +1262,9 @@ fn rows_body_with<P: Panels, T: Tiles, const MR: usize>(
 ) {
     let (a, k, n) = (gemm.a, gemm.k, gemm.n);
     let m = out.len() / n;
+    if m == 1 && panels.gemv(gemm, out) {
+        return;
+    }
     let row = |i: usize| &a[i * k..(i + 1) * k];
     for (jp, j0) in (0..n).step_by(NR).enumerate() {
         let width = NR.min(n - j0);
@@ -1531,6 +1869,76 @@ mod tests {
                     bits(&cpu.gemm_packed(&a, &w, None, m)),
                     bits(&cpu.gemm_bias(&a, &b, None, m, k, n))
                 );
+            }
+        }
+    }
+
+    /// Quantised weights (Q4_1 and Q8_0 blocks) give the bits of the same values packed as f32,
+    /// one row (the fused GEMV, split by columns or not) or many (dequantised panels), with
+    /// every epilogue, tail width and kernel variant.
+    #[test]
+    fn quantized_weights_give_the_bits_of_their_values() {
+        let mut rng = crate::rng::SplitMix64::new(77);
+        for cpu in CpuBackend::every_variant() {
+            for kind in [QuantKind::Q4_1, QuantKind::Q8_0] {
+                for (m, k, n) in [
+                    (1, 32, 5),
+                    (1, 64, 33),
+                    (1, 576, 960),
+                    (2, 96, 40),
+                    (9, 64, 50),
+                    (1, 1536, 576),
+                ] {
+                    let blocks: Vec<(f32, f32, [u8; QK])> = (0..n * k / QK)
+                        .map(|_| {
+                            let d = (rng.next_f32() * 0.05).abs() + 1e-3;
+                            let min = rng.next_f32() * 0.1;
+                            let q = std::array::from_fn(|_| {
+                                let byte = rng.next_u64() as u8;
+                                if kind == QuantKind::Q4_1 {
+                                    byte & 15
+                                } else {
+                                    byte
+                                }
+                            });
+                            (d, min, q)
+                        })
+                        .collect();
+                    let nb = k / QK;
+                    let w = PackedMatrix::quantized(kind, k, n, |j, b| blocks[j * nb + b]);
+                    assert!(w.is_quantized() && w.bytes() < k * n.next_multiple_of(NR) * 2);
+                    // The values, dequantised as the GGUF reader does at load.
+                    let mut w_t = vec![0.0f32; n * k];
+                    for j in 0..n {
+                        for b in 0..nb {
+                            let (d, min, q) = blocks[j * nb + b];
+                            for r in 0..QK {
+                                w_t[j * k + b * QK + r] = match kind {
+                                    QuantKind::Q4_1 => f32::from(q[r]).mul_add(d, min),
+                                    QuantKind::Q8_0 => f32::from(q[r] as i8) * d,
+                                };
+                            }
+                        }
+                    }
+                    let f = PackedMatrix::from_transposed(&w_t, k, n);
+                    assert!(w == f, "unpacks to its values");
+                    let a = random(k as u64, m * k);
+                    let bias = random(n as u64, n);
+                    let residual = random(3, m * n);
+                    for (bias, then) in [
+                        (None, Epilogue::Plain),
+                        (Some(&bias[..]), Epilogue::Gelu),
+                        (Some(&bias[..]), Epilogue::Residual(&residual)),
+                    ] {
+                        assert_eq!(
+                            bits(&cpu.gemm_packed_then(&a, &w, bias, m, then)),
+                            bits(&cpu.gemm_packed_then(&a, &f, bias, m, then)),
+                            "{kind:?} m={m} k={k} n={n} {:?} {} threads",
+                            cpu.kernel,
+                            cpu.threads
+                        );
+                    }
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::RopeTable;
 
+pub(crate) use cpu::QuantKind;
 pub use cpu::{CpuBackend, CpuKernel, CpuKernelError, PackedMatrix};
 pub use cuda::{Comparison, CudaBackend, CudaError, GemmTiming, Probe};
 

@@ -328,6 +328,7 @@ pub(crate) fn rmsnorm_row(row: &mut [f32], gamma: &[f32], eps: f32) {
 }
 
 /// See [`Backend::rope`](super::Backend::rope).
+#[inline(always)]
 pub(crate) fn rope(
     x: &mut [f32],
     width: usize,
@@ -355,6 +356,7 @@ pub(crate) fn rope_row(row: &mut [f32], head_dim: usize, angles: &[(f32, f32)]) 
 }
 
 /// Checks RoPE's shapes (a caller bug otherwise, hence a panic).
+#[inline(always)]
 pub(crate) fn check_rope_shapes(
     len: usize,
     width: usize,
@@ -380,6 +382,7 @@ pub(crate) fn check_rope_shapes(
 }
 
 /// See [`Backend::swiglu`](super::Backend::swiglu).
+#[inline(always)]
 pub(crate) fn swiglu(gate_up: &[f32], cols: usize) -> Vec<f32> {
     if !has_rows("swiglu", gate_up.len(), 2 * cols) {
         return Vec::new();
@@ -394,6 +397,7 @@ pub(crate) fn swiglu(gate_up: &[f32], cols: usize) -> Vec<f32> {
 
 /// See [`Backend::attention_causal`](super::Backend::attention_causal).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn attention_causal(
     q: &[f32],
     k: &[f32],
@@ -437,6 +441,7 @@ pub(crate) fn attention_causal(
 
 /// Checks causal attention's shapes (a caller bug otherwise, hence a panic) and returns
 /// `(queries, keys)`.
+#[inline(always)]
 pub(crate) fn check_causal_shapes(
     q: usize,
     k: usize,

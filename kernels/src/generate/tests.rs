@@ -73,7 +73,8 @@ fn generation_streams_what_it_returns_and_repeats() {
     let model = tiny();
     let backend = CpuBackend::new();
     let req = request(serde_json::json!({
-        "messages": user("the cat"), "max_tokens": 20, "temperature": 0.9, "seed": 5
+        "messages": user("the cat"), "max_tokens": 20, "temperature": 0.9, "seed": 5,
+        "logprobs": true
     }))
     .unwrap();
     let mut streamed = String::new();
@@ -81,7 +82,7 @@ fn generation_streams_what_it_returns_and_repeats() {
     let c = generate(&model, &backend, &req, &mut |s| {
         streamed.push_str(s.text);
         tokens.push(s.token);
-        assert!(s.logprob <= 0.0);
+        assert!(s.logprob.is_some_and(|l| l <= 0.0));
         true
     })
     .unwrap();
@@ -107,7 +108,11 @@ fn cancelling_keeps_the_tokens_so_far() {
     if full.tokens.len() < 4 {
         return;
     }
-    let c = generate(&model, &backend, &req, &mut |s| s.index < 2).unwrap();
+    let c = generate(&model, &backend, &req, &mut |s| {
+        assert!(s.logprob.is_none(), "not asked for");
+        s.index < 2
+    })
+    .unwrap();
     assert_eq!(c.finish, FinishReason::Cancelled);
     assert_eq!(c.tokens, full.tokens[..3]);
     assert_ne!(c.hash(), full.hash());
