@@ -52,6 +52,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "snp_report" => vec![snp().report.clone()],
         "snp_vcek" => vec![snp().chip.vcek_der().to_vec()],
+        // A one-layer seeded Llama (about 45 KB, under the fuzzer's input limit).
+        "gguf" => vec![kernels::seeded_llama_gguf(1, 1)],
         "tx_json" => actors::fuzz::Target::Tx
             .seeds()
             .iter()

@@ -587,7 +587,6 @@ impl<'a> Gguf<'a> {
 /// Writes a GGUF version 3 file with `metadata` (in the given order) and `tensors`
 /// (`(name, dims innermost first, type, raw bytes)`, aligned to 32 bytes): the inverse of
 /// [`Gguf::parse`], for seeded models and tests.
-#[cfg(test)]
 pub(crate) fn write(
     metadata: &[(&str, Value)],
     tensors: &[(&str, Vec<u64>, TensorType, Vec<u8>)],
@@ -678,7 +677,6 @@ pub(crate) fn write(
 
 /// f32 to IEEE half, rounding to nearest even (for seeded weights and tests; values in f16's
 /// normal range).
-#[cfg(test)]
 pub(crate) fn f32_to_f16(x: f32) -> u16 {
     let bits = x.to_bits();
     let sign = ((bits >> 16) & 0x8000) as u16;

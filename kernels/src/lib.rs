@@ -51,7 +51,7 @@ pub use generate::{
     Completion, FinishReason, GenerateRequest, Generator, MAX_COMPLETION_TOKENS, MessageJson, Step,
 };
 pub use id::{ModelId, keccak256};
-pub use llama::{ChatMessage, KvCache, LlamaSpec};
+pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
 pub use mlp::{MlpSpec, write_seeded_mlp};
 pub use model::{
     MAX_CONFIG_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES, Model, Output, OutputKind,

@@ -21,14 +21,18 @@
 
 use crate::backend::{Backend, Epilogue, PackedMatrix, QuantKind};
 use crate::bpe::BpeTokenizer;
-use crate::gguf::{Gguf, Tensor, TensorType};
+use crate::gguf::{Gguf, Tensor, TensorType, Value, f32_to_f16, write};
+use crate::rng::SplitMix64;
 use crate::{Error, RopeTable};
 
 /// Limits on what a GGUF file may declare (far above SmolLM2's).
 const MAX_LAYERS: u64 = 256;
 const MAX_WIDTH: u64 = 1 << 16;
 const MAX_HEADS: u64 = 1024;
-const MAX_CONTEXT: u64 = 1 << 17;
+const MAX_CONTEXT: u64 = 1 << 15;
+/// Widest head: with the context, bounds the RoPE table (32768 × 128 pairs × 8 bytes = 32 MiB)
+/// whatever a small file declares.
+const MAX_HEAD_DIM: usize = 256;
 const MAX_VOCAB: u64 = 1 << 20;
 
 /// The dimensions of a Llama model, from its GGUF metadata.
@@ -91,9 +95,9 @@ impl LlamaSpec {
             )));
         }
         let head_dim = hidden / heads;
-        if head_dim % 2 != 0 {
+        if head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
             return Err(bad(format!(
-                "head width {head_dim} is odd; RoPE needs pairs"
+                "head width {head_dim} is odd or over {MAX_HEAD_DIM}; RoPE needs pairs"
             )));
         }
         if let Ok(rot) = g.uint("llama.rope.dimension_count")
@@ -599,6 +603,118 @@ impl Llama {
         }
         Ok(logits)
     }
+}
+
+/// The bytes of a small random Llama GGUF file whose bytes, and so whose id, depend only on the
+/// arguments: `layers` blocks of width 64, 4 query and 2 key-value heads, FFN 96, Q4_1
+/// projections, a Q8_0 tied embedding, a 300-token byte-level vocabulary (a few merges) and a
+/// ChatML template, context 256. Its text is noise; it exercises every path of a generation
+/// job (demos, tests, fuzzing seeds) without the real weights.
+pub fn seeded_llama_gguf(seed: u64, layers: usize) -> Vec<u8> {
+    let (h, ffn, kv) = (64usize, 96usize, 32usize);
+    let mut rng = SplitMix64::new(seed);
+    let mut q4_1 = |rows: usize, cols: usize, scale: f32| -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            out.extend_from_slice(&f32_to_f16(scale / 8.0).to_le_bytes());
+            out.extend_from_slice(&f32_to_f16(-scale).to_le_bytes());
+            for _ in 0..16 {
+                out.push(rng.next_u64() as u8);
+            }
+        }
+        out
+    };
+    let mut tensors: Vec<(String, Vec<u64>, TensorType, Vec<u8>)> = Vec::new();
+    let f32s = |n: usize, v: f32| -> Vec<u8> { (0..n).flat_map(|_| v.to_le_bytes()).collect() };
+    for l in 0..layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        tensors.push((
+            p("attn_norm"),
+            vec![h as u64],
+            TensorType::F32,
+            f32s(h, 1.0),
+        ));
+        tensors.push((p("ffn_norm"), vec![h as u64], TensorType::F32, f32s(h, 0.5)));
+        for (name, k, n) in [
+            ("attn_q", h, h),
+            ("attn_k", h, kv),
+            ("attn_v", h, kv),
+            ("attn_output", h, h),
+            ("ffn_gate", h, ffn),
+            ("ffn_up", h, ffn),
+            ("ffn_down", ffn, h),
+        ] {
+            let bytes = q4_1(n, k, 0.2);
+            tensors.push((p(name), vec![k as u64, n as u64], TensorType::Q4_1, bytes));
+        }
+    }
+    let vocab = 300usize;
+    let mut embd = Vec::new();
+    for _ in 0..vocab * h / 32 {
+        embd.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
+        for _ in 0..32 {
+            embd.push(rng.next_u64() as u8);
+        }
+    }
+    tensors.push((
+        "token_embd.weight".into(),
+        vec![h as u64, vocab as u64],
+        TensorType::Q8_0,
+        embd,
+    ));
+    tensors.push((
+        "output_norm.weight".into(),
+        vec![h as u64],
+        TensorType::F32,
+        f32s(h, 1.0),
+    ));
+    let mut tokens: Vec<Value> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .iter()
+        .map(|s| Value::String(s.to_string()))
+        .collect();
+    tokens.extend((0..=255u8).map(|b| Value::String(crate::bpe::byte_char(b).to_string())));
+    let merges = ["Ġ t", "h e", "Ġt he", "i n", "a n"];
+    for m in merges {
+        tokens.push(Value::String(m.replace(' ', "")));
+    }
+    while tokens.len() < vocab {
+        tokens.push(Value::String(format!("<unused{}>", tokens.len())));
+    }
+    let mut types = vec![Value::I32(1); vocab];
+    types[..3].fill(Value::I32(3));
+    let meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(layers as u32)),
+        ("llama.context_length", Value::U32(256)),
+        ("llama.embedding_length", Value::U32(h as u32)),
+        ("llama.feed_forward_length", Value::U32(ffn as u32)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.attention.head_count_kv", Value::U32(2)),
+        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.dimension_count", Value::U32(16)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("smollm".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(merges.iter().map(|m| Value::String(m.to_string())).collect()),
+        ),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        (
+            "tokenizer.chat_template",
+            Value::String(
+                "{{'<|im_start|>system\nBe brief.<|im_end|>\n'}}{{'<|im_start|>' + message['role']}}"
+                    .into(),
+            ),
+        ),
+    ];
+    let tensors: Vec<(&str, Vec<u64>, TensorType, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, k, b)| (n.as_str(), d.clone(), *k, b.clone()))
+        .collect();
+    write(&meta, &tensors)
 }
 
 #[cfg(test)]

@@ -345,6 +345,30 @@ impl Model {
         Ok(model)
     }
 
+    /// Loads a GGUF model from the bytes of its file (the model hub checks a download before
+    /// it is written anywhere): the id is that of a directory holding these bytes as
+    /// `model.gguf`.
+    pub fn from_gguf_bytes(name: &str, bytes: Vec<u8>) -> Result<Model, Error> {
+        if bytes.len() as u64 > MAX_WEIGHTS_BYTES {
+            return Err(Error::BadGguf {
+                reason: format!(
+                    "{} bytes, over the limit of {MAX_WEIGHTS_BYTES}",
+                    bytes.len()
+                ),
+            });
+        }
+        let files = ModelFiles {
+            files: vec![(GGUF_FILE, bytes)],
+        };
+        let (_, id) = files.manifest();
+        let llama = Llama::from_gguf(&files.files[0].1)?;
+        Ok(Model {
+            id,
+            name: name.to_string(),
+            net: Network::Llama(Box::new(llama)),
+        })
+    }
+
     /// `"mlp"`, `"bert"` or `"llama"`.
     pub fn architecture(&self) -> &'static str {
         match self.net {

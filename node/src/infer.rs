@@ -13,11 +13,14 @@ const MAX_INPUT_BYTES: u64 = (kernels::MAX_ROWS * kernels::MAX_TEXT_BYTES) as u6
 
 #[derive(Args)]
 pub struct InferArgs {
-    /// Model directory (config.json, model.safetensors; tokenizer.json for a text model).
+    /// Model directory (config.json, model.safetensors; tokenizer.json for a text model), or a
+    /// GGUF language model: a directory holding model.gguf, or the .gguf file itself.
     #[arg(long)]
     model_dir: PathBuf,
     /// Input JSON: {"texts": ["...", ...]} for a text model, {"inputs": [[...], ...]} for an
-    /// MLP. `-` reads standard input.
+    /// MLP, {"messages": [{"role": "user", "content": "..."}], "max_tokens": 64, "temperature":
+    /// 0.7, "top_p": 0.9, "seed": 1, "stop": ["..."]} for a language model. `-` reads standard
+    /// input.
     #[arg(long)]
     input: PathBuf,
     /// Where to run. `cuda` falls back to `cpu`, with a warning, when no GPU or driver is
@@ -37,7 +40,8 @@ enum BackendKind {
 }
 
 /// Prints one JSON object: the output (`"embeddings"` rows for an encoder, `"data"` and
-/// `"argmax"` for a classifier), `"shape"`, `"output_hash"`, `"backend"` and `"model_id"`.
+/// `"argmax"` for a classifier, `"text"`, `"tokens"`, `"prompt_tokens"` and `"finish_reason"`
+/// for a language model), `"shape"`, `"output_hash"`, `"backend"` and `"model_id"`.
 pub fn infer(a: InferArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,6 +1,6 @@
 use super::*;
 use crate::CpuBackend;
-use crate::llama::tests::tiny_llama;
+use crate::llama::seeded_llama_gguf;
 
 fn request(json: serde_json::Value) -> Result<GenerateRequest, Error> {
     GenerateRequest::parse(json.to_string().as_bytes())
@@ -65,7 +65,7 @@ fn requests_are_checked() {
 }
 
 fn tiny() -> Llama {
-    Llama::from_gguf(&tiny_llama(3, 2)).unwrap()
+    Llama::from_gguf(&seeded_llama_gguf(3, 2)).unwrap()
 }
 
 #[test]
