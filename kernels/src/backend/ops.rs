@@ -416,9 +416,24 @@ pub(crate) fn attention_causal(
         for h in 0..heads {
             let g = h / group;
             let qi = &q[i * width + h * head_dim..][..head_dim];
+            let key = |j: usize| &k[j * kv_width + g * head_dim..][..head_dim];
             scores.clear();
-            for j in 0..visible {
-                let kj = &k[j * kv_width + g * head_dim..][..head_dim];
+            // Eight keys at a time: eight independent accumulator chains, each still summing
+            // its d in order.
+            let mut j = 0;
+            while j + 8 <= visible {
+                let keys: [&[f32]; 8] = std::array::from_fn(|t| key(j + t));
+                let mut acc = [0.0f32; 8];
+                for d in 0..head_dim {
+                    for t in 0..8 {
+                        acc[t] = qi[d].mul_add(keys[t][d], acc[t]);
+                    }
+                }
+                scores.extend(acc.iter().map(|&a| a * scale));
+                j += 8;
+            }
+            for j in j..visible {
+                let kj = key(j);
                 let mut acc = 0.0f32;
                 for d in 0..head_dim {
                     acc = qi[d].mul_add(kj[d], acc);
@@ -426,13 +441,13 @@ pub(crate) fn attention_causal(
                 scores.push(acc * scale);
             }
             math::softmax_row(&mut scores);
+            // Keys outer, dimensions inner: each output still accumulates its keys in order.
             let o = &mut out[i * width + h * head_dim..][..head_dim];
-            for (d, o) in o.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (j, p) in scores.iter().enumerate() {
-                    acc = p.mul_add(v[j * kv_width + g * head_dim + d], acc);
+            for (j, &p) in scores.iter().enumerate() {
+                let vj = &v[j * kv_width + g * head_dim..][..head_dim];
+                for (o, &x) in o.iter_mut().zip(vj) {
+                    *o = p.mul_add(x, *o);
                 }
-                *o = acc;
             }
         }
     }

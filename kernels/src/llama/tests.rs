@@ -422,3 +422,35 @@ fn malformed_models_name_the_problem() {
     };
     assert!(rebuild(&retype).contains("type Q4_0"));
 }
+
+/// The bits of SmolLM2's logits are pinned: a change to any op's arithmetic order, to the
+/// RoPE table or to the dequantisation shows here (and would split honest nodes).
+#[test]
+fn smollm2_logits_are_pinned() {
+    let model = smollm2();
+    let prompt = &reference().cases[3].prompt;
+    let mut cache = model.new_cache();
+    let backend = CpuBackend::new();
+    let logits = model
+        .forward(&backend, &mut [&mut cache], &[prompt], false)
+        .unwrap();
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Then a few decode steps, through the cache.
+    let mut steps = Vec::new();
+    let mut t = argmax(&logits);
+    for _ in 0..4 {
+        let l = model
+            .forward(&backend, &mut [&mut cache], &[&[t]], false)
+            .unwrap();
+        steps.extend(l.iter().flat_map(|v| v.to_le_bytes()));
+        t = argmax(&l);
+    }
+    let hash = |b: &[u8]| crate::id::hex32(&crate::keccak256(b));
+    assert_eq!(
+        (hash(&bytes), hash(&steps)),
+        (PINNED_PREFILL.to_string(), PINNED_STEPS.to_string())
+    );
+}
+
+const PINNED_PREFILL: &str = "0xafb5cc07c1d0df942eed9165b11767847154ac2a6209136400787de573235683";
+const PINNED_STEPS: &str = "0xe5400bc7528396222d2c76271aca935f08f44d755c9bf59cffd5355196e2060f";
