@@ -659,10 +659,10 @@ impl Quantized {
                 let m = &self.m[jp * nb..(jp + 1) * nb];
                 for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
                     let (d, m) = (&d[b], &m[b]);
+                    // One row of 16 at a time, written whole (so the compiler vectorises
+                    // along the row, not across rows with scattered stores).
                     for (dst, src) in out.iter_mut().zip(q) {
-                        for c in 0..NR {
-                            dst[c] = f32::from(src[c]).mul_add(d[c], m[c]);
-                        }
+                        *dst = std::array::from_fn(|c| f32::from(src[c]).mul_add(d[c], m[c]));
                     }
                 }
             }
@@ -670,9 +670,7 @@ impl Quantized {
                 for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
                     let d = &d[b];
                     for (dst, src) in out.iter_mut().zip(q) {
-                        for c in 0..NR {
-                            dst[c] = f32::from(src[c] as i8) * d[c];
-                        }
+                        *dst = std::array::from_fn(|c| f32::from(src[c] as i8) * d[c]);
                     }
                 }
             }
