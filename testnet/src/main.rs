@@ -18,6 +18,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Make keys, genesis and the demo model; start the nodes; wait until they finalize blocks.
@@ -50,6 +52,10 @@ enum Cmd {
         /// Serve only the seeded demo MLPs.
         #[arg(long, conflicts_with = "minilm_dir")]
         no_minilm: bool,
+        /// Also serve SmolLM2-135M-Instruct (text generation), from DIR or, with no DIR, from
+        /// where scripts/fetch-smollm2 puts it.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        smollm2: Option<PathBuf>,
         /// Reuse this simulated TEE root (root.json from `proofmesh attest simulate root` or a
         /// testnet's DIR/tee) instead of making one.
         #[arg(long)]
@@ -140,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
             timeout,
             minilm_dir,
             no_minilm,
+            smollm2,
             tee_root,
             forging_inference,
             replaying_inference,
@@ -158,6 +165,13 @@ fn run(cli: Cli) -> Result<()> {
                 ready_timeout: Duration::from_secs(timeout),
                 minilm_dir: (!no_minilm)
                     .then(|| minilm_dir.unwrap_or_else(testnet::net::default_minilm_dir)),
+                smollm2_dir: smollm2.map(|d| {
+                    if d.as_os_str().is_empty() {
+                        testnet::net::default_smollm2_dir()
+                    } else {
+                        d
+                    }
+                }),
                 tee_root,
                 forging_inference,
                 replaying_inference,

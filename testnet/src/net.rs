@@ -91,6 +91,9 @@ pub struct UpOptions {
     /// An all-MiniLM-L6-v2 directory (from `scripts/fetch-minilm`) to serve as the first, default
     /// model; `None` serves only the seeded demo MLPs.
     pub minilm_dir: Option<PathBuf>,
+    /// A SmolLM2-135M-Instruct directory (holding `model.gguf`, from `scripts/fetch-smollm2`) to
+    /// serve as a text-generation model, re-executed by validators; `None` serves none.
+    pub smollm2_dir: Option<PathBuf>,
     /// A simulated TEE root (`root.json` from `proofmesh attest simulate root`) to reuse;
     /// `None` makes a new one (two RSA-4096 keys: seconds).
     pub tee_root: Option<PathBuf>,
@@ -115,6 +118,14 @@ pub fn default_minilm_dir() -> PathBuf {
             .join(".cache/proofmesh/models"),
     };
     cache.join(MINILM)
+}
+
+/// The name the testnet serves SmolLM2-135M-Instruct under.
+pub const SMOLLM2: &str = "smollm2-135m-instruct";
+
+/// Where `scripts/fetch-smollm2` keeps SmolLM2-135M-Instruct, as [`default_minilm_dir`].
+pub fn default_smollm2_dir() -> PathBuf {
+    default_minilm_dir().with_file_name(SMOLLM2)
 }
 
 /// The name the testnet serves all-MiniLM-L6-v2 under.
@@ -423,11 +434,27 @@ impl Testnet {
             o.seed.wrapping_add(1_000_003),
             &spec,
         )?;
-        let names: &[&str] = if o.minilm_dir.is_some() {
-            &[MINILM, "mlp-demo", TEE_MODEL]
+        let mut names: Vec<&str> = if o.minilm_dir.is_some() {
+            vec![MINILM, "mlp-demo", TEE_MODEL]
         } else {
-            &["mlp-demo", TEE_MODEL]
+            vec!["mlp-demo", TEE_MODEL]
         };
+        if let Some(src) = &o.smollm2_dir {
+            let from = src.join("model.gguf");
+            if !from.is_file() {
+                bail!(
+                    "no SmolLM2 model.gguf in {}: run scripts/fetch-smollm2 or pass its directory",
+                    src.display()
+                );
+            }
+            let to = models_dir.join(SMOLLM2).join("model.gguf");
+            std::fs::create_dir_all(models_dir.join(SMOLLM2))?;
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
+            names.push(SMOLLM2);
+        }
         for name in names {
             let model = kernels::Model::load(&models_dir.join(name))
                 .with_context(|| format!("loading model {name}"))?;
@@ -438,7 +465,7 @@ impl Testnet {
                 name: name.to_string(),
                 example_input: example,
                 price: price.to_string(),
-                mode: if *name == TEE_MODEL {
+                mode: if name == TEE_MODEL {
                     VerificationMode::Tee
                 } else {
                     VerificationMode::Reexec

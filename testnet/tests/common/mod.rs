@@ -10,7 +10,8 @@ use testnet::{Testnet, UpOptions};
 
 #[path = "../../../kernels/src/testing.rs"]
 mod testing;
-pub(crate) use testing::minilm_dir;
+#[allow(unused_imports)]
+pub(crate) use testing::{minilm_dir, smollm2_dir};
 
 /// A running testnet in a temporary directory; dropping it stops every node (by pid) and removes
 /// the directory, also when the test fails.
@@ -52,6 +53,7 @@ impl Running {
             faulty_inference: Vec::new(),
             ready_timeout: Duration::from_secs(120),
             minilm_dir: Some(minilm_dir()),
+            smollm2_dir: None,
             tee_root: None,
             forging_inference: Vec::new(),
             replaying_inference: Vec::new(),
