@@ -100,6 +100,17 @@ pub enum NodeCommand {
 
 #[derive(clap::Subcommand)]
 pub enum ModelCommand {
+    /// Put a model into HOME's models directory (after checking that it loads here) and print
+    /// its id and manifest: PATH is a model directory (config.json, …), a directory holding
+    /// model.gguf, or a .gguf file. Adding the same model again changes nothing.
+    Add {
+        path: PathBuf,
+        #[arg(long)]
+        home: PathBuf,
+        /// Directory name under the models directory (default: PATH's name, without .gguf).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Register the model in DIR (it must load here: config, weights and tokenizer); the key's
     /// account becomes its owner.
     Register {
@@ -279,15 +290,110 @@ pub fn node(cmd: NodeCommand) -> Result<()> {
     }
 }
 
+/// The files of the model at `path` a node loads: `(name in the model directory, source)`.
+fn model_files(path: &Path) -> Vec<(String, PathBuf)> {
+    if path.is_file() {
+        return vec![("model.gguf".into(), path.to_path_buf())];
+    }
+    [
+        "model.gguf",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), path.join(f)))
+    .filter(|(_, p)| p.is_file())
+    .collect()
+}
+
+fn model_add(path: &Path, home: &Path, name: Option<String>) -> Result<()> {
+    let config = crate::config::Config::load(home)?;
+    let model = kernels::Model::load(path)
+        .with_context(|| format!("loading the model at {}", path.display()))?;
+    let (manifest, id) = kernels::manifest(path)?;
+    let name = match name {
+        Some(n) => n,
+        None => path
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .context("give --name")?,
+    };
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("--name {name:?} is not a directory name");
+    }
+    let dest = home.join(&config.inference.models_dir).join(&name);
+    let status = if dest.exists() {
+        let existing = kernels::manifest(&dest)
+            .with_context(|| format!("reading the model already in {}", dest.display()))?
+            .1;
+        if existing != id {
+            bail!(
+                "{} already holds another model ({existing}); choose another --name",
+                dest.display()
+            );
+        }
+        "present"
+    } else {
+        // Into a fresh directory, renamed into place once whole.
+        let partial = dest.with_file_name(format!(".{name}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        for (file, src) in model_files(path) {
+            let to = partial.join(&file);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::hard_link(&src, &to).is_err() {
+                std::fs::copy(&src, &to)
+                    .with_context(|| format!("copying {} to {}", src.display(), to.display()))?;
+            }
+        }
+        if kernels::manifest(&partial)?.1 != id {
+            let _ = std::fs::remove_dir_all(&partial);
+            bail!("the copy in {} does not hash to {id}", partial.display());
+        }
+        std::fs::rename(&partial, &dest)
+            .with_context(|| format!("moving the model into {}", dest.display()))?;
+        "added"
+    };
+    let manifest: Value = serde_json::from_slice(&manifest)?;
+    println!(
+        "{}",
+        json!({
+            "model_id": id.to_string(),
+            "name": name,
+            "architecture": model.architecture(),
+            "path": dest,
+            "status": status,
+            "manifest": manifest,
+        })
+    );
+    Ok(())
+}
+
 pub fn model(cmd: ModelCommand) -> Result<()> {
-    let ModelCommand::Register {
-        dir,
-        name,
-        price_per_job,
-        price_per_unit,
-        mode,
-        tx,
-    } = cmd;
+    match cmd {
+        ModelCommand::Add { path, home, name } => model_add(&path, &home, name),
+        ModelCommand::Register {
+            dir,
+            name,
+            price_per_job,
+            price_per_unit,
+            mode,
+            tx,
+        } => model_register(dir, name, (price_per_job, price_per_unit), mode, &tx),
+    }
+}
+
+fn model_register(
+    dir: PathBuf,
+    name: Option<String>,
+    (price_per_job, price_per_unit): (u128, u128),
+    mode: VerificationMode,
+    tx: &TxArgs,
+) -> Result<()> {
     // Servable: it loads here, as an inference node would load it.
     kernels::Model::load(&dir)
         .with_context(|| format!("loading the model in {}", dir.display()))?;
@@ -302,7 +408,7 @@ pub fn model(cmd: ModelCommand) -> Result<()> {
             .context("give --name")?,
     };
     send(
-        &tx,
+        tx,
         Action::RegisterModel {
             model_id,
             name,
