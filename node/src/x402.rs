@@ -188,7 +188,9 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
     let payer = payment.authorization.from;
     let response = evm::x402::settlement_response(&x.payments, payer, tx);
     // The executor checks the balance against its own ledger, which may be a block behind
-    // this one's: a refusal for the balance is retried for a few blocks.
+    // this one's, and this gateway's own check may run after an earlier job of the payer is
+    // charged but before this payment's deposit (settled elsewhere: no deposit id to wait
+    // for) is credited: a refusal for the balance is retried for a few blocks.
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = loop {
         let result = match s
@@ -204,8 +206,9 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
         };
         match &result {
             Err(e)
-                if e.kind == actors::gateway::Refusal::ExecutorRefused
-                    && e.message.contains("insufficient_balance")
+                if ((e.kind == actors::gateway::Refusal::ExecutorRefused
+                    && e.message.contains("insufficient_balance"))
+                    || e.kind == actors::gateway::Refusal::InsufficientBalance)
                     && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(300)).await;
