@@ -133,6 +133,7 @@ pub const MINILM: &str = "all-minilm-l6-v2";
 
 /// Files of a sentence-transformers directory the model id covers (others are not copied).
 const MODEL_FILES: &[&str] = &[
+    "model.gguf",
     "config.json",
     "model.safetensors",
     "tokenizer.json",
@@ -440,19 +441,13 @@ impl Testnet {
             vec!["mlp-demo", TEE_MODEL]
         };
         if let Some(src) = &o.smollm2_dir {
-            let from = src.join("model.gguf");
-            if !from.is_file() {
+            if !src.join("model.gguf").is_file() {
                 bail!(
                     "no SmolLM2 model.gguf in {}: run scripts/fetch-smollm2 or pass its directory",
                     src.display()
                 );
             }
-            let to = models_dir.join(SMOLLM2).join("model.gguf");
-            std::fs::create_dir_all(models_dir.join(SMOLLM2))?;
-            if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to)
-                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-            }
+            install_model(src, &models_dir.join(SMOLLM2))?;
             names.push(SMOLLM2);
         }
         for name in names {
