@@ -156,6 +156,25 @@ pub fn metric(client: &Client, node: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits up to `timeout` for the series `series` at `node` to reach `at_least`; returns its
+/// last value (which the caller asserts: a value still short of it means the wait ran out).
+pub fn wait_metric(
+    client: &Client,
+    node: &str,
+    series: &str,
+    at_least: f64,
+    timeout: std::time::Duration,
+) -> f64 {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let value = metric(client, node, series);
+        if value >= at_least || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// One OPG in base units.
 pub const OPG: u128 = 1_000_000_000_000_000_000;
 
