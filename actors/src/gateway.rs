@@ -18,7 +18,7 @@ use crate::mempool::Committed;
 use crate::metrics::METRICS;
 use crate::network::{GossipCapability, NetError, Network, SendJob};
 use crate::protocol::{Capability, JobCall, JobReply};
-use crate::settlement::{GetAccount, NonceUsed, Settlement};
+use crate::settlement::{GetAccount, GrantSpent, NonceUsed, Settlement};
 
 /// A capability older than this is ignored when routing.
 const CAPABILITY_TTL: Duration = Duration::from_secs(10);
@@ -43,10 +43,15 @@ pub enum Refusal {
     Storage,
     Unavailable,
     InsufficientBalance,
+    /// The job's API grant has spent its cap (settled and in-flight jobs counted).
+    GrantExhausted,
     NoExecutor,
     ExecutorBusy,
     ExecutorFailed,
     ExecutorRefused,
+    /// The inference node found the input invalid for the model (a chat for an encoder, a
+    /// prompt past the context, ...): the client's error; nothing ran, nothing is charged.
+    BadInput,
 }
 
 impl Refusal {
@@ -64,10 +69,12 @@ impl Refusal {
             Refusal::Storage => "storage",
             Refusal::Unavailable => "unavailable",
             Refusal::InsufficientBalance => "insufficient_balance",
+            Refusal::GrantExhausted => "grant_exhausted",
             Refusal::NoExecutor => "no_executor",
             Refusal::ExecutorBusy => "executor_busy",
             Refusal::ExecutorFailed => "executor_failed",
             Refusal::ExecutorRefused => "executor_refused",
+            Refusal::BadInput => "bad_input",
         }
     }
 }
@@ -119,6 +126,8 @@ struct Pending {
     client: Address,
     nonce: u64,
     price: u128,
+    /// The id of the API grant that pays for the job, if one does.
+    grant: Option<B256>,
     /// The request's expiry (unix seconds): past it no block may include the job.
     expiry: u64,
     executed: Option<(B256, Address)>,
@@ -182,6 +191,15 @@ impl Gateway {
             .sum()
     }
 
+    /// What jobs in flight bought through the grant `id` reserve of its cap.
+    fn grant_reserved(&self, id: &B256) -> u128 {
+        self.pending
+            .values()
+            .filter(|p| p.grant.as_ref() == Some(id))
+            .map(|p| p.price)
+            .sum()
+    }
+
     /// Remote inference nodes advertising `model` that the chain lets serve it now
     /// (registered for it, bonded, not jailed), least loaded first.
     fn executors(&self, model: &kernels::ModelId) -> Vec<PeerId> {
@@ -228,6 +246,14 @@ impl Gateway {
             return Err(GatewayError::new(
                 Refusal::Expired,
                 format!("job expired at {} (now {now_s})", req.expiry),
+            ));
+        }
+        if let Some(g) = &msg.job.grant
+            && g.grant.expiry <= now_s
+        {
+            return Err(GatewayError::new(
+                Refusal::Expired,
+                format!("the API key expired at {} (now {now_s})", g.grant.expiry),
             ));
         }
         if price > req.max_fee {
@@ -298,11 +324,13 @@ impl Gateway {
     fn stateful_checks(
         &self,
         id: JobId,
-        req: &chain::JobRequest,
+        job: &SignedJobRequest,
         price: u128,
         used: Result<Result<Option<JobId>, String>, MailboxError>,
         account: Result<chain::Account, MailboxError>,
+        grant_spent: Option<Result<u128, MailboxError>>,
     ) -> Result<(), GatewayError> {
+        let req = &job.request;
         match used {
             Ok(Ok(Some(prev))) if prev == id => {
                 return Err(GatewayError::new(
@@ -332,6 +360,21 @@ impl Gateway {
                     "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
                 ),
             ));
+        }
+        if let (Some(g), Some(spent)) = (&job.grant, grant_spent) {
+            let spent =
+                spent.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))?;
+            let grant_id = g.grant.id(&self.domain);
+            let reserved = self.grant_reserved(&grant_id);
+            if spent.saturating_add(reserved).saturating_add(price) > g.grant.cap {
+                return Err(GatewayError::new(
+                    Refusal::GrantExhausted,
+                    format!(
+                        "the API key has spent {spent} of its cap {} ({reserved} more reserved by jobs in flight): the price {price} is past it",
+                        g.grant.cap
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -406,6 +449,9 @@ impl Gateway {
                         record: *record,
                     })
                 }
+            }
+            Ok(JobReply::Refused { code, message }) if code == "bad_input" => {
+                Err(GatewayError::new(Refusal::BadInput, message))
             }
             Ok(JobReply::Refused { code, message }) => Err(GatewayError::new(
                 Refusal::ExecutorRefused,
@@ -491,17 +537,22 @@ impl Handler<SubmitJob> for Gateway {
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
         };
         let (client, nonce) = (msg.job.request.client, msg.job.request.nonce);
+        let grant = msg.job.grant.as_ref().map(|g| g.grant.id(&self.domain));
         let settlement = self.settlement.clone();
         let started = Instant::now();
         let lookups = async move {
             let used = settlement.send(NonceUsed { client, nonce }).await;
             let account = settlement.send(GetAccount(client)).await;
-            (used, account)
+            let spent = match grant {
+                Some(id) => Some(settlement.send(GrantSpent(id)).await),
+                None => None,
+            };
+            (used, account, spent)
         };
         Box::pin(
             lookups
                 .into_actor(self)
-                .then(move |(used, account), act, _| {
+                .then(move |(used, account, spent), act, _| {
                     let call = JobCall {
                         job: msg.job,
                         input: msg.input,
@@ -511,18 +562,19 @@ impl Handler<SubmitJob> for Gateway {
                         client: req.client,
                         nonce: req.nonce,
                         price,
+                        grant,
                         expiry: req.expiry,
                         executed: None,
                     };
-                    let admitted =
-                        act.stateful_checks(id, req, price, used, account)
-                            .and_then(|()| {
-                                act.pending.insert(id, pending);
-                                METRICS.jobs_submitted.inc();
-                                act.route(id, call).inspect_err(|_| {
-                                    act.pending.remove(&id);
-                                })
-                            });
+                    let admitted = act
+                        .stateful_checks(id, &call.job, price, used, account, spent)
+                        .and_then(|()| {
+                            act.pending.insert(id, pending);
+                            METRICS.jobs_submitted.inc();
+                            act.route(id, call).inspect_err(|_| {
+                                act.pending.remove(&id);
+                            })
+                        });
                     match admitted {
                         Ok(running) => Box::pin(
                             running

@@ -78,6 +78,11 @@ pub struct NonceUsed {
     pub nonce: u64,
 }
 
+/// What the API grant with this id has spent so far (settled jobs).
+#[derive(Message)]
+#[rtype(result = "u128")]
+pub struct GrantSpent(pub chain::B256);
+
 /// Checks a proposed block against the ledger rules (not re-execution: that is the Verifier's).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
@@ -334,6 +339,13 @@ impl Handler<NonceUsed> for Settlement {
         self.ledger
             .nonce_used(&msg.client, msg.nonce)
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<GrantSpent> for Settlement {
+    type Result = MessageResult<GrantSpent>;
+    fn handle(&mut self, msg: GrantSpent, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.ledger.grant_spent(&msg.0))
     }
 }
 

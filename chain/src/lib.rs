@@ -5,6 +5,7 @@
 //! Everything here but [`store`] is plain Rust with no I/O: the `actors` crate feeds it inputs
 //! and carries out its outputs.
 
+pub mod apikey;
 pub mod attestation;
 pub mod block;
 pub mod codec;
@@ -28,8 +29,8 @@ pub use error::{Error, Result};
 pub use evidence::Evidence;
 pub use genesis::{Genesis, ModelEntry, Params, Pools, VerificationMode, Vesting};
 pub use record::{
-    Admission, AdmissionError, InferenceRecord, JobRequest, Proof, Registrations, SignedJobRequest,
-    VerifiedRecord,
+    Admission, AdmissionError, ApiGrant, InferenceRecord, JobRequest, Proof, Registrations,
+    SignedGrant, SignedJobRequest, VerifiedRecord,
 };
 pub use signing::PrivateKeySigner;
 pub use state::{

@@ -53,6 +53,24 @@ impl JobRequest {
             request: self,
             signature,
             payment: None,
+            grant: None,
+        })
+    }
+
+    /// The API-key form of [`JobRequest::sign`]: signed by the grant's delegate key, on the
+    /// account of the grant's client.
+    pub fn sign_granted(
+        self,
+        delegate: &PrivateKeySigner,
+        grant: SignedGrant,
+        domain: &Domain,
+    ) -> Result<SignedJobRequest> {
+        let signature = signing::sign(delegate, &self.id(domain).0)?;
+        Ok(SignedJobRequest {
+            request: self,
+            signature,
+            payment: None,
+            grant: Some(grant),
         })
     }
 
@@ -79,6 +97,7 @@ impl JobRequest {
             signature: signing::sign(key, &digest)?,
             request: self,
             payment: Some(payment),
+            grant: None,
         })
     }
 }
@@ -94,20 +113,127 @@ pub struct Payment {
     pub valid_before: u64,
 }
 
-/// A job request with the client's authorization: its EIP-712 signature of the request, or,
-/// with `payment`, its signature of an x402 payment bound to the job.
+/// Most models an API grant may name.
+pub const MAX_GRANT_MODELS: usize = 16;
+
+/// An API key's grant (EIP-712 struct `ApiGrant`): `client` lets whoever holds the key of
+/// `delegate` buy jobs on its account, up to `cap` OPG base units in all, until `expiry` (unix
+/// seconds), for `models` (any model when empty). The ledger counts what each grant spent and
+/// refuses a job past its cap or expiry.
+///
+/// Records are public, so the grant a record carries is public: what makes it a key is the
+/// delegate's private key, which only the key's holder has (see `proofmesh key create`). A
+/// grant alone, read from a block, buys nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGrant {
+    pub client: Address,
+    pub delegate: Address,
+    #[serde(with = "amount")]
+    pub cap: u128,
+    pub expiry: u64,
+    #[serde(default)]
+    pub models: Vec<ModelId>,
+}
+
+impl ApiGrant {
+    fn typed(&self) -> typed::ApiGrant {
+        typed::ApiGrant {
+            client: self.client,
+            delegate: self.delegate,
+            cap: self.cap,
+            expiry: self.expiry,
+            models: self.models.iter().map(|m| B256::from(m.0)).collect(),
+        }
+    }
+
+    /// The grant id: the EIP-712 signing hash, the key of its spending in the ledger.
+    pub fn id(&self, domain: &Domain) -> B256 {
+        signing::signing_hash(&self.typed(), domain)
+    }
+
+    /// Signs the grant with the client's key.
+    pub fn sign(self, key: &PrivateKeySigner, domain: &Domain) -> Result<SignedGrant> {
+        let signature = signing::sign(key, &self.id(domain))?;
+        Ok(SignedGrant {
+            grant: self,
+            signature,
+        })
+    }
+
+    /// Whether the grant lets its holder buy jobs of `model`.
+    pub fn allows(&self, model: &ModelId) -> bool {
+        self.models.is_empty() || self.models.contains(model)
+    }
+}
+
+/// A grant with its client's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedGrant {
+    pub grant: ApiGrant,
+    pub signature: Sig,
+}
+
+impl SignedGrant {
+    /// Checks the model list's size and the client's signature; returns the grant id.
+    pub fn verify(&self, domain: &Domain) -> Result<B256> {
+        if self.grant.models.len() > MAX_GRANT_MODELS {
+            return Err(Error::Invalid {
+                field: "grant.models",
+                reason: format!(
+                    "{} models, at most {MAX_GRANT_MODELS}",
+                    self.grant.models.len()
+                ),
+            });
+        }
+        let id = self.grant.id(domain);
+        signing::verify(&self.signature, &id, self.grant.client)?;
+        Ok(id)
+    }
+}
+
+/// A job request with the client's authorization: its EIP-712 signature of the request; or,
+/// with `payment`, its signature of an x402 payment bound to the job; or, with `grant`, its
+/// signed API grant and the grant delegate's signature of the request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedJobRequest {
     pub request: JobRequest,
     pub signature: Sig,
     #[serde(default)]
     pub payment: Option<Payment>,
+    #[serde(default)]
+    pub grant: Option<SignedGrant>,
 }
 
 impl SignedJobRequest {
     /// Checks the client's authorization and returns the job id.
     pub fn verify(&self, domain: &Domain) -> Result<JobId> {
         let id = self.request.id(domain);
+        if let Some(g) = &self.grant {
+            if self.payment.is_some() {
+                return Err(Error::Invalid {
+                    field: "payment",
+                    reason: "a job is paid through a grant or a payment, not both".into(),
+                });
+            }
+            g.verify(domain)?;
+            if g.grant.client != self.request.client {
+                return Err(Error::Invalid {
+                    field: "grant.client",
+                    reason: format!(
+                        "the grant is {}'s, the job is {}'s",
+                        g.grant.client, self.request.client
+                    ),
+                });
+            }
+            if !g.grant.allows(&self.request.model_id) {
+                return Err(Error::Invalid {
+                    field: "grant.models",
+                    reason: format!("the grant does not cover model {}", self.request.model_id),
+                });
+            }
+            signing::verify(&self.signature, &id.0, g.grant.delegate)?;
+            return Ok(id);
+        }
         let digest = match &self.payment {
             None => id.0,
             Some(p) => {
@@ -768,6 +894,50 @@ pub(crate) mod tests {
         let mut bad = serde_json::to_value(&r).unwrap();
         bad["proof"]["tee"]["report"] = "0xzz".into();
         assert!(serde_json::from_value::<InferenceRecord>(bad).is_err());
+    }
+
+    /// A job bought through an API grant round-trips in JSON and on the wire, verifies, and
+    /// every truncation of its wire form is an error.
+    #[test]
+    fn granted_jobs_round_trip_and_verify() {
+        let client = signing::seeded_key(7, 1);
+        let delegate = signing::seeded_key(7, 2);
+        let grant = ApiGrant {
+            client: client.address(),
+            delegate: delegate.address(),
+            cap: 10u128.pow(20),
+            expiry: 4_000_000_000,
+            models: vec![ModelId([5; 32])],
+        }
+        .sign(&client, &D7)
+        .unwrap();
+        let job = JobRequest {
+            client: client.address(),
+            model_id: ModelId([5; 32]),
+            input_hash: keccak256(b"{}"),
+            max_fee: 1,
+            nonce: 3,
+            expiry: 4_000_000_000,
+        }
+        .sign_granted(&delegate, grant.clone(), &D7)
+        .unwrap();
+        assert_eq!(job.verify(&D7).unwrap(), job.request.id(&D7));
+        let v = serde_json::to_value(&job).unwrap();
+        assert!(v["grant"]["grant"]["cap"].is_string());
+        assert_eq!(serde_json::from_value::<SignedJobRequest>(v).unwrap(), job);
+        let wire = crate::codec::encode(&job);
+        assert_eq!(
+            crate::codec::decode::<SignedJobRequest>(&wire, 1 << 20).unwrap(),
+            job
+        );
+        for cut in 0..wire.len() {
+            assert!(crate::codec::decode::<SignedJobRequest>(&wire[..cut], 1 << 20).is_err());
+        }
+        // The grant's id is bound to the network: another domain's verification fails.
+        let mut other = D7;
+        other.chain_id += 1;
+        assert!(job.verify(&other).is_err());
+        assert_ne!(grant.grant.id(&D7), grant.grant.id(&other));
     }
 
     #[test]

@@ -132,6 +132,15 @@ pub mod typed {
             uint64 nonce;
             uint128 maxFee;
         }
+        /// An API key: `client` lets whoever holds `delegate`'s key buy jobs on its account,
+        /// up to `cap` OPG base units in all, until `expiry`, for `models` (any when empty).
+        struct ApiGrant {
+            address client;
+            address delegate;
+            uint128 cap;
+            uint64 expiry;
+            bytes32[] models;
+        }
         struct InferenceResult {
             bytes32 jobId;
             bytes32 modelId;

@@ -35,7 +35,9 @@ const CF_PROPOSALS: &str = "proposals";
 const CF_SETS: &str = "validator_sets";
 /// Every included transaction's height and outcome, by hash.
 const CF_TXS: &str = "txs";
-const CFS: [&str; 14] = [
+/// API grant id → what the grant has spent in all.
+const CF_GRANTS: &str = "grants";
+const CFS: [&str; 15] = [
     CF_BLOCKS,
     CF_CERTS,
     CF_ACCOUNTS,
@@ -50,6 +52,7 @@ const CFS: [&str; 14] = [
     CF_PROPOSALS,
     CF_SETS,
     CF_TXS,
+    CF_GRANTS,
 ];
 
 const META_GENESIS: &[u8] = b"genesis_hash";
@@ -241,7 +244,26 @@ impl Store {
         .with_anchor_leaves(
             self.get(CF_META, META_ANCHOR, ANCHOR_LIMIT)?
                 .unwrap_or_default(),
-        ))
+        )
+        .with_grants(self.load_grants()?))
+    }
+
+    /// What every API grant has spent.
+    fn load_grants(&self) -> Result<BTreeMap<B256, u128>> {
+        let mut grants = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_GRANTS)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let id = B256::try_from(&k[..])
+                .map_err(|_| Error::Corrupt(format!("{CF_GRANTS} key of {} bytes", k.len())))?;
+            let spent = <[u8; 16]>::try_from(&v[..]).map_err(|_| {
+                Error::Corrupt(format!("{CF_GRANTS}/{id}: value of {} bytes", v.len()))
+            })?;
+            grants.insert(id, u128::from_be_bytes(spent));
+        }
+        Ok(grants)
     }
 
     /// Every entry of `cf`, keys decoded by `key`.
@@ -361,6 +383,9 @@ impl Store {
             let mut k = client.to_vec();
             k.extend_from_slice(&nonce.to_be_bytes());
             batch.put_cf(self.cf(CF_NONCES)?, k, codec::encode(id));
+        }
+        for (id, spent) in &changes.grants {
+            batch.put_cf(self.cf(CF_GRANTS)?, id.as_slice(), spent.to_be_bytes());
         }
         for j in &changes.jobs {
             batch.put_cf(self.cf(CF_JOBS)?, j.job_id.0.as_slice(), codec::encode(j));
@@ -557,6 +582,7 @@ mod tests {
             let changes = Changes {
                 history: B256::repeat_byte(5),
                 nonces: vec![((Address::repeat_byte(1), 7), JobId(B256::repeat_byte(6)))],
+                grants: vec![(B256::repeat_byte(8), 12345)],
                 ..built.changes
             };
             let cert = CommitCertificate {
@@ -586,6 +612,8 @@ mod tests {
             None
         );
         assert_eq!(ledger.tip_hash, block.hash());
+        assert_eq!(ledger.grant_spent(&B256::repeat_byte(8)), 12345);
+        assert_eq!(ledger.grant_spent(&B256::repeat_byte(9)), 0);
         assert_eq!(store.get_meta::<(u64, u32)>("wal").unwrap(), Some((1, 2)));
 
         let mut other = g.clone();
@@ -730,6 +758,19 @@ mod tests {
             .put_cf(cf, newcomer.address().as_slice(), b"\xff")
             .unwrap();
         assert!(matches!(store.load_ledger(), Err(Error::Corrupt(_))));
+        store
+            .db
+            .delete_cf(cf, newcomer.address().as_slice())
+            .unwrap();
+        store.load_ledger().unwrap();
+        // So is a grant entry of the wrong size.
+        let cf = store.cf(CF_GRANTS).unwrap();
+        store.db.put_cf(cf, [7u8; 32], b"\x01\x02").unwrap();
+        let err = store.load_ledger().unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("grants")),
+            "{err}"
+        );
     }
 
     #[test]

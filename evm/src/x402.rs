@@ -327,6 +327,7 @@ pub fn job_of(
             valid_after: after,
             valid_before: before,
         }),
+        grant: None,
     };
     job.verify(domain)
         .map_err(|e| refuse("invalid_exact_evm_payload_signature", e.to_string()))?;

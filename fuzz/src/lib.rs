@@ -54,6 +54,16 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "snp_vcek" => vec![snp().chip.vcek_der().to_vec()],
         // A one-layer seeded Llama (about 45 KB, under the fuzzer's input limit).
         "gguf" => vec![kernels::seeded_llama_gguf(1, 1)],
+        // A key of the fuzz domain, and one naming the most models a grant may.
+        "api_key" => [0, chain::record::MAX_GRANT_MODELS]
+            .into_iter()
+            .filter_map(|n| {
+                let client = chain::signing::seeded_key(5, 1);
+                let models = vec![chain::ModelId([1; 32]); n];
+                chain::apikey::ApiKey::create(&client, 10, 4_000_000_000, models, &domain()).ok()
+            })
+            .map(|k| k.encode().into_bytes())
+            .collect(),
         "tx_json" => actors::fuzz::Target::Tx
             .seeds()
             .iter()
@@ -63,6 +73,15 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         name => actors::fuzz::Target::from_name(name)
             .map(|t| t.seeds())
             .unwrap_or_default(),
+    }
+}
+
+/// The signing domain the targets check signatures under (a fixed test network).
+pub fn domain() -> chain::signing::Domain {
+    chain::signing::Domain {
+        chain_id: 7,
+        salt: chain::B256::repeat_byte(7),
+        payments: None,
     }
 }
 

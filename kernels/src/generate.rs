@@ -19,6 +19,8 @@ pub const MAX_STOPS: usize = 4;
 pub const MAX_STOP_BYTES: usize = 64;
 /// Most completion tokens one request may ask for.
 pub const MAX_COMPLETION_TOKENS: usize = 4096;
+/// Completion tokens when a request names no limit.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// A generation job's input, as JSON: the chat, the limits and the sampling parameters.
 ///
@@ -55,7 +57,7 @@ pub struct GenerateRequest {
 }
 
 fn default_max_tokens() -> usize {
-    256
+    DEFAULT_MAX_TOKENS
 }
 
 fn one() -> f32 {

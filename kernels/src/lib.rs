@@ -48,7 +48,8 @@ pub use bert::{BertSpec, MAX_TEXT_BYTES, write_seeded_bert};
 pub use bpe::{BpeTokenizer, Utf8Stream};
 pub use error::Error;
 pub use generate::{
-    Completion, FinishReason, GenerateRequest, Generator, MAX_COMPLETION_TOKENS, MessageJson, Step,
+    Completion, DEFAULT_MAX_TOKENS, FinishReason, GenerateRequest, Generator,
+    MAX_COMPLETION_TOKENS, MessageJson, Step,
 };
 pub use id::{ModelId, keccak256};
 pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};

@@ -50,11 +50,36 @@ pub struct AppState {
 
 type S = web::Data<AppState>;
 
-/// The JSON error every failure returns.
+/// The JSON error every failure returns, in OpenAI's shape (which the OpenAI-compatible
+/// endpoints need and every client can read): `{"error": {"message", "type", "param",
+/// "code"}}`, `type` the class of the status.
 pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    error_param(status, code, message, None)
+}
+
+/// [`error`] naming the request field at fault.
+pub fn error_param(
+    status: u16,
+    code: &str,
+    message: impl std::fmt::Display,
+    param: Option<&str>,
+) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status)
-        .json(json!({"error": {"code": code, "message": message.to_string()}}))
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        402 => "insufficient_quota",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    };
+    HttpResponse::build(status).json(json!({"error": {
+        "message": message.to_string(),
+        "type": kind,
+        "param": param,
+        "code": code,
+    }}))
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> HttpResponse {
@@ -78,6 +103,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/v1/accounts/{address}").to(get_account))
         .service(get("/v1/supply").to(supply))
         .service(get("/v1/models").to(models))
+        .service(get("/v1/models/{model}").to(model))
+        .service(get("/v1/grants/{id}").to(get_grant))
+        .service(post("/v1/chat/completions").to(crate::openai::chat_completions))
+        .service(post("/v1/embeddings").to(crate::openai::embeddings))
         .service(get("/v1/validators").to(validators))
         .service(get("/v1/inference-nodes").to(inference_nodes))
         .service(get("/v1/proposals").to(proposals))
@@ -148,7 +177,7 @@ impl EndpointBuilder {
 /// [`MAX_BODY_BYTES`], before buffering past the limit; 408 when the client takes longer than
 /// the body timeout to send it (a slow sender holds a connection for that long at most); 400
 /// when it is not the expected JSON.
-async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     s: &AppState,
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -332,11 +361,11 @@ async fn x402_supported(s: S) -> HttpResponse {
 }
 
 /// The HTTP status of each way a job can be refused or fail at the gateway.
-fn refusal_status(kind: Refusal) -> u16 {
+pub(crate) fn refusal_status(kind: Refusal) -> u16 {
     match kind {
-        Refusal::BadInputHash | Refusal::Expired => 400,
+        Refusal::BadInputHash | Refusal::Expired | Refusal::BadInput => 400,
         Refusal::BadSignature => 401,
-        Refusal::FeeTooLow | Refusal::InsufficientBalance => 402,
+        Refusal::FeeTooLow | Refusal::InsufficientBalance | Refusal::GrantExhausted => 402,
         Refusal::UnknownModel => 404,
         Refusal::Duplicate | Refusal::NonceUsed => 409,
         Refusal::InputTooLarge => 413,
@@ -609,7 +638,22 @@ async fn chain_state(s: &AppState) -> Result<ChainState, HttpResponse> {
     s.settlement.send(GetChainState).await.map_err(unavailable)
 }
 
-/// The registered models, from the chain's state.
+/// A registered model in OpenAI's model shape (`id`, `object`, `created`, `owned_by`), with
+/// ours alongside: name, prices, verification mode, whether it is active and who serves it.
+/// `id` is the model id, which the API takes as `model` (so does the name).
+async fn model_entry(s: &AppState, id: &chain::ModelId, m: &chain::state::Model) -> Value {
+    let executors = s.gateway.send(KnownExecutors(*id)).await.unwrap_or(0);
+    json!({
+        "id": id, "object": "model", "created": 0, "owned_by": m.owner,
+        "name": m.name, "owner": m.owner,
+        "price_per_job": m.price_per_job.to_string(),
+        "price_per_unit": m.price_per_unit.to_string(),
+        "mode": m.mode, "active": m.active,
+        "served_here": s.served.contains(id), "executors": executors,
+    })
+}
+
+/// The registered models, from the chain's state, as OpenAI's list.
 async fn models(s: S) -> HttpResponse {
     let state = match chain_state(&s).await {
         Ok(c) => c,
@@ -617,16 +661,45 @@ async fn models(s: S) -> HttpResponse {
     };
     let mut list: Vec<Value> = Vec::new();
     for (id, m) in &state.registry.models {
-        let executors = s.gateway.send(KnownExecutors(*id)).await.unwrap_or(0);
-        list.push(json!({
-            "id": id, "name": m.name, "owner": m.owner,
-            "price_per_job": m.price_per_job.to_string(),
-            "price_per_unit": m.price_per_unit.to_string(),
-            "mode": m.mode, "active": m.active,
-            "served_here": s.served.contains(id), "executors": executors,
-        }));
+        list.push(model_entry(&s, id, m).await);
     }
-    HttpResponse::Ok().json(json!({"height": state.height, "models": list}))
+    HttpResponse::Ok().json(json!({"object": "list", "data": list, "height": state.height}))
+}
+
+/// What an API grant (`grant_id` of `proofmesh key create`) has spent, in settled jobs.
+async fn get_grant(s: S, path: web::Path<String>) -> HttpResponse {
+    let id = match path.parse::<chain::B256>() {
+        Ok(id) => id,
+        Err(e) => return error(400, "bad_grant_id", format!("{path}: {e}")),
+    };
+    match s.settlement.send(actors::settlement::GrantSpent(id)).await {
+        Ok(spent) => HttpResponse::Ok().json(json!({"grant_id": id, "spent": spent.to_string()})),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// One registered model, by id or name.
+async fn model(s: S, path: web::Path<String>) -> HttpResponse {
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let wanted = path.into_inner();
+    let by_id = wanted.parse::<chain::ModelId>().ok();
+    let found = state
+        .registry
+        .models
+        .iter()
+        .find(|(id, m)| Some(**id) == by_id || m.name == wanted);
+    match found {
+        Some((id, m)) => HttpResponse::Ok().json(model_entry(&s, id, m).await),
+        None => error_param(
+            404,
+            "model_not_found",
+            format!("the model {wanted:?} does not exist on this network"),
+            Some("model"),
+        ),
+    }
 }
 
 async fn validators(s: S) -> HttpResponse {
@@ -1041,6 +1114,8 @@ mod tests {
             (ExecutorBusy, 503),
             (ExecutorFailed, 502),
             (ExecutorRefused, 502),
+            (BadInput, 400),
+            (GrantExhausted, 402),
         ];
         let codes: std::collections::HashSet<&str> = all.iter().map(|(k, _)| k.code()).collect();
         assert_eq!(codes.len(), all.len());

@@ -8,6 +8,8 @@ mod chaincmd;
 mod config;
 mod http;
 mod infer;
+mod keycmd;
+mod openai;
 mod run;
 mod submit;
 mod verify;
@@ -93,6 +95,9 @@ enum Command {
     /// The OPG bridge to the EVM chain: deposit, withdraw, release, status.
     #[command(subcommand)]
     Bridge(bridgecmd::BridgeCommand),
+    /// API keys for the OpenAI-compatible API.
+    #[command(subcommand)]
+    Key(keycmd::KeyCommand),
 }
 
 fn main() {
@@ -120,6 +125,7 @@ fn main() {
         Command::Attest(cmd) => attest::attest(cmd),
         Command::Verify(args) => verify::verify(args),
         Command::Bridge(cmd) => bridgecmd::bridge(cmd),
+        Command::Key(cmd) => keycmd::key(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

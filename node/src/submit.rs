@@ -97,13 +97,18 @@ pub(crate) fn api_error(status: u16, body: &Value) -> anyhow::Error {
     anyhow!("node answered {status} {code}: {message}")
 }
 
-fn random_nonce() -> u64 {
+/// A job nonce no other job of this process takes (the clock, the process and a counter,
+/// hashed), below 2^53.
+pub(crate) fn random_nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let mut buf = t.to_be_bytes().to_vec();
     buf.extend_from_slice(&std::process::id().to_be_bytes());
+    buf.extend_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     let h = keccak256(&buf);
     // Keep nonces below 2^53 so JavaScript clients read them exactly.
     u64::from_be_bytes([0, h[1] & 0x1f, h[2], h[3], h[4], h[5], h[6], h[7]])
@@ -141,7 +146,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
             if st != 200 {
                 return Err(api_error(st, &models));
             }
-            let list = models["models"].as_array().cloned().unwrap_or_default();
+            let list = models["data"].as_array().cloned().unwrap_or_default();
             let entry = list
                 .iter()
                 .find(|m| m["id"].as_str() == Some(&model.to_string()))

@@ -753,7 +753,7 @@ impl Testnet {
         let Ok(r) = client.get(&format!("{http}/v1/models")) else {
             return false;
         };
-        r.body["models"]
+        r.body["data"]
             .as_array()
             .is_some_and(|ms| ms.iter().all(|m| m["executors"].as_u64().unwrap_or(0) >= 1))
     }

@@ -225,7 +225,7 @@ fn chain_commands_sign_submit_wait_and_refuse() {
         .unwrap()
         .ok()
         .unwrap();
-    let entry = models["models"]
+    let entry = models["data"]
         .as_array()
         .unwrap()
         .iter()

@@ -182,6 +182,8 @@ pub struct Changes {
     pub accounts: BTreeMap<Address, Account>,
     /// (client, nonce) → job id, newly used.
     pub nonces: Vec<((Address, u64), JobId)>,
+    /// API grant id → what it has spent in all, for the grants this block spent from.
+    pub grants: Vec<(B256, u128)>,
     pub jobs: Vec<JobEntry>,
     pub txs: Vec<TxOutcome>,
     /// The registries after this block, when it changed them.
@@ -308,6 +310,9 @@ pub struct Ledger {
     pub tip_time_ms: u64,
     accounts: BTreeMap<Address, Account>,
     nonces: UsedNonces,
+    /// What each API grant ([`crate::record::ApiGrant`]) has spent, by grant id. One entry per
+    /// key a client made and used, not per job: kept in memory.
+    grants: BTreeMap<B256, u128>,
     /// Digest of everything settled so far that is not an account: each block with used job
     /// nonces or job entries chains `keccak(history ‖ nonces ‖ jobs)`. The state root covers it,
     /// so two ledgers that differ only in used nonces or in the job index have different roots,
@@ -331,6 +336,8 @@ struct Overlay<'a> {
     proposer: Address,
     accounts: BTreeMap<Address, Account>,
     nonces: BTreeMap<(Address, u64), JobId>,
+    /// What the grants this block spent from have spent in all.
+    grants: BTreeMap<B256, u128>,
     /// A copy of the registry, made on the first change.
     registry: Option<Registry>,
     pools: Pools,
@@ -388,6 +395,14 @@ impl Overlay<'_> {
         }
     }
 
+    fn grant_spent(&self, id: &B256) -> u128 {
+        self.grants
+            .get(id)
+            .or_else(|| self.base.grants.get(id))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Every account as this block leaves it, in address order.
     fn merged(&self) -> impl Iterator<Item = (&Address, &Account)> {
         merge_sorted(&self.base.accounts, &self.accounts)
@@ -419,6 +434,7 @@ impl Ledger {
             tip_time_ms: g.genesis_time_ms,
             accounts,
             nonces: UsedNonces::default(),
+            grants: BTreeMap::new(),
             history: B256::ZERO,
             registry_digest: registry.digest(),
             registry: Arc::new(registry),
@@ -449,6 +465,7 @@ impl Ledger {
             tip_time_ms,
             accounts,
             nonces,
+            grants: BTreeMap::new(),
             history,
             registry_digest: registry.digest(),
             registry: Arc::new(registry),
@@ -457,6 +474,17 @@ impl Ledger {
             anchor: AnchorLeaves::default(),
             last_commit,
         }
+    }
+
+    /// This ledger with what each API grant has spent (a persisted ledger's).
+    pub fn with_grants(mut self, grants: BTreeMap<B256, u128>) -> Ledger {
+        self.grants = grants;
+        self
+    }
+
+    /// What the API grant `id` has spent so far.
+    pub fn grant_spent(&self, id: &B256) -> u128 {
+        self.grants.get(id).copied().unwrap_or(0)
     }
 
     /// This ledger with the leaves waiting for the next anchor (a persisted ledger's).
@@ -588,6 +616,7 @@ impl Ledger {
             proposer,
             accounts: BTreeMap::new(),
             nonces: BTreeMap::new(),
+            grants: BTreeMap::new(),
             registry: None,
             pools: self.pools,
             validator_income: 0,
@@ -750,7 +779,8 @@ impl Ledger {
         }
         let nonces: Vec<((Address, u64), JobId)> =
             std::mem::take(&mut o.nonces).into_iter().collect();
-        let history = next_history(self.history, &nonces, &jobs);
+        let grants: Vec<(B256, u128)> = std::mem::take(&mut o.grants).into_iter().collect();
+        let history = next_history(self.history, &nonces, &grants, &jobs);
         // The anchor: this block's leaves join those since the last anchor height; at an
         // anchor height the header carries their roots and the next anchor starts empty.
         let mut anchor = self.anchor.clone();
@@ -787,6 +817,7 @@ impl Ledger {
             timestamp_ms: h.timestamp_ms,
             accounts: o.accounts,
             nonces,
+            grants,
             jobs,
             txs,
             registry,
@@ -1017,6 +1048,9 @@ impl Ledger {
                 m.insert(*k, *id);
             }
         }
+        for (id, spent) in &c.grants {
+            self.grants.insert(*id, *spent);
+        }
         if let Some(r) = &c.registry {
             self.registry = r.clone();
             self.registry_digest = r.digest();
@@ -1101,6 +1135,25 @@ fn settle_job(
             "insufficient balance: {spendable} spendable < price {price}"
         ));
         return Ok(Some(entry));
+    }
+    if let Some(g) = &record.job.grant {
+        let grant_id = g.grant.id(&o.domain);
+        if g.grant.expiry.saturating_mul(1000) < o.now_ms {
+            entry.reason = Some(format!(
+                "API grant {grant_id} expired at {} (unix seconds)",
+                g.grant.expiry
+            ));
+            return Ok(Some(entry));
+        }
+        let spent = o.grant_spent(&grant_id);
+        if spent.saturating_add(price) > g.grant.cap {
+            entry.reason = Some(format!(
+                "API grant {grant_id} has spent {spent} of its cap {}: the price {price} is past it",
+                g.grant.cap
+            ));
+            return Ok(Some(entry));
+        }
+        o.grants.insert(grant_id, spent + price);
     }
     client.balance -= price;
     o.put(req.client, client);
@@ -1814,15 +1867,24 @@ fn state_root<'a>(
     keccak256(&buf)
 }
 
-/// The history digest after a block that used `nonces` and wrote `jobs` (unchanged when it did
-/// neither, so empty blocks leave it as it was).
-fn next_history(prev: B256, nonces: &[((Address, u64), JobId)], jobs: &[JobEntry]) -> B256 {
-    if nonces.is_empty() && jobs.is_empty() {
+/// The history digest after a block that used `nonces`, spent from `grants` and wrote `jobs`
+/// (unchanged when it did none of these, so empty blocks leave it as it was).
+fn next_history(
+    prev: B256,
+    nonces: &[((Address, u64), JobId)],
+    grants: &[(B256, u128)],
+    jobs: &[JobEntry],
+) -> B256 {
+    if nonces.is_empty() && jobs.is_empty() && grants.is_empty() {
         return prev;
     }
     let mut buf = prev.to_vec();
     buf.extend_from_slice(&crate::codec::encode(nonces));
     buf.extend_from_slice(&crate::codec::encode(jobs));
+    // Appended only when there are some, so histories without grants keep their digests.
+    if !grants.is_empty() {
+        buf.extend_from_slice(&crate::codec::encode(grants));
+    }
     keccak256(&buf)
 }
 

@@ -2106,3 +2106,191 @@ fn the_bridge_reserve_is_part_of_the_genesis_supply() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+/// A job bought through an API grant of client 10 (delegate key 40), signed by `delegate`.
+fn granted_job(
+    g: &Genesis,
+    grant: &crate::record::SignedGrant,
+    delegate: &PrivateKeySigner,
+    nonce: u64,
+) -> InferenceRecord {
+    let input = format!("{{\"granted\":{nonce}}}");
+    let req = JobRequest {
+        client: grant.grant.client,
+        model_id: g.models[0].id,
+        input_hash: keccak256(input.as_bytes()),
+        max_fee: u128::MAX,
+        nonce,
+        expiry: 4_000_000_000,
+    };
+    InferenceRecord::create(
+        req.sign_granted(delegate, grant.clone(), &g.domain())
+            .unwrap(),
+        input,
+        B256::repeat_byte(3),
+        Proof::Reexec,
+        &key(20),
+        &g.domain(),
+    )
+    .unwrap()
+}
+
+fn grant(g: &Genesis, cap: u128, expiry: u64) -> crate::record::SignedGrant {
+    crate::record::ApiGrant {
+        client: key(10).address(),
+        delegate: key(40).address(),
+        cap,
+        expiry,
+        models: vec![],
+    }
+    .sign(&key(10), &g.domain())
+    .unwrap()
+}
+
+/// Jobs bought through an API grant are charged to the grant's client; the ledger counts what
+/// the grant spent and refuses (at no cost) a job past its cap or after its expiry.
+#[test]
+fn api_grants_spend_up_to_their_cap_until_they_expire() {
+    let g = quiet();
+    let mut l = Ledger::from_genesis(&g);
+    let price = g.models[0].price_per_job;
+    let client = key(10).address();
+    let before = l.account(&client).balance;
+    let expiry = l.tip_time_ms / 1000 + 10;
+    let grant = grant(&g, 2 * price + price / 2, expiry);
+    let id = grant.grant.id(&g.domain());
+    let delegate = key(40);
+    let c = next(
+        &mut l,
+        &g,
+        vec![
+            granted_job(&g, &grant, &delegate, 1),
+            granted_job(&g, &grant, &delegate, 2),
+            granted_job(&g, &grant, &delegate, 3),
+        ],
+        vec![],
+    );
+    let status: Vec<_> = c.jobs.iter().map(|j| j.status).collect();
+    assert_eq!(
+        status,
+        [
+            JobStatus::Finalized,
+            JobStatus::Finalized,
+            JobStatus::Failed
+        ]
+    );
+    let reason = c.jobs[2].reason.clone().unwrap();
+    assert!(reason.contains("cap"), "{reason}");
+    assert_eq!(c.grants, vec![(id, 2 * price)]);
+    assert_eq!(l.grant_spent(&id), 2 * price);
+    assert_eq!(l.account(&client).balance, before - 2 * price);
+    // A second grant of the same client has a cap of its own.
+    let mut other = grant.grant.clone();
+    other.cap = price;
+    let other = other.sign(&key(10), &g.domain()).unwrap();
+    let c = next(
+        &mut l,
+        &g,
+        vec![granted_job(&g, &other, &delegate, 4)],
+        vec![],
+    );
+    assert_eq!(c.jobs[0].status, JobStatus::Finalized);
+    assert_eq!(l.grant_spent(&id), 2 * price);
+    // Past its expiry (block time), the grant buys nothing.
+    let late = l.tip_time_ms + 20_000;
+    let c = next_at(
+        &mut l,
+        &g,
+        late,
+        vec![granted_job(&g, &other, &delegate, 5)],
+        vec![],
+    );
+    assert_eq!(c.jobs[0].status, JobStatus::Failed);
+    assert!(c.jobs[0].reason.as_ref().unwrap().contains("expired"));
+    assert_eq!(l.account(&client).balance, before - 3 * price);
+    assert_eq!(l.total_supply(), TOTAL_SUPPLY);
+}
+
+/// A grant signed by someone else than its client, a job signed by a key other than the
+/// delegate, a model outside the grant's list, a grant of another client, or a grant and a
+/// payment at once: the record's authorization is invalid, so no block may carry it.
+#[test]
+fn forged_or_misused_grants_are_invalid() {
+    let g = quiet();
+    let domain = g.domain();
+    let delegate = key(40);
+    let good = grant(&g, u128::MAX, 4_000_000_000);
+    assert!(
+        granted_job(&g, &good, &delegate, 1)
+            .verify_signatures(&domain)
+            .is_ok()
+    );
+    let forged = good.grant.clone().sign(&key(11), &domain).unwrap();
+    let wrong_delegate = granted_job(&g, &good, &key(41), 2);
+    let mut other_model = good.grant.clone();
+    other_model.models = vec![ModelId([9; 32])];
+    let other_model = other_model.sign(&key(10), &domain).unwrap();
+    let mut too_many = good.grant.clone();
+    too_many.models = vec![g.models[0].id; crate::record::MAX_GRANT_MODELS + 1];
+    let too_many = too_many.sign(&key(10), &domain).unwrap();
+    let mut not_the_client = granted_job(&g, &good, &delegate, 3);
+    not_the_client.job.request.client = key(11).address();
+    let mut with_payment = granted_job(&g, &good, &delegate, 4);
+    with_payment.job.payment = Some(crate::record::Payment {
+        value: 1,
+        valid_after: 0,
+        valid_before: u64::MAX,
+    });
+    for (what, record, want) in [
+        (
+            "forged grant",
+            granted_job(&g, &forged, &delegate, 5),
+            "signature",
+        ),
+        ("wrong delegate", wrong_delegate, "signature"),
+        (
+            "model not granted",
+            granted_job(&g, &other_model, &delegate, 6),
+            "grant.models",
+        ),
+        (
+            "too many models",
+            granted_job(&g, &too_many, &delegate, 7),
+            "grant.models",
+        ),
+        ("another client", not_the_client, "grant.client"),
+        ("grant and payment", with_payment, "not both"),
+    ] {
+        let err = record.verify_signatures(&domain).unwrap_err().to_string();
+        assert!(err.contains(want), "{what}: {err}");
+    }
+}
+
+/// What grants spent is part of the state root: two ledgers that differ only in it differ.
+#[test]
+fn the_state_root_covers_grant_spending() {
+    let g = quiet();
+    let mut a = Ledger::from_genesis(&g);
+    let mut b = Ledger::from_genesis(&g);
+    let price = g.models[0].price_per_job;
+    let delegate = key(40);
+    let one = grant(&g, u128::MAX, 4_000_000_000);
+    let mut two = one.grant.clone();
+    two.cap = u128::MAX - 1;
+    let two = two.sign(&key(10), &g.domain()).unwrap();
+    let ca = next(
+        &mut a,
+        &g,
+        vec![granted_job(&g, &one, &delegate, 1)],
+        vec![],
+    );
+    let cb = next(
+        &mut b,
+        &g,
+        vec![granted_job(&g, &two, &delegate, 1)],
+        vec![],
+    );
+    assert_eq!(ca.jobs[0].fee, price);
+    assert_eq!(cb.jobs[0].fee, price);
+    assert_ne!(a.state_root(), b.state_root());
+}

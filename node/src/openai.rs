@@ -1,0 +1,596 @@
+//! The OpenAI-compatible API every node serves: `POST /v1/chat/completions`,
+//! `POST /v1/embeddings`, `GET /v1/models` and `GET /v1/models/{model}` (in `http.rs`).
+//!
+//! A request is paid by the API key passed as its bearer token (see [`chain::apikey`]): the
+//! gateway turns the request into a job input, signs the job with the key's delegate key (the
+//! key holder's, not this node's), and runs it as any other job. The record carries the grant,
+//! and the ledger charges the grant's client and counts the grant's spending against its cap.
+//! Every answer carries a `proof` object naming the job and how it is verified; errors are
+//! OpenAI's `{"error": {message, type, param, code}}`.
+//!
+//! Not served yet (a clear 400 says so): `stream`, `n` above 1, `logprobs`, tools.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actors::gateway::{GatewayError, SubmitJob};
+use base64::Engine;
+use chain::apikey::ApiKey;
+use chain::{JobRequest, ModelId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::{AppState, error_param, read_json, refusal_status, unavailable};
+
+/// How long a job made from an API request may wait for a block (capped by the key's expiry).
+const JOB_TTL_SECS: u64 = 600;
+
+type S = web::Data<AppState>;
+
+/// A refused request, before it becomes the OpenAI error response.
+struct ApiError {
+    status: u16,
+    code: &'static str,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    fn response(self) -> HttpResponse {
+        error_param(self.status, self.code, self.message, self.param)
+    }
+}
+
+/// The API key of the request's `Authorization: Bearer` header, its grant checked against
+/// this network: 401 otherwise.
+fn api_key(s: &AppState, req: &HttpRequest) -> Result<ApiKey, ApiError> {
+    let unauthorized = |code: &'static str, message: String| ApiError {
+        status: 401,
+        code,
+        message,
+        param: None,
+    };
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "missing_api_key",
+            "no API key: pass one as `Authorization: Bearer pm1_…` (make one with `proofmesh key create`)".into(),
+        ));
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauthorized(
+                "invalid_api_key",
+                "the Authorization header is not `Bearer <key>`".into(),
+            )
+        })?;
+    let key = ApiKey::parse(text).map_err(|e| unauthorized("invalid_api_key", e.to_string()))?;
+    key.grant.verify(&s.domain).map_err(|e| {
+        unauthorized(
+            "invalid_api_key",
+            format!("the key's grant is not valid on this network: {e}"),
+        )
+    })?;
+    let now_s = chain::types::now_ms() / 1000;
+    if key.grant.grant.expiry <= now_s {
+        return Err(unauthorized(
+            "api_key_expired",
+            format!(
+                "the API key expired at {} (unix seconds; now {now_s})",
+                key.grant.grant.expiry
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+/// A registered, active model, by id (`0x…`) or by name: (id, name, verification mode).
+async fn resolve_model(
+    s: &AppState,
+    model: &str,
+) -> Result<(ModelId, String, chain::VerificationMode), HttpResponse> {
+    let state = s
+        .settlement
+        .send(actors::settlement::GetChainState)
+        .await
+        .map_err(unavailable)?;
+    let not_found = |message: String| error_param(404, "model_not_found", message, Some("model"));
+    let found: Vec<_> = match model.parse::<ModelId>() {
+        Ok(id) => state
+            .registry
+            .models
+            .get(&id)
+            .map(|m| (id, m))
+            .into_iter()
+            .collect(),
+        Err(_) => state
+            .registry
+            .models
+            .iter()
+            .filter(|(_, m)| m.name == model)
+            .map(|(id, m)| (*id, m))
+            .collect(),
+    };
+    match found[..] {
+        [(id, m)] if m.active => Ok((id, m.name.clone(), m.mode)),
+        [(id, _)] => Err(not_found(format!(
+            "model {model} ({id}) is no longer active"
+        ))),
+        [] => Err(not_found(format!(
+            "the model {model:?} does not exist on this network (see GET /v1/models)"
+        ))),
+        _ => Err(error_param(
+            400,
+            "ambiguous_model",
+            format!("several models are named {model:?}: name one by its id (see GET /v1/models)"),
+            Some("model"),
+        )),
+    }
+}
+
+/// Runs `input` on `model` as a job paid through `key`: the job's price is the model's for
+/// this input, its nonce fresh, its expiry at most the key's. An inference node's refusal of
+/// the input is the request field `input_param`'s fault.
+async fn run_job(
+    s: &AppState,
+    key: &ApiKey,
+    model: ModelId,
+    input: String,
+    input_param: &str,
+) -> Result<actors::gateway::JobResult, HttpResponse> {
+    if !key.grant.grant.allows(&model) {
+        return Err(error_param(
+            403,
+            "model_not_allowed",
+            format!("this API key does not cover model {model}"),
+            Some("model"),
+        ));
+    }
+    let state = s
+        .settlement
+        .send(actors::settlement::GetChainState)
+        .await
+        .map_err(unavailable)?;
+    let price = state
+        .registry
+        .models
+        .get(&model)
+        .map(|m| m.price(input.len()))
+        .ok_or_else(|| {
+            error_param(
+                404,
+                "model_not_found",
+                format!("model {model}"),
+                Some("model"),
+            )
+        })?;
+    let now_s = chain::types::now_ms() / 1000;
+    let request = JobRequest {
+        client: key.grant.grant.client,
+        model_id: model,
+        input_hash: alloy::primitives::keccak256(input.as_bytes()),
+        max_fee: price,
+        nonce: crate::submit::random_nonce(),
+        expiry: (now_s + JOB_TTL_SECS).min(key.grant.grant.expiry),
+    };
+    let job = request
+        .sign_granted(&key.delegate, key.grant.clone(), &s.domain)
+        .map_err(|e| error_param(500, "signing", e.to_string(), None))?;
+    match s.gateway.send(SubmitJob { job, input }).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(GatewayError { kind, message })) => {
+            let param = (kind == actors::gateway::Refusal::BadInput).then_some(input_param);
+            Err(error_param(
+                refusal_status(kind),
+                kind.code(),
+                message,
+                param,
+            ))
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The `proof` object of an answer: the job, its commitments and how to check it.
+fn proof(
+    s: &AppState,
+    req: &HttpRequest,
+    r: &actors::gateway::JobResult,
+    mode: chain::VerificationMode,
+) -> Value {
+    let conn = req.connection_info();
+    let base = format!("{}://{}", conn.scheme(), conn.host());
+    let request = &r.record.job.request;
+    json!({
+        "job_id": r.job_id,
+        "model_id": request.model_id,
+        "client": request.client,
+        "input_hash": request.input_hash,
+        "output_hash": r.record.output_hash,
+        "executor": r.record.executor,
+        "verification": mode,
+        "proof": r.record.proof,
+        "status": "executed",
+        "fee": request.max_fee.to_string(),
+        "grant_id": r.record.job.grant.as_ref().map(|g| g.grant.id(&s.domain)),
+        "job_url": format!("{base}/v1/jobs/{}", r.job_id),
+        "receipt_url": format!("{base}/v1/receipts/{}", r.job_id),
+    })
+}
+
+fn unix_now() -> u64 {
+    chain::types::now_ms() / 1000
+}
+
+/// A chat message's content: a string, or OpenAI's array of text parts.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Option<Content>,
+}
+
+/// `stop`: one string or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u64>,
+    #[serde(default)]
+    tools: Option<Value>,
+}
+
+fn bad(message: impl std::fmt::Display, param: &'static str) -> ApiError {
+    ApiError {
+        status: 400,
+        code: "invalid_request",
+        message: message.to_string(),
+        param: Some(param),
+    }
+}
+
+/// The job input (our generation request) of an OpenAI chat request, checked as the inference
+/// node will check it, so that a request it would refuse is refused here, at no cost.
+fn generation_input(c: ChatRequest) -> Result<String, ApiError> {
+    if c.stream == Some(true) {
+        return Err(bad(
+            "streaming is not served yet: send the request without `stream`",
+            "stream",
+        ));
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(bad("only n = 1 is served", "n"));
+    }
+    if c.logprobs == Some(true) || c.top_logprobs.is_some_and(|n| n > 0) {
+        return Err(bad("logprobs are not served yet", "logprobs"));
+    }
+    if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(bad("tools are not served", "tools"));
+    }
+    let mut messages = Vec::with_capacity(c.messages.len());
+    for (i, m) in c.messages.into_iter().enumerate() {
+        // OpenAI's newer name for the system role.
+        let role = if m.role == "developer" {
+            "system".to_string()
+        } else {
+            m.role
+        };
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        (kind, _) => {
+                            return Err(bad(
+                                format!(
+                                    "messages[{i}]: content parts of type {kind:?} are not served; send text"
+                                ),
+                                "messages",
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+        };
+        messages.push(kernels::MessageJson { role, content });
+    }
+    let max_tokens = c.max_completion_tokens.or(c.max_tokens);
+    let param = if c.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let stop = match c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    let request = kernels::GenerateRequest {
+        messages,
+        max_tokens: match max_tokens {
+            None => kernels::DEFAULT_MAX_TOKENS,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        temperature: c.temperature.unwrap_or(1.0),
+        top_p: c.top_p.unwrap_or(1.0),
+        top_k: 0,
+        seed: c.seed.unwrap_or(0),
+        stop,
+        logprobs: false,
+    };
+    if let Err(e) = request.check() {
+        let message = e.to_string();
+        let param = ["messages", "temperature", "top_p", "stop"]
+            .into_iter()
+            .find(|p| message.contains(p))
+            .unwrap_or(param);
+        return Err(bad(message, param));
+    }
+    serde_json::to_string(&request).map_err(|e| ApiError {
+        status: 500,
+        code: "encoding",
+        message: e.to_string(),
+        param: None,
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    s: S,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body: ChatRequest = match read_json(&s, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let key = match api_key(&s, &req) {
+        Ok(k) => k,
+        Err(e) => return e.response(),
+    };
+    let (model, name, mode) = match resolve_model(&s, &body.model).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let input = match generation_input(body) {
+        Ok(i) => i,
+        Err(e) => return e.response(),
+    };
+    let result = match run_job(&s, &key, model, input, "messages").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let output: Value = serde_json::from_str(&result.output).unwrap_or(Value::Null);
+    let Some(text) = output["text"].as_str() else {
+        return error_param(
+            400,
+            "not_a_chat_model",
+            format!(
+                "model {name} does not generate text (its output has no text); use it through /v1/embeddings or /v1/jobs"
+            ),
+            Some("model"),
+        );
+    };
+    let prompt_tokens = output["prompt_tokens"].as_u64().unwrap_or(0);
+    let completion_tokens = output["tokens"].as_array().map_or(0, |t| t.len() as u64);
+    HttpResponse::Ok().json(json!({
+        "id": format!("chatcmpl-{}", hex::encode(result.job_id.0)),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": name,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": output["finish_reason"],
+            "logprobs": null,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "proof": proof(&s, &req, &result, mode),
+    }))
+}
+
+/// `input`: one string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    /// Token ids, or anything else: not served.
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct EmbeddingRequest {
+    model: String,
+    input: EmbeddingInput,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u64>,
+}
+
+/// The embedding width of each model this node has seen an output of.
+fn dimensions() -> &'static std::sync::Mutex<std::collections::HashMap<ModelId, usize>> {
+    static DIMS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<ModelId, usize>>> =
+        std::sync::OnceLock::new();
+    DIMS.get_or_init(Default::default)
+}
+
+fn known_dimensions(model: &ModelId) -> Option<usize> {
+    dimensions().lock().ok()?.get(model).copied()
+}
+
+fn remember_dimensions(model: ModelId, dim: usize) {
+    if let Ok(mut dims) = dimensions().lock() {
+        dims.insert(model, dim);
+    }
+}
+
+/// `POST /v1/embeddings`: one job embeds every input.
+pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let body: EmbeddingRequest = match read_json(&s, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let key = match api_key(&s, &req) {
+        Ok(k) => k,
+        Err(e) => return e.response(),
+    };
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return bad(
+                format!("encoding_format {other:?}: use \"float\" or \"base64\""),
+                "encoding_format",
+            )
+            .response();
+        }
+    };
+    let texts = match body.input {
+        EmbeddingInput::One(t) => vec![t],
+        EmbeddingInput::Many(v) => v,
+        EmbeddingInput::Other(_) => {
+            return bad(
+                "input must be a string or a list of strings (token ids are not served)",
+                "input",
+            )
+            .response();
+        }
+    };
+    if texts.is_empty() || texts.len() > kernels::MAX_ROWS {
+        return bad(
+            format!("{} inputs; send 1 to {}", texts.len(), kernels::MAX_ROWS),
+            "input",
+        )
+        .response();
+    }
+    if let Some(i) = texts.iter().position(|t| t.len() > kernels::MAX_TEXT_BYTES) {
+        return bad(
+            format!(
+                "input[{i}] has {} bytes, the limit is {}",
+                texts[i].len(),
+                kernels::MAX_TEXT_BYTES
+            ),
+            "input",
+        )
+        .response();
+    }
+    let (model, name, mode) = match resolve_model(&s, &body.model).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    // A `dimensions` other than the model's is refused before the job runs once this node has
+    // seen one of the model's outputs; before that, after (and the job is charged).
+    if let (Some(d), Some(known)) = (body.dimensions, known_dimensions(&model))
+        && d != known as u64
+    {
+        return bad(
+            format!("model {name} has {known} dimensions; `dimensions` must be {known} or absent"),
+            "dimensions",
+        )
+        .response();
+    }
+    let input = json!({ "texts": texts }).to_string();
+    let result = match run_job(&s, &key, model, input, "input").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let output: Value = serde_json::from_str(&result.output).unwrap_or(Value::Null);
+    let Some(rows) = output["embeddings"].as_array() else {
+        return error_param(
+            400,
+            "not_an_embedding_model",
+            format!("model {name} does not embed text (its output has no embeddings)"),
+            Some("model"),
+        );
+    };
+    let dim = rows.first().and_then(Value::as_array).map_or(0, Vec::len);
+    remember_dimensions(model, dim);
+    if let Some(d) = body.dimensions
+        && d != dim as u64
+    {
+        return bad(
+            format!(
+                "model {name} has {dim} dimensions; `dimensions` must be {dim} or absent (job {} ran and was charged)",
+                result.job_id
+            ),
+            "dimensions",
+        ).response();
+    }
+    let mut data = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let values: Vec<f32> = row
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|v| v.as_f64().unwrap_or(f64::NAN) as f32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let embedding = if base64 {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            row.clone()
+        };
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": data,
+        "model": name,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "proof": proof(&s, &req, &result, mode),
+    }))
+}
