@@ -19,7 +19,8 @@ libfuzzer_sys::fuzz_target!(init: proofmesh_fuzz::init("gguf"), |data: &[u8]| {
         top_k: 0,
         seed: 0,
         stop: Vec::new(),
-        logprobs: false,
+        logprobs: true,
+        top_logprobs: 2,
     };
     let _ = model.generate(&kernels::CpuBackend::new(), &req, &mut |_| true);
 });

@@ -17,6 +17,8 @@ pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 pub const MAX_STOPS: usize = 4;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_BYTES: usize = 64;
+/// Most alternatives `top_logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 /// Most completion tokens one request may ask for.
 pub const MAX_COMPLETION_TOKENS: usize = 4096;
 /// Completion tokens when a request names no limit.
@@ -54,6 +56,10 @@ pub struct GenerateRequest {
     /// only, not part of the commitment.
     #[serde(default)]
     pub logprobs: bool,
+    /// With `logprobs`: how many of the most likely tokens to report at each step (0 to
+    /// [`MAX_TOP_LOGPROBS`]).
+    #[serde(default)]
+    pub top_logprobs: u32,
 }
 
 fn default_max_tokens() -> usize {
@@ -114,6 +120,12 @@ impl GenerateRequest {
             ));
         }
         self.sampling().check().or_else(bad)?;
+        if self.top_logprobs > MAX_TOP_LOGPROBS || (self.top_logprobs > 0 && !self.logprobs) {
+            return bad(format!(
+                "top_logprobs is {}; ask for 0 to {MAX_TOP_LOGPROBS}, with logprobs",
+                self.top_logprobs
+            ));
+        }
         if self.stop.len() > MAX_STOPS {
             return bad(format!(
                 "{} stop strings; the limit is {MAX_STOPS}",
@@ -197,6 +209,20 @@ pub struct Completion {
     pub finish: FinishReason,
     /// How tokens were chosen.
     pub sampling: Sampling,
+    /// With `logprobs`: one entry per text token (control tokens such as the end of turn
+    /// have none). Reporting only, not part of the commitment.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// A generated token's log-probability (temperature 1) and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// The token's bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The `top_logprobs` most likely tokens at this step: (token, bytes, logprob).
+    pub top: Vec<(u32, Vec<u8>, f32)>,
 }
 
 impl Completion {
@@ -394,6 +420,8 @@ pub(crate) struct Decoder {
     max_tokens: usize,
     stops: Vec<String>,
     logprobs: bool,
+    top_logprobs: usize,
+    reported: Vec<TokenLogprob>,
     prompt: Vec<u32>,
     tokens: Vec<u32>,
     /// The last forward's logits for this sequence.
@@ -412,6 +440,8 @@ impl Decoder {
             max_tokens: req.max_tokens,
             stops: req.stop.clone(),
             logprobs: req.logprobs,
+            top_logprobs: req.top_logprobs as usize,
+            reported: Vec::new(),
             prompt,
             tokens: Vec::new(),
             logits,
@@ -431,11 +461,26 @@ impl Decoder {
     ) -> Option<u32> {
         let position = (self.prompt.len() + self.tokens.len()) as u64;
         let token = self.sampling.choose(&self.logits, position);
-        let logprob = self
+        let norm = self
             .logprobs
-            .then(|| crate::sample::logprob(&self.logits, token));
+            .then(|| crate::sample::LogSoftmax::new(&self.logits));
+        let logprob = norm.map(|n| n.of(&self.logits, token));
         self.tokens.push(token);
         let tok = model.tokenizer();
+        if let (Some(n), Some(lp)) = (norm, logprob)
+            && !tok.is_control(token)
+        {
+            let top = crate::sample::top_tokens(&self.logits, self.top_logprobs)
+                .into_iter()
+                .map(|t| (t, tok.token_bytes(t).to_vec(), n.of(&self.logits, t)))
+                .collect();
+            self.reported.push(TokenLogprob {
+                token,
+                bytes: tok.token_bytes(token).to_vec(),
+                logprob: lp,
+                top,
+            });
+        }
         let mut done = None;
         if token == model.eos() {
             done = Some(FinishReason::Stop);
@@ -489,6 +534,7 @@ impl Decoder {
             text: self.text,
             finish: self.finish.unwrap_or(FinishReason::Length),
             sampling: self.sampling,
+            logprobs: self.logprobs.then_some(self.reported),
         }
     }
 }

@@ -49,7 +49,7 @@ pub use bpe::{BpeTokenizer, Utf8Stream};
 pub use error::Error;
 pub use generate::{
     Completion, DEFAULT_MAX_TOKENS, FinishReason, GenerateRequest, Generator,
-    MAX_COMPLETION_TOKENS, MessageJson, Step,
+    MAX_COMPLETION_TOKENS, MAX_TOP_LOGPROBS, MessageJson, Step, TokenLogprob,
 };
 pub use id::{ModelId, keccak256};
 pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
@@ -59,7 +59,7 @@ pub use model::{
     manifest,
 };
 pub use rope::RopeTable;
-pub use sample::{Sampling, argmax, logprob};
+pub use sample::{LogSoftmax, Sampling, argmax, logprob, top_tokens};
 pub use tokenizer::Tokenizer;
 
 thread_local! {

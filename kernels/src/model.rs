@@ -108,6 +108,18 @@ impl Output {
                 "finish_reason".into(),
                 serde_json::to_value(c.finish).unwrap_or_default(),
             );
+            if let Some(lps) = &c.logprobs {
+                let entry = |token: u32, bytes: &[u8], logprob: f32| serde_json::json!({"token": token, "bytes": bytes, "logprob": f32_json(logprob)});
+                let list: Vec<serde_json::Value> = lps
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(t.token, &t.bytes, t.logprob);
+                        e["top"] = t.top.iter().map(|(id, b, lp)| entry(*id, b, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                obj.insert("logprobs".into(), list.into());
+            }
             return serde_json::Value::Object(obj);
         }
         if self.kind == OutputKind::Embeddings {

@@ -138,16 +138,55 @@ pub(crate) fn uniform(seed: u64, position: u64) -> f32 {
 /// `ln p(token)` under the softmax of `logits` (temperature 1), in f64 with this crate's own
 /// `exp` and `ln`, for reporting (`logprobs`): `(l − max) − ln Σ exp(l_j − max)`.
 pub fn logprob(logits: &[f32], token: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for &l in logits {
-        sum += crate::rope::exp(f64::from(l - max));
+    LogSoftmax::new(logits).of(logits, token)
+}
+
+/// The normaliser of `logits`' log-softmax, computed once for many [`LogSoftmax::of`].
+#[derive(Debug, Clone, Copy)]
+pub struct LogSoftmax {
+    max: f32,
+    ln_sum: f64,
+}
+
+impl LogSoftmax {
+    pub fn new(logits: &[f32]) -> LogSoftmax {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for &l in logits {
+            sum += crate::rope::exp(f64::from(l - max));
+        }
+        LogSoftmax {
+            max,
+            ln_sum: crate::rope::ln(sum),
+        }
     }
-    let l = logits
-        .get(token as usize)
-        .copied()
-        .unwrap_or(f32::NEG_INFINITY);
-    (f64::from(l - max) - crate::rope::ln(sum)) as f32
+
+    /// `ln p(token)`, as [`logprob`].
+    pub fn of(&self, logits: &[f32], token: u32) -> f32 {
+        let l = logits
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        (f64::from(l - self.max) - self.ln_sum) as f32
+    }
+}
+
+/// The `k` most likely tokens of `logits`, most likely first, ties by id ascending.
+pub fn top_tokens(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut best: Vec<u32> = Vec::with_capacity(k + 1);
+    let before = |a: u32, b: u32| {
+        let (la, lb) = (logits[a as usize], logits[b as usize]);
+        la > lb || (la == lb && a < b)
+    };
+    for id in 0..logits.len() as u32 {
+        if best.len() == k && best.last().is_none_or(|&last| !before(id, last)) {
+            continue;
+        }
+        let at = best.partition_point(|&b| before(b, id));
+        best.insert(at, id);
+        best.truncate(k);
+    }
+    best
 }
 
 #[cfg(test)]
@@ -262,6 +301,18 @@ mod tests {
             },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn top_tokens_are_ordered_by_logit_then_id() {
+        let l = logits();
+        assert_eq!(top_tokens(&l, 3), [1, 3, 2]);
+        assert_eq!(top_tokens(&l, 0), Vec::<u32>::new());
+        assert_eq!(top_tokens(&l, 10), [1, 3, 2, 0, 5, 4]);
+        let norm = LogSoftmax::new(&l);
+        for t in 0..6 {
+            assert_eq!(norm.of(&l, t), logprob(&l, t));
         }
     }
 

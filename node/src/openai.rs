@@ -8,7 +8,7 @@
 //! Every answer carries a `proof` object naming the job and how it is verified; errors are
 //! OpenAI's `{"error": {message, type, param, code}}`.
 //!
-//! Not served yet (a clear 400 says so): `stream`, `n` above 1, `logprobs`, tools.
+//! Not served yet (a clear 400 says so): `stream`, `n` above 1, tools.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -303,8 +303,16 @@ fn generation_input(c: ChatRequest) -> Result<String, ApiError> {
     if c.n.is_some_and(|n| n != 1) {
         return Err(bad("only n = 1 is served", "n"));
     }
-    if c.logprobs == Some(true) || c.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(bad("logprobs are not served yet", "logprobs"));
+    let logprobs = c.logprobs == Some(true);
+    let top_logprobs = c.top_logprobs.unwrap_or(0);
+    if top_logprobs > u64::from(kernels::MAX_TOP_LOGPROBS) || (top_logprobs > 0 && !logprobs) {
+        return Err(bad(
+            format!(
+                "top_logprobs is {top_logprobs}; ask for 0 to {} with logprobs: true",
+                kernels::MAX_TOP_LOGPROBS
+            ),
+            "top_logprobs",
+        ));
     }
     if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(bad("tools are not served", "tools"));
@@ -362,7 +370,8 @@ fn generation_input(c: ChatRequest) -> Result<String, ApiError> {
         top_k: 0,
         seed: c.seed.unwrap_or(0),
         stop,
-        logprobs: false,
+        logprobs,
+        top_logprobs: top_logprobs as u32,
     };
     if let Err(e) = request.check() {
         let message = e.to_string();
@@ -417,6 +426,11 @@ pub(crate) async fn chat_completions(
             Some("model"),
         );
     };
+    // A cancelled generation reports "length", the nearest reason OpenAI has.
+    let finish_reason = match output["finish_reason"].as_str() {
+        Some("stop") => "stop",
+        _ => "length",
+    };
     let prompt_tokens = output["prompt_tokens"].as_u64().unwrap_or(0);
     let completion_tokens = output["tokens"].as_array().map_or(0, |t| t.len() as u64);
     HttpResponse::Ok().json(json!({
@@ -427,8 +441,8 @@ pub(crate) async fn chat_completions(
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "finish_reason": output["finish_reason"],
-            "logprobs": null,
+            "finish_reason": finish_reason,
+            "logprobs": openai_logprobs(&output["logprobs"]),
         }],
         "usage": {
             "prompt_tokens": prompt_tokens,
@@ -437,6 +451,43 @@ pub(crate) async fn chat_completions(
         },
         "proof": proof(&s, &req, &result, mode),
     }))
+}
+
+/// The inference node's log-probabilities in OpenAI's shape: `{"content": [{token, logprob,
+/// bytes, top_logprobs: [{token, logprob, bytes}]}]}`, `null` when not asked for. A token that
+/// holds part of a character shows as replacement characters in `token`; `bytes` has it all.
+fn openai_logprobs(reported: &Value) -> Value {
+    let Some(list) = reported.as_array() else {
+        return Value::Null;
+    };
+    let entry = |e: &Value| {
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u8)
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "token": String::from_utf8_lossy(&bytes),
+            "logprob": e["logprob"],
+            "bytes": bytes,
+        })
+    };
+    let content: Vec<Value> = list
+        .iter()
+        .map(|e| {
+            let mut out = entry(e);
+            out["top_logprobs"] = e["top"]
+                .as_array()
+                .map(|t| t.iter().map(entry).collect())
+                .unwrap_or_default();
+            out
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
 }
 
 /// `input`: one string or a list of strings.

@@ -140,6 +140,7 @@ fn api_keys_pay_for_openai_requests() {
         format!("0x{}", hex::encode(want.hash())),
         "{proof}"
     );
+    assert_eq!(b["choices"][0]["logprobs"], Value::Null);
     let job_id = proof["job_id"].as_str().unwrap().to_string();
     let done = client
         .wait_job(&v0, &job_id, Duration::from_secs(120))
@@ -152,6 +153,32 @@ fn api_keys_pay_for_openai_requests() {
     assert_eq!(grant.body["spent"], fee.to_string(), "{}", grant.body);
     let receipt = client.get(proof["receipt_url"].as_str().unwrap()).unwrap();
     assert_eq!(receipt.status, 200, "{}", receipt.body);
+
+    // Log-probabilities: the same answer, each token with its alternatives (greedy: the
+    // chosen token is the most likely one).
+    let mut asked = chat(24);
+    asked["logprobs"] = true.into();
+    asked["top_logprobs"] = 2.into();
+    let r = post(&client, &format!("{v0}/v1/chat/completions"), &asked, &key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let choice = &r.body["choices"][0];
+    assert_eq!(
+        choice["message"]["content"],
+        "The capital of France is Paris."
+    );
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    let joined: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, "The capital of France is Paris.", "{content:?}");
+    for t in content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["token"], t["token"]);
+        assert_eq!(top[0]["logprob"], t["logprob"]);
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+    }
 
     // Embeddings: float and base64 carry the same f32 values.
     let texts = json!(["The cat sat on the mat.", "proofmesh"]);
@@ -232,6 +259,7 @@ fn api_keys_pay_for_openai_requests() {
         ("max_tokens", json!(100_000)),
         ("stream", json!(true)),
         ("n", json!(2)),
+        ("top_logprobs", json!(21)),
         ("messages", json!([])),
         ("messages", json!([{"role": "wizard", "content": "hi"}])),
     ] {

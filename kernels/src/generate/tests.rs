@@ -175,6 +175,7 @@ fn the_commitment_covers_every_field() {
         text: "x".into(),
         finish: FinishReason::Stop,
         sampling: Sampling::default(),
+        logprobs: None,
     };
     let h = base.hash();
     let variants = [
@@ -235,4 +236,48 @@ fn the_commitment_covers_every_field() {
         .hash(),
         h
     );
+}
+
+/// Log-probabilities are reported per text token with the most likely alternatives, change
+/// nothing of what is generated or committed, and are refused out of range.
+#[test]
+fn logprobs_report_the_chosen_and_the_most_likely_tokens() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    let plain =
+        request(serde_json::json!({"messages": user("the cat"), "max_tokens": 12})).unwrap();
+    let asked = request(serde_json::json!({
+        "messages": user("the cat"), "max_tokens": 12, "logprobs": true, "top_logprobs": 3
+    }))
+    .unwrap();
+    let a = generate(&model, &backend, &plain, &mut |_| true).unwrap();
+    let b = generate(&model, &backend, &asked, &mut |_| true).unwrap();
+    assert_eq!(a.logprobs, None);
+    assert_eq!(
+        (&a.tokens, &a.text, a.hash()),
+        (&b.tokens, &b.text, b.hash())
+    );
+    let lps = b.logprobs.as_ref().unwrap();
+    let text_tokens: Vec<u32> = b
+        .tokens
+        .iter()
+        .copied()
+        .filter(|&t| !model.tokenizer().is_control(t))
+        .collect();
+    assert_eq!(lps.iter().map(|l| l.token).collect::<Vec<_>>(), text_tokens);
+    for l in lps {
+        assert!(l.logprob <= 0.0);
+        assert_eq!(l.top.len(), 3);
+        // Greedy: the chosen token is the most likely one, with the same log-probability.
+        assert_eq!((l.top[0].0, l.top[0].2), (l.token, l.logprob));
+        assert!(l.top.windows(2).all(|w| w[0].2 >= w[1].2));
+        assert_eq!(l.bytes, model.tokenizer().token_bytes(l.token));
+    }
+    for bad in [
+        serde_json::json!({"messages": user("x"), "logprobs": true, "top_logprobs": 21}),
+        serde_json::json!({"messages": user("x"), "top_logprobs": 2}),
+    ] {
+        let err = request(bad.clone()).unwrap_err().to_string();
+        assert!(err.contains("top_logprobs"), "{bad}: {err}");
+    }
 }

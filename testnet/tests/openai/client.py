@@ -35,6 +35,21 @@ proof = r.model_extra["proof"]
 assert proof["status"] == "executed" and proof["verification"] == "reexec", proof
 seen["chat"] = {"content": choice.message.content, "job_id": proof["job_id"], "fee": proof["fee"]}
 
+# Log-probabilities with alternatives, through the client's own types.
+r = client.chat.completions.create(
+    model=chat_model,
+    messages=[{"role": "user", "content": "What is the capital of France?"}],
+    max_tokens=24,
+    temperature=0,
+    logprobs=True,
+    top_logprobs=3,
+)
+content = r.choices[0].logprobs.content
+assert "".join(t.token for t in content) == os.environ["PM_EXPECT"], content
+assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in content)
+assert all(t.logprob <= 0 and bytes(t.bytes).decode() == t.token for t in content)
+seen["logprobs"] = len(content)
+
 # A system message given as the newer "developer" role and content as text parts.
 r = client.chat.completions.create(
     model=chat_model,
