@@ -168,48 +168,60 @@ impl Tensor<'_> {
         let n = usize::try_from(self.elements())
             .map_err(|_| bad(format!("tensor {} is too large", self.name)))?;
         let mut out = Vec::with_capacity(n);
-        match self.kind {
-            TensorType::F32 => out.extend(
-                self.data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            TensorType::F16 => out.extend(
-                self.data
-                    .chunks_exact(2)
-                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-            ),
-            TensorType::Q4_1 => {
-                for block in self.data.chunks_exact(20) {
-                    let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-                    let m = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
-                    let qs = &block[4..20];
-                    out.extend(qs.iter().map(|q| f32::from(q & 15).mul_add(d, m)));
-                    out.extend(qs.iter().map(|q| f32::from(q >> 4).mul_add(d, m)));
-                }
-            }
-            TensorType::Q8_0 => {
-                for block in self.data.chunks_exact(34) {
-                    let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
-                    out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
-                }
-            }
-            other => {
-                return Err(Error::UnsupportedTensorType {
-                    name: self.name.clone(),
-                    kind: other.name().into(),
-                });
-            }
-        }
+        dequantize_into(self.kind, self.data, &self.name, &mut out)?;
         debug_assert_eq!(out.len(), n);
-        if let Some(index) = out.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteWeight {
-                name: self.name.clone(),
-                index,
-            });
-        }
         Ok(out)
     }
+}
+
+/// Appends the values of `data` (whole blocks of `kind`) to `out`, checking each is finite;
+/// `name` names the tensor in errors. The one dequantisation: whole tensors at load and the
+/// token embedding's rows per token go through it.
+pub(crate) fn dequantize_into(
+    kind: TensorType,
+    data: &[u8],
+    name: &str,
+    out: &mut Vec<f32>,
+) -> Result<(), Error> {
+    let start = out.len();
+    match kind {
+        TensorType::F32 => out.extend(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        TensorType::F16 => out.extend(
+            data.chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        ),
+        TensorType::Q4_1 => {
+            for block in data.chunks_exact(20) {
+                let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                let m = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
+                let qs = &block[4..20];
+                out.extend(qs.iter().map(|q| f32::from(q & 15).mul_add(d, m)));
+                out.extend(qs.iter().map(|q| f32::from(q >> 4).mul_add(d, m)));
+            }
+        }
+        TensorType::Q8_0 => {
+            for block in data.chunks_exact(34) {
+                let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
+            }
+        }
+        other => {
+            return Err(Error::UnsupportedTensorType {
+                name: name.to_string(),
+                kind: other.name().into(),
+            });
+        }
+    }
+    if let Some(index) = out[start..].iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFiniteWeight {
+            name: name.to_string(),
+            index,
+        });
+    }
+    Ok(())
 }
 
 impl Tensor<'_> {

@@ -21,7 +21,7 @@
 
 use crate::backend::{Backend, Epilogue, PackedMatrix, QuantKind};
 use crate::bpe::BpeTokenizer;
-use crate::gguf::{Gguf, Tensor, TensorType, Value, f32_to_f16, write};
+use crate::gguf::{Gguf, TensorType, Value, f32_to_f16, write};
 use crate::rng::SplitMix64;
 use crate::{Error, RopeTable};
 
@@ -165,7 +165,6 @@ struct Embedding {
     /// Bytes of one row.
     row_bytes: usize,
     bytes: Vec<u8>,
-    dim: usize,
 }
 
 impl Embedding {
@@ -180,14 +179,7 @@ impl Embedding {
                     self.bytes.len() / self.row_bytes
                 ),
             })?;
-        let t = Tensor {
-            name: "token_embd.weight".into(),
-            dims: vec![self.dim as u64],
-            kind: self.kind,
-            data,
-        };
-        out.extend(t.to_f32()?);
-        Ok(())
+        crate::gguf::dequantize_into(self.kind, data, "token_embd.weight", out)
     }
 }
 
@@ -418,7 +410,6 @@ impl Llama {
             kind: embd_t.kind,
             row_bytes: embd_t.data.len() / spec.vocab,
             bytes: embd_t.data.to_vec(),
-            dim: h,
         };
         // The table covers the context; RoPE tables are small (8192 × 32 pairs: 2 MB).
         let rope = RopeTable::new(spec.head_dim, spec.context, spec.rope_base);

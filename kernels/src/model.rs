@@ -26,6 +26,18 @@ pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
 pub(crate) const POOLING_FILE: &str = "1_Pooling/config.json";
 /// A sentence-transformers model's `max_seq_length` (optional).
 pub(crate) const SENTENCE_FILE: &str = "sentence_bert_config.json";
+
+/// Every file a model directory may hold that [`Model::load`] reads and the manifest names,
+/// relative to the directory (a GGUF model is [`GGUF_FILE`] alone): what a tool that copies,
+/// installs or serves a model moves.
+pub const MODEL_FILES: [&str; 6] = [
+    GGUF_FILE,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    TOKENIZER_FILE,
+    SENTENCE_FILE,
+    POOLING_FILE,
+];
 /// Largest `tokenizer.json` accepted.
 pub const MAX_TOKENIZER_BYTES: u64 = 16 << 20;
 /// Largest `config.json` accepted.

@@ -295,18 +295,11 @@ fn model_files(path: &Path) -> Vec<(String, PathBuf)> {
     if path.is_file() {
         return vec![("model.gguf".into(), path.to_path_buf())];
     }
-    [
-        "model.gguf",
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ]
-    .iter()
-    .map(|f| (f.to_string(), path.join(f)))
-    .filter(|(_, p)| p.is_file())
-    .collect()
+    kernels::MODEL_FILES
+        .iter()
+        .map(|f| (f.to_string(), path.join(f)))
+        .filter(|(_, p)| p.is_file())
+        .collect()
 }
 
 fn model_add(path: &Path, home: &Path, name: Option<String>) -> Result<()> {

@@ -100,6 +100,12 @@ pub struct BenchReport {
     pub x402: bool,
     /// Anchors the validators posted on the EVM during the run, per minute.
     pub anchors_per_min: Option<f64>,
+    /// For a text-generation model: completion tokens of the finalized jobs, their rate over
+    /// the run (aggregate, every stream together) and each job's own decode rate (completion
+    /// tokens over its submit→result time).
+    pub completion_tokens: Option<u64>,
+    pub completion_tokens_per_s: Option<f64>,
+    pub job_tokens_per_s_p50: Option<f64>,
 }
 
 /// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
@@ -185,7 +191,7 @@ pub fn run(
                     // Vary the input a little so jobs differ; the model ignores whitespace.
                     let text = format!("{input}{}", " ".repeat(i % 7));
                     let t0 = Instant::now();
-                    let outcome = (|| -> Result<(f64, f64, bool)> {
+                    let outcome = (|| -> Result<(f64, f64, bool, Option<u64>)> {
                         let url = format!("{node}/v1/jobs");
                         let reply = if x402 {
                             let (body, header) =
@@ -206,9 +212,10 @@ pub fn run(
                         };
                         let t_result = t0.elapsed().as_secs_f64() * 1000.0;
                         let id = reply["job_id"].as_str().context("no job_id")?.to_string();
+                        let tokens = reply["output"]["tokens"].as_array().map(|t| t.len() as u64);
                         let fin = client.wait_job(node, &id, Duration::from_secs(120))?;
                         let t_final = t0.elapsed().as_secs_f64() * 1000.0;
-                        Ok((t_result, t_final, fin["status"] == "finalized"))
+                        Ok((t_result, t_final, fin["status"] == "finalized", tokens))
                     })();
                     results
                         .lock()
@@ -234,12 +241,21 @@ pub fn run(
     let mut to_result = Vec::new();
     let mut to_final = Vec::new();
     let (mut finalized, mut failed, mut errors, mut first_error) = (0, 0, 0, None);
+    let (mut completion_tokens, mut job_rates) = (None::<u64>, Vec::new());
     for r in results {
         match r {
-            Ok((a, b, ok)) => {
+            Ok((a, b, ok, tokens)) => {
                 to_result.push(a);
                 to_final.push(b);
-                if ok { finalized += 1 } else { failed += 1 }
+                if ok {
+                    finalized += 1
+                } else {
+                    failed += 1
+                }
+                if let (true, Some(n)) = (ok, tokens) {
+                    *completion_tokens.get_or_insert(0) += n;
+                    job_rates.push(n as f64 / (a / 1000.0));
+                }
             }
             Err(e) => {
                 errors += 1;
@@ -291,6 +307,9 @@ pub fn run(
         submit_to_finalized: percentiles(to_final),
         x402,
         anchors_per_min,
+        completion_tokens,
+        completion_tokens_per_s: completion_tokens.map(|n| n as f64 / wall),
+        job_tokens_per_s_p50: percentiles(job_rates).map(|p| p.p50_ms),
     })
 }
 

@@ -131,19 +131,10 @@ pub fn default_smollm2_dir() -> PathBuf {
 /// The name the testnet serves all-MiniLM-L6-v2 under.
 pub const MINILM: &str = "all-minilm-l6-v2";
 
-/// Files of a sentence-transformers directory the model id covers (others are not copied).
-const MODEL_FILES: &[&str] = &[
-    "model.gguf",
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
-];
-
 /// Links (or, across file systems, copies) a model's files from `src` into `dst`.
 fn install_model(src: &Path, dst: &Path) -> Result<()> {
-    for f in MODEL_FILES {
+    // The files the model id covers (others are not copied).
+    for f in kernels::MODEL_FILES {
         let from = src.join(f);
         if !from.is_file() {
             continue;
