@@ -60,6 +60,9 @@ pub struct Output {
     /// A generation job's completion (`kind` [`OutputKind::Completion`]); `shape` is then
     /// `[completion tokens]` and `data` empty.
     pub completion: Option<Completion>,
+    /// For a text encoder: the tokens its texts became (after truncation), for usage reports.
+    /// Not part of the commitment.
+    pub input_tokens: Option<usize>,
 }
 
 /// What an [`Output`] holds.
@@ -136,6 +139,9 @@ impl Output {
         }
         if self.kind == OutputKind::Embeddings {
             obj.insert("embeddings".into(), self.rows_json());
+            if let Some(n) = self.input_tokens {
+                obj.insert("input_tokens".into(), n.into());
+            }
             return serde_json::Value::Object(obj);
         }
         let data: Vec<serde_json::Value> = self.data.iter().map(|&v| f32_json(v)).collect();
@@ -485,6 +491,7 @@ impl Model {
                     data,
                     kind: OutputKind::Probabilities,
                     completion: None,
+                    input_tokens: None,
                 })
             }
             Network::Bert(bert) => {
@@ -501,11 +508,13 @@ impl Model {
                 }
                 let texts: Vec<&str> = parsed.texts.iter().map(String::as_str).collect();
                 let data = bert.embed(backend, &texts)?;
+                let input_tokens = texts.iter().map(|t| bert.tokenize(t).len()).sum();
                 Ok(Output {
                     shape: vec![rows, bert.dim()],
                     data,
                     kind: OutputKind::Embeddings,
                     completion: None,
+                    input_tokens: Some(input_tokens),
                 })
             }
             Network::Llama(llama) => {
@@ -516,6 +525,7 @@ impl Model {
                     data: Vec::new(),
                     kind: OutputKind::Completion,
                     completion: Some(c),
+                    input_tokens: None,
                 })
             }
         }

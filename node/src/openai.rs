@@ -641,7 +641,7 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         "object": "list",
         "data": data,
         "model": name,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "usage": {"prompt_tokens": output["input_tokens"], "total_tokens": output["input_tokens"]},
         "proof": proof(&s, &req, &result, mode),
     }))
 }

@@ -195,6 +195,18 @@ fn api_keys_pay_for_openai_requests() {
     let floats = emb("float");
     let b64 = emb("base64");
     assert_eq!(floats["object"], "list");
+    // Usage counts the tokens the texts became, [CLS] and [SEP] included.
+    let minilm = kernels::Model::load(&common::minilm_dir()).unwrap();
+    let want: usize = ["The cat sat on the mat.", "proofmesh"]
+        .iter()
+        .map(|t| minilm.tokenize(t).unwrap().len())
+        .sum();
+    assert_eq!(
+        floats["usage"]["prompt_tokens"], want,
+        "{}",
+        floats["usage"]
+    );
+    assert_eq!(floats["usage"]["total_tokens"], want);
     for i in 0..2 {
         let f: Vec<f32> = floats["data"][i]["embedding"]
             .as_array()

@@ -143,6 +143,7 @@ fn each_row_hashes_the_same_alone_and_in_any_batch() {
                     data: got.to_vec(),
                     kind: OutputKind::Probabilities,
                     completion: None,
+                    input_tokens: None,
                 };
                 assert_eq!(
                     single.hash(),
@@ -500,24 +501,28 @@ fn output_hash_covers_shape_and_values() {
         data: data.clone(),
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let b = Output {
         shape: vec![3, 2],
         data: data.clone(),
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let c = Output {
         shape: vec![6],
         data: data.clone(),
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let d = Output {
         shape: vec![1, 2, 3],
         data: data.clone(),
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let hashes = [a.hash(), b.hash(), c.hash(), d.hash()];
     for i in 0..hashes.len() {
@@ -541,6 +546,7 @@ fn output_hash_covers_shape_and_values() {
         data: uniform_vec(1, 3000),
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let mut bytes = 1u32.to_le_bytes().to_vec();
     bytes.extend(3000u64.to_le_bytes());
@@ -555,6 +561,7 @@ fn output_json_round_trips_and_has_argmax() {
         data: vec![0.1, 0.7, 0.2, 0.5, 0.25, 0.5],
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let json = out.to_json();
     assert_eq!(json["shape"], serde_json::json!([2, 3]));
@@ -568,6 +575,7 @@ fn output_json_round_trips_and_has_argmax() {
         data: vec![1e-40, f32::MAX, -0.0, f32::MIN_POSITIVE],
         kind: OutputKind::Probabilities,
         completion: None,
+        input_tokens: None,
     };
     let values: Vec<f32> = serde_json::from_value(tiny.to_json()["data"].clone()).unwrap();
     assert_eq!(bits(&values), bits(&tiny.data));
