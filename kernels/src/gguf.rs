@@ -599,6 +599,37 @@ impl<'a> Gguf<'a> {
 /// Writes a GGUF version 3 file with `metadata` (in the given order) and `tensors`
 /// (`(name, dims innermost first, type, raw bytes)`, aligned to 32 bytes): the inverse of
 /// [`Gguf::parse`], for seeded models and tests.
+/// `bytes` (a GGUF file) with the string metadata `key` set to `value`: the same weights,
+/// tokenizer and architecture in other bytes, so under another model id (the id covers the
+/// file). Metadata keys are written in sorted order and tensors in file order, so the result
+/// is the same every time. How a network registers one model twice, under two verification
+/// modes.
+pub fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Result<Vec<u8>, Error> {
+    let g = Gguf::parse(bytes)?;
+    // The writer aligns tensors to 32 bytes, the default.
+    if let Some(a) = g.metadata.get("general.alignment")
+        && !matches!(a, Value::U32(32))
+    {
+        return Err(bad(format!(
+            "general.alignment is {a:?}; only the default 32 can be rewritten"
+        )));
+    }
+    let mut metadata: Vec<(&str, Value)> = g
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != key && k.as_str() != "general.alignment")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    metadata.push((key, Value::String(value.to_string())));
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let tensors: Vec<(&str, Vec<u64>, TensorType, Vec<u8>)> = g
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dims.clone(), t.kind, t.data.to_vec()))
+        .collect();
+    Ok(write(&metadata, &tensors))
+}
+
 pub(crate) fn write(
     metadata: &[(&str, Value)],
     tensors: &[(&str, Vec<u64>, TensorType, Vec<u8>)],

@@ -51,6 +51,7 @@ pub use generate::{
     Completion, DEFAULT_MAX_TOKENS, FinishReason, GenerateRequest, Generator,
     MAX_COMPLETION_TOKENS, MAX_TOP_LOGPROBS, MessageJson, Step, TokenLogprob,
 };
+pub use gguf::with_metadata as gguf_with_metadata;
 pub use id::{ModelId, keccak256};
 pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
 pub use mlp::{MlpSpec, write_seeded_mlp};

@@ -122,6 +122,10 @@ pub fn default_minilm_dir() -> PathBuf {
 
 /// The name the testnet serves SmolLM2-135M-Instruct under.
 pub const SMOLLM2: &str = "smollm2-135m-instruct";
+/// The same SmolLM2 weights under another id (`proofmesh.variant = "tee"` in the GGUF's
+/// metadata), registered with mode `tee`: its records carry an SEV-SNP proof instead of being
+/// re-executed.
+pub const SMOLLM2_TEE: &str = "smollm2-135m-instruct-tee";
 
 /// Where `scripts/fetch-smollm2` keeps SmolLM2-135M-Instruct, as [`default_minilm_dir`].
 pub fn default_smollm2_dir() -> PathBuf {
@@ -439,7 +443,12 @@ impl Testnet {
                 );
             }
             install_model(src, &models_dir.join(SMOLLM2))?;
-            names.push(SMOLLM2);
+            let original = std::fs::read(src.join("model.gguf"))?;
+            let variant = kernels::gguf_with_metadata(&original, "proofmesh.variant", "tee")
+                .context("writing the TEE variant of SmolLM2")?;
+            std::fs::create_dir_all(models_dir.join(SMOLLM2_TEE))?;
+            std::fs::write(models_dir.join(SMOLLM2_TEE).join("model.gguf"), variant)?;
+            names.extend([SMOLLM2, SMOLLM2_TEE]);
         }
         for name in names {
             let model = kernels::Model::load(&models_dir.join(name))
@@ -451,7 +460,7 @@ impl Testnet {
                 name: name.to_string(),
                 example_input: example,
                 price: price.to_string(),
-                mode: if name == TEE_MODEL {
+                mode: if name == TEE_MODEL || name == SMOLLM2_TEE {
                     VerificationMode::Tee
                 } else {
                     VerificationMode::Reexec

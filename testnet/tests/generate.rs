@@ -1,7 +1,8 @@
 //! Text generation on real processes: a 4-validator + 1-inference testnet serving the real
 //! SmolLM2-135M-Instruct (registered `reexec`) runs a chat job, the validators re-execute its
 //! whole decode and finalize it, and the network's completion is the one a local run gives,
-//! token for token; a sampled job with a seed is reproduced the same way.
+//! token for token; a sampled job with a seed is reproduced the same way; the same weights
+//! registered `tee` (another id) give the same answer proven by an SEV-SNP report.
 //!
 //! Needs the `proofmesh` binary (`cargo build --bin proofmesh`; `scripts/test` does it).
 
@@ -73,7 +74,45 @@ fn validators_reexecute_and_finalize_generation_jobs() {
             assert_eq!(st["status"], "finalized", "{}: {st}", node.name);
         }
     }
-    // Every validator re-executed both decodes (the sample rate is 100 %) and found no fraud. A
+    // The TEE variant (same weights, another id, mode `tee`): the same answer, proven by the
+    // inference node's SEV-SNP report instead of re-execution.
+    let tee = net
+        .models
+        .iter()
+        .find(|m| m.name == testnet::net::SMOLLM2_TEE)
+        .unwrap();
+    assert_ne!(tee.id, model.id);
+    let input = chats[0].to_string();
+    let body = signed_job(
+        &key,
+        &net.domain,
+        tee.id.parse().unwrap(),
+        &input,
+        tee.price.parse().unwrap(),
+        base + 2,
+    )
+    .unwrap();
+    let reply = client.post(&format!("{v0}/v1/jobs"), &body).unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body["output"]["text"], "The capital of France is Paris.",
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body["proof"]["tee"]["report"].as_str().is_some(),
+        "{}",
+        reply.body
+    );
+    let id = reply.body["job_id"].as_str().unwrap();
+    for node in net.validators() {
+        let st = client
+            .wait_job(&node.http, id, Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(st["status"], "finalized", "{}: {st}", node.name);
+    }
+
+    // Every validator re-executed both reexec decodes (the sample rate is 100 %) and found no fraud. A
     // record finalizes on a quorum (3 of 4) of attestations, so the slowest validator may still
     // be re-executing the last decode when it does: its count is awaited, not read once.
     for v in net.validators() {

@@ -380,3 +380,26 @@ fn smollm2_file_parses() {
     let norm = g.tensor("output_norm.weight").unwrap().to_f32().unwrap();
     assert_eq!(norm.len(), 576);
 }
+
+/// A model rewritten with one more metadata key: the same generation under another id, the
+/// same bytes every time; garbage is an error.
+#[test]
+fn a_metadata_variant_is_the_same_model_under_another_id() {
+    let original = crate::seeded_llama_gguf(4, 1);
+    let variant = super::with_metadata(&original, "proofmesh.variant", "tee").unwrap();
+    assert_eq!(
+        variant,
+        super::with_metadata(&original, "proofmesh.variant", "tee").unwrap()
+    );
+    let a = crate::Model::from_gguf_bytes("a", original.clone()).unwrap();
+    let b = crate::Model::from_gguf_bytes("b", variant.clone()).unwrap();
+    assert_ne!(a.id(), b.id());
+    let input = br#"{"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 6}"#;
+    let cpu = crate::CpuBackend::new();
+    let (x, y) = (a.run(&cpu, input).unwrap(), b.run(&cpu, input).unwrap());
+    assert_eq!(x.hash(), y.hash());
+    // Setting the key again replaces it rather than adding a second one.
+    let again = super::with_metadata(&variant, "proofmesh.variant", "tee").unwrap();
+    assert_eq!(again, variant);
+    assert!(super::with_metadata(b"GGUF\x03\x00garbage", "k", "v").is_err());
+}
