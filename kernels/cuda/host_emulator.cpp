@@ -136,6 +136,12 @@ int main(int argc, char** argv) {
         body = [&] { softmax_rows(f(0), i64(1), i32(2)); };
     } else if (kernel == "layernorm_rows") {
         body = [&] { layernorm_rows(f(0), f(1), f(2), i64(3), i32(4), x(5), x(6)); };
+    } else if (kernel == "rmsnorm_rows") {
+        body = [&] { rmsnorm_rows(f(0), f(1), i64(2), i32(3), x(4), x(5)); };
+    } else if (kernel == "swiglu") {
+        body = [&] { swiglu(f(0), f(1), i64(2), i64(3)); };
+    } else if (kernel == "rope") {
+        body = [&] { rope(f(0), f(1), i64(2), i64(3), i32(4), i32(5)); };
     } else if (kernel == "l2_normalize_rows") {
         body = [&] { l2_normalize_rows(f(0), i64(1), i32(2)); };
     } else if (kernel == "attention") {

@@ -65,3 +65,27 @@ extern "C" __global__ void l2_normalize_rows(float* x, unsigned long long rows, 
         __syncthreads();
     }
 }
+
+// RMS normalisation (Backend::rmsnorm_rows): the sum of squares by fmaf from 0 in order, then
+// inv = 1 / sqrt(ss / n + eps) and each value (x · inv) · gamma, every step rounded. `n` is
+// `cols as f32`, converted on the host.
+extern "C" __global__ void rmsnorm_rows(
+    float* x, const float* gamma, unsigned long long rows, unsigned int cols, float n, float eps) {
+    __shared__ float inv_s;
+    for (size_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        float* r = x + row * cols;
+        if (threadIdx.x == 0) {
+            float ss = 0.0f;
+            for (unsigned int j = 0; j < cols; ++j) {
+                ss = __fmaf_rn(r[j], r[j], ss);
+            }
+            inv_s = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, n), eps)));
+        }
+        __syncthreads();
+        const float inv = inv_s;
+        for (unsigned int j = threadIdx.x; j < cols; j += blockDim.x) {
+            r[j] = __fmul_rn(__fmul_rn(r[j], inv), gamma[j]);
+        }
+        __syncthreads();
+    }
+}

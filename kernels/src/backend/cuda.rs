@@ -171,6 +171,9 @@ struct Kernels {
     embedding_gather: CudaFunction,
     softmax_rows: CudaFunction,
     layernorm_rows: CudaFunction,
+    rmsnorm_rows: CudaFunction,
+    swiglu: CudaFunction,
+    rope: CudaFunction,
     l2_normalize_rows: CudaFunction,
     attention: CudaFunction,
     mean_pool: CudaFunction,
@@ -284,6 +287,9 @@ impl CudaBackend {
             embedding_gather: function(&elementwise, "embedding_gather")?,
             softmax_rows: function(&norm, "softmax_rows")?,
             layernorm_rows: function(&norm, "layernorm_rows")?,
+            rmsnorm_rows: function(&norm, "rmsnorm_rows")?,
+            swiglu: function(&elementwise, "swiglu")?,
+            rope: function(&elementwise, "rope")?,
             l2_normalize_rows: function(&norm, "l2_normalize_rows")?,
             attention: function(&attention, "attention")?,
             mean_pool: function(&pool, "mean_pool")?,
@@ -561,6 +567,107 @@ impl CudaBackend {
             .arg(&eps);
         // SAFETY: x holds rows·cols values, gamma and beta cols each.
         unsafe { launch.launch(row_grid(rows)) }.map_err(drv("cuLaunchKernel"))?;
+        self.download_into(&dev, x)
+    }
+
+    /// [`Backend::rmsnorm_rows`] on the device, returning device errors instead of falling back.
+    ///
+    /// # Panics
+    ///
+    /// As the CPU reference: if `gamma` is not `cols` long or `cols` does not divide a
+    /// non-empty `x`.
+    pub fn try_rmsnorm_rows(
+        &self,
+        x: &mut [f32],
+        cols: usize,
+        gamma: &[f32],
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        if !ops::has_rows("rmsnorm_rows", x.len(), cols) {
+            return Ok(());
+        }
+        assert_eq!(gamma.len(), cols, "rmsnorm_rows: gamma is not {cols} long");
+        let cols32 = fit_u32("rmsnorm_rows", "cols", cols)?;
+        let rows = x.len() / cols;
+        let mut dev = self.upload(x)?;
+        let gamma_dev = self.upload(gamma)?;
+        let (rows64, n) = (rows as u64, cols as f32);
+        let mut launch = self.stream.launch_builder(&self.kernels.rmsnorm_rows);
+        launch
+            .arg(&mut dev)
+            .arg(&gamma_dev)
+            .arg(&rows64)
+            .arg(&cols32)
+            .arg(&n)
+            .arg(&eps);
+        // SAFETY: x holds rows·cols values, gamma cols.
+        unsafe { launch.launch(row_grid(rows)) }.map_err(drv("cuLaunchKernel"))?;
+        self.download_into(&dev, x)
+    }
+
+    /// [`Backend::swiglu`] on the device, returning device errors instead of falling back.
+    ///
+    /// # Panics
+    ///
+    /// As the CPU reference: if `2·cols` does not divide a non-empty `gate_up`.
+    pub fn try_swiglu(&self, gate_up: &[f32], cols: usize) -> Result<Vec<f32>, CudaError> {
+        if !ops::has_rows("swiglu", gate_up.len(), 2 * cols) {
+            return Ok(Vec::new());
+        }
+        let rows = gate_up.len() / (2 * cols);
+        let input = self.upload(gate_up)?;
+        let mut out = self.zeros(rows * cols)?;
+        let (rows64, cols64) = (rows as u64, cols as u64);
+        let mut launch = self.stream.launch_builder(&self.kernels.swiglu);
+        launch.arg(&input).arg(&mut out).arg(&rows64).arg(&cols64);
+        // SAFETY: the kernel reads rows·2·cols values and writes rows·cols.
+        unsafe { launch.launch(element_grid(self.sm_count, rows * cols)) }
+            .map_err(drv("cuLaunchKernel"))?;
+        self.download(&out)
+    }
+
+    /// [`Backend::rope`] on the device, returning device errors instead of falling back. Each
+    /// row's angles are gathered from the one table on the host, so both backends rotate by
+    /// the same bits.
+    ///
+    /// # Panics
+    ///
+    /// As the CPU reference, if the shapes disagree or a position is past the table.
+    pub fn try_rope(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        table: &crate::RopeTable,
+    ) -> Result<(), CudaError> {
+        ops::check_rope_shapes(x.len(), width, heads, head_dim, positions, table);
+        let pairs = head_dim / 2;
+        if x.is_empty() || heads == 0 || pairs == 0 {
+            return Ok(());
+        }
+        let heads32 = fit_u32("rope", "heads", heads)?;
+        let head_dim32 = fit_u32("rope", "head_dim", head_dim)?;
+        let angles: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| table.at(p).iter().flat_map(|&(c, s)| [c, s]))
+            .collect();
+        let mut dev = self.upload(x)?;
+        let angles_dev = self.upload(&angles)?;
+        let (rows64, width64) = (positions.len() as u64, width as u64);
+        let mut launch = self.stream.launch_builder(&self.kernels.rope);
+        launch
+            .arg(&mut dev)
+            .arg(&angles_dev)
+            .arg(&rows64)
+            .arg(&width64)
+            .arg(&heads32)
+            .arg(&head_dim32);
+        // SAFETY: rows·heads·pairs pairs, each inside its row of `width` (heads·head_dim ≤
+        // width, checked), angles rows·pairs pairs.
+        unsafe { launch.launch(element_grid(self.sm_count, positions.len() * heads * pairs)) }
+            .map_err(drv("cuLaunchKernel"))?;
         self.download_into(&dev, x)
     }
 
@@ -1224,6 +1331,35 @@ impl Backend for CudaBackend {
         if let Err(err) = self.try_layernorm_rows(x, cols, gamma, beta, eps) {
             self.or_cpu("layernorm_rows", Err(err), || {
                 ops::layernorm_rows(x, cols, gamma, beta, eps)
+            });
+        }
+    }
+
+    fn rmsnorm_rows(&self, x: &mut [f32], cols: usize, gamma: &[f32], eps: f32) {
+        if let Err(err) = self.try_rmsnorm_rows(x, cols, gamma, eps) {
+            self.or_cpu("rmsnorm_rows", Err(err), || {
+                ops::rmsnorm_rows(x, cols, gamma, eps)
+            });
+        }
+    }
+
+    fn swiglu(&self, gate_up: &[f32], cols: usize) -> Vec<f32> {
+        let r = self.try_swiglu(gate_up, cols);
+        self.or_cpu("swiglu", r, || ops::swiglu(gate_up, cols))
+    }
+
+    fn rope(
+        &self,
+        x: &mut [f32],
+        width: usize,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        table: &crate::RopeTable,
+    ) {
+        if let Err(err) = self.try_rope(x, width, heads, head_dim, positions, table) {
+            self.or_cpu("rope", Err(err), || {
+                ops::rope(x, width, heads, head_dim, positions, table)
             });
         }
     }

@@ -13,11 +13,16 @@ const ENTRIES: [(&str, &[&str]); 5] = [
     ),
     (
         "elementwise.cu",
-        &["gelu", "add_inplace", "embedding_gather"],
+        &["gelu", "add_inplace", "embedding_gather", "swiglu", "rope"],
     ),
     (
         "norm.cu",
-        &["softmax_rows", "layernorm_rows", "l2_normalize_rows"],
+        &[
+            "softmax_rows",
+            "layernorm_rows",
+            "rmsnorm_rows",
+            "l2_normalize_rows",
+        ],
     ),
     ("attention.cu", &["attention"]),
     ("pool.cu", &["mean_pool"]),
@@ -531,6 +536,84 @@ fn host_emulated_row_ops_match_cpu() {
     }
 }
 
+/// The decoder's ops (SmolLM2's shapes among them): RMSNorm, SwiGLU and RoPE, bit for bit.
+#[test]
+fn host_emulated_decoder_ops_match_cpu() {
+    let emu = emulator_or_skip!();
+    for (rows, cols) in [(1, 1), (7, 37), (3, 576), (2, 1000)] {
+        let three = LaunchConfig {
+            grid_dim: (3, 1, 1),
+            ..row_grid(rows)
+        };
+        for cfg in [row_grid(rows), three] {
+            let x = random(20, rows * cols, 4.0);
+            let mut gamma = random(21, cols, 2.0);
+            let mut want = x.clone();
+            ops::rmsnorm_rows(&mut want, cols, &gamma, 1e-5);
+            let mut got = x;
+            emu.run(
+                "rmsnorm_rows",
+                &cfg,
+                &mut [
+                    EArg::F(&mut got),
+                    EArg::F(&mut gamma),
+                    EArg::L(rows as u64),
+                    EArg::I(cols as u32),
+                    EArg::X(cols as f32),
+                    EArg::X(1e-5),
+                ],
+            );
+            assert_same_bits(&format!("rmsnorm {rows}×{cols}"), &want, &got);
+        }
+    }
+    // SwiGLU over SmolLM2's FFN width and a ragged one, gates far into exp's clamps.
+    for (rows, cols) in [(3, 1536), (5, 37)] {
+        let mut gate_up = random(22, rows * 2 * cols, 12.0);
+        gate_up[0] = 100.0;
+        gate_up[1] = -100.0;
+        gate_up[2] = 0.0;
+        let want = ops::swiglu(&gate_up, cols);
+        let mut got = vec![f32::NAN; want.len()];
+        emu.run(
+            "swiglu",
+            &element_grid(2, got.len()),
+            &mut [
+                EArg::F(&mut gate_up),
+                EArg::F(&mut got),
+                EArg::L(rows as u64),
+                EArg::L(cols as u64),
+            ],
+        );
+        assert_same_bits(&format!("swiglu {rows}×{cols}"), &want, &got);
+    }
+    // RoPE on fused query-key rows (9 + 3 heads of 64 in rows of 15 heads: the value heads
+    // after them stay as they are), at scattered positions of one table.
+    let table = crate::RopeTable::new(64, 8192, 100_000.0);
+    let (heads, head_dim, width) = (12, 64, 15 * 64);
+    let positions = [0usize, 1, 41, 8191, 300];
+    let x = random(23, positions.len() * width, 3.0);
+    let mut want = x.clone();
+    ops::rope(&mut want, width, heads, head_dim, &positions, &table);
+    let mut angles: Vec<f32> = positions
+        .iter()
+        .flat_map(|&p| table.at(p).iter().flat_map(|&(c, s)| [c, s]))
+        .collect();
+    let mut got = x;
+    emu.run(
+        "rope",
+        &element_grid(1, positions.len() * heads * head_dim / 2),
+        &mut [
+            EArg::F(&mut got),
+            EArg::F(&mut angles),
+            EArg::L(positions.len() as u64),
+            EArg::L(width as u64),
+            EArg::I(heads as u32),
+            EArg::I(head_dim as u32),
+        ],
+    );
+    assert_same_bits("rope", &want, &got);
+}
+
 #[test]
 fn host_emulated_attention_and_pooling_match_cpu() {
     let emu = emulator_or_skip!();
@@ -700,6 +783,30 @@ fn cuda_softmax_is_bit_identical() {
             },
         ],
     );
+}
+
+/// RMSNorm, SwiGLU and RoPE on the GPU at SmolLM2's shapes, against the CPU reference.
+#[test]
+#[ignore = "needs a CUDA GPU; run by kernels/gpu-check.sh"]
+fn cuda_decoder_ops_are_bit_identical() {
+    let cuda = gpu();
+    let x = random(30, 7 * 576, 4.0);
+    let gamma = random(31, 576, 2.0);
+    let (mut want, mut got) = (x.clone(), x);
+    ops::rmsnorm_rows(&mut want, 576, &gamma, 1e-5);
+    cuda.try_rmsnorm_rows(&mut got, 576, &gamma, 1e-5).unwrap();
+    assert_same_bits("rmsnorm", &want, &got);
+    let gate_up = random(32, 7 * 2 * 1536, 12.0);
+    let want = ops::swiglu(&gate_up, 1536);
+    assert_same_bits("swiglu", &want, &cuda.try_swiglu(&gate_up, 1536).unwrap());
+    let table = crate::RopeTable::new(64, 8192, 100_000.0);
+    let positions = [0usize, 1, 41, 8191, 300];
+    let x = random(33, positions.len() * 15 * 64, 3.0);
+    let (mut want, mut got) = (x.clone(), x);
+    ops::rope(&mut want, 15 * 64, 12, 64, &positions, &table);
+    cuda.try_rope(&mut got, 15 * 64, 12, 64, &positions, &table)
+        .unwrap();
+    assert_same_bits("rope", &want, &got);
 }
 
 #[test]
