@@ -148,6 +148,10 @@ int main(int argc, char** argv) {
         body = [&] {
             attention(f(0), f(1), f(2), b(3), u(4), u(5), f(6), i32(7), i32(8), i32(9), x(10));
         };
+    } else if (kernel == "attention_causal") {
+        body = [&] {
+            attention_causal(f(0), f(1), f(2), f(3), i32(4), i32(5), i32(6), i32(7), i32(8), x(9));
+        };
     } else if (kernel == "mean_pool") {
         body = [&] { mean_pool(f(0), b(1), f(2), i32(3), i32(4), i32(5)); };
     } else {

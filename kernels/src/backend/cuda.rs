@@ -176,6 +176,7 @@ struct Kernels {
     rope: CudaFunction,
     l2_normalize_rows: CudaFunction,
     attention: CudaFunction,
+    attention_causal: CudaFunction,
     mean_pool: CudaFunction,
 }
 
@@ -292,6 +293,7 @@ impl CudaBackend {
             rope: function(&elementwise, "rope")?,
             l2_normalize_rows: function(&norm, "l2_normalize_rows")?,
             attention: function(&attention, "attention")?,
+            attention_causal: function(&attention, "attention_causal")?,
             mean_pool: function(&pool, "mean_pool")?,
         };
         Ok(CudaBackend {
@@ -669,6 +671,74 @@ impl CudaBackend {
         unsafe { launch.launch(element_grid(self.sm_count, positions.len() * heads * pairs)) }
             .map_err(drv("cuLaunchKernel"))?;
         self.download_into(&dev, x)
+    }
+
+    /// [`Backend::attention_causal`] on the device, returning device errors instead of falling
+    /// back (a cache longer than a block's shared memory holds scores for is one).
+    ///
+    /// # Panics
+    ///
+    /// As the CPU reference, if the shapes disagree or there are more queries than keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_attention_causal(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Result<Vec<f32>, CudaError> {
+        let (queries, keys) =
+            ops::check_causal_shapes(q.len(), k.len(), v.len(), heads, kv_heads, head_dim);
+        if queries == 0 {
+            return Ok(Vec::new());
+        }
+        let op = "attention_causal";
+        let score_limit = (SHARED_BYTES - 64) / std::mem::size_of::<f32>();
+        if keys > score_limit {
+            return Err(CudaError::TooLarge {
+                op,
+                what: "keys",
+                value: keys,
+                limit: score_limit,
+            });
+        }
+        if heads > GRID_YZ_MAX {
+            return Err(CudaError::TooLarge {
+                op,
+                what: "heads",
+                value: heads,
+                limit: GRID_YZ_MAX,
+            });
+        }
+        let dims = [
+            fit_u32(op, "queries", queries)?,
+            fit_u32(op, "keys", keys)?,
+            fit_u32(op, "heads", heads)?,
+            fit_u32(op, "kv_heads", kv_heads)?,
+            fit_u32(op, "head_dim", head_dim)?,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: (dims[0], dims[2], 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: (keys * std::mem::size_of::<f32>()) as u32,
+        };
+        let q_dev = self.upload(q)?;
+        let k_dev = self.upload(k)?;
+        let v_dev = self.upload(v)?;
+        let mut out_dev = self.zeros(q.len())?;
+        let mut launch = self.stream.launch_builder(&self.kernels.attention_causal);
+        launch.arg(&q_dev).arg(&k_dev).arg(&v_dev).arg(&mut out_dev);
+        for d in &dims {
+            launch.arg(d);
+        }
+        launch.arg(&scale);
+        // SAFETY: q and out hold queries·heads·head_dim values, k and v keys·kv_heads·head_dim
+        // (checked), every visible key is below keys, and the score row fits shared memory.
+        unsafe { launch.launch(cfg) }.map_err(drv("cuLaunchKernel"))?;
+        self.download(&out_dev)
     }
 
     /// [`Backend::embedding_gather`] on the device, returning device errors instead of falling
@@ -1362,6 +1432,22 @@ impl Backend for CudaBackend {
                 ops::rope(x, width, heads, head_dim, positions, table)
             });
         }
+    }
+
+    fn attention_causal(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let r = self.try_attention_causal(q, k, v, heads, kv_heads, head_dim, scale);
+        self.or_cpu("attention_causal", r, || {
+            ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale)
+        })
     }
 
     fn embedding_gather(

@@ -24,7 +24,7 @@ const ENTRIES: [(&str, &[&str]); 5] = [
             "l2_normalize_rows",
         ],
     ),
-    ("attention.cu", &["attention"]),
+    ("attention.cu", &["attention", "attention_causal"]),
     ("pool.cu", &["mean_pool"]),
 ];
 
@@ -612,6 +612,49 @@ fn host_emulated_decoder_ops_match_cpu() {
         ],
     );
     assert_same_bits("rope", &want, &got);
+
+    // Causal grouped-query attention: a prompt (as many queries as keys), a decode step
+    // (one query over a cache), a split prompt (some queries over a longer cache), SmolLM2's
+    // 9 query heads over 3 key-value heads of 64.
+    for (queries, keys, heads, kv_heads, head_dim) in [
+        (5, 5, 9, 3, 64),
+        (1, 41, 9, 3, 64),
+        (3, 20, 4, 2, 8),
+        (1, 1, 2, 1, 3),
+    ] {
+        let q = random(24, queries * heads * head_dim, 2.0);
+        let k = random(25, keys * kv_heads * head_dim, 2.0);
+        let v = random(26, keys * kv_heads * head_dim, 1.0);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let want = ops::attention_causal(&q, &k, &v, heads, kv_heads, head_dim, scale);
+        let mut got = vec![f32::NAN; want.len()];
+        let cfg = LaunchConfig {
+            grid_dim: (queries as u32, heads as u32, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: (keys * 4) as u32,
+        };
+        emu.run(
+            "attention_causal",
+            &cfg,
+            &mut [
+                EArg::F(&mut q.clone()),
+                EArg::F(&mut k.clone()),
+                EArg::F(&mut v.clone()),
+                EArg::F(&mut got),
+                EArg::I(queries as u32),
+                EArg::I(keys as u32),
+                EArg::I(heads as u32),
+                EArg::I(kv_heads as u32),
+                EArg::I(head_dim as u32),
+                EArg::X(scale),
+            ],
+        );
+        assert_same_bits(
+            &format!("attention_causal {queries}q {keys}k {heads}/{kv_heads}×{head_dim}"),
+            &want,
+            &got,
+        );
+    }
 }
 
 #[test]
@@ -807,6 +850,36 @@ fn cuda_decoder_ops_are_bit_identical() {
     cuda.try_rope(&mut got, 15 * 64, 12, 64, &positions, &table)
         .unwrap();
     assert_same_bits("rope", &want, &got);
+    for (queries, keys) in [(37, 37), (1, 300), (4, 8000)] {
+        let q = random(34, queries * 9 * 64, 2.0);
+        let k = random(35, keys * 3 * 64, 2.0);
+        let v = random(36, keys * 3 * 64, 1.0);
+        let want = ops::attention_causal(&q, &k, &v, 9, 3, 64, 0.125);
+        let got = cuda
+            .try_attention_causal(&q, &k, &v, 9, 3, 64, 0.125)
+            .unwrap();
+        assert_same_bits(&format!("attention_causal {queries}×{keys}"), &want, &got);
+    }
+}
+
+/// A whole generation (prefill, decode steps, sampling) of a small random Llama through the
+/// CUDA backend: the same tokens, text and commitment as on the CPU.
+#[test]
+#[ignore = "needs a CUDA GPU; run by kernels/gpu-check.sh"]
+fn cuda_generation_is_bit_identical() {
+    let cuda = gpu();
+    let model = crate::Model::from_gguf_bytes("seeded", crate::seeded_llama_gguf(3, 2)).unwrap();
+    for input in [
+        r#"{"messages": [{"role": "user", "content": "the cat"}], "max_tokens": 24}"#,
+        r#"{"messages": [{"role": "user", "content": "a dog"}], "max_tokens": 24,
+            "temperature": 0.9, "top_p": 0.9, "seed": 5}"#,
+    ] {
+        let want = model.run(&CpuBackend::new(), input.as_bytes()).unwrap();
+        let got = model.run(&cuda, input.as_bytes()).unwrap();
+        assert_eq!(got.completion, want.completion, "{input}");
+        assert_eq!(got.hash(), want.hash());
+    }
+    assert_eq!(cuda.fallbacks(), 0, "an op fell back to the CPU");
 }
 
 #[test]
