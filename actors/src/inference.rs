@@ -98,6 +98,8 @@ pub struct Inference {
     faulty: bool,
     /// See [`Proving::unchecked`].
     unchecked: bool,
+    /// One continuous-batching decode thread per generating model, started on its first job.
+    batchers: HashMap<kernels::ModelId, crate::batcher::Batcher>,
 }
 
 impl Inference {
@@ -151,6 +153,7 @@ impl Inference {
             recent_order: VecDeque::new(),
             faulty,
             unchecked,
+            batchers: HashMap::new(),
         }
     }
 
@@ -383,21 +386,45 @@ impl Inference {
             .get(&call.job.request.model_id)
             .filter(|m| m.mode.needs_tee())
             .and(self.attestation.clone());
+        // A generating model's jobs join its decode batch; others run on a blocking thread.
+        let batcher = if model.generates() {
+            match self.batchers.entry(model.id()) {
+                std::collections::hash_map::Entry::Occupied(b) => Some(b.get().clone()),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    match crate::batcher::Batcher::spawn(model.clone(), backend.clone()) {
+                        Ok(b) => Some(slot.insert(b).clone()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start a decode thread: jobs run alone");
+                            None
+                        }
+                    }
+                }
+            }
+        } else {
+            None
+        };
         let work = async move {
-            // The call travels to the blocking thread and back: no copy of the input.
-            let computed = tokio::task::spawn_blocking(move || {
-                model
-                    .run(backend.as_ref(), call.input.as_bytes())
+            let computed = match batcher {
+                Some(b) => b
+                    .run(call.input.as_bytes().to_vec())
+                    .await
                     .map(|output| (output.hash(), output.to_json().to_string(), call))
-                    .map_err(|e| Self::refuse("bad_input", e.to_string()))
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Self::refuse(
-                    "internal",
-                    format!("inference task failed: {e}"),
-                ))
-            })?;
+                    .map_err(|e| Self::refuse("bad_input", e)),
+                // The call travels to the blocking thread and back: no copy of the input.
+                None => tokio::task::spawn_blocking(move || {
+                    model
+                        .run(backend.as_ref(), call.input.as_bytes())
+                        .map(|output| (output.hash(), output.to_json().to_string(), call))
+                        .map_err(|e| Self::refuse("bad_input", e.to_string()))
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Self::refuse(
+                        "internal",
+                        format!("inference task failed: {e}"),
+                    ))
+                }),
+            }?;
             let (hash, output, call) = computed;
             let mut hash = chain::B256::from(hash);
             if faulty {

@@ -7,6 +7,7 @@
 
 pub mod anchor;
 pub mod attestation;
+pub mod batcher;
 pub mod bridge;
 pub mod consensus;
 pub mod gateway;

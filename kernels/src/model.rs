@@ -77,6 +77,18 @@ pub enum OutputKind {
 }
 
 impl Output {
+    /// A generation job's output: its completion (shape `[completion tokens]`, no values), as
+    /// [`Model::run`] gives it and as a batched decode ([`Generator`]) finishes it.
+    pub fn completion(c: Completion) -> Output {
+        Output {
+            shape: vec![c.tokens.len()],
+            data: Vec::new(),
+            kind: OutputKind::Completion,
+            completion: Some(c),
+            input_tokens: None,
+        }
+    }
+
     /// The commitment an executor signs and a validator recomputes:
     /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`, every NaN
     /// written as the canonical quiet NaN `0x7fc00000` (payloads are not portable).
@@ -520,13 +532,7 @@ impl Model {
             Network::Llama(llama) => {
                 let req = GenerateRequest::parse(input)?;
                 let c = crate::generate::generate(llama, backend, &req, &mut |_| true)?;
-                Ok(Output {
-                    shape: vec![c.tokens.len()],
-                    data: Vec::new(),
-                    kind: OutputKind::Completion,
-                    completion: Some(c),
-                    input_tokens: None,
-                })
+                Ok(Output::completion(c))
             }
         }
     }

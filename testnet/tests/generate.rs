@@ -112,6 +112,47 @@ fn validators_reexecute_and_finalize_generation_jobs() {
         assert_eq!(st["status"], "finalized", "{}: {st}", node.name);
     }
 
+    // Concurrent jobs join one decode batch on the inference node; each gets the completion
+    // it gets alone (the local run), so validators re-executing them one by one agree.
+    let concurrent: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"messages": [{"role": "user", "content": format!("Name a fruit, {i}.")}],
+                   "max_tokens": 6 + 4 * i, "temperature": 0.7, "seed": i})
+            .to_string()
+        })
+        .collect();
+    let threads: Vec<_> = concurrent
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let body = signed_job(
+                &key,
+                &net.domain,
+                model_id,
+                input,
+                price,
+                base + 10 + i as u64,
+            )
+            .unwrap();
+            let url = format!("{v0}/v1/jobs");
+            std::thread::spawn(move || Client::new().post(&url, &body).unwrap())
+        })
+        .collect();
+    for (input, t) in concurrent.iter().zip(threads) {
+        let reply = t.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let want = local.run(&cpu, input.as_bytes()).unwrap();
+        assert_eq!(
+            reply.body["output_hash"],
+            format!("0x{}", hex::encode(want.hash())),
+            "{input}: {}",
+            reply.body
+        );
+        let id = reply.body["job_id"].as_str().unwrap();
+        let done = client.wait_job(&v0, id, Duration::from_secs(120)).unwrap();
+        assert_eq!(done["status"], "finalized", "{done}");
+    }
+
     // Every validator re-executed both reexec decodes (the sample rate is 100 %) and found no fraud. A
     // record finalizes on a quorum (3 of 4) of attestations, so the slowest validator may still
     // be re-executing the last decode when it does: its count is awaited, not read once.
