@@ -301,6 +301,23 @@ fn api_keys_pay_for_openai_requests() {
     let r = post(&client, &url, &bad, &key);
     assert_error(&r, 400, "invalid_request_error", "bad_input");
     assert_eq!(r.body["error"]["param"], "messages", "{}", r.body);
+    // A prompt past the model's context (8192 tokens): the inference node refuses it; an
+    // input past a record's 64 KiB: the gateway does. Neither is charged.
+    let mut long = chat(4);
+    long["messages"][0]["content"] = "lorem ipsum dolor ".repeat(3000).into();
+    let r = post(&client, &url, &long, &key);
+    assert_error(&r, 400, "invalid_request_error", "bad_input");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context"),
+        "{}",
+        r.body
+    );
+    long["messages"][0]["content"] = "x".repeat(70_000).into();
+    let r = post(&client, &url, &long, &key);
+    assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(balance(&client, &v0, &payer), settled);
 
     // A key with a cap of one job: the second job is refused (402), not charged.
