@@ -17,10 +17,21 @@ pub const MAX_BATCH: usize = 16;
 
 type Reply = oneshot::Sender<Result<Output, String>>;
 
+/// Where a streamed job's text goes as it is generated (complete characters, never part of a
+/// stop string). A receiver that goes away does not stop the job: a cancelled generation
+/// could not be re-executed by validators, so the job runs to its end and is charged in full.
+pub type TextStream = tokio::sync::mpsc::UnboundedSender<String>;
+
+struct Job {
+    input: Vec<u8>,
+    reply: Reply,
+    stream: Option<TextStream>,
+}
+
 /// The handle to one model's decode thread.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<(Vec<u8>, Reply)>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl Batcher {
@@ -37,9 +48,22 @@ impl Batcher {
     /// Runs a generation job's input in the batch: the output [`Model::run`] would give, or
     /// why the input is refused.
     pub async fn run(&self, input: Vec<u8>) -> Result<Output, String> {
+        self.run_streaming(input, None).await
+    }
+
+    /// [`Batcher::run`], sending the text to `stream` as it is generated.
+    pub async fn run_streaming(
+        &self,
+        input: Vec<u8>,
+        stream: Option<TextStream>,
+    ) -> Result<Output, String> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((input, reply))
+            .send(Job {
+                input,
+                reply,
+                stream,
+            })
             .map_err(|_| "the decode thread has stopped".to_string())?;
         answer
             .await
@@ -47,18 +71,18 @@ impl Batcher {
     }
 }
 
-fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<(Vec<u8>, Reply)>) {
+fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<Job>) {
     let mut generator = match model.generator() {
         Ok(g) => g,
         Err(e) => {
             // Not a generating model: answer every job with the reason.
-            while let Ok((_, reply)) = rx.recv() {
-                let _ = reply.send(Err(e.to_string()));
+            while let Ok(job) = rx.recv() {
+                let _ = job.reply.send(Err(e.to_string()));
             }
             return;
         }
     };
-    let mut waiting: HashMap<u64, Reply> = HashMap::new();
+    let mut waiting: HashMap<u64, (Reply, Option<TextStream>)> = HashMap::new();
     let mut next_key = 0u64;
     let mut closed = false;
     loop {
@@ -67,17 +91,13 @@ fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<(Vec<u8>, Rep
                 return;
             }
             match rx.recv() {
-                Ok((input, reply)) => {
-                    add(&mut generator, &mut waiting, &mut next_key, input, reply)
-                }
+                Ok(job) => add(&mut generator, &mut waiting, &mut next_key, job),
                 Err(_) => return,
             }
         }
         while generator.len() < MAX_BATCH && !closed {
             match rx.try_recv() {
-                Ok((input, reply)) => {
-                    add(&mut generator, &mut waiting, &mut next_key, input, reply)
-                }
+                Ok(job) => add(&mut generator, &mut waiting, &mut next_key, job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => closed = true,
             }
@@ -85,17 +105,26 @@ fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<(Vec<u8>, Rep
         if generator.is_empty() {
             continue;
         }
-        match generator.step(backend, &mut |_, _| true) {
+        let streamed = |key: u64, step: &kernels::Step<'_>| {
+            if let Some((_, Some(stream))) = waiting.get(&key)
+                && !step.text.is_empty()
+            {
+                let _ = stream.send(step.text.to_string());
+            }
+            true
+        };
+        let stepped = generator.step(backend, &mut { streamed });
+        match stepped {
             Ok(done) => {
                 for (key, completion) in done {
-                    if let Some(reply) = waiting.remove(&key) {
+                    if let Some((reply, _)) = waiting.remove(&key) {
                         let _ = reply.send(Ok(Output::completion(completion)));
                     }
                 }
             }
             // The generator dropped every generation in progress: each job gets the error.
             Err(e) => {
-                for (_, reply) in waiting.drain() {
+                for (_, (reply, _)) in waiting.drain() {
                     let _ = reply.send(Err(e.to_string()));
                 }
             }
@@ -106,19 +135,18 @@ fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<(Vec<u8>, Rep
 /// Adds a job to the batch, or answers it at once with why its input is refused.
 fn add(
     generator: &mut kernels::Generator<'_>,
-    waiting: &mut HashMap<u64, Reply>,
+    waiting: &mut HashMap<u64, (Reply, Option<TextStream>)>,
     next_key: &mut u64,
-    input: Vec<u8>,
-    reply: Reply,
+    job: Job,
 ) {
-    let added = GenerateRequest::parse(&input).and_then(|req| generator.add(*next_key, &req));
+    let added = GenerateRequest::parse(&job.input).and_then(|req| generator.add(*next_key, &req));
     match added {
         Ok(()) => {
-            waiting.insert(*next_key, reply);
+            waiting.insert(*next_key, (job.reply, job.stream));
             *next_key += 1;
         }
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
+            let _ = job.reply.send(Err(e.to_string()));
         }
     }
 }
@@ -163,6 +191,37 @@ mod tests {
             assert_eq!(got.completion, want.completion, "{input}");
             assert_eq!(got.hash(), want.hash());
         }
+    }
+
+    /// A streamed job's pieces, in order, are its text; a receiver that went away does not
+    /// stop the job.
+    #[tokio::test]
+    async fn streamed_text_is_the_completion_text() {
+        let model = model();
+        let backend: Arc<dyn Backend> = Arc::new(kernels::CpuBackend::new());
+        let batcher = Batcher::spawn(model.clone(), backend.clone()).unwrap();
+        let input = br#"{"messages": [{"role": "user", "content": "a tale"}], "max_tokens": 30,
+            "temperature": 0.9, "seed": 2, "stop": ["e"]}"#;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = batcher
+            .run_streaming(input.to_vec(), Some(tx))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Ok(piece) = rx.try_recv() {
+            assert!(!piece.is_empty());
+            text.push_str(&piece);
+        }
+        let want = model.run(backend.as_ref(), input).unwrap();
+        assert_eq!(out.completion, want.completion);
+        assert_eq!(text, want.completion.as_ref().unwrap().text);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(rx);
+        let out = batcher
+            .run_streaming(input.to_vec(), Some(tx))
+            .await
+            .unwrap();
+        assert_eq!(out.hash(), want.hash());
     }
 
     /// A model that does not generate answers each job with the reason.

@@ -110,6 +110,9 @@ pub struct JobResult {
 pub struct SubmitJob {
     pub job: SignedJobRequest,
     pub input: String,
+    /// Where a generation's text goes as it is produced, when this node runs the job itself
+    /// (jobs routed to another node stream nothing yet: the sender is dropped).
+    pub stream: Option<crate::batcher::TextStream>,
 }
 
 /// A job this gateway took that no block has settled yet: (output hash, executor) once executed.
@@ -385,6 +388,7 @@ impl Gateway {
         &mut self,
         id: JobId,
         call: JobCall,
+        stream: Option<crate::batcher::TextStream>,
     ) -> Result<LocalBoxFuture<'static, Result<JobReply, GatewayError>>, GatewayError> {
         let model = call.job.request.model_id;
         // This node's own inference runs it, while the chain lets this node serve the model.
@@ -399,7 +403,7 @@ impl Gateway {
             self.local_models.contains(&model) && local_allowed,
         ) {
             return Ok(Box::pin(async move {
-                inf.send(RunJob(call))
+                inf.send(RunJob(call, stream))
                     .await
                     .map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))
             }));
@@ -557,6 +561,7 @@ impl Handler<SubmitJob> for Gateway {
                         job: msg.job,
                         input: msg.input,
                     };
+                    let stream = msg.stream;
                     let req = &call.job.request;
                     let pending = Pending {
                         client: req.client,
@@ -571,7 +576,7 @@ impl Handler<SubmitJob> for Gateway {
                         .and_then(|()| {
                             act.pending.insert(id, pending);
                             METRICS.jobs_submitted.inc();
-                            act.route(id, call).inspect_err(|_| {
+                            act.route(id, call, stream).inspect_err(|_| {
                                 act.pending.remove(&id);
                             })
                         });

@@ -26,7 +26,7 @@ use crate::settlement::{GetAccount, NonceUsed, Settlement};
 /// Run a job locally (the gateway on the same node).
 #[derive(Message)]
 #[rtype(result = "JobReply")]
-pub struct RunJob(pub JobCall);
+pub struct RunJob(pub JobCall, pub Option<crate::batcher::TextStream>);
 
 /// Which models this node serves.
 #[derive(Message)]
@@ -266,7 +266,12 @@ impl Inference {
 
     /// Admits a job as a gateway would (nobody gets unpaid work by calling an inference node
     /// directly), runs it, proves it, signs and publishes the record.
-    fn run(&mut self, call: JobCall, peer: Option<PeerId>) -> ResponseActFuture<Self, JobReply> {
+    fn run(
+        &mut self,
+        call: JobCall,
+        peer: Option<PeerId>,
+        stream: Option<crate::batcher::TextStream>,
+    ) -> ResponseActFuture<Self, JobReply> {
         let (id, model, price) = match self.precheck(&call.job, &call.input, peer) {
             Ok(v) => v,
             Err(reply) => {
@@ -327,7 +332,7 @@ impl Inference {
             ledger_checks
                 .into_actor(self)
                 .then(move |checked, act, _| match checked {
-                    Ok(()) => act.execute(id, call, model),
+                    Ok(()) => act.execute(id, call, model, stream),
                     Err(reply) => {
                         act.in_flight.remove(&id);
                         Self::count_refusal(&reply);
@@ -370,6 +375,7 @@ impl Inference {
         job_id: JobId,
         call: JobCall,
         model: Arc<kernels::Model>,
+        stream: Option<crate::batcher::TextStream>,
     ) -> ResponseActFuture<Self, JobReply> {
         tracing::debug!(job = %job_id, "job admitted");
         let backend = self.backend.clone();
@@ -406,7 +412,7 @@ impl Inference {
         let work = async move {
             let computed = match batcher {
                 Some(b) => b
-                    .run(call.input.as_bytes().to_vec())
+                    .run_streaming(call.input.as_bytes().to_vec(), stream)
                     .await
                     .map(|output| (output.hash(), output.to_json().to_string(), call))
                     .map_err(|e| Self::refuse("bad_input", e)),
@@ -498,14 +504,14 @@ impl Actor for Inference {
 impl Handler<InboundJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
     fn handle(&mut self, msg: InboundJob, _: &mut Self::Context) -> Self::Result {
-        self.run(msg.call, Some(msg.peer))
+        self.run(msg.call, Some(msg.peer), None)
     }
 }
 
 impl Handler<RunJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
     fn handle(&mut self, msg: RunJob, _: &mut Self::Context) -> Self::Result {
-        self.run(msg.0, None)
+        self.run(msg.0, None, msg.1)
     }
 }
 

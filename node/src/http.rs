@@ -327,6 +327,7 @@ async fn submit_job(s: S, req: HttpRequest, payload: web::Payload) -> HttpRespon
         .send(SubmitJob {
             job: body.job,
             input: body.input,
+            stream: None,
         })
         .await
     {

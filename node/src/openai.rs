@@ -8,7 +8,8 @@
 //! Every answer carries a `proof` object naming the job and how it is verified; errors are
 //! OpenAI's `{"error": {message, type, param, code}}`.
 //!
-//! Not served yet (a clear 400 says so): `stream`, `n` above 1, tools.
+//! Not served yet (a clear 400 says so): `n` above 1, tools, and `stream` from a node that does
+//! not run the model itself.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -130,16 +131,26 @@ async fn resolve_model(
     }
 }
 
-/// Runs `input` on `model` as a job paid through `key`: the job's price is the model's for
-/// this input, its nonce fresh, its expiry at most the key's. An inference node's refusal of
-/// the input is the request field `input_param`'s fault.
+/// Runs `input` on `model` as a job paid through `key` (see [`prepare_job`], [`submit_job`]).
 async fn run_job(
     s: &AppState,
     key: &ApiKey,
     model: ModelId,
     input: String,
-    input_param: &str,
+    input_param: &'static str,
 ) -> Result<actors::gateway::JobResult, HttpResponse> {
+    let job = prepare_job(s, key, model, &input).await?;
+    submit_job(s, job, input, input_param, None).await
+}
+
+/// The job that buys `input` on `model` through `key`: the job's price is the model's for
+/// this input, its nonce fresh, its expiry at most the key's; signed by the key's delegate.
+async fn prepare_job(
+    s: &AppState,
+    key: &ApiKey,
+    model: ModelId,
+    input: &str,
+) -> Result<chain::SignedJobRequest, HttpResponse> {
     if !key.grant.grant.allows(&model) {
         return Err(error_param(
             403,
@@ -175,10 +186,22 @@ async fn run_job(
         nonce: crate::submit::random_nonce(),
         expiry: (now_s + JOB_TTL_SECS).min(key.grant.grant.expiry),
     };
-    let job = request
+    request
         .sign_granted(&key.delegate, key.grant.clone(), &s.domain)
-        .map_err(|e| error_param(500, "signing", e.to_string(), None))?;
-    match s.gateway.send(SubmitJob { job, input }).await {
+        .map_err(|e| error_param(500, "signing", e.to_string(), None))
+}
+
+/// Runs a prepared job through the gateway, its text to `stream` as it is generated when
+/// this node runs it. An inference node's refusal of the input is the request field
+/// `input_param`'s fault.
+async fn submit_job(
+    s: &AppState,
+    job: chain::SignedJobRequest,
+    input: String,
+    input_param: &'static str,
+    stream: Option<actors::batcher::TextStream>,
+) -> Result<actors::gateway::JobResult, HttpResponse> {
+    match s.gateway.send(SubmitJob { job, input, stream }).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(GatewayError { kind, message })) => {
             let param = (kind == actors::gateway::Refusal::BadInput).then_some(input_param);
@@ -273,6 +296,8 @@ struct ChatRequest {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
     logprobs: Option<bool>,
@@ -280,6 +305,12 @@ struct ChatRequest {
     top_logprobs: Option<u64>,
     #[serde(default)]
     tools: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 fn bad(message: impl std::fmt::Display, param: &'static str) -> ApiError {
@@ -294,12 +325,6 @@ fn bad(message: impl std::fmt::Display, param: &'static str) -> ApiError {
 /// The job input (our generation request) of an OpenAI chat request, checked as the inference
 /// node will check it, so that a request it would refuse is refused here, at no cost.
 fn generation_input(c: ChatRequest) -> Result<String, ApiError> {
-    if c.stream == Some(true) {
-        return Err(bad(
-            "streaming is not served yet: send the request without `stream`",
-            "stream",
-        ));
-    }
     if c.n.is_some_and(|n| n != 1) {
         return Err(bad("only n = 1 is served", "n"));
     }
@@ -407,10 +432,19 @@ pub(crate) async fn chat_completions(
         Ok(m) => m,
         Err(r) => return r,
     };
+    let stream = body.stream == Some(true);
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let input = match generation_input(body) {
         Ok(i) => i,
         Err(e) => return e.response(),
     };
+    if stream {
+        return stream_chat(s, req, key, (model, name, mode), input, include_usage).await;
+    }
     let result = match run_job(&s, &key, model, input, "messages").await {
         Ok(r) => r,
         Err(r) => return r,
@@ -431,8 +465,6 @@ pub(crate) async fn chat_completions(
         Some("stop") => "stop",
         _ => "length",
     };
-    let prompt_tokens = output["prompt_tokens"].as_u64().unwrap_or(0);
-    let completion_tokens = output["tokens"].as_array().map_or(0, |t| t.len() as u64);
     HttpResponse::Ok().json(json!({
         "id": format!("chatcmpl-{}", hex::encode(result.job_id.0)),
         "object": "chat.completion",
@@ -444,13 +476,145 @@ pub(crate) async fn chat_completions(
             "finish_reason": finish_reason,
             "logprobs": openai_logprobs(&output["logprobs"]),
         }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage(&output),
         "proof": proof(&s, &req, &result, mode),
     }))
+}
+
+/// The usage object of a completion's output JSON.
+fn usage(output: &Value) -> Value {
+    let prompt_tokens = output["prompt_tokens"].as_u64().unwrap_or(0);
+    let completion_tokens = output["tokens"].as_array().map_or(0, |t| t.len() as u64);
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// `stream: true`: the answer as server-sent events while the inference node generates it.
+/// `data: {chat.completion.chunk}` events: the first delta carries the role, each next one
+/// the text generated since (complete characters, never part of a stop string), the last one
+/// the `finish_reason` and the `proof`; then, with `stream_options.include_usage`, a chunk with
+/// no choices and the usage; then `data: [DONE]`.
+///
+/// Tokens stream from the node that runs the job: a node that serves the model streams them
+/// as they come; one that would route the job to another node refuses (400
+/// `stream_unavailable`) rather than hand over the whole answer at the end. A refusal before
+/// the first token is an ordinary error response; an error after it, an `error` event. A
+/// client that disconnects does not stop the job: it is finalized and charged in full.
+async fn stream_chat(
+    s: S,
+    req: HttpRequest,
+    key: ApiKey,
+    (model, name, mode): (ModelId, String, chain::VerificationMode),
+    input: String,
+    include_usage: bool,
+) -> HttpResponse {
+    if !s.served.contains(&model) {
+        return error_param(
+            400,
+            "stream_unavailable",
+            format!(
+                "this node does not run model {name}, so it cannot stream it: send the request to a node that does (GET /v1/models: served_here), or without `stream`"
+            ),
+            Some("stream"),
+        );
+    }
+    let job = match prepare_job(&s, &key, model, &input).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let id = format!("chatcmpl-{}", hex::encode(job.request.id(&s.domain).0));
+    let created = unix_now();
+    let (text_tx, mut text_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = s.clone();
+    let mut running = actix_web::rt::spawn(async move {
+        submit_job(&app, job, input, "messages", Some(text_tx)).await
+    });
+    let chunk = move |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+    };
+    // The first event decides: a refusal before any text is an ordinary error response.
+    let mut first = Vec::new();
+    let mut finished = None;
+    tokio::select! {
+        text = text_rx.recv() => first.extend(text),
+        result = &mut running => finished = Some(result),
+    }
+    if let Some(result) = &finished {
+        match result {
+            Ok(Err(_)) | Err(_) => {
+                return match finished {
+                    Some(Ok(Err(response))) => response,
+                    _ => error_param(500, "internal", "the job's task failed", None),
+                };
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    let (events, body) = tokio::sync::mpsc::unbounded_channel::<web::Bytes>();
+    let done = events.clone();
+    let send = move |v: &Value| {
+        let _ = events.send(web::Bytes::from(format!("data: {v}\n\n")));
+    };
+    let proof_base = (s.clone(), req.clone());
+    actix_web::rt::spawn(async move {
+        send(&chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+        for text in first {
+            send(&chunk(json!({"content": text}), Value::Null));
+        }
+        while let Some(text) = text_rx.recv().await {
+            send(&chunk(json!({"content": text}), Value::Null));
+        }
+        let result = match finished {
+            Some(r) => r,
+            None => running.await,
+        };
+        match result {
+            Ok(Ok(r)) => {
+                let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::Null);
+                let finish = match output["finish_reason"].as_str() {
+                    Some("stop") => "stop",
+                    _ => "length",
+                };
+                let mut last = chunk(json!({}), finish.into());
+                last["proof"] = proof(&proof_base.0, &proof_base.1, &r, mode);
+                send(&last);
+                if include_usage {
+                    let mut u = chunk(json!({}), Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&output);
+                    send(&u);
+                }
+                let _ = done.send(web::Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+            Ok(Err(response)) => {
+                let body = actix_web::body::to_bytes(response.into_body())
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .unwrap_or_else(|| json!({"error": {"message": "the job failed"}}));
+                send(&body);
+            }
+            Err(e) => send(
+                &json!({"error": {"message": format!("the job's task failed: {e}"),
+                "type": "server_error", "param": null, "code": "internal"}}),
+            ),
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(futures::stream::unfold(body, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+        }))
 }
 
 /// The inference node's log-probabilities in OpenAI's shape: `{"content": [{token, logprob,

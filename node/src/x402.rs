@@ -198,6 +198,7 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
             .send(SubmitJob {
                 job: job.clone(),
                 input: input.to_string(),
+                stream: None,
             })
             .await
         {

@@ -95,6 +95,30 @@ impl Client {
         Ok(Reply { status, body })
     }
 
+    /// POST JSON with extra `headers`; the status, the content type and the whole body as
+    /// text (a server-sent event stream is read to its end).
+    pub fn post_text(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String, String)> {
+        let mut req = self.agent.post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.send_json(body).with_context(|| format!("POST {url}"))?;
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        Ok((status, kind, text))
+    }
+
     pub fn post_raw(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Reply> {
         let mut r = self
             .agent

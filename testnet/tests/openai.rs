@@ -180,6 +180,69 @@ fn api_keys_pay_for_openai_requests() {
         assert!(t["logprob"].as_f64().unwrap() <= 0.0);
     }
 
+    // Streaming from the node that runs the model: server-sent chunks whose text is the
+    // answer, the finish reason and proof on the last, the usage after, then [DONE]; the job
+    // is the non-streamed one's (same output hash) and finalizes.
+    let runner = net.inference().next().unwrap().http.clone();
+    let mut streamed = chat(24);
+    streamed["stream"] = true.into();
+    streamed["stream_options"] = json!({"include_usage": true});
+    let bearer = format!("Bearer {key}");
+    let (status, kind, text) = client
+        .post_text(
+            &format!("{runner}/v1/chat/completions"),
+            &streamed,
+            &[("authorization", bearer.as_str())],
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an event: {e:?}"))
+        })
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "The capital of France is Paris.", "{text}");
+    assert!(chunks.len() >= 5, "tokens arrive in several chunks: {text}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+    let last = &chunks[chunks.len() - 2];
+    assert_eq!(last["choices"][0]["finish_reason"], "stop", "{last}");
+    assert_eq!(last["proof"]["output_hash"], proof["output_hash"], "{last}");
+    let usage_chunk = &chunks[chunks.len() - 1];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], b["usage"]);
+    let streamed_job = last["proof"]["job_id"].as_str().unwrap();
+    let done = client
+        .wait_job(&v0, streamed_job, Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(done["status"], "finalized", "{done}");
+    // A node that would route the job elsewhere cannot stream it, and says so.
+    let r = post(
+        &client,
+        &format!("{v0}/v1/chat/completions"),
+        &streamed,
+        &key,
+    );
+    assert_error(&r, 400, "invalid_request_error", "stream_unavailable");
+
     // Embeddings: float and base64 carry the same f32 values.
     let texts = json!(["The cat sat on the mat.", "proofmesh"]);
     let emb = |format: &str| {
@@ -269,7 +332,6 @@ fn api_keys_pay_for_openai_requests() {
         ("top_p", json!(0)),
         ("max_tokens", json!(0)),
         ("max_tokens", json!(100_000)),
-        ("stream", json!(true)),
         ("n", json!(2)),
         ("top_logprobs", json!(21)),
         ("messages", json!([])),
@@ -357,6 +419,7 @@ fn api_keys_pay_for_openai_requests() {
     let out = Command::new(&python)
         .arg(&script)
         .env("PM_BASE", &v0)
+        .env("PM_STREAM_BASE", &runner)
         .env("PM_KEY", &key)
         .env("PM_CHAT_MODEL", testnet::net::SMOLLM2)
         .env("PM_EMBED_MODEL", testnet::net::MINILM)

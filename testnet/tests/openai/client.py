@@ -50,6 +50,35 @@ assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t
 assert all(t.logprob <= 0 and bytes(t.bytes).decode() == t.token for t in content)
 seen["logprobs"] = len(content)
 
+# Streaming, from the node that runs the model (PM_STREAM_BASE), with usage at the end.
+streamer = OpenAI(base_url=os.environ["PM_STREAM_BASE"] + "/v1", api_key=os.environ["PM_KEY"], max_retries=0, timeout=300)
+chunks = list(
+    streamer.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+)
+assert chunks[0].choices[0].delta.role == "assistant", chunks[0]
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == os.environ["PM_EXPECT"], text
+finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+assert len(finish) == 1 and finish[0].choices[0].finish_reason == "stop", finish
+assert finish[0].model_extra["proof"]["status"] == "executed"
+assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0, chunks[-1]
+seen["stream"] = {"chunks": len(chunks), "job_id": finish[0].model_extra["proof"]["job_id"]}
+errors_stream = None
+try:
+    client.chat.completions.create(
+        model=chat_model, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+except openai.BadRequestError as e:
+    errors_stream = e.code
+assert errors_stream == "stream_unavailable", errors_stream
+
 # A system message given as the newer "developer" role and content as text parts.
 r = client.chat.completions.create(
     model=chat_model,
