@@ -420,13 +420,14 @@ pub(crate) async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body: ChatRequest = match read_json(&s, &req, payload).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    // The key first: a request without a valid one is refused before its body is read.
     let key = match api_key(&s, &req) {
         Ok(k) => k,
         Err(e) => return e.response(),
+    };
+    let body: ChatRequest = match read_json(&s, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let (model, name, mode) = match resolve_model(&s, &body.model).await {
         Ok(m) => m,
@@ -693,13 +694,13 @@ fn remember_dimensions(model: ModelId, dim: usize) {
 
 /// `POST /v1/embeddings`: one job embeds every input.
 pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let body: EmbeddingRequest = match read_json(&s, &req, payload).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let key = match api_key(&s, &req) {
         Ok(k) => k,
         Err(e) => return e.response(),
+    };
+    let body: EmbeddingRequest = match read_json(&s, &req, payload).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -120,12 +120,22 @@ impl Client {
     }
 
     pub fn post_raw(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Reply> {
-        let mut r = self
-            .agent
-            .post(url)
-            .header("content-type", content_type)
-            .send(body)
-            .with_context(|| format!("POST {url}"))?;
+        self.post_raw_with(url, content_type, body, &[])
+    }
+
+    /// [`Client::post_raw`] with extra `headers`.
+    pub fn post_raw_with(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let mut req = self.agent.post(url).header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.send(body).with_context(|| format!("POST {url}"))?;
         let status = r.status().as_u16();
         let body = r.body_mut().read_json::<Value>().unwrap_or(Value::Null);
         Ok(Reply { status, body })

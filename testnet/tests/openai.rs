@@ -313,6 +313,11 @@ fn api_keys_pay_for_openai_requests() {
     let url = format!("{v0}/v1/chat/completions");
     let no_key = client.post(&url, &chat(4)).unwrap();
     assert_error(&no_key, 401, "authentication_error", "missing_api_key");
+    // The key is checked before the body is read: a keyless garbage body is a 401, not a 400.
+    let r = client
+        .post_raw(&url, "application/json", b"{\"model\": ")
+        .unwrap();
+    assert_error(&r, 401, "authentication_error", "missing_api_key");
     assert_error(
         &post(&client, &url, &chat(4), "pm1_garbage"),
         401,
@@ -348,7 +353,12 @@ fn api_keys_pay_for_openai_requests() {
         );
     }
     let r = client
-        .post_raw(&url, "application/json", b"{\"model\": ")
+        .post_raw_with(
+            &url,
+            "application/json",
+            b"{\"model\": ",
+            &[("authorization", bearer.as_str())],
+        )
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(
