@@ -80,6 +80,10 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// One job's timings: submit→result and submit→finalized (ms), whether it finalized, its
+/// completion tokens (a generating model) and its time to first token (ms, streamed jobs).
+type Outcome = (f64, f64, bool, Option<u64>, Option<f64>);
+
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub jobs: usize,
@@ -106,6 +110,11 @@ pub struct BenchReport {
     pub completion_tokens: Option<u64>,
     pub completion_tokens_per_s: Option<f64>,
     pub job_tokens_per_s_p50: Option<f64>,
+    /// Jobs sent as streamed OpenAI chat completions (paid by an API key) to the inference
+    /// nodes, which stream what they run; `time_to_first_token` is from the request to the
+    /// first chunk that carries text.
+    pub stream: bool,
+    pub time_to_first_token: Option<Percentiles>,
 }
 
 /// Runs `jobs` jobs with `concurrency` workers; each worker submits through the nodes in turn,
@@ -118,6 +127,7 @@ pub fn run(
     concurrency: usize,
     seed: u64,
     x402: bool,
+    stream: bool,
 ) -> Result<BenchReport> {
     if x402 && net.domain.payments.is_none() {
         anyhow::bail!("--x402 needs a testnet with an EVM chain (started without --no-evm)");
@@ -146,7 +156,33 @@ pub fn run(
         .map_err(|e| anyhow::anyhow!("model id: {e}"))?;
     let price: u128 = model.price.parse()?;
     let input = std::fs::read_to_string(&model.example_input)?;
-    let urls: Vec<String> = net.nodes.iter().map(|n| n.http.clone()).collect();
+    // Streamed jobs: an OpenAI chat request of the example chat, paid by one API key, sent
+    // to the nodes that run the model (the ones that stream).
+    let streamed = if stream {
+        let example: serde_json::Value = serde_json::from_str(&input)?;
+        let api_key = chain::apikey::ApiKey::create(
+            &key,
+            u128::MAX / 4,
+            chain::types::now_ms() / 1000 + 86_400,
+            vec![model_id],
+            &net.domain,
+        )?;
+        Some((
+            serde_json::json!({
+                "model": model.name, "messages": example["messages"],
+                "max_tokens": example["max_tokens"], "temperature": 0, "stream": true,
+                "stream_options": {"include_usage": true},
+            }),
+            format!("Bearer {}", api_key.encode()),
+        ))
+    } else {
+        None
+    };
+    let urls: Vec<String> = if stream {
+        net.inference().map(|n| n.http.clone()).collect()
+    } else {
+        net.nodes.iter().map(|n| n.http.clone()).collect()
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
     // Memory at the start, when half the jobs are done, and at the end; disk before and after.
@@ -165,12 +201,13 @@ pub fn run(
         - (chain::types::now_ms() / 1000 % 600) * jobs as u64;
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
-            let (next, results, urls, key, input) = (
+            let (next, results, urls, key, input, streamed) = (
                 next.clone(),
                 results.clone(),
                 urls.clone(),
                 key.clone(),
                 input.clone(),
+                streamed.clone(),
             );
             let rss_tenths = rss_tenths.clone();
             let pids: Vec<u32> = net.nodes.iter().map(|n| n.pid).collect();
@@ -191,7 +228,51 @@ pub fn run(
                     // Vary the input a little so jobs differ; the model ignores whitespace.
                     let text = format!("{input}{}", " ".repeat(i % 7));
                     let t0 = Instant::now();
-                    let outcome = (|| -> Result<(f64, f64, bool, Option<u64>)> {
+                    let outcome = (|| -> Result<Outcome> {
+                        if let Some((body, bearer)) = &streamed {
+                            let url = format!("{node}/v1/chat/completions");
+                            let (mut first, mut id, mut tokens, mut error) =
+                                (None, None, 0u64, None);
+                            let status = client.post_events(
+                                &url,
+                                body,
+                                &[("authorization", bearer.as_str())],
+                                &mut |data| {
+                                    let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data)
+                                    else {
+                                        return;
+                                    };
+                                    if chunk.get("error").is_some() {
+                                        error = Some(chunk.to_string());
+                                    }
+                                    let text = chunk["choices"][0]["delta"]["content"].as_str();
+                                    if text.is_some_and(|t| !t.is_empty()) && first.is_none() {
+                                        first = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                                    }
+                                    if let Some(j) = chunk["proof"]["job_id"].as_str() {
+                                        id = Some(j.to_string());
+                                    }
+                                    if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+                                        tokens = n;
+                                    }
+                                },
+                            )?;
+                            let t_result = t0.elapsed().as_secs_f64() * 1000.0;
+                            if let Some(e) = error {
+                                anyhow::bail!("HTTP {status}: {e}");
+                            }
+                            let id =
+                                id.with_context(|| format!("HTTP {status}: no proof chunk"))?;
+                            let fin = client.wait_job(node, &id, Duration::from_secs(120))?;
+                            let t_final = t0.elapsed().as_secs_f64() * 1000.0;
+                            return Ok((
+                                t_result,
+                                t_final,
+                                fin["status"] == "finalized",
+                                Some(tokens),
+                                first,
+                            ));
+                        }
                         let url = format!("{node}/v1/jobs");
                         let reply = if x402 {
                             let (body, header) =
@@ -215,7 +296,13 @@ pub fn run(
                         let tokens = reply["output"]["tokens"].as_array().map(|t| t.len() as u64);
                         let fin = client.wait_job(node, &id, Duration::from_secs(120))?;
                         let t_final = t0.elapsed().as_secs_f64() * 1000.0;
-                        Ok((t_result, t_final, fin["status"] == "finalized", tokens))
+                        Ok((
+                            t_result,
+                            t_final,
+                            fin["status"] == "finalized",
+                            tokens,
+                            None,
+                        ))
                     })();
                     results
                         .lock()
@@ -241,10 +328,11 @@ pub fn run(
     let mut to_result = Vec::new();
     let mut to_final = Vec::new();
     let (mut finalized, mut failed, mut errors, mut first_error) = (0, 0, 0, None);
-    let (mut completion_tokens, mut job_rates) = (None::<u64>, Vec::new());
+    let (mut completion_tokens, mut job_rates, mut firsts) = (None::<u64>, Vec::new(), Vec::new());
     for r in results {
         match r {
-            Ok((a, b, ok, tokens)) => {
+            Ok((a, b, ok, tokens, first)) => {
+                firsts.extend(first);
                 to_result.push(a);
                 to_final.push(b);
                 if ok {
@@ -310,6 +398,8 @@ pub fn run(
         completion_tokens,
         completion_tokens_per_s: completion_tokens.map(|n| n as f64 / wall),
         job_tokens_per_s_p50: percentiles(job_rates).map(|p| p.p50_ms),
+        stream,
+        time_to_first_token: percentiles(firsts),
     })
 }
 

@@ -123,6 +123,37 @@ impl Client {
         self.post_raw_with(url, content_type, body, &[])
     }
 
+    /// POSTs JSON with extra `headers` and hands each server-sent event's data to `on_event`
+    /// as it arrives (the line after `data: `), until the stream ends; returns the status.
+    /// Any other answer's body is handed over whole, once.
+    pub fn post_events(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+        on_event: &mut dyn FnMut(&str),
+    ) -> Result<u16> {
+        use std::io::BufRead;
+        let mut req = self.agent.post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.send_json(body).with_context(|| format!("POST {url}"))?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            on_event(&r.body_mut().read_to_string().unwrap_or_default());
+            return Ok(status);
+        }
+        let reader = std::io::BufReader::new(r.body_mut().as_reader());
+        for line in reader.lines() {
+            let line = line.with_context(|| format!("reading the events of {url}"))?;
+            if let Some(data) = line.strip_prefix("data: ") {
+                on_event(data);
+            }
+        }
+        Ok(status)
+    }
+
     /// [`Client::post_raw`] with extra `headers`.
     pub fn post_raw_with(
         &self,

@@ -97,6 +97,10 @@ enum Cmd {
         /// Pay each job by x402 from the client's OPG on the EVM chain.
         #[arg(long)]
         x402: bool,
+        /// A text-generation model's jobs as streamed OpenAI chat completions (paid by an API
+        /// key) to the inference nodes: reports time to first token.
+        #[arg(long, conflicts_with = "x402")]
+        stream: bool,
     },
     /// Transactions per second of each kind (transfer, bond, unbond, register_model, vote)
     /// from ACCOUNTS funded accounts at once, against transfers in the same run, and block
@@ -197,10 +201,18 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             model,
             x402,
+            stream,
         } => {
             let net = Testnet::load(&dir)?;
-            let report =
-                testnet::bench::run(&net, model.as_deref(), jobs, concurrency, seed, x402)?;
+            let report = testnet::bench::run(
+                &net,
+                model.as_deref(),
+                jobs,
+                concurrency,
+                seed,
+                x402,
+                stream,
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
