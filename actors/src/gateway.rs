@@ -331,7 +331,7 @@ impl Gateway {
         price: u128,
         used: Result<Result<Option<JobId>, String>, MailboxError>,
         account: Result<chain::Account, MailboxError>,
-        grant_spent: Option<Result<u128, MailboxError>>,
+        grant_spent: Option<(B256, Result<u128, MailboxError>)>,
     ) -> Result<(), GatewayError> {
         let req = &job.request;
         match used {
@@ -364,10 +364,9 @@ impl Gateway {
                 ),
             ));
         }
-        if let (Some(g), Some(spent)) = (&job.grant, grant_spent) {
+        if let (Some(g), Some((grant_id, spent))) = (&job.grant, grant_spent) {
             let spent =
                 spent.map_err(|e| GatewayError::new(Refusal::Unavailable, e.to_string()))?;
-            let grant_id = g.grant.id(&self.domain);
             let reserved = self.grant_reserved(&grant_id);
             if spent.saturating_add(reserved).saturating_add(price) > g.grant.cap {
                 return Err(GatewayError::new(
@@ -548,7 +547,7 @@ impl Handler<SubmitJob> for Gateway {
             let used = settlement.send(NonceUsed { client, nonce }).await;
             let account = settlement.send(GetAccount(client)).await;
             let spent = match grant {
-                Some(id) => Some(settlement.send(GrantSpent(id)).await),
+                Some(id) => Some((id, settlement.send(GrantSpent(id)).await)),
                 None => None,
             };
             (used, account, spent)

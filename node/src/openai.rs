@@ -87,11 +87,12 @@ fn api_key(s: &AppState, req: &HttpRequest) -> Result<ApiKey, ApiError> {
     Ok(key)
 }
 
-/// A registered, active model, by id (`0x…`) or by name: (id, name, verification mode).
+/// A registered, active model, by id (`0x…`) or by name: its id and registry entry (name,
+/// price, verification mode), read once per request.
 async fn resolve_model(
     s: &AppState,
     model: &str,
-) -> Result<(ModelId, String, chain::VerificationMode), HttpResponse> {
+) -> Result<(ModelId, chain::state::Model), HttpResponse> {
     let state = s
         .settlement
         .send(actors::settlement::GetChainState)
@@ -115,7 +116,7 @@ async fn resolve_model(
             .collect(),
     };
     match found[..] {
-        [(id, m)] if m.active => Ok((id, m.name.clone(), m.mode)),
+        [(id, m)] if m.active => Ok((id, m.clone())),
         [(id, _)] => Err(not_found(format!(
             "model {model} ({id}) is no longer active"
         ))),
@@ -135,48 +136,31 @@ async fn resolve_model(
 async fn run_job(
     s: &AppState,
     key: &ApiKey,
-    model: ModelId,
+    model: (ModelId, &chain::state::Model),
     input: String,
     input_param: &'static str,
 ) -> Result<actors::gateway::JobResult, HttpResponse> {
-    let job = prepare_job(s, key, model, &input).await?;
+    let job = prepare_job(s, key, model, &input).map_err(ApiError::response)?;
     submit_job(s, job, input, input_param, None).await
 }
 
 /// The job that buys `input` on `model` through `key`: the job's price is the model's for
 /// this input, its nonce fresh, its expiry at most the key's; signed by the key's delegate.
-async fn prepare_job(
+fn prepare_job(
     s: &AppState,
     key: &ApiKey,
-    model: ModelId,
+    (model, entry): (ModelId, &chain::state::Model),
     input: &str,
-) -> Result<chain::SignedJobRequest, HttpResponse> {
+) -> Result<chain::SignedJobRequest, ApiError> {
     if !key.grant.grant.allows(&model) {
-        return Err(error_param(
-            403,
-            "model_not_allowed",
-            format!("this API key does not cover model {model}"),
-            Some("model"),
-        ));
+        return Err(ApiError {
+            status: 403,
+            code: "model_not_allowed",
+            message: format!("this API key does not cover model {model}"),
+            param: Some("model"),
+        });
     }
-    let state = s
-        .settlement
-        .send(actors::settlement::GetChainState)
-        .await
-        .map_err(unavailable)?;
-    let price = state
-        .registry
-        .models
-        .get(&model)
-        .map(|m| m.price(input.len()))
-        .ok_or_else(|| {
-            error_param(
-                404,
-                "model_not_found",
-                format!("model {model}"),
-                Some("model"),
-            )
-        })?;
+    let price = entry.price(input.len());
     let now_s = chain::types::now_ms() / 1000;
     let request = JobRequest {
         client: key.grant.grant.client,
@@ -188,7 +172,12 @@ async fn prepare_job(
     };
     request
         .sign_granted(&key.delegate, key.grant.clone(), &s.domain)
-        .map_err(|e| error_param(500, "signing", e.to_string(), None))
+        .map_err(|e| ApiError {
+            status: 500,
+            code: "signing",
+            message: e.to_string(),
+            param: None,
+        })
 }
 
 /// Runs a prepared job through the gateway, its text to `stream` as it is generated when
@@ -429,10 +418,11 @@ pub(crate) async fn chat_completions(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (model, name, mode) = match resolve_model(&s, &body.model).await {
+    let (model, entry) = match resolve_model(&s, &body.model).await {
         Ok(m) => m,
         Err(r) => return r,
     };
+    let (name, mode) = (entry.name.clone(), entry.mode);
     let stream = body.stream == Some(true);
     let include_usage = body
         .stream_options
@@ -444,9 +434,9 @@ pub(crate) async fn chat_completions(
         Err(e) => return e.response(),
     };
     if stream {
-        return stream_chat(s, req, key, (model, name, mode), input, include_usage).await;
+        return stream_chat(s, req, key, (model, &entry), input, include_usage).await;
     }
-    let result = match run_job(&s, &key, model, input, "messages").await {
+    let result = match run_job(&s, &key, (model, &entry), input, "messages").await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -461,11 +451,7 @@ pub(crate) async fn chat_completions(
             Some("model"),
         );
     };
-    // A cancelled generation reports "length", the nearest reason OpenAI has.
-    let finish_reason = match output["finish_reason"].as_str() {
-        Some("stop") => "stop",
-        _ => "length",
-    };
+    let finish_reason = finish_reason(&output);
     HttpResponse::Ok().json(json!({
         "id": format!("chatcmpl-{}", hex::encode(result.job_id.0)),
         "object": "chat.completion",
@@ -480,6 +466,13 @@ pub(crate) async fn chat_completions(
         "usage": usage(&output),
         "proof": proof(&s, &req, &result, mode),
     }))
+}
+
+/// OpenAI's `finish_reason` for a completion's output JSON ([`kernels::FinishReason::openai`]:
+/// a cancelled generation reports "length", the nearest reason OpenAI has).
+fn finish_reason(output: &Value) -> &'static str {
+    serde_json::from_value::<kernels::FinishReason>(output["finish_reason"].clone())
+        .map_or("length", kernels::FinishReason::openai)
 }
 
 /// The usage object of a completion's output JSON.
@@ -508,10 +501,11 @@ async fn stream_chat(
     s: S,
     req: HttpRequest,
     key: ApiKey,
-    (model, name, mode): (ModelId, String, chain::VerificationMode),
+    (model, entry): (ModelId, &chain::state::Model),
     input: String,
     include_usage: bool,
 ) -> HttpResponse {
+    let (name, mode) = (entry.name.clone(), entry.mode);
     if !s.served.contains(&model) {
         return error_param(
             400,
@@ -522,9 +516,9 @@ async fn stream_chat(
             Some("stream"),
         );
     }
-    let job = match prepare_job(&s, &key, model, &input).await {
+    let job = match prepare_job(&s, &key, (model, entry), &input) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(e) => return e.response(),
     };
     let id = format!("chatcmpl-{}", hex::encode(job.request.id(&s.domain).0));
     let created = unix_now();
@@ -581,10 +575,7 @@ async fn stream_chat(
         match result {
             Ok(Ok(r)) => {
                 let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::Null);
-                let finish = match output["finish_reason"].as_str() {
-                    Some("stop") => "stop",
-                    _ => "length",
-                };
+                let finish = finish_reason(&output);
                 let mut last = chunk(json!({}), finish.into());
                 last["proof"] = proof(&proof_base.0, &proof_base.1, &r, mode);
                 send(&last);
@@ -742,10 +733,11 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         )
         .response();
     }
-    let (model, name, mode) = match resolve_model(&s, &body.model).await {
+    let (model, entry) = match resolve_model(&s, &body.model).await {
         Ok(m) => m,
         Err(r) => return r,
     };
+    let (name, mode) = (entry.name.clone(), entry.mode);
     // A `dimensions` other than the model's is refused before the job runs once this node has
     // seen one of the model's outputs; before that, after (and the job is charged).
     if let (Some(d), Some(known)) = (body.dimensions, known_dimensions(&model))
@@ -758,7 +750,7 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         .response();
     }
     let input = json!({ "texts": texts }).to_string();
-    let result = match run_job(&s, &key, model, input, "input").await {
+    let result = match run_job(&s, &key, (model, &entry), input, "input").await {
         Ok(r) => r,
         Err(r) => return r,
     };
