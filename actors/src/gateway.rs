@@ -243,7 +243,9 @@ impl Gateway {
         let model = live.registry.active_model(&req.model_id).map_err(|e| {
             GatewayError::new(Refusal::UnknownModel, format!("{e} (see GET /v1/models)"))
         })?;
-        let price = model.price(msg.input.len());
+        // The most the job can cost: a generation's tokens are known once it has run.
+        let units = kernels::units_bound(msg.input.as_bytes());
+        let price = model.price(units);
         let now_s = chain::types::now_ms() / 1000;
         if req.expiry <= now_s {
             return Err(GatewayError::new(
@@ -263,11 +265,8 @@ impl Gateway {
             return Err(GatewayError::new(
                 Refusal::FeeTooLow,
                 format!(
-                    "the job's price is {price} base units ({} per job + {} per input byte × {} bytes), max_fee is {}",
-                    model.price_per_job,
-                    model.price_per_unit,
-                    msg.input.len(),
-                    req.max_fee
+                    "the job may cost {price} base units ({} per job + {} per unit × at most {units} units), max_fee is {}",
+                    model.price_per_job, model.price_per_unit, req.max_fee
                 ),
             ));
         }
@@ -360,7 +359,7 @@ impl Gateway {
             return Err(GatewayError::new(
                 Refusal::InsufficientBalance,
                 format!(
-                    "balance {balance} minus {reserved} reserved by jobs in flight is below the price {price}"
+                    "balance {balance} minus {reserved} reserved by jobs in flight is below the job's most {price}"
                 ),
             ));
         }
@@ -372,7 +371,7 @@ impl Gateway {
                 return Err(GatewayError::new(
                     Refusal::GrantExhausted,
                     format!(
-                        "the API key has spent {spent} of its cap {} ({reserved} more reserved by jobs in flight): the price {price} is past it",
+                        "the API key has spent {spent} of its cap {} ({reserved} more reserved by jobs in flight): this job, up to {price}, could pass it",
                         g.grant.cap
                     ),
                 ));
@@ -444,6 +443,16 @@ impl Gateway {
                     Err(GatewayError::new(
                         Refusal::ExecutorFailed,
                         format!("record invalid: {e}"),
+                    ))
+                } else if record.units > kernels::units_bound(record.input.as_bytes()) {
+                    // More than the job can take: the client would pay for units never run.
+                    Err(GatewayError::new(
+                        Refusal::ExecutorFailed,
+                        format!(
+                            "the record claims {} units, past the job's bound {}",
+                            record.units,
+                            kernels::units_bound(record.input.as_bytes())
+                        ),
                     ))
                 } else {
                     Ok(JobResult {

@@ -246,7 +246,7 @@ impl Inference {
             .registrations()
             .registry
             .active_model(&job.request.model_id)
-            .map(|m| m.price(input.len()))
+            .map(|m| m.price(kernels::units_bound(input.as_bytes())))
             .map_err(|e| Self::refuse("unknown_model", e))?;
         let now_s = chain::types::now_ms() / 1000;
         if job.request.expiry <= now_s {
@@ -258,7 +258,10 @@ impl Inference {
         if price > job.request.max_fee {
             return Err(Self::refuse(
                 "fee_too_low",
-                format!("price {price} is above max_fee {}", job.request.max_fee),
+                format!(
+                    "the job may cost {price} (its units' bound priced), above max_fee {}",
+                    job.request.max_fee
+                ),
             ));
         }
         Ok((id, model, price))
@@ -414,13 +417,23 @@ impl Inference {
                 Some(b) => b
                     .run_streaming(call.input.as_bytes().to_vec(), stream)
                     .await
-                    .map(|output| (output.hash(), output.to_json().to_string(), call))
+                    .map(|output| {
+                        (
+                            output.hash(),
+                            output.units(call.input.len()),
+                            output.to_json().to_string(),
+                            call,
+                        )
+                    })
                     .map_err(|e| Self::refuse("bad_input", e)),
                 // The call travels to the blocking thread and back: no copy of the input.
                 None => tokio::task::spawn_blocking(move || {
                     model
                         .run(backend.as_ref(), call.input.as_bytes())
-                        .map(|output| (output.hash(), output.to_json().to_string(), call))
+                        .map(|output| {
+                            let units = output.units(call.input.len());
+                            (output.hash(), units, output.to_json().to_string(), call)
+                        })
                         .map_err(|e| Self::refuse("bad_input", e.to_string()))
                 })
                 .await
@@ -431,15 +444,19 @@ impl Inference {
                     ))
                 }),
             }?;
-            let (hash, output, call) = computed;
+            let (hash, units, output, call) = computed;
             let mut hash = chain::B256::from(hash);
             if faulty {
                 hash.0[0] ^= 0xff;
             }
             let proof = match attestation {
                 Some(att) => {
-                    let leaf =
-                        chain::record::leaf(&call.job.request, &hash, &key.address(), &domain);
+                    let leaf = chain::record::leaf(
+                        &call.job.request,
+                        (&hash, units),
+                        &key.address(),
+                        &domain,
+                    );
                     let proof = att
                         .send(Attest { leaf })
                         .await
@@ -453,7 +470,7 @@ impl Inference {
             // thread (ECDSA signing and recovery).
             let signed = tokio::task::spawn_blocking(move || {
                 let record =
-                    InferenceRecord::create(call.job, call.input, hash, proof, &key, &domain)
+                    InferenceRecord::create(call.job, call.input, (hash, units), proof, &key, &domain)
                         .map_err(|e| Self::refuse("internal", e.to_string()))?;
                 let record = Arc::new(record);
                 match admission.check(record.clone()) {

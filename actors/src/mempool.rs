@@ -1575,7 +1575,7 @@ mod restore_tests {
             let r = InferenceRecord::create(
                 job,
                 input,
-                B256::repeat_byte(3),
+                (B256::repeat_byte(3), 1),
                 Proof::Reexec,
                 &exec,
                 domain,

@@ -279,7 +279,7 @@ pub(crate) mod samples {
         InferenceRecord::create(
             job,
             input,
-            chain::B256::repeat_byte(9),
+            (chain::B256::repeat_byte(9), 1),
             chain::Proof::Reexec,
             key,
             domain,

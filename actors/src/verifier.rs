@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chain::evidence::FraudClaim;
 use chain::{Admission, AdmissionError, B256, InferenceRecord, JobId, VerifiedRecord};
 use kernels::Backend;
 use libp2p::gossipsub::MessageAcceptance;
@@ -39,12 +40,12 @@ const FRAUD_CACHE: usize = 4096;
 /// another validator's report arriving first).
 #[derive(Default)]
 struct FraudLeaves {
-    outputs: HashMap<B256, B256>,
+    outputs: HashMap<B256, FraudClaim>,
     order: VecDeque<B256>,
 }
 
 impl FraudLeaves {
-    fn get(&self, leaf: &B256) -> Option<&B256> {
+    fn get(&self, leaf: &B256) -> Option<&FraudClaim> {
         self.outputs.get(leaf)
     }
 
@@ -53,7 +54,7 @@ impl FraudLeaves {
     }
 
     /// Whether `leaf` was new.
-    fn insert(&mut self, leaf: B256, actual: B256) -> bool {
+    fn insert(&mut self, leaf: B256, actual: FraudClaim) -> bool {
         if self.outputs.contains_key(&leaf) {
             return false;
         }
@@ -159,6 +160,14 @@ pub enum RecordError {
         claimed: chain::B256,
         actual: chain::B256,
     },
+    #[error(
+        "fraud: executor {executor} claimed {claimed} units, re-execution gives the output and {actual}"
+    )]
+    UnitsFraud {
+        executor: chain::Address,
+        claimed: u64,
+        actual: u64,
+    },
 }
 
 impl From<AdmissionError> for RecordError {
@@ -181,7 +190,20 @@ impl RecordError {
             RecordError::ModelMissing(_) => "model_missing".into(),
             RecordError::Execution(_) => "execution".into(),
             RecordError::Refused(_) => "refused".into(),
-            RecordError::Fraud { .. } => "fraud".into(),
+            RecordError::Fraud { .. } | RecordError::UnitsFraud { .. } => "fraud".into(),
+        }
+    }
+
+    /// What a fraud report of this rejection claims, when it is one re-execution proved.
+    fn claim(&self) -> Option<FraudClaim> {
+        match self {
+            RecordError::Fraud { actual, .. } => Some(FraudClaim::Output {
+                recomputed: *actual,
+            }),
+            RecordError::UnitsFraud { actual, .. } => Some(FraudClaim::Units {
+                recomputed: *actual,
+            }),
+            _ => None,
         }
     }
 }
@@ -275,6 +297,14 @@ impl Checker {
                     actual,
                 });
             }
+            let units = output.units(record.input.len());
+            if units != record.units {
+                return Err(RecordError::UnitsFraud {
+                    executor: record.executor,
+                    claimed: record.units,
+                    actual: units,
+                });
+            }
         }
         Ok(verified)
     }
@@ -324,15 +354,14 @@ impl Verifier {
     /// transaction), once per node while its punishment lasts.
     fn report(&mut self, record: &InferenceRecord, e: &RecordError) {
         use chain::attestation::AttestationError;
-        use chain::evidence::FraudClaim;
         let claim = match e {
-            RecordError::Fraud { actual, .. } => FraudClaim::Output {
-                recomputed: *actual,
-            },
             // Our own roots are unusable: that proves nothing against the node.
             RecordError::Attestation(AttestationError::BadRoots(_)) => return,
             RecordError::Attestation(_) => FraudClaim::TeeProof,
-            _ => return,
+            e => match e.claim() {
+                Some(claim) => claim,
+                None => return,
+            },
         };
         let Some(key) = self.reporter.clone() else {
             return;
@@ -374,10 +403,10 @@ impl Verifier {
             .with_label_values(&[&e.label()])
             .inc();
         let job = record.job_id(self.checker.admission.domain());
+        if let Some(claim) = e.claim() {
+            return self.note_fraud(record, claim, "record rejected");
+        }
         match e {
-            RecordError::Fraud { actual, .. } => {
-                self.note_fraud(record, *actual, "record rejected")
-            }
             RecordError::Attestation(_) => {
                 tracing::error!(%job, executor = %record.executor, check = %e.label(), error = %e, "INVALID TEE PROOF: record rejected")
             }
@@ -385,19 +414,27 @@ impl Verifier {
         }
     }
 
-    /// `record`'s re-execution here gave `actual`, not its output: counted and logged the first
-    /// time this node sees it, whichever way it came.
-    fn note_fraud(&mut self, record: &InferenceRecord, actual: B256, what: &str) {
+    /// `record`'s re-execution here gave what `claim` says, not what the record does: counted
+    /// and logged the first time this node sees it, whichever way it came.
+    fn note_fraud(&mut self, record: &InferenceRecord, claim: FraudClaim, what: &str) {
         let domain = *self.checker.admission.domain();
-        if !self.frauds.insert(record.leaf(&domain), actual) {
+        let e = match &claim {
+            FraudClaim::Output { recomputed } => RecordError::Fraud {
+                executor: record.executor,
+                claimed: record.output_hash,
+                actual: *recomputed,
+            },
+            FraudClaim::Units { recomputed } => RecordError::UnitsFraud {
+                executor: record.executor,
+                claimed: record.units,
+                actual: *recomputed,
+            },
+            FraudClaim::TeeProof => return,
+        };
+        if !self.frauds.insert(record.leaf(&domain), claim) {
             return;
         }
         METRICS.fraud_detected.inc();
-        let e = RecordError::Fraud {
-            executor: record.executor,
-            claimed: record.output_hash,
-            actual,
-        };
         tracing::error!(job = %record.job_id(&domain), executor = %record.executor, error = %e, "FRAUD: {what}");
     }
 }
@@ -574,14 +611,13 @@ impl Handler<CheckFraud> for Verifier {
     /// without running the model again; the others are re-executed off the actix threads, and
     /// each confirmed one is counted as fraud detected here.
     fn handle(&mut self, msg: CheckFraud, _: &mut Self::Context) -> Self::Result {
-        use chain::evidence::FraudClaim;
         let domain = *self.checker.admission.domain();
         let todo: Vec<chain::evidence::FraudEvidence> = msg
             .0
             .into_iter()
             .filter(|f| match &f.claim {
-                FraudClaim::Output { recomputed } => {
-                    self.frauds.get(&f.record.leaf(&domain)) != Some(recomputed)
+                FraudClaim::Output { .. } | FraudClaim::Units { .. } => {
+                    self.frauds.get(&f.record.leaf(&domain)) != Some(&f.claim)
                 }
                 FraudClaim::TeeProof => false,
             })
@@ -599,9 +635,7 @@ impl Handler<CheckFraud> for Verifier {
         };
         Box::pin(fut.into_actor(self).map(|confirmed, act, _| {
             for f in confirmed? {
-                if let FraudClaim::Output { recomputed } = f.claim {
-                    act.note_fraud(&f.record, recomputed, "a reported record re-executed here");
-                }
+                act.note_fraud(&f.record, f.claim, "a reported record re-executed here");
             }
             Ok(())
         }))
@@ -609,12 +643,13 @@ impl Handler<CheckFraud> for Verifier {
 }
 
 impl Checker {
-    /// A fraud claim's re-execution: `Ok` when this node computes the claimed output and it
-    /// differs from the record's. TEE claims are the chain's own check.
+    /// A fraud claim's re-execution: `Ok` when this node computes the claimed output (or, for a
+    /// units claim, the record's output and the claimed units) and it differs from the record's.
+    /// TEE claims are the chain's own check.
     fn check_fraud(&self, f: &chain::evidence::FraudEvidence) -> Result<(), FraudCheckError> {
-        let chain::evidence::FraudClaim::Output { recomputed } = &f.claim else {
+        if f.claim == FraudClaim::TeeProof {
             return Ok(());
-        };
+        }
         let record = &f.record;
         let model_id = record.job.request.model_id;
         let model = self
@@ -627,17 +662,32 @@ impl Checker {
                 FraudCheckError::Unable(format!("re-executing the accused record: {e}"))
             })?;
         let actual = chain::B256::from(output.hash());
-        if actual != *recomputed {
-            return Err(FraudCheckError::False(format!(
-                "re-execution gives {actual}, the claim says {recomputed}"
-            )));
+        let units = output.units(record.input.len());
+        let (same, claimed) = match f.claim {
+            FraudClaim::Output { recomputed } => (
+                (actual == record.output_hash)
+                    .then(|| format!("the record's output {actual} is what re-execution gives")),
+                (actual == recomputed).then_some(()).ok_or(format!(
+                    "re-execution gives {actual}, the claim says {recomputed}"
+                )),
+            ),
+            FraudClaim::Units { recomputed } => (
+                (units == record.units)
+                    .then(|| format!("the record's {units} units are what re-execution gives")),
+                (actual == record.output_hash && units == recomputed)
+                    .then_some(())
+                    .ok_or(format!(
+                        "re-execution gives {actual} and {units} units, the claim says the \
+                         record's output and {recomputed} units"
+                    )),
+            ),
+            FraudClaim::TeeProof => return Ok(()),
+        };
+        claimed.map_err(FraudCheckError::False)?;
+        match same {
+            Some(why) => Err(FraudCheckError::False(why)),
+            None => Ok(()),
         }
-        if actual == record.output_hash {
-            return Err(FraudCheckError::False(format!(
-                "the record's output {actual} is what re-execution gives"
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -686,14 +736,15 @@ mod tests {
         admission.check(record).unwrap();
     }
 
-    /// A fraud claim is re-executed: only the output this node computes, when it differs
-    /// from the record's, passes; a claim of the record's own output or of another output is
-    /// refused, and so is one whose model is not here.
-    /// A seeded model under `dir`, its true output hash for its example input, and records of
-    /// that job with any output.
+    /// A seeded model under `dir`, its true output hash and units for its example input, and
+    /// records of that job with any output and units.
     fn fraud_fixture(
         dir: &std::path::Path,
-    ) -> (Models, B256, impl Fn(B256) -> InferenceRecord + use<>) {
+    ) -> (
+        Models,
+        (B256, u64),
+        impl Fn(B256, u64) -> InferenceRecord + use<>,
+    ) {
         let spec = kernels::MlpSpec {
             input_dim: 4,
             hidden_dims: vec![8],
@@ -712,7 +763,8 @@ mod tests {
         );
         let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
         let domain = tee_fixture().0.domain();
-        let record = move |output| {
+        let units = input.len() as u64;
+        let record = move |output, units| {
             let job = JobRequest {
                 client: client.address(),
                 model_id,
@@ -723,17 +775,21 @@ mod tests {
             }
             .sign(&client, &domain)
             .unwrap();
-            InferenceRecord::create(job, input.clone(), output, Proof::Reexec, &exec, &domain)
+            let input = input.clone();
+            InferenceRecord::create(job, input, (output, units), Proof::Reexec, &exec, &domain)
                 .unwrap()
         };
-        (models, truth, record)
+        (models, (truth, units), record)
     }
 
+    /// A fraud claim is re-executed: only the output (or units) this node computes, when it
+    /// differs from the record's, passes; a claim of the record's own output or of another
+    /// output is refused, and so is one whose model is not here.
     #[test]
     fn fraud_claims_are_re_executed() {
         use chain::evidence::{FraudClaim, FraudEvidence};
         let dir = tempfile::tempdir().unwrap();
-        let (models, truth, record) = fraud_fixture(dir.path());
+        let (models, (truth, units), record) = fraud_fixture(dir.path());
         let backend = kernels::select("cpu").unwrap();
         let genesis = tee_fixture().0;
         let checker = Checker {
@@ -746,7 +802,7 @@ mod tests {
             record: r,
             claim: FraudClaim::Output { recomputed },
         };
-        let liar = record(B256::repeat_byte(1));
+        let liar = record(B256::repeat_byte(1), units);
         checker.check_fraud(&claim(liar.clone(), truth)).unwrap();
         // Contradicted by re-execution: false (the sender is at fault).
         let e = checker
@@ -756,12 +812,37 @@ mod tests {
             matches!(&e, FraudCheckError::False(m) if m.contains("re-execution gives")),
             "{e}"
         );
-        let honest = record(truth);
-        let e = checker.check_fraud(&claim(honest, truth)).unwrap_err();
+        let honest = record(truth, units);
+        let e = checker
+            .check_fraud(&claim(honest.clone(), truth))
+            .unwrap_err();
         assert!(
             matches!(&e, FraudCheckError::False(m) if m.contains("is what re-execution gives")),
             "{e}"
         );
+        // Units: a record with the true output that miscounts is caught; claims of its own
+        // units, of other units, or against an honest record are false.
+        let units_claim = |r: InferenceRecord, recomputed| FraudEvidence {
+            record: r,
+            claim: FraudClaim::Units { recomputed },
+        };
+        let miscounted = record(truth, units - 1);
+        checker
+            .check_fraud(&units_claim(miscounted.clone(), units))
+            .unwrap();
+        for (r, n, why) in [
+            (miscounted.clone(), units - 1, "re-execution gives"),
+            (miscounted, units + 3, "re-execution gives"),
+            (honest.clone(), units, "are what re-execution gives"),
+            (honest, units + 1, "re-execution gives"),
+            (liar.clone(), units, "re-execution gives"),
+        ] {
+            let e = checker.check_fraud(&units_claim(r, n)).unwrap_err();
+            assert!(
+                matches!(&e, FraudCheckError::False(m) if m.contains(why)),
+                "{n}: {e}"
+            );
+        }
         // Not checkable here: nobody's fault.
         let empty = Checker {
             models: Models::default(),
@@ -903,7 +984,7 @@ mod tests {
         let make = move |g: &Genesis, claimed, proven, with_proof: bool| {
             let domain = g.domain();
             let proof = if with_proof {
-                let leaf = chain::record::leaf(&request, &proven, &exec.address(), &domain);
+                let leaf = chain::record::leaf(&request, (&proven, 2), &exec.address(), &domain);
                 let report = chip
                     .report(&ReportRequest {
                         report_data: chain::attestation::report_data(&leaf, &exec.address()),
@@ -920,7 +1001,8 @@ mod tests {
                 Proof::Reexec
             };
             let job = request.clone().sign(&client, &domain).unwrap();
-            InferenceRecord::create(job, input.clone(), claimed, proof, &exec, &domain).unwrap()
+            InferenceRecord::create(job, input.clone(), (claimed, 2), proof, &exec, &domain)
+                .unwrap()
         };
         (genesis, make)
     }
@@ -1043,9 +1125,9 @@ mod tests {
     async fn a_confirmed_fraud_report_counts_once_and_refuses_the_record() {
         use chain::evidence::{FraudClaim, FraudEvidence};
         let dir = tempfile::tempdir().unwrap();
-        let (models, truth, record) = fraud_fixture(&dir.path().join("models"));
+        let (models, (truth, units), record) = fraud_fixture(&dir.path().join("models"));
         let verifier = start_verifier(tee_fixture().0, models, &dir.path().join("store"));
-        let liar = record(B256::repeat_byte(1));
+        let liar = record(B256::repeat_byte(1), units);
         let claim = |recomputed| {
             CheckFraud(vec![FraudEvidence {
                 record: liar.clone(),

@@ -134,6 +134,9 @@ pub enum FraudClaim {
     /// output hash. Validators re-execute before they admit or vote for such a report, so a
     /// false one never enters a block.
     Output { recomputed: B256 },
+    /// Re-executing the job gives the record's output but `recomputed` units, not the ones the
+    /// record is priced by (checked by re-execution, as `Output`).
+    Units { recomputed: u64 },
     /// The record's model requires a TEE proof and the record's does not verify (or is
     /// missing): the chain checks that itself.
     TeeProof,

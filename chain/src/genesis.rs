@@ -137,7 +137,8 @@ pub struct ModelEntry {
     /// Fee per job, base units.
     #[serde(with = "amount", alias = "price")]
     pub price_per_job: u128,
-    /// Fee per byte of input, base units.
+    /// Fee per unit of a job, base units: per prompt and completion token of a generating
+    /// model, per input byte of the others.
     #[serde(with = "amount", default)]
     pub price_per_unit: u128,
     pub mode: VerificationMode,

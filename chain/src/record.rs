@@ -290,13 +290,20 @@ pub struct TeeProof {
 }
 
 /// The Merkle leaf of a record: `keccak(job_id ‖ model_id ‖ input_hash ‖ output_hash ‖
-/// executor)`. Known before the record is signed, so a TEE can prove it first.
-pub fn leaf(request: &JobRequest, output_hash: &B256, executor: &Address, domain: &Domain) -> B256 {
-    let mut buf = Vec::with_capacity(32 * 4 + 20);
+/// units (u64 BE) ‖ executor)`. Known before the record is signed, so a TEE can prove it
+/// first.
+pub fn leaf(
+    request: &JobRequest,
+    (output_hash, units): (&B256, u64),
+    executor: &Address,
+    domain: &Domain,
+) -> B256 {
+    let mut buf = Vec::with_capacity(32 * 4 + 8 + 20);
     buf.extend_from_slice(request.id(domain).0.as_slice());
     buf.extend_from_slice(&request.model_id.0);
     buf.extend_from_slice(request.input_hash.as_slice());
     buf.extend_from_slice(output_hash.as_slice());
+    buf.extend_from_slice(&units.to_be_bytes());
     buf.extend_from_slice(executor.as_slice());
     keccak256(&buf)
 }
@@ -309,6 +316,10 @@ pub struct InferenceRecord {
     /// The job input (UTF-8, usually JSON), needed by validators to re-execute.
     pub input: String,
     pub output_hash: B256,
+    /// What the job is priced by, as the executor counted it: a generation's prompt plus
+    /// completion tokens, other models' input bytes. Signed with the output and re-counted by
+    /// validators that re-execute.
+    pub units: u64,
     pub executor: Address,
     pub proof: Proof,
     /// The executor's signature over the EIP-712 `InferenceResult`.
@@ -322,6 +333,7 @@ impl InferenceRecord {
             modelId: B256::from(self.job.request.model_id.0),
             inputHash: self.job.request.input_hash,
             outputHash: self.output_hash,
+            units: self.units,
             executor: self.executor,
         }
     }
@@ -330,7 +342,7 @@ impl InferenceRecord {
     pub fn create(
         job: SignedJobRequest,
         input: String,
-        output_hash: B256,
+        (output_hash, units): (B256, u64),
         proof: Proof,
         key: &PrivateKeySigner,
         domain: &Domain,
@@ -339,6 +351,7 @@ impl InferenceRecord {
             job,
             input,
             output_hash,
+            units,
             executor: key.address(),
             proof,
             signature: Sig([0; 65]),
@@ -354,11 +367,16 @@ impl InferenceRecord {
 
     /// The Merkle leaf of this record (see [`leaf`]).
     pub fn leaf(&self, domain: &Domain) -> B256 {
-        leaf(&self.job.request, &self.output_hash, &self.executor, domain)
+        leaf(
+            &self.job.request,
+            (&self.output_hash, self.units),
+            &self.executor,
+            domain,
+        )
     }
 
-    /// Stateless checks: input size and hash, the client's and the executor's signatures.
-    /// Returns the job id.
+    /// Stateless checks: input size and hash, units within the input's bound
+    /// ([`kernels::units_bound`]), the client's and the executor's signatures. Returns the job id.
     pub fn verify_signatures(&self, domain: &Domain) -> Result<JobId> {
         if self.input.len() > MAX_INPUT_BYTES {
             return Err(Error::TooLarge {
@@ -370,6 +388,16 @@ impl InferenceRecord {
             return Err(Error::Invalid {
                 field: "input",
                 reason: "keccak256(input) differs from the request's input_hash".into(),
+            });
+        }
+        let bound = kernels::units_bound(self.input.as_bytes());
+        if self.units > bound {
+            return Err(Error::Invalid {
+                field: "units",
+                reason: format!(
+                    "{} units; a job with this input takes at most {bound}",
+                    self.units
+                ),
             });
         }
         let id = self.job.verify(domain)?;
@@ -736,10 +764,11 @@ pub(crate) mod tests {
             expiry: 2_000_000_000,
         };
         let job = req.sign(&client, domain).unwrap();
+        let units = input.len() as u64;
         InferenceRecord::create(
             job,
             input,
-            B256::repeat_byte(9),
+            (B256::repeat_byte(9), units),
             Proof::Reexec,
             &exec,
             domain,

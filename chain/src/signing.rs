@@ -146,6 +146,7 @@ pub mod typed {
             bytes32 modelId;
             bytes32 inputHash;
             bytes32 outputHash;
+            uint64 units;
             address executor;
         }
     }

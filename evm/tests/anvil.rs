@@ -231,7 +231,7 @@ fn anchors_on_anvil_follow_the_set_and_make_records_verifiable() {
                 let r = InferenceRecord::create(
                     job,
                     input,
-                    B256::repeat_byte(height as u8),
+                    (B256::repeat_byte(height as u8), 1),
                     Proof::Reexec,
                     &exec,
                     &domain,

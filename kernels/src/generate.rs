@@ -24,6 +24,25 @@ pub const MAX_COMPLETION_TOKENS: usize = 4096;
 /// Completion tokens when a request names no limit.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
+/// Tokens a chat template may add to a request beyond its own bytes, for [`units_bound`]: the
+/// text a template puts around each message is bounded by the JSON around that message in the
+/// request, which leaves a default system message (SmolLM2's: 67 bytes) and the generation
+/// prompt. A model whose template needs more is refused at load.
+pub const TEMPLATE_ALLOWANCE: u64 = 256;
+
+/// The most units ([`crate::Output::units`]) a job with `input` can be priced at, known before
+/// it runs. For a generation request: its bytes plus [`TEMPLATE_ALLOWANCE`] plus `max_tokens`
+/// (a byte-level BPE token holds at least one byte and the template's fixed text is counted
+/// above); for any other input: its bytes, the units themselves.
+pub fn units_bound(input: &[u8]) -> u64 {
+    match serde_json::from_slice::<GenerateRequest>(input) {
+        Ok(req) => (input.len() as u64)
+            .saturating_add(TEMPLATE_ALLOWANCE)
+            .saturating_add(req.max_tokens as u64),
+        Err(_) => input.len() as u64,
+    }
+}
+
 /// A generation job's input, as JSON: the chat, the limits and the sampling parameters.
 ///
 /// `{"messages": [{"role": "user", "content": "…"}], "max_tokens": 64, "temperature": 0.7,

@@ -49,7 +49,8 @@ pub use bpe::{BpeTokenizer, Utf8Stream};
 pub use error::Error;
 pub use generate::{
     Completion, DEFAULT_MAX_TOKENS, FinishReason, GenerateRequest, Generator,
-    MAX_COMPLETION_TOKENS, MAX_TOP_LOGPROBS, MessageJson, Step, TokenLogprob,
+    MAX_COMPLETION_TOKENS, MAX_TOP_LOGPROBS, MessageJson, Step, TEMPLATE_ALLOWANCE, TokenLogprob,
+    units_bound,
 };
 pub use gguf::with_metadata as gguf_with_metadata;
 pub use id::{ModelId, keccak256};

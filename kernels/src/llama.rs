@@ -253,6 +253,18 @@ impl ChatTemplate {
             .split_once("<|im_start|>system\n")
             .and_then(|(_, rest)| rest.split_once("<|im_end|>"))
             .map(|(msg, _)| msg.to_string());
+        // Its tokens (at most one per byte, plus the turn's 10 around it and the generation
+        // prompt's 11) are what `units_bound` allows beyond a request's bytes.
+        let fixed = default_system.as_ref().map_or(0, |m| m.len() as u64) + 21;
+        if fixed > crate::generate::TEMPLATE_ALLOWANCE {
+            return Err(Error::BadTokenizer {
+                reason: format!(
+                    "the chat template's default system message and generation prompt may take \
+                     {fixed} tokens; jobs are priced on at most {}",
+                    crate::generate::TEMPLATE_ALLOWANCE
+                ),
+            });
+        }
         let eos = g
             .uint("tokenizer.ggml.eos_token_id")
             .ok()

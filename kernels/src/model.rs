@@ -89,6 +89,15 @@ impl Output {
         }
     }
 
+    /// What the job is priced by ([`units_bound`] bounds it before the job runs): a
+    /// generation's prompt plus completion tokens, otherwise the input's bytes (`input_len`).
+    pub fn units(&self, input_len: usize) -> u64 {
+        match &self.completion {
+            Some(c) => (c.prompt_tokens.len() + c.tokens.len()) as u64,
+            None => input_len as u64,
+        }
+    }
+
     /// The commitment an executor signs and a validator recomputes:
     /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`, every NaN
     /// written as the canonical quiet NaN `0x7fc00000` (payloads are not portable).

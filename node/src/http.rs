@@ -348,6 +348,7 @@ pub(crate) fn job_response(
                 "status": "executed",
                 "output": output,
                 "output_hash": r.record.output_hash,
+                "units": r.record.units,
                 "executed_by": r.record.executor,
                 "model_id": r.record.job.request.model_id,
                 "proof": r.record.proof,
@@ -479,6 +480,7 @@ async fn get_receipt(s: S, path: web::Path<String>) -> HttpResponse {
             "model_id": record.job.request.model_id,
             "input_hash": record.job.request.input_hash,
             "output_hash": record.output_hash,
+            "units": record.units,
             "executor": record.executor,
             "client": record.job.request.client,
         },
@@ -560,6 +562,7 @@ async fn get_block(s: S, path: web::Path<String>) -> HttpResponse {
                 "client": r.job.request.client,
                 "executor": r.executor,
                 "output_hash": r.output_hash,
+                "units": r.units,
             })).collect::<Vec<_>>(),
             "txs": b.txs,
             "certificate": cert.map(|c| json!({

@@ -160,7 +160,7 @@ fn prepare_job(
             param: Some("model"),
         });
     }
-    let price = entry.price(input.len());
+    let price = entry.price(kernels::units_bound(input.as_bytes()));
     let now_s = chain::types::now_ms() / 1000;
     let request = JobRequest {
         client: key.grant.grant.client,
@@ -210,7 +210,7 @@ fn proof(
     s: &AppState,
     req: &HttpRequest,
     r: &actors::gateway::JobResult,
-    mode: chain::VerificationMode,
+    model: &chain::state::Model,
 ) -> Value {
     let conn = req.connection_info();
     let base = format!("{}://{}", conn.scheme(), conn.host());
@@ -222,10 +222,12 @@ fn proof(
         "input_hash": request.input_hash,
         "output_hash": r.record.output_hash,
         "executor": r.record.executor,
-        "verification": mode,
+        "verification": model.mode,
         "proof": r.record.proof,
         "status": "executed",
-        "fee": request.max_fee.to_string(),
+        "units": r.record.units,
+        "fee": model.price(r.record.units).to_string(),
+        "max_fee": request.max_fee.to_string(),
         "grant_id": r.record.job.grant.as_ref().map(|g| g.grant.id(&s.domain)),
         "job_url": format!("{base}/v1/jobs/{}", r.job_id),
         "receipt_url": format!("{base}/v1/receipts/{}", r.job_id),
@@ -422,7 +424,7 @@ pub(crate) async fn chat_completions(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let (name, mode) = (entry.name.clone(), entry.mode);
+    let (name, terms) = (entry.name.clone(), entry.clone());
     let stream = body.stream == Some(true);
     let include_usage = body
         .stream_options
@@ -464,7 +466,7 @@ pub(crate) async fn chat_completions(
             "logprobs": openai_logprobs(&output["logprobs"]),
         }],
         "usage": usage(&output),
-        "proof": proof(&s, &req, &result, mode),
+        "proof": proof(&s, &req, &result, &terms),
     }))
 }
 
@@ -505,7 +507,7 @@ async fn stream_chat(
     input: String,
     include_usage: bool,
 ) -> HttpResponse {
-    let (name, mode) = (entry.name.clone(), entry.mode);
+    let (name, terms) = (entry.name.clone(), entry.clone());
     if !s.served.contains(&model) {
         return error_param(
             400,
@@ -577,7 +579,7 @@ async fn stream_chat(
                 let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::Null);
                 let finish = finish_reason(&output);
                 let mut last = chunk(json!({}), finish.into());
-                last["proof"] = proof(&proof_base.0, &proof_base.1, &r, mode);
+                last["proof"] = proof(&proof_base.0, &proof_base.1, &r, &terms);
                 send(&last);
                 if include_usage {
                     let mut u = chunk(json!({}), Value::Null);
@@ -737,7 +739,7 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         Ok(m) => m,
         Err(r) => return r,
     };
-    let (name, mode) = (entry.name.clone(), entry.mode);
+    let (name, terms) = (entry.name.clone(), entry.clone());
     // A `dimensions` other than the model's is refused before the job runs once this node has
     // seen one of the model's outputs; before that, after (and the job is charged).
     if let (Some(d), Some(known)) = (body.dimensions, known_dimensions(&model))
@@ -799,6 +801,6 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         "data": data,
         "model": name,
         "usage": {"prompt_tokens": output["input_tokens"], "total_tokens": output["input_tokens"]},
-        "proof": proof(&s, &req, &result, mode),
+        "proof": proof(&s, &req, &result, &terms),
     }))
 }

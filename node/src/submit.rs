@@ -161,9 +161,10 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
                     .and_then(|p| p.parse::<u128>().ok())
                     .with_context(|| format!("model has no {field}"))
             };
-            // The model's price for this input: per job plus per input byte.
+            // The most this input can cost: per job plus per unit of its bound (a
+            // generation's tokens are known once it has run; it is charged those).
             price("price_per_unit")?
-                .saturating_mul(input.len() as u128)
+                .saturating_mul(kernels::units_bound(input.as_bytes()) as u128)
                 .saturating_add(price("price_per_job")?)
         }
     };

@@ -104,7 +104,8 @@ pub async fn job(s: &AppState, req: &HttpRequest, body: Value) -> HttpResponse {
     let offer = Offer {
         payments: x.payments,
         model: *model_id,
-        amount: model.price(input.len()),
+        // The most the job can cost; what it does not use stays on the client's account.
+        amount: model.price(kernels::units_bound(input.as_bytes())),
         resource,
         max_timeout_seconds: x.max_timeout_seconds,
     };

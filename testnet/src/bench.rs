@@ -154,7 +154,6 @@ pub fn run(
         .id
         .parse()
         .map_err(|e| anyhow::anyhow!("model id: {e}"))?;
-    let price: u128 = model.price.parse()?;
     let input = std::fs::read_to_string(&model.example_input)?;
     // Streamed jobs: an OpenAI chat request of the example chat, paid by one API key, sent
     // to the nodes that run the model (the ones that stream).
@@ -210,6 +209,7 @@ pub fn run(
                 streamed.clone(),
             );
             let rss_tenths = rss_tenths.clone();
+            let info = model.clone();
             let pids: Vec<u32> = net.nodes.iter().map(|n| n.pid).collect();
             let domain = net.domain;
             std::thread::spawn(move || {
@@ -229,6 +229,7 @@ pub fn run(
                     let text = format!("{input}{}", " ".repeat(i % 7));
                     let t0 = Instant::now();
                     let outcome = (|| -> Result<Outcome> {
+                        let price = info.max_fee(&text)?;
                         if let Some((body, bearer)) = &streamed {
                             let url = format!("{node}/v1/chat/completions");
                             let (mut first, mut id, mut tokens, mut error) =

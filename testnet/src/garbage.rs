@@ -445,7 +445,7 @@ fn junk_proposal(seed: u64, junk: &Junk) -> Result<Vec<u8>> {
             Ok(chain::InferenceRecord::create(
                 job,
                 input.clone(),
-                chain::B256::ZERO,
+                (chain::B256::ZERO, input.len() as u64),
                 chain::Proof::Reexec,
                 &key,
                 &JUNK_DOMAIN,

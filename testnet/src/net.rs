@@ -45,15 +45,38 @@ pub struct ModelInfo {
     pub id: String,
     pub name: String,
     pub example_input: PathBuf,
+    /// Per job, OPG base units.
     pub price: String,
+    /// Per unit (a generation's tokens, other models' input bytes), OPG base units.
+    #[serde(default = "zero")]
+    pub price_per_unit: String,
     /// Verification mode: "reexec", "tee" or "tee+reexec".
     #[serde(default = "reexec")]
     pub mode: VerificationMode,
 }
 
+fn zero() -> String {
+    "0".into()
+}
+
+impl ModelInfo {
+    /// The most a job with `input` can cost: what a client signs as its `max_fee` (the ledger
+    /// charges the units the job took).
+    pub fn max_fee(&self, input: &str) -> Result<u128> {
+        let per_job: u128 = self.price.parse()?;
+        let per_unit: u128 = self.price_per_unit.parse()?;
+        Ok(per_unit
+            .saturating_mul(kernels::units_bound(input.as_bytes()) as u128)
+            .saturating_add(per_job))
+    }
+}
+
 fn reexec() -> VerificationMode {
     VerificationMode::Reexec
 }
+
+/// SmolLM2's price per prompt or completion token on the testnet (0.00001 OPG).
+pub const SMOLLM2_PRICE_PER_TOKEN: u128 = OPG / 100_000;
 
 /// The demo model whose records are proven by (simulated) SEV-SNP reports only.
 pub const TEE_MODEL: &str = "mlp-tee";
@@ -460,6 +483,12 @@ impl Testnet {
                 name: name.to_string(),
                 example_input: example,
                 price: price.to_string(),
+                // A generation pays per token too, so long answers cost more.
+                price_per_unit: if name == SMOLLM2 || name == SMOLLM2_TEE {
+                    SMOLLM2_PRICE_PER_TOKEN.to_string()
+                } else {
+                    "0".into()
+                },
                 mode: if name == TEE_MODEL || name == SMOLLM2_TEE {
                     VerificationMode::Tee
                 } else {
@@ -1153,7 +1182,7 @@ fn make_genesis(
                     name: m.name.clone(),
                     owner: keys.ecosystem,
                     price_per_job: m.price.parse()?,
-                    price_per_unit: 0,
+                    price_per_unit: m.price_per_unit.parse()?,
                     mode: m.mode,
                 })
             })

@@ -190,10 +190,11 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
     }
     .sign(&key, &net.domain)
     .unwrap();
+    let units = input.len() as u64;
     let record = chain::InferenceRecord::create(
         job,
         input.clone(),
-        truth,
+        (truth, units),
         chain::Proof::Reexec,
         &honest_key,
         &net.domain,
@@ -205,13 +206,32 @@ fn a_faulty_inference_node_is_caught_by_re_execution() {
         .unwrap()
         .ok()
         .unwrap();
-    for (recomputed, why) in [
-        (truth, "is what re-execution gives"),
-        (chain::B256::repeat_byte(0x5a), "re-execution gives"),
+    use chain::evidence::FraudClaim;
+    for (claim, why) in [
+        (
+            FraudClaim::Output { recomputed: truth },
+            "is what re-execution gives",
+        ),
+        (
+            FraudClaim::Output {
+                recomputed: chain::B256::repeat_byte(0x5a),
+            },
+            "re-execution gives",
+        ),
+        (
+            FraudClaim::Units { recomputed: units },
+            "units are what re-execution gives",
+        ),
+        (
+            FraudClaim::Units {
+                recomputed: units + 5,
+            },
+            "re-execution gives",
+        ),
     ] {
         let report = chain::Action::ReportFraud(Box::new(chain::evidence::FraudEvidence {
             record: record.clone(),
-            claim: chain::evidence::FraudClaim::Output { recomputed },
+            claim,
         }));
         for v in net.validators() {
             let e = testnet::economy::send(net, &v.http, &key, report.clone()).unwrap_err();

@@ -30,7 +30,6 @@ fn validators_reexecute_and_finalize_generation_jobs() {
         .unwrap()
         .clone();
     let model_id: ModelId = model.id.parse().unwrap();
-    let price: u128 = model.price.parse().unwrap();
     let key = net.client_key().unwrap();
     let local = kernels::Model::load(&common::smollm2_dir()).unwrap();
     let cpu = kernels::CpuBackend::new();
@@ -44,7 +43,16 @@ fn validators_reexecute_and_finalize_generation_jobs() {
     ];
     for (i, chat) in chats.iter().enumerate() {
         let input = chat.to_string();
-        let body = signed_job(&key, &net.domain, model_id, &input, price, base + i as u64).unwrap();
+        let max_fee = model.max_fee(&input).unwrap();
+        let body = signed_job(
+            &key,
+            &net.domain,
+            model_id,
+            &input,
+            max_fee,
+            base + i as u64,
+        )
+        .unwrap();
         let reply = client.post(&format!("{v0}/v1/jobs"), &body).unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
         let want = local.run(&cpu, input.as_bytes()).unwrap();
@@ -67,6 +75,12 @@ fn validators_reexecute_and_finalize_generation_jobs() {
         let id = reply.body["job_id"].as_str().unwrap();
         let done = client.wait_job(&v0, id, Duration::from_secs(120)).unwrap();
         assert_eq!(done["status"], "finalized", "{done}");
+        // Priced per token: the prompt's and the completion's, as the record counted them.
+        let units = (completion.prompt_tokens.len() + completion.tokens.len()) as u64;
+        assert_eq!(reply.body["units"], units, "{}", reply.body);
+        let per_job: u128 = model.price.parse().unwrap();
+        let fee = per_job + testnet::net::SMOLLM2_PRICE_PER_TOKEN * units as u128;
+        assert_eq!(done["fee"], fee.to_string(), "{done}");
         for node in net.validators() {
             let st = client
                 .wait_job(&node.http, id, Duration::from_secs(60))
@@ -88,7 +102,7 @@ fn validators_reexecute_and_finalize_generation_jobs() {
         &net.domain,
         tee.id.parse().unwrap(),
         &input,
-        tee.price.parse().unwrap(),
+        tee.max_fee(&input).unwrap(),
         base + 2,
     )
     .unwrap();
@@ -130,7 +144,7 @@ fn validators_reexecute_and_finalize_generation_jobs() {
                 &net.domain,
                 model_id,
                 input,
-                price,
+                model.max_fee(input).unwrap(),
                 base + 10 + i as u64,
             )
             .unwrap();

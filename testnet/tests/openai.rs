@@ -146,8 +146,27 @@ fn api_keys_pay_for_openai_requests() {
         .wait_job(&v0, &job_id, Duration::from_secs(120))
         .unwrap();
     assert_eq!(done["status"], "finalized", "{done}");
+    // Priced per token: the job's prompt and completion tokens, under the bound it reserved.
     let fee: u128 = proof["fee"].as_str().unwrap().parse().unwrap();
-    assert!(fee > 0);
+    let max_fee: u128 = proof["max_fee"].as_str().unwrap().parse().unwrap();
+    let per_job: u128 = net
+        .models
+        .iter()
+        .find(|m| m.name == testnet::net::SMOLLM2)
+        .unwrap()
+        .price
+        .parse()
+        .unwrap();
+    assert_eq!(
+        proof["units"].as_u64(),
+        Some(prompt + completion),
+        "{proof}"
+    );
+    assert_eq!(
+        fee,
+        per_job + testnet::net::SMOLLM2_PRICE_PER_TOKEN * (prompt + completion) as u128
+    );
+    assert!(fee < max_fee, "{proof}");
     assert_eq!(balance(&client, &v0, &payer), before - fee);
     let grant = client.get(&format!("{v0}/v1/grants/{grant_id}")).unwrap();
     assert_eq!(grant.body["spent"], fee.to_string(), "{}", grant.body);
@@ -392,8 +411,8 @@ fn api_keys_pay_for_openai_requests() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(balance(&client, &v0, &payer), settled);
 
-    // A key with a cap of one job: the second job is refused (402), not charged.
-    let capped = create(&fee.to_string(), "1h", &[testnet::net::SMOLLM2]);
+    // A key with a cap of one job's bound: the second job is refused (402), not charged.
+    let capped = create(&max_fee.to_string(), "1h", &[testnet::net::SMOLLM2]);
     let capped_key = capped["api_key"].as_str().unwrap();
     let r = post(&client, &url, &chat(24), capped_key);
     assert_eq!(r.status, 200, "{}", r.body);

@@ -1117,14 +1117,11 @@ fn settle_job(
         entry.reason = Some(format!("expired at {} (unix seconds)", req.expiry));
         return Ok(Some(entry));
     }
-    let price = model.price(record.input.len());
+    let price = model.price(record.units);
     if price > req.max_fee {
         entry.reason = Some(format!(
-            "the price {price} ({} per job + {} per byte × {} bytes) exceeds max_fee {}",
-            model.price_per_job,
-            model.price_per_unit,
-            record.input.len(),
-            req.max_fee
+            "the price {price} ({} per job + {} per unit × {} units) exceeds max_fee {}",
+            model.price_per_job, model.price_per_unit, record.units, req.max_fee
         ));
         return Ok(Some(entry));
     }
@@ -1525,6 +1522,13 @@ fn check_fraud(
             if *recomputed == record.output_hash {
                 return Err(format!(
                     "the record already claims {recomputed}: nothing differs"
+                ));
+            }
+        }
+        FraudClaim::Units { recomputed } => {
+            if *recomputed == record.units {
+                return Err(format!(
+                    "the record already claims {recomputed} units: nothing differs"
                 ));
             }
         }

@@ -44,7 +44,8 @@ pub struct Model {
     pub mode: VerificationMode,
     #[serde(with = "amount")]
     pub price_per_job: u128,
-    /// Per byte of input.
+    /// Per unit of a job ([`crate::InferenceRecord::units`]): per prompt and completion token
+    /// of a generating model, per input byte of the others.
     #[serde(with = "amount")]
     pub price_per_unit: u128,
     /// Governance can deactivate a model: its jobs are then refused.
@@ -52,10 +53,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// The fee of a job with `input_len` bytes of input (saturating: a price no client can pay).
-    pub fn price(&self, input_len: usize) -> u128 {
+    /// The fee of a job of `units` units (saturating: a price no client can pay).
+    pub fn price(&self, units: u64) -> u128 {
         self.price_per_unit
-            .saturating_mul(input_len as u128)
+            .saturating_mul(units as u128)
             .saturating_add(self.price_per_job)
     }
 }

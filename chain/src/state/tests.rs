@@ -53,6 +53,17 @@ fn job_with(
     client_idx: u64,
     input: String,
 ) -> InferenceRecord {
+    let units = input.len() as u64;
+    job_units(g, (nonce, max_fee, client_idx), input, units)
+}
+
+/// A job record of client `client_idx` that the executor prices at `units`.
+fn job_units(
+    g: &Genesis,
+    (nonce, max_fee, client_idx): (u64, u128, u64),
+    input: String,
+    units: u64,
+) -> InferenceRecord {
     let client = key(client_idx);
     let exec = key(20);
     let req = JobRequest {
@@ -66,7 +77,7 @@ fn job_with(
     InferenceRecord::create(
         req.sign(&client, &g.domain()).unwrap(),
         input,
-        B256::repeat_byte(3),
+        (B256::repeat_byte(3), units),
         Proof::Reexec,
         &exec,
         &g.domain(),
@@ -253,7 +264,8 @@ fn job_fee_is_split_and_supply_conserved() {
     assert_eq!(vals, price * 2 / 10);
 }
 
-/// A model's price has a per-job and a per-byte part: a 64 KiB input costs more.
+/// A model's price has a per-job and a per-unit part: a 64 KiB input costs more, and a
+/// generation costs its tokens.
 #[test]
 fn job_price_grows_with_the_input() {
     let mut g = quiet();
@@ -277,9 +289,20 @@ fn job_price_grows_with_the_input() {
     assert_eq!(c.jobs[0].status, JobStatus::Failed);
     let reason = c.jobs[0].reason.clone().unwrap();
     assert!(
-        reason.contains("per byte") && reason.contains("1000 bytes"),
+        reason.contains("per unit") && reason.contains("1000 units"),
         "{reason}"
     );
+    // A generation is priced by the tokens its record counts (prompt and completion), not
+    // by its input's bytes; up to the bound its input allows.
+    let chat = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#.to_string();
+    let generated = job_units(&g, (4, u128::MAX, 10), chat.clone(), 130);
+    let c = next(&mut l, &g, vec![generated], vec![]);
+    assert_eq!(c.jobs[0].fee, per_job + 130 * 10u128.pow(12));
+    let bound = kernels::units_bound(chat.as_bytes());
+    assert_eq!(bound, chat.len() as u64 + kernels::TEMPLATE_ALLOWANCE + 100);
+    let past = job_units(&g, (5, u128::MAX, 10), chat, bound + 1);
+    let e = past.verify_signatures(&g.domain()).unwrap_err().to_string();
+    assert!(e.contains("at most"), "{e}");
 }
 
 #[test]
@@ -702,7 +725,7 @@ fn inference_nodes_register_serve_and_stop_when_unbonded() {
     let r = InferenceRecord::create(
         job(&g, 1, u128::MAX, 10).job,
         "{\"n\":1}".into(),
-        B256::repeat_byte(3),
+        (B256::repeat_byte(3), 7),
         Proof::Reexec,
         &key(60),
         &g.domain(),
@@ -717,7 +740,7 @@ fn inference_nodes_register_serve_and_stop_when_unbonded() {
     let r = InferenceRecord::create(
         job(&g, 2, u128::MAX, 10).job,
         "{\"n\":2}".into(),
-        B256::repeat_byte(3),
+        (B256::repeat_byte(3), 7),
         Proof::Reexec,
         &key(60),
         &g.domain(),
@@ -1752,6 +1775,28 @@ fn fraud(record: InferenceRecord, claim: crate::evidence::FraudClaim) -> Action 
     Action::ReportFraud(Box::new(crate::evidence::FraudEvidence { record, claim }))
 }
 
+/// A record with the true output but miscounted units, proven by re-execution (the claim's
+/// units): its executor is slashed and jailed as for a false output.
+#[test]
+fn a_miscounted_record_is_slashed() {
+    use crate::evidence::FraudClaim;
+    let g = busy();
+    let mut l = Ledger::from_genesis(&g);
+    let node = key(20).address();
+    let bonded = l.account(&node).bonded;
+    let input = "{\"n\":1}".to_string();
+    let record = job_units(&g, (1, u128::MAX, 10), input, 3);
+    ok(run(
+        &mut l,
+        &g,
+        30,
+        fraud(record, FraudClaim::Units { recomputed: 7 }),
+    ));
+    let bps = g.params.slash_fraud_bps as u128;
+    assert_eq!(l.account(&node).bonded, bonded - bonded * bps / 10_000);
+    assert!(l.registry().nodes[&node].jailed_until.is_some());
+}
+
 /// A false record, proven: its executor loses `slash_fraud_bps` of its stake to the community
 /// pool and is jailed (its records are refused from then on); the same proof again, a second
 /// false record while jailed, a claim that changes nothing, an unsigned record and a
@@ -1790,6 +1835,20 @@ fn a_false_record_is_slashed_and_jails_its_node() {
         "does not check",
     );
     fails(
+        run(
+            &mut l,
+            &g,
+            30,
+            fraud(
+                record.clone(),
+                FraudClaim::Units {
+                    recomputed: record.units,
+                },
+            ),
+        ),
+        "nothing differs",
+    );
+    fails(
         run(&mut l, &g, 30, fraud(record.clone(), FraudClaim::TeeProof)),
         "requires no TEE proof",
     );
@@ -1820,7 +1879,7 @@ fn a_false_record_is_slashed_and_jails_its_node() {
     let stranger = InferenceRecord::create(
         record.job.clone(),
         record.input.clone(),
-        B256::repeat_byte(9),
+        (B256::repeat_byte(9), record.units),
         Proof::Reexec,
         &key(77),
         &g.domain(),
@@ -2123,11 +2182,12 @@ fn granted_job(
         nonce,
         expiry: 4_000_000_000,
     };
+    let units = input.len() as u64;
     InferenceRecord::create(
         req.sign_granted(delegate, grant.clone(), &g.domain())
             .unwrap(),
         input,
-        B256::repeat_byte(3),
+        (B256::repeat_byte(3), units),
         Proof::Reexec,
         &key(20),
         &g.domain(),

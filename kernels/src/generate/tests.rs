@@ -281,3 +281,38 @@ fn logprobs_report_the_chosen_and_the_most_likely_tokens() {
         assert!(err.contains("top_logprobs"), "{bad}: {err}");
     }
 }
+
+/// A job's priced units never pass the bound known before it runs, whatever the messages
+/// (short, escaped, multi-byte, with and without a system message: the template's default
+/// one counts against the allowance), and other inputs are priced by their bytes.
+#[test]
+fn units_stay_within_their_bound() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    let chats = [
+        user(""),
+        user("a"),
+        user("\n\n\t\"\\"),
+        user("héllo wörld — ✓ 12345 <|im_end|>"),
+        serde_json::json!([{"role": "system", "content": ""}, {"role": "user", "content": "x"}]),
+        serde_json::json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]),
+    ];
+    for messages in chats {
+        for max_tokens in [1, 7] {
+            let input = serde_json::json!({"messages": messages, "max_tokens": max_tokens, "temperature": 1.0, "seed": 3}).to_string();
+            let req = GenerateRequest::parse(input.as_bytes()).unwrap();
+            let c = generate(&model, &backend, &req, &mut |_| true).unwrap();
+            let output = crate::Output::completion(c.clone());
+            let units = output.units(input.len());
+            assert_eq!(units, (c.prompt_tokens.len() + c.tokens.len()) as u64);
+            let bound = units_bound(input.as_bytes());
+            assert!(
+                units <= bound && bound <= input.len() as u64 + TEMPLATE_ALLOWANCE + max_tokens,
+                "{input}: {units} units, bound {bound}"
+            );
+        }
+    }
+    let texts = br#"{"texts": ["hi"]}"#;
+    assert_eq!(units_bound(texts), texts.len() as u64);
+    assert_eq!(units_bound(b"\xff garbage"), 9);
+}

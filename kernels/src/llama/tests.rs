@@ -401,6 +401,11 @@ fn malformed_models_name_the_problem() {
         }
     };
     assert!(rebuild(&unset("tokenizer.chat_template")).contains("not ChatML"));
+    // A default system message longer than jobs are priced for.
+    let long_system = format!("<|im_start|>system\n{}<|im_end|>\n", "x".repeat(236));
+    assert!(
+        rebuild(&set("tokenizer.chat_template", Value::String(long_system))).contains("257 tokens")
+    );
     assert!(rebuild(&unset("llama.context_length")).contains("llama.context_length is missing"));
     let extra = |_: &mut Meta, t: &mut Tensors| {
         t.push((
