@@ -23,7 +23,9 @@ use chain::{Account, Address, Block, CommitCertificate, InferenceRecord, SignedV
 
 use crate::consensus::inbox::{FutureBuffer, Place, Position};
 use crate::mempool::TxPool;
-use crate::protocol::{self, ConsensusMsg, JobCall, JobReply, SyncReply, SyncRequest};
+use crate::protocol::{
+    self, ConsensusMsg, JobCall, JobReply, ModelReply, ModelRequest, SyncReply, SyncRequest,
+};
 
 const CHAIN: chain::signing::Domain = chain::signing::Domain {
     chain_id: 5,
@@ -144,10 +146,12 @@ pub enum Target {
     JobReply,
     SyncRequest,
     SyncReply,
+    ModelRequest,
+    ModelReply,
 }
 
 impl Target {
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 10] = [
         Target::Record,
         Target::Tx,
         Target::Consensus,
@@ -156,6 +160,8 @@ impl Target {
         Target::JobReply,
         Target::SyncRequest,
         Target::SyncReply,
+        Target::ModelRequest,
+        Target::ModelReply,
     ];
 
     pub fn from_name(name: &str) -> Option<Target> {
@@ -172,6 +178,8 @@ impl Target {
             Target::JobReply => "job_reply",
             Target::SyncRequest => "sync_request",
             Target::SyncReply => "sync_reply",
+            Target::ModelRequest => "model_request",
+            Target::ModelReply => "model_reply",
         }
     }
 
@@ -235,6 +243,20 @@ impl Target {
                     world.blocks(&blocks);
                 }
             }
+            Target::ModelRequest => {
+                if let Ok(ModelRequest::Chunk { file, .. }) =
+                    protocol::decode::<ModelRequest>(bytes, protocol::MAX_MODEL_REQUEST_BYTES)
+                {
+                    let _ = kernels::MODEL_FILES.contains(&file.as_str());
+                }
+            }
+            Target::ModelReply => {
+                if let Ok(ModelReply::Manifest(m)) =
+                    protocol::decode::<ModelReply>(bytes, protocol::MAX_MODEL_REPLY_BYTES)
+                {
+                    let _ = kernels::Manifest::parse(&m);
+                }
+            }
         }
     }
 }
@@ -251,6 +273,8 @@ fn seeds(target: Target, key: &chain::PrivateKeySigner) -> Vec<Vec<u8>> {
         Target::JobReply => s.job_replies().iter().map(protocol::encode).collect(),
         Target::SyncRequest => vec![protocol::encode(&SyncRequest { from: 1, to: 64 })],
         Target::SyncReply => s.sync_replies().iter().map(protocol::encode).collect(),
+        Target::ModelRequest => s.model_requests().iter().map(protocol::encode).collect(),
+        Target::ModelReply => s.model_replies().iter().map(protocol::encode).collect(),
     }
 }
 

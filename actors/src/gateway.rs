@@ -146,6 +146,8 @@ pub struct Gateway {
     settlement: Addr<Settlement>,
     inference: Option<Addr<Inference>>,
     local_models: Vec<kernels::ModelId>,
+    /// The same list, as the HTTP API reads it.
+    served: crate::hub::Served,
     /// This node's account, when it runs inference: jobs run here only while the chain lets
     /// it serve (registered, bonded, not jailed).
     local_executor: Option<Address>,
@@ -155,6 +157,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The models this node's inference serves, kept current as models are fetched.
+    pub fn served(&self) -> crate::hub::Served {
+        self.served.clone()
+    }
+
     pub fn new(
         admission: chain::Admission,
         network: Addr<Network>,
@@ -171,6 +178,7 @@ impl Gateway {
             network,
             settlement,
             inference,
+            served: crate::hub::Served::new(local_models.clone()),
             local_models,
             local_executor: None,
             capabilities: HashMap::new(),
@@ -671,6 +679,27 @@ impl Handler<KnownExecutors> for Gateway {
     fn handle(&mut self, msg: KnownExecutors, _: &mut Self::Context) -> usize {
         let local = usize::from(self.inference.is_some() && self.local_models.contains(&msg.0));
         local + self.executors(&msg.0).len()
+    }
+}
+
+impl Handler<crate::hub::ServeModel> for Gateway {
+    type Result = ResponseActFuture<Self, ()>;
+    /// A model fetched from peers: this node's inference serves it if it may, and jobs for it
+    /// are then routed here.
+    fn handle(&mut self, msg: crate::hub::ServeModel, _: &mut Self::Context) -> Self::Result {
+        let Some(inf) = self.inference.clone() else {
+            return Box::pin(actix::fut::ready(()));
+        };
+        let work = async move {
+            inf.send(msg).await.ok()?;
+            inf.send(crate::inference::ServedModels).await.ok()
+        };
+        Box::pin(work.into_actor(self).map(|served, act, _| {
+            if let Some(served) = served {
+                act.served.set(served.clone());
+                act.local_models = served;
+            }
+        }))
     }
 }
 

@@ -125,17 +125,7 @@ impl Inference {
         let served = models
             .ids()
             .into_iter()
-            .filter(|id| {
-                let tee = live
-                    .registry
-                    .models
-                    .get(id)
-                    .is_some_and(|m| m.mode.needs_tee());
-                if tee && attestation.is_none() {
-                    tracing::warn!(model = %id, "model requires a TEE proof and this node has no TEE ([attestation] tee = \"none\"): not serving it");
-                }
-                !tee || attestation.is_some()
-            })
+            .filter(|id| can_serve(&live.registry, id, attestation.is_some()))
             .collect();
         Inference {
             admission,
@@ -529,6 +519,32 @@ impl Handler<RunJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
     fn handle(&mut self, msg: RunJob, _: &mut Self::Context) -> Self::Result {
         self.run(msg.0, None, msg.1)
+    }
+}
+
+/// Whether this node may serve `id`: a model whose mode needs a TEE proof needs a TEE.
+fn can_serve(registry: &chain::state::Registry, id: &kernels::ModelId, tee: bool) -> bool {
+    let needs_tee = registry.models.get(id).is_some_and(|m| m.mode.needs_tee());
+    if needs_tee && !tee {
+        tracing::warn!(model = %id, "model requires a TEE proof and this node has no TEE ([attestation] tee = \"none\"): not serving it");
+    }
+    !needs_tee || tee
+}
+
+impl Handler<crate::hub::ServeModel> for Inference {
+    type Result = ();
+    /// A model fetched from peers: served from now on (and advertised), as one found on disk
+    /// at start would be.
+    fn handle(&mut self, msg: crate::hub::ServeModel, _: &mut Self::Context) {
+        let id = msg.0;
+        let live = self.admission.registrations();
+        if self.models.get(&id).is_some()
+            && !self.served.contains(&id)
+            && can_serve(&live.registry, &id, self.attestation.is_some())
+        {
+            self.served.push(id);
+            self.advertise();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod bridge;
 pub mod consensus;
 pub mod gateway;
+pub mod hub;
 pub mod inference;
 pub mod mempool;
 pub mod metrics;

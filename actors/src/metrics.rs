@@ -62,6 +62,16 @@ pub struct Metrics {
     pub bridge_deposits_sent: IntCounter,
     /// Deposit checks against the EVM by result: `ok`, `false`, `unable`.
     pub bridge_deposit_checks: IntCounterVec,
+    /// Model file bytes received from peers and kept (verified).
+    pub model_fetch_bytes: IntCounter,
+    /// Model fetches by outcome: `ok`, `failed`.
+    pub model_fetches: IntCounterVec,
+    /// Whole model fetches, first request to loaded.
+    pub model_fetch_seconds: Histogram,
+    /// Manifests or files from a provider that did not hash to what they should, by what.
+    pub model_bad_parts: IntCounterVec,
+    /// Model file bytes this node sent to peers.
+    pub model_served_bytes: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -300,6 +310,34 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "bridge_deposit_checks_total",
             "bridge deposits checked against this node's EVM RPC, by result (ok, false, unable)",
             &["result"],
+        ),
+        model_fetch_bytes: counter(
+            &r,
+            "model_fetch_bytes_total",
+            "model file bytes fetched from peers and verified",
+        ),
+        model_fetches: counter_vec(
+            &r,
+            "model_fetches_total",
+            "models fetched over the mesh (ok) or given up on (failed)",
+            &["outcome"],
+        ),
+        model_fetch_seconds: histogram(
+            &r,
+            "model_fetch_seconds",
+            "time to fetch, verify and load a model from peers",
+            vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+        ),
+        model_bad_parts: counter_vec(
+            &r,
+            "model_bad_parts_total",
+            "manifests or files from a provider that did not hash to what they should",
+            &["part"],
+        ),
+        model_served_bytes: counter(
+            &r,
+            "model_served_bytes_total",
+            "model file bytes sent to peers",
         ),
         registry: r,
     }

@@ -1,43 +1,74 @@
-//! The set of models a node has on disk, loaded once and shared read-only by the actors that
-//! run them (Inference executes, Verifier re-executes).
+//! The set of models a node has on disk, shared by the actors that run them (Inference
+//! executes, Verifier re-executes) and the model hub (which serves their files to peers and
+//! adds the models it fetches).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use kernels::{Model, ModelId};
 
-/// Loaded models by id. Immutable after loading, so sharing it between actors shares no state.
+/// A loaded model and where its files are (a directory, or a `.gguf` file).
+struct Entry {
+    model: Arc<Model>,
+    path: PathBuf,
+}
+
+/// Loaded models by id. Models are only added (a fetched model), never changed: a model's
+/// `Arc` is the same for as long as the node runs.
 #[derive(Clone, Default)]
-pub struct Models(Arc<BTreeMap<ModelId, Arc<Model>>>);
+pub struct Models(Arc<RwLock<BTreeMap<ModelId, Entry>>>);
 
 impl Models {
     /// Loads every subdirectory of `dir` that holds a `config.json` or a `model.gguf`, and
     /// every `*.gguf` file in it. A missing `dir` is no models.
     pub fn load_dir(dir: &Path) -> Result<Models, kernels::Error> {
-        let mut map = BTreeMap::new();
+        let models = Models::default();
         let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(Models::default());
+            return Ok(models);
         };
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         for p in paths {
+            // `.fetch-…` and `.name.partial`: files being written, not models yet.
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
             let gguf_file = p.is_file() && p.extension().is_some_and(|e| e == "gguf");
             if p.join("config.json").is_file() || p.join("model.gguf").is_file() || gguf_file {
                 let m = Model::load(&p)?;
                 tracing::info!(model = %m.id(), name = m.name(), path = %p.display(), "model loaded");
-                map.insert(m.id(), Arc::new(m));
+                models.insert(m, p);
             }
         }
-        Ok(Models(Arc::new(map)))
+        Ok(models)
+    }
+
+    /// Adds a model loaded from `path` (a second model with the same id is ignored).
+    pub fn insert(&self, model: Model, path: PathBuf) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(model.id()).or_insert(Entry {
+            model: Arc::new(model),
+            path,
+        });
     }
 
     pub fn get(&self, id: &ModelId) -> Option<Arc<Model>> {
-        self.0.get(id).cloned()
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(id).map(|e| e.model.clone())
+    }
+
+    /// Where a model's files are: a directory, or a `.gguf` file.
+    pub fn path(&self, id: &ModelId) -> Option<PathBuf> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(id).map(|e| e.path.clone())
     }
 
     pub fn ids(&self) -> Vec<ModelId> {
-        self.0.keys().copied().collect()
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().copied().collect()
     }
 }
 

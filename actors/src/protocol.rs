@@ -28,6 +28,8 @@ pub mod topics {
 /// Request-response protocol names.
 pub const JOB_PROTOCOL: &str = "/proofmesh/job/1";
 pub const SYNC_PROTOCOL: &str = "/proofmesh/sync/1";
+/// A model's manifest and files by model id, in chunks (request-response).
+pub const MODEL_PROTOCOL: &str = "/proofmesh/model/1";
 /// Kademlia protocol name (our own DHT, not the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/proofmesh/kad/1.0.0";
 
@@ -43,6 +45,12 @@ pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 pub const MAX_SYNC_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Blocks per sync response at most.
 pub const MAX_SYNC_BLOCKS: u64 = 64;
+/// Bytes of a model file one `/proofmesh/model/1` reply carries at most.
+pub const MODEL_CHUNK_BYTES: usize = 1 << 20;
+/// A model request (an id, a file name, an offset) is small.
+pub const MAX_MODEL_REQUEST_BYTES: usize = 1024;
+/// A chunk and its envelope.
+pub const MAX_MODEL_REPLY_BYTES: usize = MODEL_CHUNK_BYTES + 4096;
 
 /// Wire decode failure.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +213,34 @@ pub struct SyncRequest {
 pub enum SyncReply {
     Blocks(Vec<(Block, CommitCertificate)>),
     Error(String),
+}
+
+/// `/proofmesh/model/1` request: a model's manifest, or a chunk of one of its files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelRequest {
+    Manifest(ModelId),
+    /// Up to [`MODEL_CHUNK_BYTES`] of `file` (a name in the manifest) from `offset`.
+    Chunk {
+        model: ModelId,
+        file: String,
+        offset: u64,
+    },
+}
+
+/// `/proofmesh/model/1` response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelReply {
+    /// The manifest's bytes (its keccak is the model id).
+    Manifest(#[serde(with = "chain::types::bytes_hex")] Vec<u8>),
+    /// The file's size and its bytes from the requested offset (the whole rest of the file,
+    /// or [`MODEL_CHUNK_BYTES`] of it).
+    Chunk {
+        size: u64,
+        #[serde(with = "chain::types::bytes_hex")]
+        data: Vec<u8>,
+    },
+    /// This node does not have it (or cannot read it).
+    NotFound(String),
 }
 
 /// Decodes a record gossip payload.
@@ -425,6 +461,34 @@ pub(crate) mod samples {
             ]
         }
 
+        pub fn model_requests(&self) -> Vec<ModelRequest> {
+            vec![
+                ModelRequest::Manifest(ModelId([3; 32])),
+                ModelRequest::Chunk {
+                    model: ModelId([3; 32]),
+                    file: "model.gguf".into(),
+                    offset: 1 << 20,
+                },
+            ]
+        }
+
+        pub fn model_replies(&self) -> Vec<ModelReply> {
+            vec![
+                ModelReply::Manifest(
+                    format!(
+                        "{{\"files\":[{{\"name\":\"model.gguf\",\"keccak\":\"0x{}\"}}]}}",
+                        "ab".repeat(32)
+                    )
+                    .into_bytes(),
+                ),
+                ModelReply::Chunk {
+                    size: 10,
+                    data: vec![1, 2, 3],
+                },
+                ModelReply::NotFound("no such model here".into()),
+            ]
+        }
+
         pub fn sync_replies(&self) -> Vec<SyncReply> {
             vec![
                 SyncReply::Blocks(vec![(self.block.clone(), self.certificate.clone())]),
@@ -595,6 +659,26 @@ mod tests {
                 }
             }
         }
+        for request in s.model_requests() {
+            match &request {
+                ModelRequest::Manifest(_) | ModelRequest::Chunk { .. } => {
+                    round_trip(&request, |b| {
+                        decode::<ModelRequest>(b, MAX_MODEL_REQUEST_BYTES)
+                    })
+                }
+            }
+        }
+        let full = ModelReply::Chunk {
+            size: 1 << 30,
+            data: vec![7; MODEL_CHUNK_BYTES],
+        };
+        for reply in s.model_replies().into_iter().chain([full]) {
+            match &reply {
+                ModelReply::Manifest(_) | ModelReply::Chunk { .. } | ModelReply::NotFound(_) => {
+                    round_trip(&reply, |b| decode::<ModelReply>(b, MAX_MODEL_REPLY_BYTES))
+                }
+            }
+        }
     }
 
     #[test]
@@ -623,6 +707,8 @@ mod tests {
                     assert!(decode::<JobReply>(b, MAX_JOB_BYTES).is_err());
                     assert!(decode::<SyncRequest>(b, 1024).is_err() || b.len() == 18);
                     assert!(decode::<SyncReply>(b, MAX_SYNC_RESPONSE_BYTES).is_err());
+                    assert!(decode::<ModelRequest>(b, MAX_MODEL_REQUEST_BYTES).is_err());
+                    assert!(decode::<ModelReply>(b, MAX_MODEL_REPLY_BYTES).is_err());
                 }
             }
         }

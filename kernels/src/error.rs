@@ -10,6 +10,10 @@ pub enum Error {
     #[error("missing model file {path}")]
     MissingFile { path: PathBuf },
 
+    /// A model manifest (from a peer) is not one this build writes.
+    #[error("bad model manifest: {reason}")]
+    BadManifest { reason: String },
+
     /// A file exists but could not be read (permissions, I/O error, not a regular file).
     #[error("cannot read or write {path}: {source}")]
     Io {

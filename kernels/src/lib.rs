@@ -57,8 +57,8 @@ pub use id::{ModelId, keccak256};
 pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
 pub use mlp::{MlpSpec, write_seeded_mlp};
 pub use model::{
-    MAX_CONFIG_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES, MODEL_FILES, Model, Output,
-    OutputKind, manifest,
+    MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES,
+    MODEL_FILES, Manifest, ManifestFile, Model, Output, OutputKind, manifest,
 };
 pub use rope::RopeTable;
 pub use sample::{LogSoftmax, Sampling, argmax, logprob, top_tokens};

@@ -686,6 +686,104 @@ fn manifest_bytes(files: Vec<ManifestEntry<'_>>) -> (Vec<u8>, ModelId) {
     (bytes, id)
 }
 
+/// Longest manifest accepted from a peer (six files: well under 1 KiB).
+pub const MAX_MANIFEST_BYTES: usize = 4096;
+
+/// One file of a [`Manifest`]: its name in the model directory, the keccak256 of its bytes,
+/// and the most bytes it may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub name: &'static str,
+    pub keccak: [u8; 32],
+    pub limit: u64,
+}
+
+/// A model's manifest, parsed and checked: what a node that fetches a model by id checks
+/// each file it receives against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// keccak256 of the manifest's bytes.
+    pub id: ModelId,
+    pub files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    /// Parses manifest bytes from anywhere (a peer): only the canonical form [`manifest`]
+    /// writes is accepted (so the id is the one of the files it lists), with known file names
+    /// in order, a set of files a model can load from, and at most [`MAX_MANIFEST_BYTES`].
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, Error> {
+        let bad = |reason: String| Error::BadManifest { reason };
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(bad(format!(
+                "{} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            )));
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            name: String,
+            keccak: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Json {
+            files: Vec<Entry>,
+        }
+        let json: Json =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a manifest: {e}")))?;
+        let mut files = Vec::with_capacity(json.files.len());
+        for e in &json.files {
+            let Some(&name) = MODEL_FILES.iter().find(|n| **n == e.name) else {
+                return Err(bad(format!("unknown model file {:?}", e.name)));
+            };
+            let keccak =
+                e.keccak.parse::<ModelId>().map(|k| k.0).map_err(|_| {
+                    bad(format!("{name}: keccak {:?} is not 0x + 64 hex", e.keccak))
+                })?;
+            let limit = match name {
+                WEIGHTS_FILE | GGUF_FILE => MAX_WEIGHTS_BYTES,
+                TOKENIZER_FILE => MAX_TOKENIZER_BYTES,
+                _ => MAX_CONFIG_BYTES,
+            };
+            files.push(ManifestFile {
+                name,
+                keccak,
+                limit,
+            });
+        }
+        let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+        if !names.windows(2).all(|w| w[0] < w[1]) {
+            return Err(bad(format!(
+                "files {names:?} are not in canonical form (sorted by name, once each)"
+            )));
+        }
+        let loadable = names == [GGUF_FILE]
+            || (names.contains(&CONFIG_FILE)
+                && names.contains(&WEIGHTS_FILE)
+                && !names.contains(&GGUF_FILE));
+        if !loadable {
+            return Err(bad(format!(
+                "files {names:?}: a model is model.gguf alone, or config.json and model.safetensors (and optional tokenizer files)"
+            )));
+        }
+        let entries = files
+            .iter()
+            .map(|f| ManifestEntry {
+                name: f.name,
+                keccak: hex32(&f.keccak),
+            })
+            .collect();
+        let (canonical, id) = manifest_bytes(entries);
+        if canonical != bytes {
+            return Err(bad(
+                "not in canonical form (files sorted by name, once each, compact JSON)".into(),
+            ));
+        }
+        Ok(Manifest { id, files })
+    }
+}
+
 /// The canonical manifest of the model in `dir` and the [`ModelId`] it defines.
 ///
 /// The manifest is compact JSON listing each model file that is present — `config.json` and

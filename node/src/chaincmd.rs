@@ -111,6 +111,17 @@ pub enum ModelCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Ask the node at --node (on this machine: an admin endpoint) to fetch a model by id or
+    /// registered name from the peers that provide it; every file is checked against the id's
+    /// manifest before the node loads and serves it. Prints what was moved.
+    Fetch {
+        model: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Seconds to wait for the fetch.
+        #[arg(long, default_value = "900")]
+        timeout: u64,
+    },
     /// Register the model in DIR (it must load here: config, weights and tokenizer); the key's
     /// account becomes its owner.
     Register {
@@ -119,7 +130,8 @@ pub enum ModelCommand {
         name: Option<String>,
         #[arg(long, value_parser = parse_amount)]
         price_per_job: u128,
-        /// Per byte of input.
+        /// Per unit: per prompt and completion token of a generating model, per input byte of
+        /// the others.
         #[arg(long, value_parser = parse_amount, default_value = "0")]
         price_per_unit: u128,
         /// reexec, tee or tee+reexec.
@@ -369,6 +381,11 @@ fn model_add(path: &Path, home: &Path, name: Option<String>) -> Result<()> {
 pub fn model(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Add { path, home, name } => model_add(&path, &home, name),
+        ModelCommand::Fetch {
+            model,
+            node,
+            timeout,
+        } => model_fetch(&model, &node, timeout),
         ModelCommand::Register {
             dir,
             name,
@@ -378,6 +395,37 @@ pub fn model(cmd: ModelCommand) -> Result<()> {
             tx,
         } => model_register(dir, name, (price_per_job, price_per_unit), mode, &tx),
     }
+}
+
+fn model_fetch(model: &str, node: &str, timeout: u64) -> Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(timeout)))
+        .build()
+        .into();
+    let node = node.trim_end_matches('/');
+    let (status, body) = crate::submit::post(
+        &agent,
+        &format!("{node}/v1/admin/models/{model}/fetch"),
+        &serde_json::json!({}),
+    )?;
+    if status != 200 {
+        return Err(crate::submit::api_error(status, &body));
+    }
+    let mib = body["bytes"].as_f64().unwrap_or(0.0) / f64::from(1 << 20);
+    let secs = body["seconds"].as_f64().unwrap_or(0.0);
+    if body["already_held"] == true {
+        eprintln!("the node holds model {} already", body["model_id"]);
+    } else {
+        eprintln!(
+            "fetched {mib:.1} MiB in {secs:.1} s ({:.1} MiB/s) from {} provider(s); {} part(s) refused",
+            mib / secs.max(1e-3),
+            body["providers"],
+            body["rejected_parts"]
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
 }
 
 fn model_register(

@@ -163,6 +163,12 @@ pub struct InferenceSection {
     pub verify_threads: usize,
     /// Testnet fault injection: sign wrong output hashes. Never set this on a real node.
     pub faulty: bool,
+    /// Fetch the registered models missing from `models_dir` from the peers that provide
+    /// them (`/proofmesh/model/1`), each file checked against the model id's manifest.
+    pub fetch_models: bool,
+    /// Testnet fault injection: serve model files to peers with a byte flipped in each chunk.
+    /// Never set this on a real node.
+    pub corrupt_model_files: bool,
 }
 
 /// Which TEE proves this inference node's runs.
@@ -312,6 +318,8 @@ impl Default for InferenceSection {
             threads: 0,
             verify_threads: 0,
             faulty: false,
+            fetch_models: true,
+            corrupt_model_files: false,
         }
     }
 }

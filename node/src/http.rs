@@ -39,7 +39,10 @@ pub struct AppState {
     pub peer_id: String,
     pub address: Address,
     pub roles: Vec<String>,
-    pub served: Vec<kernels::ModelId>,
+    /// The models this node's inference serves (models fetched from peers join it).
+    pub served: actors::hub::Served,
+    /// The model hub, on nodes that hold models (validators and inference nodes).
+    pub hub: Option<Addr<actors::hub::Hub>>,
     /// How long a client may take to send a request body, from the end of its headers.
     pub body_timeout: Duration,
     /// x402 payments, when this node takes them ([evm] and a genesis with `evm`).
@@ -117,6 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/v1/withdrawals/{hash}").to(get_withdrawal))
         .service(get("/v1/x402/supported").to(x402_supported))
         .service(get("/v1/evidence").to(evidence))
+        .service(post("/v1/admin/models/{model}/fetch").to(fetch_model))
         .service(post("/v1/admin/peers/{peer}/block").to(block_peer))
         .service(post("/v1/admin/peers/{peer}/unblock").to(unblock_peer))
         .default_service(web::to(|| async {
@@ -299,7 +303,7 @@ async fn status(s: S) -> HttpResponse {
             "chainId": s.domain.chain_id,
             "salt": s.domain.salt,
         },
-        "served_models": s.served,
+        "served_models": s.served.list(),
     }))
 }
 
@@ -682,6 +686,19 @@ async fn get_grant(s: S, path: web::Path<String>) -> HttpResponse {
     }
 }
 
+/// The registered model `wanted` names, by id (`0x…`) or by name.
+fn registered_model<'a>(
+    state: &'a ChainState,
+    wanted: &str,
+) -> Option<(&'a chain::ModelId, &'a chain::state::Model)> {
+    let by_id = wanted.parse::<chain::ModelId>().ok();
+    state
+        .registry
+        .models
+        .iter()
+        .find(|(id, m)| Some(**id) == by_id || m.name == wanted)
+}
+
 /// One registered model, by id or name.
 async fn model(s: S, path: web::Path<String>) -> HttpResponse {
     let state = match chain_state(&s).await {
@@ -689,13 +706,7 @@ async fn model(s: S, path: web::Path<String>) -> HttpResponse {
         Err(r) => return r,
     };
     let wanted = path.into_inner();
-    let by_id = wanted.parse::<chain::ModelId>().ok();
-    let found = state
-        .registry
-        .models
-        .iter()
-        .find(|(id, m)| Some(**id) == by_id || m.name == wanted);
-    match found {
+    match registered_model(&state, &wanted) {
         Some((id, m)) => HttpResponse::Ok().json(model_entry(&s, id, m).await),
         None => error_param(
             404,
@@ -995,6 +1006,61 @@ async fn block_peer(s: S, req: HttpRequest, path: web::Path<String>) -> HttpResp
 
 async fn unblock_peer(s: S, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     set_blocked(&s, &req, &path, false).await
+}
+
+/// Operator only (the request must come from this machine): fetches a model (by id, or by
+/// its registered name) from the peers that provide it, checks every file against the id's
+/// manifest, loads it and serves it; answers once it is held (or at once if it was).
+async fn fetch_model(s: S, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    if !req.peer_addr().is_some_and(|a| a.ip().is_loopback()) {
+        return error(
+            403,
+            "forbidden",
+            "admin endpoints answer only on this machine",
+        );
+    }
+    let Some(hub) = s.hub.clone() else {
+        return error(
+            409,
+            "no_models",
+            "this node holds no models (neither validator nor inference)",
+        );
+    };
+    let state = match chain_state(&s).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let wanted = path.into_inner();
+    let by_id = wanted.parse::<chain::ModelId>().ok();
+    let (id, name) = match (registered_model(&state, &wanted), by_id) {
+        (Some((id, m)), _) => (*id, Some(m.name.clone())),
+        // Not registered (yet): fetched by id all the same, named by it.
+        (None, Some(id)) => (id, None),
+        (None, None) => {
+            return error_param(
+                404,
+                "model_not_found",
+                format!("no model is registered as {wanted:?}; name one by its id (0x…)"),
+                Some("model"),
+            );
+        }
+    };
+    match hub.send(actors::hub::FetchModel { id, name }).await {
+        Ok(Ok(f)) => HttpResponse::Ok().json(json!({
+            "model_id": f.id,
+            "already_held": f.already,
+            "bytes": f.bytes,
+            "seconds": f.seconds,
+            "providers": f.providers,
+            "rejected_parts": f.rejected,
+            "path": f.path,
+            "served_here": s.served.contains(&id),
+        })),
+        Ok(Err(e @ actors::hub::HubError::InProgress(_))) => error(409, "in_progress", e),
+        Ok(Err(e @ actors::hub::HubError::NoProviders(_))) => error(404, "no_providers", e),
+        Ok(Err(e)) => error(502, "fetch_failed", e),
+        Err(e) => unavailable(e),
+    }
 }
 
 /// Operator only (the request must come from this machine): blocks or unblocks a peer.

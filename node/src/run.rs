@@ -190,8 +190,34 @@ pub fn run(home: &Path) -> Result<()> {
             settlement.clone(),
             inference.clone(),
         )
-        .with_local_executor(account.address())
-        .start();
+        .with_local_executor(account.address());
+        let served = gateway.served();
+        let gateway = gateway.start();
+        // The model hub: serves the files of the models held here and fetches the registered
+        // ones this node lacks (validators re-execute them, inference nodes run them).
+        let hub = need_models.then(|| {
+            actors::hub::Hub::new(
+                models.clone(),
+                network.clone(),
+                actors::hub::HubConfig {
+                    dir: models_dir.clone(),
+                    me: started.peer_id,
+                    corrupt: config.inference.corrupt_model_files,
+                },
+            )
+            .with_listener(gateway.clone().recipient())
+            .start()
+        });
+        if let Some(hub) = &hub
+            && config.inference.fetch_models
+        {
+            let registry = admission.registrations().registry.clone();
+            for (id, m) in registry.models.iter() {
+                if m.active && models.get(id).is_none() {
+                    actix::spawn(fetch_until_held(hub.clone(), *id, m.name.clone()));
+                }
+            }
+        }
         let c = &config.consensus;
         let timeouts = TimeoutConfig {
             propose: Duration::from_millis(c.timeout_propose_ms),
@@ -287,6 +313,7 @@ pub fn run(home: &Path) -> Result<()> {
             capabilities: gateway.clone().recipient(),
             jobs: inference.as_ref().map(|(a, _)| a.clone().recipient()),
             sync: settlement.clone().recipient(),
+            models: hub.as_ref().map(|h| h.clone().recipient()),
         }));
 
         let request_timeout = Duration::from_millis(config.http.request_timeout_ms);
@@ -310,10 +337,8 @@ pub fn run(home: &Path) -> Result<()> {
                 .iter()
                 .map(|r| format!("{r:?}").to_lowercase())
                 .collect(),
-            served: inference
-                .as_ref()
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default(),
+            served,
+            hub,
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -524,6 +549,31 @@ fn same_evm(
         ));
     }
     Ok(())
+}
+
+/// Fetches a registered model this node lacks from its providers, trying again (every 5 s,
+/// then less often, up to every 2 minutes) until it is held: providers may join later.
+async fn fetch_until_held(hub: actix::Addr<actors::hub::Hub>, id: kernels::ModelId, name: String) {
+    let mut wait = Duration::from_secs(5);
+    loop {
+        let fetch = actors::hub::FetchModel {
+            id,
+            name: Some(name.clone()),
+        };
+        match hub.send(fetch).await {
+            Ok(Ok(f)) => {
+                tracing::info!(model = %id, %name, bytes = f.bytes, seconds = f.seconds, rejected = f.rejected, "registered model now held");
+                return;
+            }
+            Ok(Err(actors::hub::HubError::InProgress(_))) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(model = %id, %name, error = %e, retry_in_s = wait.as_secs(), "cannot fetch a registered model yet")
+            }
+            Err(_) => return,
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(120));
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,14 @@ enum Cmd {
         /// Run without an EVM chain: no anvil, no contracts, no anchoring.
         #[arg(long)]
         no_evm: bool,
+        /// Only the first inference node starts with the models' files; the other nodes fetch
+        /// them over the mesh, checked against each model id.
+        #[arg(long)]
+        single_holder: bool,
+        /// With --single-holder: inference node I also holds the files but serves them
+        /// corrupted (repeatable).
+        #[arg(long = "corrupt-provider", requires = "single_holder")]
+        corrupt_providers: Vec<usize>,
     },
     /// Stop every node of the testnet in DIR (by pid).
     Down {
@@ -157,6 +165,8 @@ fn run(cli: Cli) -> Result<()> {
             garbage_proposers,
             double_voters,
             no_evm,
+            single_holder,
+            corrupt_providers,
         } => {
             let opts = UpOptions {
                 dir,
@@ -182,6 +192,9 @@ fn run(cli: Cli) -> Result<()> {
                 garbage_proposers,
                 double_voters,
                 evm: !no_evm,
+                single_holder,
+                corrupt_providers,
+                no_fetch: Vec::new(),
             };
             let net = Testnet::up(&opts)?;
             println!("{}", serde_json::to_string_pretty(&net)?);

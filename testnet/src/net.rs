@@ -130,6 +130,16 @@ pub struct UpOptions {
     pub double_voters: Vec<usize>,
     /// Start anvil, deploy the contracts and give every node an `[evm]` section.
     pub evm: bool,
+    /// Only the first inference node starts with the models' files; every other node starts
+    /// with an empty model directory and fetches the registered models over the mesh
+    /// (`/proofmesh/model/1`), each file checked against the model id.
+    pub single_holder: bool,
+    /// Inference nodes (by index) that also start with the files but serve them to peers
+    /// with a byte flipped in each chunk (with `single_holder`).
+    pub corrupt_providers: Vec<usize>,
+    /// Nodes (by index among all nodes) that do not fetch missing models by themselves (an
+    /// operator fetches them: `proofmesh model fetch`).
+    pub no_fetch: Vec<usize>,
 }
 
 /// Where `scripts/fetch-minilm` keeps all-MiniLM-L6-v2: `$PROOFMESH_MODEL_CACHE` or
@@ -621,10 +631,27 @@ impl Testnet {
             .rev()
             .filter(|k| k.available() && *k != kernels::CpuKernel::Portable)
             .collect();
-        for n in &nodes {
+        for (node_index, n) in nodes.iter().enumerate() {
             std::fs::write(n.home.join("genesis.json"), &genesis_json)?;
             let path = n.home.join("node.toml");
             let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+            if o.single_holder
+                && let Some(inf) = cfg.get_mut("inference").and_then(|v| v.as_table_mut())
+            {
+                let index = node_index.checked_sub(o.validators);
+                let holder = index == Some(0);
+                let corrupt = index.is_some_and(|i| o.corrupt_providers.contains(&i));
+                if corrupt {
+                    inf.insert("corrupt_model_files".into(), true.into());
+                }
+                if !holder && !corrupt {
+                    std::fs::create_dir_all(n.home.join("models"))?;
+                    inf.insert("models_dir".into(), "models".into());
+                }
+                if o.no_fetch.contains(&node_index) {
+                    inf.insert("fetch_models".into(), false.into());
+                }
+            }
             let others: Vec<toml::Value> = bootstrap
                 .iter()
                 .filter(|b| **b != n.p2p)

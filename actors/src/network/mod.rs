@@ -18,7 +18,8 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::{Multiaddr, PeerId};
 
 use crate::protocol::{
-    self, ConsensusMsg, JobCall, JobReply, SignedCapability, SyncReply, SyncRequest,
+    self, ConsensusMsg, JobCall, JobReply, ModelReply, ModelRequest, SignedCapability, SyncReply,
+    SyncRequest,
 };
 
 mod codec;
@@ -58,6 +59,8 @@ pub struct Routes {
     /// Inbound job calls; `None` when this node runs no inference.
     pub jobs: Option<Recipient<InboundJob>>,
     pub sync: Recipient<InboundSync>,
+    /// Inbound model requests; `None` when this node serves no model files.
+    pub models: Option<Recipient<InboundModel>>,
 }
 
 // ---- messages the Network actor handles ----
@@ -98,6 +101,24 @@ pub struct SendSync {
     pub peer: PeerId,
     pub request: SyncRequest,
 }
+
+/// Ask a peer for a model's manifest or a chunk of one of its files.
+#[derive(Message)]
+#[rtype(result = "Result<ModelReply, NetError>")]
+pub struct SendModelRequest {
+    pub peer: PeerId,
+    pub request: ModelRequest,
+}
+
+/// Announce in Kademlia that this node provides a model's files.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProvideModel(pub kernels::ModelId);
+
+/// The peers Kademlia knows to provide a model's files.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<PeerId>, NetError>")]
+pub struct FindProviders(pub kernels::ModelId);
 
 /// Connected peers.
 #[derive(Message)]
@@ -171,6 +192,14 @@ pub struct InboundJob {
     pub peer: PeerId,
 }
 
+/// A model request from a peer.
+#[derive(Message)]
+#[rtype(result = "ModelReply")]
+pub struct InboundModel {
+    pub request: ModelRequest,
+    pub peer: PeerId,
+}
+
 /// A sync request from a peer.
 #[derive(Message)]
 #[rtype(result = "SyncReply")]
@@ -220,6 +249,12 @@ pub const JOB_REQUESTS: RateLimit = RateLimit {
 pub const SYNC_REQUESTS: RateLimit = RateLimit {
     per_second: 8.0,
     burst: 32.0,
+};
+/// Model requests (manifests and 1 MiB chunks): a peer fetching a model asks for one chunk at
+/// a time, so this bounds what one peer draws to about 256 MiB/s.
+pub const MODEL_REQUESTS: RateLimit = RateLimit {
+    per_second: 256.0,
+    burst: 512.0,
 };
 
 /// How long gossipsub remembers a message id, refusing to publish or deliver it again. Well

@@ -7,7 +7,34 @@ use std::time::{Duration, Instant};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Multiaddr, PeerId};
 
-use super::{JOB_REQUESTS, SYNC_REQUESTS};
+use super::{JOB_REQUESTS, MODEL_REQUESTS, SYNC_REQUESTS};
+use crate::protocol;
+
+/// The request-response protocols, each with its own inbound budget per peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Rpc {
+    Job,
+    Sync,
+    Model,
+}
+
+impl Rpc {
+    fn limit(self) -> RateLimit {
+        match self {
+            Rpc::Job => JOB_REQUESTS,
+            Rpc::Sync => SYNC_REQUESTS,
+            Rpc::Model => MODEL_REQUESTS,
+        }
+    }
+
+    pub(super) fn protocol(self) -> &'static str {
+        match self {
+            Rpc::Job => protocol::JOB_PROTOCOL,
+            Rpc::Sync => protocol::SYNC_PROTOCOL,
+            Rpc::Model => protocol::MODEL_PROTOCOL,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct RateLimit {
@@ -59,8 +86,8 @@ const REDIAL_MAX_TICKS: u64 = 30;
 /// The Swarm task's state about peers.
 pub(super) struct Peers {
     penalties: HashMap<PeerId, u32>,
-    /// Inbound request budgets per (peer, is a job request).
-    buckets: HashMap<(PeerId, bool), Bucket>,
+    /// Inbound request budgets per (peer, protocol).
+    buckets: HashMap<(PeerId, Rpc), Bucket>,
     banned: HashMap<PeerId, Instant>,
     /// Banned peers to disconnect once the answers already queued for them are flushed.
     to_disconnect: Vec<(PeerId, Instant)>,
@@ -94,11 +121,11 @@ impl Peers {
         self.banned.contains_key(peer)
     }
 
-    /// Takes a token from the peer's budget for inbound job (`is_job`) or sync requests.
-    pub(super) fn allow_request(&mut self, peer: PeerId, is_job: bool) -> bool {
-        let limit = if is_job { JOB_REQUESTS } else { SYNC_REQUESTS };
+    /// Takes a token from the peer's budget for inbound requests of `rpc`.
+    pub(super) fn allow_request(&mut self, peer: PeerId, rpc: Rpc) -> bool {
+        let limit = rpc.limit();
         self.buckets
-            .entry((peer, is_job))
+            .entry((peer, rpc))
             .or_insert_with(|| Bucket::full(limit))
             .take(limit, Instant::now())
     }
@@ -173,8 +200,8 @@ impl Peers {
         });
         // Buckets that have refilled say nothing a fresh one would not.
         let now = Instant::now();
-        self.buckets.retain(|(_, is_job), b| {
-            let limit = if *is_job { JOB_REQUESTS } else { SYNC_REQUESTS };
+        self.buckets.retain(|(_, rpc), b| {
+            let limit = rpc.limit();
             b.refill(limit, now);
             b.tokens < limit.burst
         });

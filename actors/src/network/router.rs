@@ -9,12 +9,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::swarm::{self, Command, Commands, Event, Failure};
 use super::{
-    BlockPeer, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx, InboundJob,
-    InboundSync, MAX_PENDING_VERDICTS, NetError, NetworkConfig, PenalisePeer, Publish,
-    ReportValidation, Routes, SendJob, SendSync, SetRoutes,
+    BlockPeer, FindProviders, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx,
+    InboundJob, InboundModel, InboundSync, MAX_PENDING_VERDICTS, NetError, NetworkConfig,
+    PenalisePeer, ProvideModel, Publish, ReportValidation, Routes, SendJob, SendModelRequest,
+    SendSync, SetRoutes,
 };
 use crate::metrics::METRICS;
-use crate::protocol::{self, JobCall, JobReply, SyncReply, SyncRequest, topics};
+use crate::protocol::{
+    self, JobCall, JobReply, ModelReply, ModelRequest, SyncReply, SyncRequest, topics,
+};
 
 /// The Network actor.
 pub struct Network {
@@ -276,6 +279,48 @@ impl StreamHandler<Event> for Network {
                     .into_actor(self),
                 );
             }
+            Event::ModelRequest { id, peer, data } => {
+                let commands = self.commands.clone();
+                let respond = move |reply: &ModelReply| {
+                    let _ = commands.send(Command::RespondModel {
+                        id,
+                        data: protocol::encode(reply),
+                    });
+                };
+                let request = match protocol::decode::<ModelRequest>(
+                    &data,
+                    protocol::MAX_MODEL_REQUEST_BYTES,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        METRICS
+                            .rpc_rejected
+                            .with_label_values(&[protocol::MODEL_PROTOCOL, &short(&e)])
+                            .inc();
+                        tracing::warn!(%peer, error = %e, "malformed model request");
+                        respond(&ModelReply::NotFound(format!("malformed request: {e}")));
+                        let _ = self.commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed model request",
+                        });
+                        return;
+                    }
+                };
+                let Some(models) = self.routes.as_ref().and_then(|r| r.models.clone()) else {
+                    respond(&ModelReply::NotFound("this node serves no models".into()));
+                    return;
+                };
+                ctx.spawn(
+                    async move {
+                        let reply = models
+                            .send(InboundModel { request, peer })
+                            .await
+                            .unwrap_or_else(|e| ModelReply::NotFound(e.to_string()));
+                        respond(&reply);
+                    }
+                    .into_actor(self),
+                );
+            }
             Event::SyncRequest { id, peer, data } => {
                 let commands = self.commands.clone();
                 let request = match protocol::decode::<SyncRequest>(&data, 1024) {
@@ -414,6 +459,47 @@ impl Handler<SendSync> for Network {
                 &bytes,
                 protocol::MAX_SYNC_RESPONSE_BYTES,
             )?)
+        })
+    }
+}
+
+impl Handler<SendModelRequest> for Network {
+    type Result = ResponseFuture<Result<ModelReply, NetError>>;
+    fn handle(&mut self, msg: SendModelRequest, _: &mut Self::Context) -> Self::Result {
+        let commands = self.commands.clone();
+        let data = protocol::encode(&msg.request);
+        let peer = msg.peer;
+        Box::pin(async move {
+            let bytes =
+                request(commands, |reply| Command::Model { peer, data, reply }, peer).await?;
+            Ok(protocol::decode::<ModelReply>(
+                &bytes,
+                protocol::MAX_MODEL_REPLY_BYTES,
+            )?)
+        })
+    }
+}
+
+impl Handler<ProvideModel> for Network {
+    type Result = ();
+    fn handle(&mut self, msg: ProvideModel, _: &mut Self::Context) {
+        let _ = self.commands.send(Command::Provide {
+            key: msg.0.0.to_vec(),
+        });
+    }
+}
+
+impl Handler<FindProviders> for Network {
+    type Result = ResponseFuture<Result<Vec<PeerId>, NetError>>;
+    fn handle(&mut self, msg: FindProviders, _: &mut Self::Context) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.commands.send(Command::FindProviders {
+            key: msg.0.0.to_vec(),
+            reply,
+        });
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| NetError::Stopped)
         })
     }
 }

@@ -15,7 +15,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::FrameCodec;
-use super::peers::{Peers, REDIAL_TICK};
+use super::peers::{Peers, REDIAL_TICK, Rpc};
 use super::{
     COMMAND_QUEUE, DUPLICATE_CACHE, EVENT_QUEUE, MAX_CONNECTIONS_PER_PEER, MAX_ESTABLISHED,
     MAX_ESTABLISHED_INCOMING, MAX_PENDING_INCOMING, NetError, NetworkConfig,
@@ -25,6 +25,8 @@ use crate::protocol::{self, topics};
 
 /// Listen addresses taken from one peer's identify message: the rest are not dialed.
 const MAX_IDENTIFY_ADDRS: usize = 8;
+/// How often this node announces again the models it provides.
+const REPROVIDE_EVERY: Duration = Duration::from_secs(20);
 /// Peers we dial on our own (from the DHT) until we have this many; beyond it only others
 /// connect to us.
 const DIAL_TARGET_PEERS: usize = 48;
@@ -40,6 +42,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     job: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
+    model: request_response::Behaviour<FrameCodec>,
 }
 
 pub(super) enum Command {
@@ -70,6 +73,25 @@ pub(super) enum Command {
         id: u64,
         data: Vec<u8>,
     },
+    Model {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
+    },
+    RespondModel {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// Announce in Kademlia that this node provides `key` (a model id), now and again every
+    /// [`REPROVIDE_EVERY`] while it runs.
+    Provide {
+        key: Vec<u8>,
+    },
+    /// The peers Kademlia knows to provide `key`.
+    FindProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     Penalise {
         peer: PeerId,
         reason: &'static str,
@@ -89,6 +111,10 @@ impl Command {
             Command::RespondJob { .. } => "respond_job",
             Command::Sync { .. } => "sync",
             Command::RespondSync { .. } => "respond_sync",
+            Command::Model { .. } => "model",
+            Command::RespondModel { .. } => "respond_model",
+            Command::Provide { .. } => "provide",
+            Command::FindProviders { .. } => "find_providers",
             Command::Penalise { .. } => "penalise",
             Command::Block { .. } => "block",
         }
@@ -136,6 +162,11 @@ pub(super) enum Event {
         data: Vec<u8>,
     },
     SyncRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    ModelRequest {
         id: u64,
         peer: PeerId,
         data: Vec<u8>,
@@ -241,6 +272,12 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                     protocol::MAX_SYNC_RESPONSE_BYTES,
                     Duration::from_secs(30),
                 ),
+                model: rr(
+                    protocol::MODEL_PROTOCOL,
+                    protocol::MAX_MODEL_REQUEST_BYTES,
+                    protocol::MAX_MODEL_REPLY_BYTES,
+                    Duration::from_secs(30),
+                ),
             })
         })
         .map_err(|e| setup(&e))?
@@ -289,6 +326,10 @@ pub(super) fn spawn(
         pending_out: HashMap::new(),
         job_channels: HashMap::new(),
         sync_channels: HashMap::new(),
+        model_channels: HashMap::new(),
+        provider_queries: HashMap::new(),
+        provided: Vec::new(),
+        last_provided: Instant::now(),
         next_inbound: 0,
         peers: Peers::new(config.bootstrap),
     };
@@ -305,6 +346,12 @@ struct SwarmTask {
         HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Failure>>>,
     job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    model_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    /// Running provider lookups: the providers found so far and who waits for them.
+    provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Keys this node provides, announced again every [`REPROVIDE_EVERY`].
+    provided: Vec<kad::RecordKey>,
+    last_provided: Instant,
     next_inbound: u64,
     /// Penalties, bans, request budgets and redials.
     peers: Peers,
@@ -382,6 +429,15 @@ impl SwarmTask {
         // entry goes with it.
         self.job_channels.retain(|_, ch| ch.is_open());
         self.sync_channels.retain(|_, ch| ch.is_open());
+        self.model_channels.retain(|_, ch| ch.is_open());
+        // Provider records reach the peers closest to the key that are known when announced:
+        // on a young network few are, so announce again while it fills.
+        if self.last_provided.elapsed() >= REPROVIDE_EVERY {
+            self.last_provided = Instant::now();
+            for key in self.provided.clone() {
+                let _ = self.swarm.behaviour_mut().kad.start_providing(key);
+            }
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -418,6 +474,28 @@ impl SwarmTask {
                     let _ = b.sync.send_response(ch, data);
                 }
             }
+            Command::Model { peer, data, reply } => {
+                let id = b.model.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::RespondModel { id, data } => {
+                if let Some(ch) = self.model_channels.remove(&id) {
+                    let _ = b.model.send_response(ch, data);
+                }
+            }
+            Command::Provide { key } => {
+                let key = kad::RecordKey::new(&key);
+                if let Err(e) = b.kad.start_providing(key.clone()) {
+                    tracing::warn!(error = %e, "cannot announce a provided model");
+                }
+                if !self.provided.contains(&key) {
+                    self.provided.push(key);
+                }
+            }
+            Command::FindProviders { key, reply } => {
+                let id = b.kad.get_providers(kad::RecordKey::new(&key));
+                self.provider_queries.insert(id, (HashSet::new(), reply));
+            }
             Command::Penalise { peer, reason } => self.peers.penalise(peer, reason),
             Command::Block { peer, blocked } => {
                 if blocked {
@@ -432,7 +510,7 @@ impl SwarmTask {
         }
     }
 
-    fn rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>, is_job: bool) {
+    fn rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>, rpc: Rpc) {
         use request_response::{Event as E, Message as M};
         match ev {
             E::Message {
@@ -447,36 +525,32 @@ impl SwarmTask {
                     drop(channel);
                     return;
                 }
-                if !self.peers.allow_request(peer, is_job) {
-                    let proto = if is_job {
-                        protocol::JOB_PROTOCOL
-                    } else {
-                        protocol::SYNC_PROTOCOL
-                    };
+                if !self.peers.allow_request(peer, rpc) {
                     METRICS
                         .rpc_rejected
-                        .with_label_values(&[proto, "rate_limited"])
+                        .with_label_values(&[rpc.protocol(), "rate_limited"])
                         .inc();
                     drop(channel);
                     return;
                 }
                 self.next_inbound += 1;
                 let id = self.next_inbound;
-                if is_job {
-                    self.job_channels.insert(id, channel);
-                    self.emit(Event::JobRequest {
-                        id,
-                        peer,
-                        data: request,
-                    });
-                } else {
-                    self.sync_channels.insert(id, channel);
-                    self.emit(Event::SyncRequest {
-                        id,
-                        peer,
-                        data: request,
-                    });
-                }
+                let data = request;
+                let event = match rpc {
+                    Rpc::Job => {
+                        self.job_channels.insert(id, channel);
+                        Event::JobRequest { id, peer, data }
+                    }
+                    Rpc::Sync => {
+                        self.sync_channels.insert(id, channel);
+                        Event::SyncRequest { id, peer, data }
+                    }
+                    Rpc::Model => {
+                        self.model_channels.insert(id, channel);
+                        Event::ModelRequest { id, peer, data }
+                    }
+                };
+                self.emit(event);
             }
             E::Message {
                 message:
@@ -498,11 +572,7 @@ impl SwarmTask {
                 }
             }
             E::InboundFailure { peer, error, .. } => {
-                let proto = if is_job {
-                    protocol::JOB_PROTOCOL
-                } else {
-                    protocol::SYNC_PROTOCOL
-                };
+                let proto = rpc.protocol();
                 tracing::warn!(%peer, protocol = proto, %error, "inbound request failed");
                 if matches!(error, request_response::InboundFailure::Io(_)) {
                     METRICS
@@ -513,6 +583,19 @@ impl SwarmTask {
                 }
             }
             E::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A provider lookup's progress: providers gather until its last step, then go to the
+    /// waiting caller.
+    fn providers_found(&mut self, id: kad::QueryId, result: kad::GetProvidersResult, last: bool) {
+        if let Some((found, _)) = self.provider_queries.get_mut(&id)
+            && let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result
+        {
+            found.extend(providers);
+        }
+        if last && let Some((found, reply)) = self.provider_queries.remove(&id) {
+            let _ = reply.send(found.into_iter().collect());
         }
     }
 
@@ -576,8 +659,15 @@ impl SwarmTask {
                     .build();
                 let _ = self.swarm.dial(opts);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Job(ev)) => self.rr_event(ev, true),
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.rr_event(ev, false),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            })) => self.providers_found(id, result, step.last),
+            SwarmEvent::Behaviour(BehaviourEvent::Job(ev)) => self.rr_event(ev, Rpc::Job),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.rr_event(ev, Rpc::Sync),
+            SwarmEvent::Behaviour(BehaviourEvent::Model(ev)) => self.rr_event(ev, Rpc::Model),
             _ => {}
         }
     }
@@ -609,6 +699,10 @@ impl SwarmTask {
             Event::SyncRequest { id, .. } => {
                 self.sync_channels.remove(&id);
                 "sync"
+            }
+            Event::ModelRequest { id, .. } => {
+                self.model_channels.remove(&id);
+                "model"
             }
             Event::Peers(_) => "peers",
             Event::Listening(_) => "listening",

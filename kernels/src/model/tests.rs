@@ -581,3 +581,72 @@ fn output_json_round_trips_and_has_argmax() {
     assert_eq!(bits(&values), bits(&tiny.data));
     assert!(tiny.to_json().get("argmax").is_none());
 }
+
+/// A manifest from a peer parses only in the canonical form `manifest` writes, with the id
+/// of the files it lists; anything else (garbage, every truncation, unknown or unsorted or
+/// repeated files, a file set no model loads from, upper-case hex, extra fields, oversized)
+/// is a clear error.
+#[test]
+fn manifests_from_peers_are_checked() {
+    let (_dir, path, id) = seeded(4);
+    let (bytes, _) = manifest(&path).unwrap();
+    let m = Manifest::parse(&bytes).unwrap();
+    assert_eq!(m.id, id);
+    let names: Vec<&str> = m.files.iter().map(|f| f.name).collect();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    assert_eq!(
+        m.files[1].keccak,
+        keccak256(&std::fs::read(path.join("model.safetensors")).unwrap())
+    );
+    assert_eq!(m.files[1].limit, MAX_WEIGHTS_BYTES);
+    for cut in 0..bytes.len() {
+        assert!(Manifest::parse(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let k = format!("0x{}", "ab".repeat(32));
+    let cases = [
+        (
+            text.replace("config.json", "../../etc/passwd"),
+            "unknown model file",
+        ),
+        (text.replace(":\"0x", ":\"0X"), "0x + 64 hex"),
+        (
+            text.to_uppercase().replace("\"FILES\"", "\"files\""),
+            "unknown field",
+        ),
+        (
+            text.replace("\"files\":[", "\"files\":[],\"x\":["),
+            "not a manifest",
+        ),
+        (
+            format!(
+                "{{\"files\":[{{\"name\":\"model.safetensors\",\"keccak\":\"{k}\"}},{{\"name\":\"config.json\",\"keccak\":\"{k}\"}}]}}"
+            ),
+            "canonical",
+        ),
+        (
+            format!(
+                "{{\"files\":[{{\"name\":\"config.json\",\"keccak\":\"{k}\"}},{{\"name\":\"config.json\",\"keccak\":\"{k}\"}},{{\"name\":\"model.safetensors\",\"keccak\":\"{k}\"}}]}}"
+            ),
+            "canonical",
+        ),
+        (
+            format!("{{\"files\":[{{\"name\":\"tokenizer.json\",\"keccak\":\"{k}\"}}]}}"),
+            "a model is model.gguf alone",
+        ),
+        ("{\"files\":[]}".to_string(), "a model is model.gguf alone"),
+        (text.replace("{\"files\"", " {\"files\""), "canonical"),
+        (
+            format!("{text}{}", " ".repeat(MAX_MANIFEST_BYTES)),
+            "the limit is",
+        ),
+        ("\u{0}\u{ff}garbage".to_string(), "not a manifest"),
+    ];
+    for (bad, want) in cases {
+        let e = Manifest::parse(bad.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+    let gguf = format!("{{\"files\":[{{\"name\":\"model.gguf\",\"keccak\":\"{k}\"}}]}}");
+    let m = Manifest::parse(gguf.as_bytes()).unwrap();
+    assert_eq!(m.id, ModelId(keccak256(gguf.as_bytes())));
+}

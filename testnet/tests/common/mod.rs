@@ -61,6 +61,9 @@ impl Running {
             double_voters: Vec::new(),
             // Tests that need the EVM chain turn it on.
             evm: false,
+            single_holder: false,
+            corrupt_providers: Vec::new(),
+            no_fetch: Vec::new(),
         };
         adjust(&mut opts);
         let net = match Testnet::up(&opts) {
