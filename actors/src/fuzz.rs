@@ -148,10 +148,11 @@ pub enum Target {
     SyncReply,
     ModelRequest,
     ModelReply,
+    StreamChunk,
 }
 
 impl Target {
-    pub const ALL: [Target; 10] = [
+    pub const ALL: [Target; 11] = [
         Target::Record,
         Target::Tx,
         Target::Consensus,
@@ -162,6 +163,7 @@ impl Target {
         Target::SyncReply,
         Target::ModelRequest,
         Target::ModelReply,
+        Target::StreamChunk,
     ];
 
     pub fn from_name(name: &str) -> Option<Target> {
@@ -180,6 +182,7 @@ impl Target {
             Target::SyncReply => "sync_reply",
             Target::ModelRequest => "model_request",
             Target::ModelReply => "model_reply",
+            Target::StreamChunk => "stream_chunk",
         }
     }
 
@@ -250,6 +253,14 @@ impl Target {
                     let _ = kernels::MODEL_FILES.contains(&file.as_str());
                 }
             }
+            Target::StreamChunk => {
+                if let Ok(c) = protocol::decode::<protocol::StreamChunk>(
+                    bytes,
+                    protocol::MAX_STREAM_CHUNK_BYTES,
+                ) {
+                    let _ = c.text.len() <= protocol::MAX_STREAM_TEXT_BYTES;
+                }
+            }
             Target::ModelReply => {
                 if let Ok(ModelReply::Manifest(m)) =
                     protocol::decode::<ModelReply>(bytes, protocol::MAX_MODEL_REPLY_BYTES)
@@ -275,6 +286,7 @@ fn seeds(target: Target, key: &chain::PrivateKeySigner) -> Vec<Vec<u8>> {
         Target::SyncReply => s.sync_replies().iter().map(protocol::encode).collect(),
         Target::ModelRequest => s.model_requests().iter().map(protocol::encode).collect(),
         Target::ModelReply => s.model_replies().iter().map(protocol::encode).collect(),
+        Target::StreamChunk => vec![protocol::encode(&s.stream_chunk())],
     }
 }
 

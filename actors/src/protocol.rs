@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chain::codec;
 use chain::signing::Domain;
 use chain::{
-    Address, Block, CommitCertificate, Height, InferenceRecord, ModelId, SignedJobRequest,
+    Address, Block, CommitCertificate, Height, InferenceRecord, JobId, ModelId, SignedJobRequest,
     SignedProposal, SignedVote, Tx,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -30,6 +30,8 @@ pub const JOB_PROTOCOL: &str = "/proofmesh/job/1";
 pub const SYNC_PROTOCOL: &str = "/proofmesh/sync/1";
 /// A model's manifest and files by model id, in chunks (request-response).
 pub const MODEL_PROTOCOL: &str = "/proofmesh/model/1";
+/// A streamed job's text as it is generated: inference node → the gateway that routed it.
+pub const STREAM_PROTOCOL: &str = "/proofmesh/stream/1";
 /// Kademlia protocol name (our own DHT, not the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/proofmesh/kad/1.0.0";
 
@@ -51,6 +53,11 @@ pub const MODEL_CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_MODEL_REQUEST_BYTES: usize = 1024;
 /// A chunk and its envelope.
 pub const MAX_MODEL_REPLY_BYTES: usize = MODEL_CHUNK_BYTES + 4096;
+/// Text one [`StreamChunk`] carries at most (what was generated while the last one was in
+/// flight; more waits for the next).
+pub const MAX_STREAM_TEXT_BYTES: usize = 8 * 1024;
+/// A stream chunk and its envelope.
+pub const MAX_STREAM_CHUNK_BYTES: usize = MAX_STREAM_TEXT_BYTES + 256;
 
 /// Wire decode failure.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +192,20 @@ impl SignedCapability {
 pub struct JobCall {
     pub job: SignedJobRequest,
     pub input: String,
+    /// The gateway streams the job's text to its client: send it as it is generated
+    /// ([`StreamChunk`]), before the reply.
+    pub stream: bool,
+}
+
+/// `/proofmesh/stream/1` request: the next piece of a streamed job's text, from the inference
+/// node running it to the gateway that routed it there. The answer is whether to go on
+/// (`false`: nobody waits for it any more).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub job: JobId,
+    /// 0, 1, 2, … per job: pieces arrive in order, each once.
+    pub seq: u32,
+    pub text: String,
 }
 
 /// `/proofmesh/job/1` response.
@@ -445,6 +466,7 @@ pub(crate) mod samples {
             JobCall {
                 job: self.record.job.clone(),
                 input: self.record.input.clone(),
+                stream: true,
             }
         }
 
@@ -459,6 +481,14 @@ pub(crate) mod samples {
                     message: "later".into(),
                 },
             ]
+        }
+
+        pub fn stream_chunk(&self) -> StreamChunk {
+            StreamChunk {
+                job: JobId(chain::B256::repeat_byte(4)),
+                seq: 3,
+                text: " Paris ✓".into(),
+            }
         }
 
         pub fn model_requests(&self) -> Vec<ModelRequest> {
@@ -659,6 +689,10 @@ mod tests {
                 }
             }
         }
+        round_trip(&s.stream_chunk(), |b| {
+            decode::<StreamChunk>(b, MAX_STREAM_CHUNK_BYTES)
+        });
+        round_trip(&true, |b| decode::<bool>(b, 16));
         for request in s.model_requests() {
             match &request {
                 ModelRequest::Manifest(_) | ModelRequest::Chunk { .. } => {
@@ -708,6 +742,7 @@ mod tests {
                     assert!(decode::<SyncRequest>(b, 1024).is_err() || b.len() == 18);
                     assert!(decode::<SyncReply>(b, MAX_SYNC_RESPONSE_BYTES).is_err());
                     assert!(decode::<ModelRequest>(b, MAX_MODEL_REQUEST_BYTES).is_err());
+                    assert!(decode::<StreamChunk>(b, MAX_STREAM_CHUNK_BYTES).is_err());
                     assert!(decode::<ModelReply>(b, MAX_MODEL_REPLY_BYTES).is_err());
                 }
             }

@@ -494,9 +494,10 @@ fn usage(output: &Value) -> Value {
 /// the `finish_reason` and the `proof`; then, with `stream_options.include_usage`, a chunk with
 /// no choices and the usage; then `data: [DONE]`.
 ///
-/// Tokens stream from the node that runs the job: a node that serves the model streams them
-/// as they come; one that would route the job to another node refuses (400
-/// `stream_unavailable`) rather than hand over the whole answer at the end. A refusal before
+/// Tokens stream as the node that runs the job generates them: this node's own inference, or
+/// the inference node the job is routed to, which sends its text to this gateway over
+/// `/proofmesh/stream/1` before its answer. Text the stream did not carry (a piece lost on the
+/// way) is sent from the answer before the last chunk. A refusal before
 /// the first token is an ordinary error response; an error after it, an `error` event. A
 /// client that disconnects does not stop the job: it is finalized and charged in full.
 async fn stream_chat(
@@ -508,16 +509,6 @@ async fn stream_chat(
     include_usage: bool,
 ) -> HttpResponse {
     let (name, terms) = (entry.name.clone(), entry.clone());
-    if !s.served.contains(&model) {
-        return error_param(
-            400,
-            "stream_unavailable",
-            format!(
-                "this node does not run model {name}, so it cannot stream it: send the request to a node that does (GET /v1/models: served_here), or without `stream`"
-            ),
-            Some("stream"),
-        );
-    }
     let job = match prepare_job(&s, &key, (model, entry), &input) {
         Ok(j) => j,
         Err(e) => return e.response(),
@@ -564,11 +555,14 @@ async fn stream_chat(
             json!({"role": "assistant", "content": ""}),
             Value::Null,
         ));
+        let mut streamed = String::new();
         for text in first {
             send(&chunk(json!({"content": text}), Value::Null));
+            streamed.push_str(&text);
         }
         while let Some(text) = text_rx.recv().await {
             send(&chunk(json!({"content": text}), Value::Null));
+            streamed.push_str(&text);
         }
         let result = match finished {
             Some(r) => r,
@@ -577,6 +571,13 @@ async fn stream_chat(
         match result {
             Ok(Ok(r)) => {
                 let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::Null);
+                if let Some(rest) = output["text"]
+                    .as_str()
+                    .and_then(|t| t.strip_prefix(streamed.as_str()))
+                    .filter(|rest| !rest.is_empty())
+                {
+                    send(&chunk(json!({"content": rest}), Value::Null));
+                }
                 let finish = finish_reason(&output);
                 let mut last = chunk(json!({}), finish.into());
                 last["proof"] = proof(&proof_base.0, &proof_base.1, &r, &terms);

@@ -314,6 +314,7 @@ pub fn run(home: &Path) -> Result<()> {
             jobs: inference.as_ref().map(|(a, _)| a.clone().recipient()),
             sync: settlement.clone().recipient(),
             models: hub.as_ref().map(|h| h.clone().recipient()),
+            streams: gateway.clone().recipient(),
         }));
 
         let request_timeout = Duration::from_millis(config.http.request_timeout_ms);

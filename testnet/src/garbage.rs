@@ -17,6 +17,7 @@ struct Hostile {
     gossipsub: gossipsub::Behaviour,
     job: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
+    stream: request_response::Behaviour<FrameCodec>,
 }
 
 /// What the hostile peer did and what came back.
@@ -67,6 +68,7 @@ fn hostile_swarm(max_transmit: usize) -> Result<libp2p::Swarm<Hostile>> {
                 )?,
                 job: rr(protocol::JOB_PROTOCOL),
                 sync: rr(protocol::SYNC_PROTOCOL),
+                stream: rr(protocol::STREAM_PROTOCOL),
             })
         })?
         .build())
@@ -300,23 +302,40 @@ pub fn capture(
 /// Sends one `/proofmesh/job/1` request (`request`: encoded bytes, valid or not) to the node at
 /// `target` from a fresh peer, as a gateway would, and returns the raw reply.
 pub fn call_job(target: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+    call(target, protocol::JOB_PROTOCOL, request)
+}
+
+/// Sends one `/proofmesh/stream/1` request (a piece of streamed text, valid or not) to the
+/// node at `target` from a fresh peer, and returns the raw reply.
+pub fn call_stream(target: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+    call(target, protocol::STREAM_PROTOCOL, request)
+}
+
+fn call(target: &str, proto: &'static str, request: Vec<u8>) -> Result<Vec<u8>> {
     block_on(async move {
         let (mut swarm, peer) = join(target, topics::CAPABILITIES)?;
-        swarm.behaviour_mut().job.send_request(&peer, request);
+        if proto == protocol::STREAM_PROTOCOL {
+            swarm.behaviour_mut().stream.send_request(&peer, request);
+        } else {
+            swarm.behaviour_mut().job.send_request(&peer, request);
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
                 .await
-                .context("no reply to the job call")?;
+                .with_context(|| format!("no reply on {proto}"))?;
             use request_response::{Event as E, Message as M};
+            let (SwarmEvent::Behaviour(HostileEvent::Job(ev))
+            | SwarmEvent::Behaviour(HostileEvent::Stream(ev))) = ev
+            else {
+                continue;
+            };
             match ev {
-                SwarmEvent::Behaviour(HostileEvent::Job(E::Message {
+                E::Message {
                     message: M::Response { response, .. },
                     ..
-                })) => return Ok(response),
-                SwarmEvent::Behaviour(HostileEvent::Job(E::OutboundFailure { error, .. })) => {
-                    bail!("job call failed: {error}")
-                }
+                } => return Ok(response),
+                E::OutboundFailure { error, .. } => bail!("{proto} call failed: {error}"),
                 _ => {}
             }
         }

@@ -251,6 +251,7 @@ fn hostile_clients_and_peers_are_refused_before_they_cost_anything() {
     replayed_settled_records_cost_no_verification(&run);
     direct_job_calls_are_admitted_as_a_gateway_would(&run);
     spoofed_capabilities_route_no_job(&run);
+    stray_stream_text_is_refused(&run);
     connection_floods_are_capped(&run);
     request_floods_are_rate_limited(&run);
 }
@@ -361,6 +362,7 @@ fn direct_job_calls_are_admitted_as_a_gateway_would(run: &Running) {
         let bytes = protocol::encode(&protocol::JobCall {
             job,
             input: input.clone(),
+            stream: false,
         });
         let reply = testnet::garbage::call_job(&inference.p2p, bytes).unwrap();
         protocol::decode::<protocol::JobReply>(&reply, protocol::MAX_JOB_BYTES).unwrap()
@@ -409,6 +411,25 @@ fn direct_job_calls_are_admitted_as_a_gateway_would(run: &Running) {
             &["insufficient_balance"]
         ) >= 1.0
     );
+}
+
+/// Streamed text (`/proofmesh/stream/1`) for a job the gateway did not route to the sender,
+/// or that does not decode, is answered `false` (stop) and relayed nowhere; the node keeps
+/// serving.
+fn stray_stream_text_is_refused(run: &Running) {
+    let net = run.net();
+    let validator = &net.nodes[0];
+    let stray = protocol::encode(&protocol::StreamChunk {
+        job: chain::JobId(chain::B256::repeat_byte(9)),
+        seq: 0,
+        text: "injected".into(),
+    });
+    for bytes in [stray, vec![1, 0, 0xff, 0xfe, 3]] {
+        let reply = testnet::garbage::call_stream(&validator.p2p, bytes).unwrap();
+        assert!(!protocol::decode::<bool>(&reply, 64).unwrap());
+    }
+    let r = submit_job(&Client::new(), net, &validator.http);
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// Capabilities that do not come from the executor they name (forged, or a real one replayed

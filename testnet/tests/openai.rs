@@ -253,14 +253,45 @@ fn api_keys_pay_for_openai_requests() {
         .wait_job(&v0, streamed_job, Duration::from_secs(120))
         .unwrap();
     assert_eq!(done["status"], "finalized", "{done}");
-    // A node that would route the job elsewhere cannot stream it, and says so.
-    let r = post(
-        &client,
-        &format!("{v0}/v1/chat/completions"),
-        &streamed,
-        &key,
+    // Through a node that does not run the model: the inference node streams the text
+    // across the mesh (`/proofmesh/stream/1`) to this gateway as it generates it, so the
+    // first piece arrives well before the end, and the answer is the same.
+    let started = std::time::Instant::now();
+    let (mut pieces, mut first, mut finished, mut routed_job) = (Vec::new(), None, None, None);
+    let status = client
+        .post_events(
+            &format!("{v0}/v1/chat/completions"),
+            &streamed,
+            &[("authorization", bearer.as_str())],
+            &mut |data| {
+                let Ok(c) = serde_json::from_str::<Value>(data) else {
+                    return;
+                };
+                if let Some(t) = c["choices"][0]["delta"]["content"].as_str()
+                    && !t.is_empty()
+                {
+                    first.get_or_insert(started.elapsed());
+                    pieces.push(t.to_string());
+                }
+                if c["choices"][0]["finish_reason"].is_string() {
+                    finished = Some(started.elapsed());
+                    routed_job = c["proof"]["job_id"].as_str().map(str::to_string);
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(pieces.concat(), "The capital of France is Paris.");
+    assert!(pieces.len() >= 3, "text arrives in pieces: {pieces:?}");
+    let (first, finished) = (first.unwrap(), finished.unwrap());
+    assert!(
+        finished > first + Duration::from_millis(100),
+        "first text at {first:?}, the end at {finished:?}: not streamed"
     );
-    assert_error(&r, 400, "invalid_request_error", "stream_unavailable");
+    let done = client
+        .wait_job(&v0, &routed_job.unwrap(), Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(done["status"], "finalized", "{done}");
 
     // Embeddings: float and base64 carry the same f32 values.
     let texts = json!(["The cat sat on the mat.", "proofmesh"]);

@@ -18,8 +18,8 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::{Multiaddr, PeerId};
 
 use crate::protocol::{
-    self, ConsensusMsg, JobCall, JobReply, ModelReply, ModelRequest, SignedCapability, SyncReply,
-    SyncRequest,
+    self, ConsensusMsg, JobCall, JobReply, ModelReply, ModelRequest, SignedCapability, StreamChunk,
+    SyncReply, SyncRequest,
 };
 
 mod codec;
@@ -61,6 +61,8 @@ pub struct Routes {
     pub sync: Recipient<InboundSync>,
     /// Inbound model requests; `None` when this node serves no model files.
     pub models: Option<Recipient<InboundModel>>,
+    /// Streamed text of jobs this node's gateway routed elsewhere.
+    pub streams: Recipient<InboundStream>,
 }
 
 // ---- messages the Network actor handles ----
@@ -108,6 +110,15 @@ pub struct SendSync {
 pub struct SendModelRequest {
     pub peer: PeerId,
     pub request: ModelRequest,
+}
+
+/// Send the next piece of a streamed job's text to the gateway that routed the job here;
+/// answers whether to go on.
+#[derive(Message)]
+#[rtype(result = "Result<bool, NetError>")]
+pub struct SendStream {
+    pub peer: PeerId,
+    pub chunk: StreamChunk,
 }
 
 /// Announce in Kademlia that this node provides a model's files.
@@ -192,6 +203,15 @@ pub struct InboundJob {
     pub peer: PeerId,
 }
 
+/// A piece of streamed text from the inference node a job was routed to; answer whether it
+/// should go on.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InboundStream {
+    pub chunk: StreamChunk,
+    pub peer: PeerId,
+}
+
 /// A model request from a peer.
 #[derive(Message)]
 #[rtype(result = "ModelReply")]
@@ -255,6 +275,12 @@ pub const SYNC_REQUESTS: RateLimit = RateLimit {
 pub const MODEL_REQUESTS: RateLimit = RateLimit {
     per_second: 256.0,
     burst: 512.0,
+};
+/// Streamed text pieces: one per decode step of each job a peer streams to us at most
+/// (pieces coalesce while one is in flight).
+pub const STREAM_REQUESTS: RateLimit = RateLimit {
+    per_second: 512.0,
+    burst: 1024.0,
 };
 
 /// How long gossipsub remembers a message id, refusing to publish or deliver it again. Well

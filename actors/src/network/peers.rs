@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Multiaddr, PeerId};
 
-use super::{JOB_REQUESTS, MODEL_REQUESTS, SYNC_REQUESTS};
+use super::{JOB_REQUESTS, MODEL_REQUESTS, STREAM_REQUESTS, SYNC_REQUESTS};
 use crate::protocol;
 
 /// The request-response protocols, each with its own inbound budget per peer.
@@ -16,6 +16,7 @@ pub(super) enum Rpc {
     Job,
     Sync,
     Model,
+    Stream,
 }
 
 impl Rpc {
@@ -24,6 +25,7 @@ impl Rpc {
             Rpc::Job => JOB_REQUESTS,
             Rpc::Sync => SYNC_REQUESTS,
             Rpc::Model => MODEL_REQUESTS,
+            Rpc::Stream => STREAM_REQUESTS,
         }
     }
 
@@ -32,6 +34,7 @@ impl Rpc {
             Rpc::Job => protocol::JOB_PROTOCOL,
             Rpc::Sync => protocol::SYNC_PROTOCOL,
             Rpc::Model => protocol::MODEL_PROTOCOL,
+            Rpc::Stream => protocol::STREAM_PROTOCOL,
         }
     }
 }

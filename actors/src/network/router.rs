@@ -10,13 +10,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::swarm::{self, Command, Commands, Event, Failure};
 use super::{
     BlockPeer, FindProviders, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx,
-    InboundJob, InboundModel, InboundSync, MAX_PENDING_VERDICTS, NetError, NetworkConfig,
-    PenalisePeer, ProvideModel, Publish, ReportValidation, Routes, SendJob, SendModelRequest,
-    SendSync, SetRoutes,
+    InboundJob, InboundModel, InboundStream, InboundSync, MAX_PENDING_VERDICTS, NetError,
+    NetworkConfig, PenalisePeer, ProvideModel, Publish, ReportValidation, Routes, SendJob,
+    SendModelRequest, SendStream, SendSync, SetRoutes,
 };
 use crate::metrics::METRICS;
 use crate::protocol::{
-    self, JobCall, JobReply, ModelReply, ModelRequest, SyncReply, SyncRequest, topics,
+    self, JobCall, JobReply, ModelReply, ModelRequest, StreamChunk, SyncReply, SyncRequest, topics,
 };
 
 /// The Network actor.
@@ -321,6 +321,48 @@ impl StreamHandler<Event> for Network {
                     .into_actor(self),
                 );
             }
+            Event::StreamRequest { id, peer, data } => {
+                let commands = self.commands.clone();
+                let respond = move |go_on: bool| {
+                    let _ = commands.send(Command::RespondStream {
+                        id,
+                        data: protocol::encode(&go_on),
+                    });
+                };
+                let chunk = match protocol::decode::<StreamChunk>(
+                    &data,
+                    protocol::MAX_STREAM_CHUNK_BYTES,
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        METRICS
+                            .rpc_rejected
+                            .with_label_values(&[protocol::STREAM_PROTOCOL, &short(&e)])
+                            .inc();
+                        tracing::warn!(%peer, error = %e, "malformed stream chunk");
+                        respond(false);
+                        let _ = self.commands.send(Command::Penalise {
+                            peer,
+                            reason: "malformed stream chunk",
+                        });
+                        return;
+                    }
+                };
+                let Some(streams) = self.routes.as_ref().map(|r| r.streams.clone()) else {
+                    respond(false);
+                    return;
+                };
+                ctx.spawn(
+                    async move {
+                        let go_on = streams
+                            .send(InboundStream { chunk, peer })
+                            .await
+                            .unwrap_or(false);
+                        respond(go_on);
+                    }
+                    .into_actor(self),
+                );
+            }
             Event::SyncRequest { id, peer, data } => {
                 let commands = self.commands.clone();
                 let request = match protocol::decode::<SyncRequest>(&data, 1024) {
@@ -500,6 +542,24 @@ impl Handler<FindProviders> for Network {
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| NetError::Stopped)
+        })
+    }
+}
+
+impl Handler<SendStream> for Network {
+    type Result = ResponseFuture<Result<bool, NetError>>;
+    fn handle(&mut self, msg: SendStream, _: &mut Self::Context) -> Self::Result {
+        let commands = self.commands.clone();
+        let data = protocol::encode(&msg.chunk);
+        let peer = msg.peer;
+        Box::pin(async move {
+            let bytes = request(
+                commands,
+                |reply| Command::Stream { peer, data, reply },
+                peer,
+            )
+            .await?;
+            Ok(protocol::decode::<bool>(&bytes, 64)?)
         })
     }
 }

@@ -43,6 +43,7 @@ struct Behaviour {
     job: request_response::Behaviour<FrameCodec>,
     sync: request_response::Behaviour<FrameCodec>,
     model: request_response::Behaviour<FrameCodec>,
+    stream: request_response::Behaviour<FrameCodec>,
 }
 
 pub(super) enum Command {
@@ -82,6 +83,15 @@ pub(super) enum Command {
         id: u64,
         data: Vec<u8>,
     },
+    Stream {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
+    },
+    RespondStream {
+        id: u64,
+        data: Vec<u8>,
+    },
     /// Announce in Kademlia that this node provides `key` (a model id), now and again every
     /// [`REPROVIDE_EVERY`] while it runs.
     Provide {
@@ -113,6 +123,8 @@ impl Command {
             Command::RespondSync { .. } => "respond_sync",
             Command::Model { .. } => "model",
             Command::RespondModel { .. } => "respond_model",
+            Command::Stream { .. } => "stream",
+            Command::RespondStream { .. } => "respond_stream",
             Command::Provide { .. } => "provide",
             Command::FindProviders { .. } => "find_providers",
             Command::Penalise { .. } => "penalise",
@@ -167,6 +179,11 @@ pub(super) enum Event {
         data: Vec<u8>,
     },
     ModelRequest {
+        id: u64,
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    StreamRequest {
         id: u64,
         peer: PeerId,
         data: Vec<u8>,
@@ -278,6 +295,12 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                     protocol::MAX_MODEL_REPLY_BYTES,
                     Duration::from_secs(30),
                 ),
+                stream: rr(
+                    protocol::STREAM_PROTOCOL,
+                    protocol::MAX_STREAM_CHUNK_BYTES,
+                    64,
+                    Duration::from_secs(10),
+                ),
             })
         })
         .map_err(|e| setup(&e))?
@@ -327,6 +350,7 @@ pub(super) fn spawn(
         job_channels: HashMap::new(),
         sync_channels: HashMap::new(),
         model_channels: HashMap::new(),
+        stream_channels: HashMap::new(),
         provider_queries: HashMap::new(),
         provided: Vec::new(),
         last_provided: Instant::now(),
@@ -347,6 +371,7 @@ struct SwarmTask {
     job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     model_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    stream_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     /// Running provider lookups: the providers found so far and who waits for them.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     /// Keys this node provides, announced again every [`REPROVIDE_EVERY`].
@@ -430,6 +455,7 @@ impl SwarmTask {
         self.job_channels.retain(|_, ch| ch.is_open());
         self.sync_channels.retain(|_, ch| ch.is_open());
         self.model_channels.retain(|_, ch| ch.is_open());
+        self.stream_channels.retain(|_, ch| ch.is_open());
         // Provider records reach the peers closest to the key that are known when announced:
         // on a young network few are, so announce again while it fills.
         if self.last_provided.elapsed() >= REPROVIDE_EVERY {
@@ -481,6 +507,15 @@ impl SwarmTask {
             Command::RespondModel { id, data } => {
                 if let Some(ch) = self.model_channels.remove(&id) {
                     let _ = b.model.send_response(ch, data);
+                }
+            }
+            Command::Stream { peer, data, reply } => {
+                let id = b.stream.send_request(&peer, data);
+                self.pending_out.insert(id, reply);
+            }
+            Command::RespondStream { id, data } => {
+                if let Some(ch) = self.stream_channels.remove(&id) {
+                    let _ = b.stream.send_response(ch, data);
                 }
             }
             Command::Provide { key } => {
@@ -548,6 +583,10 @@ impl SwarmTask {
                     Rpc::Model => {
                         self.model_channels.insert(id, channel);
                         Event::ModelRequest { id, peer, data }
+                    }
+                    Rpc::Stream => {
+                        self.stream_channels.insert(id, channel);
+                        Event::StreamRequest { id, peer, data }
                     }
                 };
                 self.emit(event);
@@ -668,6 +707,7 @@ impl SwarmTask {
             SwarmEvent::Behaviour(BehaviourEvent::Job(ev)) => self.rr_event(ev, Rpc::Job),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.rr_event(ev, Rpc::Sync),
             SwarmEvent::Behaviour(BehaviourEvent::Model(ev)) => self.rr_event(ev, Rpc::Model),
+            SwarmEvent::Behaviour(BehaviourEvent::Stream(ev)) => self.rr_event(ev, Rpc::Stream),
             _ => {}
         }
     }
@@ -703,6 +743,10 @@ impl SwarmTask {
             Event::ModelRequest { id, .. } => {
                 self.model_channels.remove(&id);
                 "model"
+            }
+            Event::StreamRequest { id, .. } => {
+                self.stream_channels.remove(&id);
+                "stream"
             }
             Event::Peers(_) => "peers",
             Event::Listening(_) => "listening",

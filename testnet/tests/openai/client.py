@@ -70,14 +70,18 @@ assert len(finish) == 1 and finish[0].choices[0].finish_reason == "stop", finish
 assert finish[0].model_extra["proof"]["status"] == "executed"
 assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0, chunks[-1]
 seen["stream"] = {"chunks": len(chunks), "job_id": finish[0].model_extra["proof"]["job_id"]}
-errors_stream = None
-try:
+# Through a node that routes the job to the inference node: streamed across the mesh.
+routed = list(
     client.chat.completions.create(
-        model=chat_model, messages=[{"role": "user", "content": "hi"}], stream=True
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
     )
-except openai.BadRequestError as e:
-    errors_stream = e.code
-assert errors_stream == "stream_unavailable", errors_stream
+)
+routed_text = "".join(c.choices[0].delta.content or "" for c in routed if c.choices)
+assert routed_text == os.environ["PM_EXPECT"], routed_text
 
 # A system message given as the newer "developer" role and content as text parts.
 r = client.chat.completions.create(
