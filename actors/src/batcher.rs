@@ -105,13 +105,12 @@ fn decode_loop(model: &Model, backend: &dyn Backend, rx: &Receiver<Job>) {
         if generator.is_empty() {
             continue;
         }
-        let streamed = |key: u64, step: &kernels::Step<'_>| {
-            if let Some((_, Some(stream))) = waiting.get(&key)
-                && !step.text.is_empty()
-            {
-                let _ = stream.send(step.text.to_string());
-            }
-            true
+        // A streamed job whose reader is gone (its client left) stops here: it finishes as
+        // `cancelled`, committing to the tokens so far, and is charged for those.
+        let streamed = |key: u64, step: &kernels::Step<'_>| match waiting.get(&key) {
+            Some((_, Some(stream))) if step.text.is_empty() => !stream.is_closed(),
+            Some((_, Some(stream))) => stream.send(step.text.to_string()).is_ok(),
+            _ => true,
         };
         let stepped = generator.step(backend, &mut { streamed });
         match stepped {
@@ -193,8 +192,9 @@ mod tests {
         }
     }
 
-    /// A streamed job's pieces, in order, are its text; a receiver that went away does not
-    /// stop the job.
+    /// A streamed job's pieces, in order, are its text; a job whose reader went away stops
+    /// at once, `cancelled`, its tokens a prefix of the whole run's (whose hash at its units
+    /// a validator derives).
     #[tokio::test]
     async fn streamed_text_is_the_completion_text() {
         let model = model();
@@ -221,7 +221,14 @@ mod tests {
             .run_streaming(input.to_vec(), Some(tx))
             .await
             .unwrap();
-        assert_eq!(out.hash(), want.hash());
+        let (cut, whole) = (
+            out.completion.as_ref().unwrap(),
+            want.completion.as_ref().unwrap(),
+        );
+        assert_eq!(cut.finish, kernels::FinishReason::Cancelled);
+        assert_eq!(cut.tokens[..], whole.tokens[..cut.tokens.len()]);
+        assert!(cut.tokens.len() < whole.tokens.len());
+        assert_eq!(want.cancelled_hash(out.units(0)), Some(out.hash()));
     }
 
     /// A model that does not generate answers each job with the reason.

@@ -540,8 +540,9 @@ impl Handler<InboundJob> for Inference {
 
 /// Sends a streamed job's text to `peer` (the gateway that routed it here) as it comes,
 /// one request at a time: pieces generated while one is in flight go together in the next
-/// (up to [`crate::protocol::MAX_STREAM_TEXT_BYTES`]). Stops when the gateway says nobody
-/// reads any more, or cannot be reached.
+/// (up to [`crate::protocol::MAX_STREAM_TEXT_BYTES`]). When the gateway says nobody reads any
+/// more (the client left), it stops and drops the receiver, which cancels the decode; when
+/// the gateway cannot be reached, the rest goes with the answer only.
 async fn forward_stream(
     network: Addr<Network>,
     peer: PeerId,
@@ -589,9 +590,13 @@ async fn forward_stream(
             }
             Ok(Err(e)) => {
                 tracing::warn!(%job, %peer, error = %e, "stream text not delivered: the rest goes with the answer");
+                while rx.recv().await.is_some() {}
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                while rx.recv().await.is_some() {}
+                return;
+            }
         }
     }
 }

@@ -283,13 +283,11 @@ impl Checker {
                 .get(&model_id)
                 .ok_or(RecordError::ModelMissing(model_id))?;
             let started = Instant::now();
-            let output = model
-                .run(self.backend.as_ref(), record.input.as_bytes())
+            let (actual, units) = recompute(&model, self.backend.as_ref(), record)
                 .map_err(|e| RecordError::Execution(e.to_string()))?;
             METRICS
                 .reexec_seconds
                 .observe(started.elapsed().as_secs_f64());
-            let actual = chain::B256::from(output.hash());
             if actual != record.output_hash {
                 return Err(RecordError::Fraud {
                     executor: record.executor,
@@ -297,7 +295,6 @@ impl Checker {
                     actual,
                 });
             }
-            let units = output.units(record.input.len());
             if units != record.units {
                 return Err(RecordError::UnitsFraud {
                     executor: record.executor,
@@ -308,6 +305,27 @@ impl Checker {
         }
         Ok(verified)
     }
+}
+
+/// What re-executing `record` gives: its output hash and units. A generation whose record is
+/// that run cut short by its client (a stream left: fewer tokens, finish `cancelled`) gives
+/// the record's own — the cut is the record's units, and its tokens a proper prefix of the
+/// run's — so a client leaving is never taken for fraud, nor fraud for a client leaving.
+fn recompute(
+    model: &kernels::Model,
+    backend: &dyn Backend,
+    record: &InferenceRecord,
+) -> Result<(B256, u64), kernels::Error> {
+    let output = model.run(backend, record.input.as_bytes())?;
+    let full = B256::from(output.hash());
+    if full != record.output_hash
+        && output
+            .cancelled_hash(record.units)
+            .is_some_and(|cut| B256::from(cut) == record.output_hash)
+    {
+        return Ok((record.output_hash, record.units));
+    }
+    Ok((full, output.units(record.input.len())))
 }
 
 /// Deterministic sample: the first two bytes of the job id against the rate.
@@ -656,13 +674,9 @@ impl Checker {
             .models
             .get(&model_id)
             .ok_or_else(|| FraudCheckError::Unable(format!("model {model_id} is not here")))?;
-        let output = model
-            .run(self.backend.as_ref(), record.input.as_bytes())
-            .map_err(|e| {
-                FraudCheckError::Unable(format!("re-executing the accused record: {e}"))
-            })?;
-        let actual = chain::B256::from(output.hash());
-        let units = output.units(record.input.len());
+        let (actual, units) = recompute(&model, self.backend.as_ref(), record).map_err(|e| {
+            FraudCheckError::Unable(format!("re-executing the accused record: {e}"))
+        })?;
         let (same, claimed) = match f.claim {
             FraudClaim::Output { recomputed } => (
                 (actual == record.output_hash)

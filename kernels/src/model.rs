@@ -98,6 +98,29 @@ impl Output {
         }
     }
 
+    /// The commitment of this generation cut short by its client after its first tokens, so
+    /// that the job has `units` units (prompt plus those tokens): what a validator that ran
+    /// the whole generation accepts for the record of a stream its client left. `None` unless
+    /// that is a proper prefix: a cancelled run stops before the uncancelled one would.
+    pub fn cancelled_hash(&self, units: u64) -> Option<[u8; 32]> {
+        let c = self.completion.as_ref()?;
+        let kept = usize::try_from(units)
+            .ok()?
+            .checked_sub(c.prompt_tokens.len())?;
+        if kept >= c.tokens.len() {
+            return None;
+        }
+        let cut = Completion {
+            prompt_tokens: c.prompt_tokens.clone(),
+            tokens: c.tokens[..kept].to_vec(),
+            text: String::new(),
+            finish: crate::FinishReason::Cancelled,
+            sampling: c.sampling,
+            logprobs: None,
+        };
+        Some(cut.hash())
+    }
+
     /// The commitment an executor signs and a validator recomputes:
     /// `keccak256(ndim as u32 LE ‖ each dim as u64 LE ‖ each value as f32 LE)`, every NaN
     /// written as the canonical quiet NaN `0x7fc00000` (payloads are not portable).

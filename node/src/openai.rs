@@ -499,7 +499,8 @@ fn usage(output: &Value) -> Value {
 /// `/proofmesh/stream/1` before its answer. Text the stream did not carry (a piece lost on the
 /// way) is sent from the answer before the last chunk. A refusal before
 /// the first token is an ordinary error response; an error after it, an `error` event. A
-/// client that disconnects does not stop the job: it is finalized and charged in full.
+/// client that disconnects stops the decode: the job finishes `cancelled`, committing to the
+/// tokens so far, and is charged for those.
 async fn stream_chat(
     s: S,
     req: HttpRequest,
@@ -546,8 +547,11 @@ async fn stream_chat(
     }
     let (events, body) = tokio::sync::mpsc::unbounded_channel::<web::Bytes>();
     let done = events.clone();
+    // `false` once the client is gone (actix dropped the response body).
     let send = move |v: &Value| {
-        let _ = events.send(web::Bytes::from(format!("data: {v}\n\n")));
+        events
+            .send(web::Bytes::from(format!("data: {v}\n\n")))
+            .is_ok()
     };
     let proof_base = (s.clone(), req.clone());
     actix_web::rt::spawn(async move {
@@ -556,14 +560,18 @@ async fn stream_chat(
             Value::Null,
         ));
         let mut streamed = String::new();
+        let mut reading = true;
         for text in first {
-            send(&chunk(json!({"content": text}), Value::Null));
+            reading &= send(&chunk(json!({"content": text}), Value::Null));
             streamed.push_str(&text);
         }
-        while let Some(text) = text_rx.recv().await {
-            send(&chunk(json!({"content": text}), Value::Null));
+        while reading && let Some(text) = text_rx.recv().await {
+            reading = send(&chunk(json!({"content": text}), Value::Null));
             streamed.push_str(&text);
         }
+        // The client left: dropping the text's receiver stops the decode where it is (the
+        // job commits to the tokens so far, finish `cancelled`, and is charged for those).
+        drop(text_rx);
         let result = match finished {
             Some(r) => r,
             None => running.await,
@@ -598,10 +606,12 @@ async fn stream_chat(
                     .unwrap_or_else(|| json!({"error": {"message": "the job failed"}}));
                 send(&body);
             }
-            Err(e) => send(
-                &json!({"error": {"message": format!("the job's task failed: {e}"),
-                "type": "server_error", "param": null, "code": "internal"}}),
-            ),
+            Err(e) => {
+                send(
+                    &json!({"error": {"message": format!("the job's task failed: {e}"),
+                    "type": "server_error", "param": null, "code": "internal"}}),
+                );
+            }
         }
     });
     HttpResponse::Ok()

@@ -293,6 +293,37 @@ fn api_keys_pay_for_openai_requests() {
         .unwrap();
     assert_eq!(done["status"], "finalized", "{done}");
 
+    // A streaming client that leaves after the first text: the inference node (reached
+    // across the mesh) stops the decode there; the job finalizes, committing to the tokens so
+    // far (validators derive that from their whole run), and is charged for those only.
+    let mut long = json!({"model": testnet::net::SMOLLM2, "max_tokens": 64, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "stream": true});
+    let job = leave_after_first_text(&v0, &long, &key);
+    let done = client
+        .wait_job(&v0, &job, Duration::from_secs(180))
+        .unwrap();
+    assert_eq!(done["status"], "finalized", "{done}");
+    let fee: u128 = done["fee"].as_str().unwrap().parse().unwrap();
+    let units = ((fee - per_job) / testnet::net::SMOLLM2_PRICE_PER_TOKEN) as u64;
+    long["stream"] = false.into();
+    let input = json!({"messages": long["messages"], "max_tokens": 64, "temperature": 0.0,
+        "top_p": 1.0, "top_k": 0, "seed": 0, "stop": [], "logprobs": false});
+    let whole = local
+        .run(&kernels::CpuBackend::new(), input.to_string().as_bytes())
+        .unwrap();
+    let prompt = whole.completion.as_ref().unwrap().prompt_tokens.len() as u64;
+    assert!(
+        units > prompt && units < whole.units(0),
+        "charged {units} units; the prompt is {prompt}, the whole run {}",
+        whole.units(0)
+    );
+    assert_eq!(
+        done["output_hash"],
+        format!("0x{}", hex::encode(whole.cancelled_hash(units).unwrap())),
+        "{done}"
+    );
+
     // Embeddings: float and base64 carry the same f32 values.
     let texts = json!(["The cat sat on the mat.", "proofmesh"]);
     let emb = |format: &str| {
@@ -498,4 +529,41 @@ fn api_keys_pay_for_openai_requests() {
     let job = seen["chat"]["job_id"].as_str().unwrap();
     let done = client.wait_job(&v0, job, Duration::from_secs(120)).unwrap();
     assert_eq!(done["status"], "finalized", "{done}");
+}
+
+/// Sends a streamed chat request over a raw connection, reads until the first piece of text,
+/// then closes the connection (a client that leaves); returns the job's id (from the chunk's
+/// `chatcmpl-…` id).
+fn leave_after_first_text(node: &str, body: &Value, key: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = node.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    // The role chunk's content is empty; the first piece of text is not.
+    let has_text = |seen: &str| {
+        seen.match_indices("\"content\":\"").any(|(at, m)| {
+            seen[at + m.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c != '"')
+        })
+    };
+    while !has_text(&seen) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before any text: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(s);
+    let at = seen.find("chatcmpl-").unwrap() + "chatcmpl-".len();
+    format!("0x{}", &seen[at..at + 64])
 }

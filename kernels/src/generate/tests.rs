@@ -316,3 +316,27 @@ fn units_stay_within_their_bound() {
     assert_eq!(units_bound(texts), texts.len() as u64);
     assert_eq!(units_bound(b"\xff garbage"), 9);
 }
+
+/// A generation its client left after k tokens commits to what a validator derives from the
+/// whole run and the record's units; a cut that is not a proper prefix derives nothing.
+#[test]
+fn a_cancelled_generation_is_derived_from_the_whole_run() {
+    let model = tiny();
+    let backend = CpuBackend::new();
+    let req = request(serde_json::json!({"messages": user("the"), "max_tokens": 30, "temperature": 1.0, "seed": 9})).unwrap();
+    let full = crate::Output::completion(generate(&model, &backend, &req, &mut |_| true).unwrap());
+    let n = full.completion.as_ref().unwrap().tokens.len();
+    let prompt = full.completion.as_ref().unwrap().prompt_tokens.len();
+    assert!(n >= 4, "{n} tokens");
+    for k in [0usize, 2] {
+        let cut = generate(&model, &backend, &req, &mut |s| s.index < k).unwrap();
+        assert_eq!(cut.finish, FinishReason::Cancelled);
+        let cut = crate::Output::completion(cut);
+        let units = cut.units(0);
+        assert_eq!(units, (prompt + k + 1) as u64);
+        assert_eq!(full.cancelled_hash(units), Some(cut.hash()));
+    }
+    assert_eq!(full.cancelled_hash(full.units(0)), None);
+    assert_eq!(full.cancelled_hash(prompt as u64 - 1), None);
+    assert_eq!(full.cancelled_hash(u64::MAX), None);
+}
