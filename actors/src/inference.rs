@@ -21,7 +21,7 @@ use crate::metrics::METRICS;
 use crate::models::Models;
 use crate::network::{InboundJob, Network, Publish};
 use crate::protocol::{self, Capability, JobCall, JobReply, SignedCapability, topics};
-use crate::settlement::{GetAccount, NonceUsed, Settlement};
+use crate::settlement::{GetAccount, GrantSpent, NonceUsed, Settlement};
 
 /// Run a job locally (the gateway on the same node).
 #[derive(Message)]
@@ -60,6 +60,8 @@ pub struct Links {
 struct Running {
     client: Address,
     price: u128,
+    /// The API grant that pays for it, if one does.
+    grant: Option<chain::B256>,
     /// The gateway that sent it; `None` for this node's own gateway.
     peer: Option<PeerId>,
 }
@@ -254,6 +256,14 @@ impl Inference {
                 ),
             ));
         }
+        if let Some(g) = &job.grant
+            && g.grant.expiry <= now_s
+        {
+            return Err(Self::refuse(
+                "expired",
+                format!("the API grant expired at {} (now {now_s})", g.grant.expiry),
+            ));
+        }
         Ok((id, model, price))
     }
 
@@ -273,6 +283,11 @@ impl Inference {
             }
         };
         let client = call.job.request.client;
+        let grant = call
+            .job
+            .grant
+            .as_ref()
+            .map(|g| (g.grant.id(self.admission.domain()), g.grant.cap));
         // Reserved from here on: concurrent calls see it in the limits and the balance.
         let reserved: u128 = self
             .in_flight
@@ -280,11 +295,18 @@ impl Inference {
             .filter(|r| r.client == client)
             .map(|r| r.price)
             .sum();
+        let grant_reserved: u128 = self
+            .in_flight
+            .values()
+            .filter(|r| r.grant.is_some() && r.grant == grant.map(|(id, _)| id))
+            .map(|r| r.price)
+            .sum();
         self.in_flight.insert(
             id,
             Running {
                 client,
                 price,
+                grant: grant.map(|(id, _)| id),
                 peer,
             },
         );
@@ -318,6 +340,22 @@ impl Inference {
                         "balance {balance} minus {reserved} reserved here is below the price {price}"
                     ),
                 ));
+            }
+            // An API grant's cap, as the ledger will hold it: a gateway that let a job past
+            // it would have this node run a job that pays nothing.
+            if let Some((grant, cap)) = grant {
+                let spent = settlement
+                    .send(GrantSpent(grant))
+                    .await
+                    .map_err(|e| Self::refuse("unavailable", e.to_string()))?;
+                if spent.saturating_add(grant_reserved).saturating_add(price) > cap {
+                    return Err(Self::refuse(
+                        "grant_exhausted",
+                        format!(
+                            "the API grant has spent {spent} of its cap {cap} ({grant_reserved} more reserved here): this job, up to {price}, could pass it"
+                        ),
+                    ));
+                }
             }
             Ok(())
         };

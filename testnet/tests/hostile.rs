@@ -403,6 +403,46 @@ fn direct_job_calls_are_admitted_as_a_gateway_would(run: &Running) {
         "nonce_used"
     );
     assert_eq!(executed(), before + 1.0, "one execution for one paid job");
+    // Bought through an API grant: the inference node holds the grant's cap itself (a gateway
+    // that let the job through would have it run for nothing), and its expiry.
+    let delegate = PrivateKeySigner::random();
+    let granted = |cap: u128, expiry: u64, nonce: u64| {
+        let grant = chain::ApiGrant {
+            client: funded.address(),
+            delegate: delegate.address(),
+            cap,
+            expiry,
+            models: vec![],
+        }
+        .sign(&funded, &net.domain)
+        .unwrap();
+        let job = chain::JobRequest {
+            client: funded.address(),
+            model_id,
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee: price,
+            nonce,
+            expiry: now_s + 600,
+        }
+        .sign_granted(&delegate, grant, &net.domain)
+        .unwrap();
+        let bytes = protocol::encode(&protocol::JobCall {
+            job,
+            input: input.clone(),
+            stream: false,
+        });
+        let reply = testnet::garbage::call_job(&inference.p2p, bytes).unwrap();
+        refused(protocol::decode::<protocol::JobReply>(&reply, protocol::MAX_JOB_BYTES).unwrap())
+    };
+    let nonce = common::fresh_nonce();
+    assert_eq!(granted(price - 1, now_s + 600, nonce), "grant_exhausted");
+    assert_eq!(granted(price, now_s - 1, nonce), "expired");
+    assert_eq!(
+        executed(),
+        before + 1.0,
+        "a refused grant's job was executed"
+    );
+    assert_eq!(granted(price, now_s + 600, nonce), "done");
     assert!(
         counter(
             &client,
