@@ -192,6 +192,11 @@ pub(crate) struct SentenceFiles<'a> {
 }
 
 impl Bert {
+    /// The width of the hidden state, and of the embeddings.
+    pub(crate) fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
     /// Parses and checks a BERT model: config, tokenizer, weights (every tensor's shape against
     /// the config; F32 and finite), and the sentence-transformers pooling (mean only).
     pub(crate) fn from_bytes(

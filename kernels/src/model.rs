@@ -452,6 +452,14 @@ impl Model {
         }
     }
 
+    /// The width of a text encoder's embeddings; `None` for other models.
+    pub fn embedding_dim(&self) -> Option<usize> {
+        match &self.net {
+            Network::Bert(bert) => Some(bert.hidden_size()),
+            _ => None,
+        }
+    }
+
     /// Whether the model generates text (its jobs take a [`GenerateRequest`]).
     pub fn generates(&self) -> bool {
         matches!(self.net, Network::Llama(_))

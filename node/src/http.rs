@@ -43,6 +43,8 @@ pub struct AppState {
     pub served: actors::hub::Served,
     /// The model hub, on nodes that hold models (validators and inference nodes).
     pub hub: Option<Addr<actors::hub::Hub>>,
+    /// The models this node holds (fetched ones join).
+    pub models: actors::models::Models,
     /// How long a client may take to send a request body, from the end of its headers.
     pub body_timeout: Duration,
     /// x402 payments, when this node takes them ([evm] and a genesis with `evm`).

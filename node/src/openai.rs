@@ -751,9 +751,16 @@ pub(crate) async fn embeddings(s: S, req: HttpRequest, payload: web::Payload) ->
         Err(r) => return r,
     };
     let (name, terms) = (entry.name.clone(), entry.clone());
-    // A `dimensions` other than the model's is refused before the job runs once this node has
-    // seen one of the model's outputs; before that, after (and the job is charged).
-    if let (Some(d), Some(known)) = (body.dimensions, known_dimensions(&model))
+    // A `dimensions` other than the model's is refused before the job runs when this node
+    // holds the model (validators and inference nodes hold every registered one) or has seen
+    // one of its outputs; a bare gateway that has neither learns it from the first output
+    // (that job ran and is charged).
+    let known = known_dimensions(&model).or_else(|| {
+        let dim = s.models.get(&model)?.embedding_dim()?;
+        remember_dimensions(model, dim);
+        Some(dim)
+    });
+    if let (Some(d), Some(known)) = (body.dimensions, known)
         && d != known as u64
     {
         return bad(

@@ -340,6 +340,7 @@ pub fn run(home: &Path) -> Result<()> {
                 .collect(),
             served,
             hub,
+            models: models.clone(),
         };
         let server = HttpServer::new(move || {
             App::new()

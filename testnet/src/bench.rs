@@ -155,8 +155,7 @@ pub fn run(
         .parse()
         .map_err(|e| anyhow::anyhow!("model id: {e}"))?;
     let input = std::fs::read_to_string(&model.example_input)?;
-    // Streamed jobs: an OpenAI chat request of the example chat, paid by one API key, sent
-    // to the nodes that run the model (the ones that stream).
+    // Streamed jobs: an OpenAI chat request of the example chat, paid by one API key.
     let streamed = if stream {
         let example: serde_json::Value = serde_json::from_str(&input)?;
         let api_key = chain::apikey::ApiKey::create(
@@ -177,11 +176,9 @@ pub fn run(
     } else {
         None
     };
-    let urls: Vec<String> = if stream {
-        net.inference().map(|n| n.http.clone()).collect()
-    } else {
-        net.nodes.iter().map(|n| n.http.clone()).collect()
-    };
+    // Every node takes jobs, streamed ones too: a node that does not run the model streams
+    // what the inference node it routes to sends it.
+    let urls: Vec<String> = net.nodes.iter().map(|n| n.http.clone()).collect();
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
     // Memory at the start, when half the jobs are done, and at the end; disk before and after.

@@ -54,8 +54,8 @@ enum Cmd {
         no_minilm: bool,
         /// Also serve SmolLM2-135M-Instruct (text generation), from DIR or, with no DIR, from
         /// where scripts/fetch-smollm2 puts it.
-        #[arg(long, num_args = 0..=1, default_missing_value = "")]
-        smollm2: Option<PathBuf>,
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "DIR")]
+        smollm2: Option<String>,
         /// Reuse this simulated TEE root (root.json from `proofmesh attest simulate root` or a
         /// testnet's DIR/tee) instead of making one.
         #[arg(long)]
@@ -99,14 +99,16 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Model name (default: the testnet's first model).
+        /// Model name (default: the testnet's first model), optionally with its own job
+        /// count (`NAME:JOBS`); repeat it to bench several models one after the other in one
+        /// run (`--stream` applies to the generating ones).
         #[arg(long)]
-        model: Option<String>,
+        model: Vec<String>,
         /// Pay each job by x402 from the client's OPG on the EVM chain.
         #[arg(long)]
         x402: bool,
         /// A text-generation model's jobs as streamed OpenAI chat completions (paid by an API
-        /// key) to the inference nodes: reports time to first token.
+        /// key) through every node: reports time to first token.
         #[arg(long, conflicts_with = "x402")]
         stream: bool,
     },
@@ -180,10 +182,10 @@ fn run(cli: Cli) -> Result<()> {
                 minilm_dir: (!no_minilm)
                     .then(|| minilm_dir.unwrap_or_else(testnet::net::default_minilm_dir)),
                 smollm2_dir: smollm2.map(|d| {
-                    if d.as_os_str().is_empty() {
+                    if d.is_empty() {
                         testnet::net::default_smollm2_dir()
                     } else {
-                        d
+                        PathBuf::from(d)
                     }
                 }),
                 tee_root,
@@ -217,16 +219,35 @@ fn run(cli: Cli) -> Result<()> {
             stream,
         } => {
             let net = Testnet::load(&dir)?;
-            let report = testnet::bench::run(
-                &net,
-                model.as_deref(),
-                jobs,
-                concurrency,
-                seed,
-                x402,
-                stream,
-            )?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            if model.len() <= 1 {
+                let (name, jobs) = match model.first() {
+                    Some(m) => model_jobs(m, jobs)?,
+                    None => (None, jobs),
+                };
+                let report =
+                    testnet::bench::run(&net, name, jobs, concurrency, seed, x402, stream)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let mut reports = Vec::new();
+            for m in &model {
+                let (name, jobs) = model_jobs(m, jobs)?;
+                let info = net.model(name)?;
+                let example = std::fs::read(&info.example_input)?;
+                let generates = kernels::GenerateRequest::parse(&example).is_ok();
+                eprintln!("bench: {} ({jobs} jobs)", info.name);
+                let report = testnet::bench::run(
+                    &net,
+                    name,
+                    jobs,
+                    concurrency,
+                    seed,
+                    x402,
+                    stream && generates,
+                )?;
+                reports.push(serde_json::json!({"model": info.name, "report": report}));
+            }
+            println!("{}", serde_json::to_string_pretty(&reports)?);
             Ok(())
         }
         Cmd::BenchTxs {
@@ -256,5 +277,45 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+    }
+}
+
+/// `NAME` or `NAME:JOBS` (a job count of its own for that model).
+fn model_jobs(spec: &str, jobs: usize) -> Result<(Option<&str>, usize)> {
+    match spec.rsplit_once(':') {
+        Some((name, n)) => Ok((
+            Some(name),
+            n.parse()
+                .with_context(|| format!("--model {spec}: {n:?} is not a job count"))?,
+        )),
+        None => Ok((Some(spec), jobs)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--smollm2` takes its directory or none (then the default), in any position; a
+    /// repeated `--model` may carry its own job count.
+    #[test]
+    fn optional_values_parse() {
+        for args in [
+            &["t", "up", "--dir", "d", "--smollm2"][..],
+            &["t", "up", "--smollm2", "--dir", "d"][..],
+        ] {
+            let Cmd::Up { smollm2, .. } = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not up");
+            };
+            assert_eq!(smollm2.as_deref(), Some(""), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["t", "up", "--dir", "d", "--smollm2", "/m"]).unwrap();
+        let Cmd::Up { smollm2, .. } = cli.command else {
+            panic!("not up");
+        };
+        assert_eq!(smollm2.as_deref(), Some("/m"));
+        assert_eq!(model_jobs("smol:12", 5).unwrap(), (Some("smol"), 12));
+        assert_eq!(model_jobs("smol", 5).unwrap(), (Some("smol"), 5));
+        assert!(model_jobs("smol:x", 5).is_err());
     }
 }

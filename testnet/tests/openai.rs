@@ -413,6 +413,24 @@ fn api_keys_pay_for_openai_requests() {
         "not_found_error",
         "model_not_found",
     );
+    // `dimensions` other than the model's, at a node that has seen no output of it but holds
+    // it: refused before any job runs.
+    let r = post(
+        &client,
+        &format!("{}/v1/embeddings", net.nodes[1].http),
+        &json!({"model": testnet::net::MINILM, "input": "x", "dimensions": 7}),
+        &key,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["error"]["param"], "dimensions", "{}", r.body);
+    assert!(
+        !r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("charged"),
+        "{}",
+        r.body
+    );
     for (field, value) in [
         ("temperature", json!(2.5)),
         ("top_p", json!(0)),

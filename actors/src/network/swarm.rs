@@ -25,6 +25,9 @@ use crate::protocol::{self, topics};
 
 /// Listen addresses taken from one peer's identify message: the rest are not dialed.
 const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Where an outbound request's answer goes.
+type Reply = oneshot::Sender<Result<Vec<u8>, Failure>>;
+
 /// How often this node announces again the models it provides.
 const REPROVIDE_EVERY: Duration = Duration::from_secs(20);
 /// Peers we dial on our own (from the DHT) until we have this many; beyond it only others
@@ -366,8 +369,9 @@ pub(super) fn spawn(
 struct SwarmTask {
     swarm: libp2p::Swarm<Behaviour>,
     events: mpsc::Sender<Event>,
-    pending_out:
-        HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Failure>>>,
+    /// Outbound requests waiting for their answer, by protocol and request id: each
+    /// request-response behaviour numbers its requests from 1, so an id alone is ambiguous.
+    pending_out: HashMap<(Rpc, request_response::OutboundRequestId), Reply>,
     job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     model_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
@@ -484,11 +488,11 @@ impl SwarmTask {
             }
             Command::Job { peer, data, reply } => {
                 let id = b.job.send_request(&peer, data);
-                self.pending_out.insert(id, reply);
+                self.pending_out.insert((Rpc::Job, id), reply);
             }
             Command::Sync { peer, data, reply } => {
                 let id = b.sync.send_request(&peer, data);
-                self.pending_out.insert(id, reply);
+                self.pending_out.insert((Rpc::Sync, id), reply);
             }
             Command::RespondJob { id, data } => {
                 if let Some(ch) = self.job_channels.remove(&id) {
@@ -502,7 +506,7 @@ impl SwarmTask {
             }
             Command::Model { peer, data, reply } => {
                 let id = b.model.send_request(&peer, data);
-                self.pending_out.insert(id, reply);
+                self.pending_out.insert((Rpc::Model, id), reply);
             }
             Command::RespondModel { id, data } => {
                 if let Some(ch) = self.model_channels.remove(&id) {
@@ -511,7 +515,7 @@ impl SwarmTask {
             }
             Command::Stream { peer, data, reply } => {
                 let id = b.stream.send_request(&peer, data);
-                self.pending_out.insert(id, reply);
+                self.pending_out.insert((Rpc::Stream, id), reply);
             }
             Command::RespondStream { id, data } => {
                 if let Some(ch) = self.stream_channels.remove(&id) {
@@ -599,14 +603,14 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                if let Some(tx) = self.pending_out.remove(&request_id) {
+                if let Some(tx) = self.pending_out.remove(&(rpc, request_id)) {
                     let _ = tx.send(Ok(response));
                 }
             }
             E::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(tx) = self.pending_out.remove(&request_id) {
+                if let Some(tx) = self.pending_out.remove(&(rpc, request_id)) {
                     let _ = tx.send(Err(Failure::of(&error)));
                 }
             }
@@ -772,6 +776,62 @@ mod tests {
         Command::Publish {
             topic: topics::TXS,
             data: vec![1, 2, 3],
+        }
+    }
+
+    /// Each request-response behaviour numbers its requests from 1: requests of different
+    /// protocols in flight at once must each keep their own answer slot (a job call's was
+    /// once overwritten by a stream piece's, and the call failed as "network task stopped").
+    #[tokio::test]
+    async fn requests_of_each_protocol_keep_their_own_slot() {
+        let (events, _rx) = mpsc::channel(8);
+        let mut task = SwarmTask {
+            swarm: build_swarm(identity::Keypair::generate_ed25519()).unwrap(),
+            events,
+            pending_out: HashMap::new(),
+            job_channels: HashMap::new(),
+            sync_channels: HashMap::new(),
+            model_channels: HashMap::new(),
+            stream_channels: HashMap::new(),
+            provider_queries: HashMap::new(),
+            provided: Vec::new(),
+            last_provided: Instant::now(),
+            next_inbound: 0,
+            peers: Peers::new(Vec::new()),
+        };
+        let mut answers = Vec::new();
+        for make in [
+            |data, reply| Command::Job {
+                peer: PeerId::random(),
+                data,
+                reply,
+            },
+            |data, reply| Command::Sync {
+                peer: PeerId::random(),
+                data,
+                reply,
+            },
+            |data, reply| Command::Model {
+                peer: PeerId::random(),
+                data,
+                reply,
+            },
+            |data, reply| Command::Stream {
+                peer: PeerId::random(),
+                data,
+                reply,
+            },
+        ] as [fn(Vec<u8>, Reply) -> Command; 4]
+        {
+            let (tx, rx) = oneshot::channel();
+            task.command(make(vec![1], tx));
+            answers.push(rx);
+        }
+        assert_eq!(task.pending_out.len(), 4);
+        drop(task);
+        for rx in answers {
+            // Dropped with the task, not before: every slot was kept.
+            assert!(rx.await.is_err());
         }
     }
 
