@@ -18,8 +18,9 @@ pub const MAX_BATCH: usize = 16;
 type Reply = oneshot::Sender<Result<Output, String>>;
 
 /// Where a streamed job's text goes as it is generated (complete characters, never part of a
-/// stop string). A receiver that goes away does not stop the job: a cancelled generation
-/// could not be re-executed by validators, so the job runs to its end and is charged in full.
+/// stop string). A receiver that goes away (the client left) stops the job at that step: it
+/// finishes `cancelled`, committing to the tokens so far (validators derive that from their
+/// whole run, see `Output::cancelled_hash`), and is charged for those.
 pub type TextStream = tokio::sync::mpsc::UnboundedSender<String>;
 
 struct Job {

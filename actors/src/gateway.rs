@@ -436,8 +436,10 @@ impl Gateway {
                 id,
                 StreamSlot {
                     peer: None,
+                    earlier: Vec::new(),
                     tx,
                     next: 0,
+                    relayed: 0,
                 },
             );
             me
@@ -546,6 +548,11 @@ async fn route_remote(
                     all_unreachable = false;
                 }
                 Ok(Ok(reply)) => return Ok(reply),
+                // A streamed job that reached a node may have sent its client text already:
+                // it is not run again elsewhere (the client would read two answers).
+                Ok(Err(e)) if stream_to.is_some() && !matches!(e, NetError::Unreachable { .. }) => {
+                    return Err(GatewayError::new(Refusal::ExecutorFailed, e.to_string()));
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(job = %id, %peer, error = %e, "inference node failed, trying the next");
                     all_unreachable &= matches!(e, NetError::Unreachable { .. });
@@ -723,10 +730,18 @@ impl Handler<crate::hub::ServeModel> for Gateway {
 struct StreamSlot {
     /// The node the job was sent to last (`None` before the first attempt).
     peer: Option<PeerId>,
+    /// Nodes it was sent to before (their text is refused, without blame).
+    earlier: Vec<PeerId>,
     tx: crate::batcher::TextStream,
     /// The piece expected next.
     next: u32,
+    /// Bytes relayed so far (at most [`MAX_STREAMED_BYTES`]).
+    relayed: usize,
 }
+
+/// Text one streamed job may relay at most: far more than any completion's (4096 tokens of a
+/// few bytes each), so only a node sending text it does not generate reaches it.
+const MAX_STREAMED_BYTES: usize = 1 << 20;
 
 /// The streamed job `job` is being sent to `peer`: its text is taken from that peer only.
 #[derive(Message)]
@@ -740,7 +755,10 @@ impl Handler<StreamTarget> for Gateway {
     type Result = ();
     fn handle(&mut self, msg: StreamTarget, _: &mut Self::Context) {
         if let Some(slot) = self.streams.get_mut(&msg.job) {
-            slot.peer = Some(msg.peer);
+            if let Some(before) = slot.peer.replace(msg.peer) {
+                slot.earlier.push(before);
+            }
+            slot.next = 0;
         }
     }
 }
@@ -754,6 +772,10 @@ impl Handler<InboundStream> for Gateway {
         let Some(slot) = self.streams.get_mut(&chunk.job) else {
             return false;
         };
+        if slot.peer != Some(peer) && slot.earlier.contains(&peer) {
+            // A node the job went to before (it timed out there): no longer read.
+            return false;
+        }
         if slot.peer != Some(peer) {
             tracing::warn!(job = %chunk.job, %peer, "stream text from a node the job was not routed to: refused");
             self.network.do_send(PenalisePeer {
@@ -767,6 +789,11 @@ impl Handler<InboundStream> for Gateway {
             return false;
         }
         slot.next += 1;
+        slot.relayed += chunk.text.len();
+        if slot.relayed > MAX_STREAMED_BYTES {
+            tracing::warn!(job = %chunk.job, %peer, "more streamed text than a completion holds: refused");
+            return false;
+        }
         slot.tx.send(chunk.text).is_ok()
     }
 }

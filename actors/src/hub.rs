@@ -30,6 +30,9 @@ use crate::protocol::{MODEL_CHUNK_BYTES, ModelReply, ModelRequest};
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(30);
 /// A progress line is logged every this many bytes of a file.
 const LOG_EVERY_BYTES: usize = 32 << 20;
+/// Chunks read from disk for peers at once; more requests wait (the per-peer request budget
+/// and the request timeout bound how many wait).
+const CONCURRENT_READS: usize = 4;
 
 /// The models this node's inference serves, shared with the HTTP API: a model fetched from
 /// peers joins it once the inference actor serves it.
@@ -113,8 +116,11 @@ pub struct Hub {
     models: Models,
     network: Addr<Network>,
     config: HubConfig,
-    /// Manifest bytes of the models served, computed once (it hashes every file).
+    /// Manifest bytes of the models served, computed once at start (it hashes every file)
+    /// and kept from each fetch: a request never makes this node read a model whole.
     manifests: HashMap<ModelId, Arc<Vec<u8>>>,
+    /// Disk reads for peers in progress at most.
+    reads: Arc<tokio::sync::Semaphore>,
     fetching: HashSet<ModelId>,
     listeners: Vec<Recipient<ServeModel>>,
 }
@@ -129,6 +135,7 @@ impl Hub {
             network,
             config,
             manifests: HashMap::new(),
+            reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
             fetching: HashSet::new(),
             listeners: Vec::new(),
         }
@@ -144,11 +151,36 @@ impl Hub {
 impl Actor for Hub {
     type Context = Context<Self>;
 
-    /// Announces every model held here.
-    fn started(&mut self, _: &mut Self::Context) {
-        for id in self.models.ids() {
-            self.network.do_send(ProvideModel(id));
-        }
+    /// Computes the manifest of every model held here (off the actor's thread), then
+    /// announces each: a model is provided once its manifest can be served.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let models = self.models.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            models
+                .ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let path = models.path(&id)?;
+                    match kernels::manifest(&path) {
+                        Ok((bytes, computed)) if computed == id => Some((id, bytes)),
+                        Ok(_) => {
+                            tracing::warn!(model = %id, path = %path.display(), "model files changed on disk: not served to peers");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(model = %id, error = %e, "model files unreadable: not served to peers");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        ctx.spawn(work.into_actor(self).map(|done, act, _| {
+            for (id, bytes) in done.unwrap_or_default() {
+                act.manifests.insert(id, Arc::new(bytes));
+                act.network.do_send(ProvideModel(id));
+            }
+        }));
     }
 }
 
@@ -158,47 +190,35 @@ impl Handler<InboundModel> for Hub {
     fn handle(&mut self, msg: InboundModel, _: &mut Self::Context) -> Self::Result {
         let (models, corrupt) = (self.models.clone(), self.config.corrupt);
         match msg.request {
-            ModelRequest::Manifest(id) => {
-                if let Some(m) = self.manifests.get(&id) {
-                    return Box::pin(fut::ready(ModelReply::Manifest(m.to_vec())));
-                }
-                let Some(path) = models.path(&id) else {
-                    return Box::pin(fut::ready(not_held(&id)));
-                };
-                let work = tokio::task::spawn_blocking(move || kernels::manifest(&path));
-                Box::pin(work.into_actor(self).map(move |r, act, _| match r {
-                    Ok(Ok((bytes, computed))) if computed == id => {
-                        act.manifests.insert(id, Arc::new(bytes.clone()));
-                        ModelReply::Manifest(bytes)
-                    }
-                    Ok(Ok(_)) => {
-                        ModelReply::NotFound(format!("model {id}'s files changed on disk"))
-                    }
-                    Ok(Err(e)) => ModelReply::NotFound(format!("model {id}: {e}")),
-                    Err(e) => ModelReply::NotFound(e.to_string()),
-                }))
-            }
+            ModelRequest::Manifest(id) => Box::pin(fut::ready(match self.manifests.get(&id) {
+                Some(m) => ModelReply::Manifest(m.to_vec()),
+                None => not_held(&id),
+            })),
             ModelRequest::Chunk {
                 model,
                 file,
                 offset,
             } => {
-                let Some(path) = models.path(&model) else {
+                let (Some(path), true) = (models.path(&model), self.manifests.contains_key(&model))
+                else {
                     return Box::pin(fut::ready(not_held(&model)));
                 };
-                let work = tokio::task::spawn_blocking(move || {
-                    read_chunk(&path, &file, offset).map(|(size, mut data)| {
+                let reads = self.reads.clone();
+                let work = async move {
+                    let _permit = reads.acquire_owned().await.map_err(|e| e.to_string())?;
+                    tokio::task::spawn_blocking(move || read_chunk(&path, &file, offset))
+                        .await
+                        .map_err(|e| e.to_string())?
+                };
+                Box::pin(work.into_actor(self).map(move |r, _, _| match r {
+                    Ok((size, mut data)) => {
                         if corrupt && let Some(b) = data.first_mut() {
                             *b ^= 0x5a;
                         }
                         METRICS.model_served_bytes.inc_by(data.len() as u64);
                         ModelReply::Chunk { size, data }
-                    })
-                });
-                Box::pin(work.into_actor(self).map(|r, _, _| match r {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(e)) => ModelReply::NotFound(e),
-                    Err(e) => ModelReply::NotFound(e.to_string()),
+                    }
+                    Err(e) => ModelReply::NotFound(e),
                 }))
             }
         }
@@ -274,11 +294,12 @@ impl Handler<FetchModel> for Hub {
                 .map(move |r, act, _| {
                     act.fetching.remove(&id);
                     match r {
-                        Ok((model, fetched)) => {
+                        Ok((model, manifest_bytes, fetched)) => {
                             METRICS.model_fetches.with_label_values(&["ok"]).inc();
                             METRICS.model_fetch_seconds.observe(fetched.seconds);
                             tracing::info!(model = %id, name = model.name(), bytes = fetched.bytes, seconds = fetched.seconds, path = %fetched.path.display(), "model fetched, verified and loaded");
                             act.models.insert(model, fetched.path.clone());
+                            act.manifests.insert(id, Arc::new(manifest_bytes));
                             act.network.do_send(ProvideModel(id));
                             Ok((fetched, act.listeners.clone()))
                         }
@@ -320,36 +341,6 @@ fn dir_name(name: Option<&str>, id: &ModelId) -> String {
     }
 }
 
-/// Writes a fetched model's files under `scratch`, then moves them to `dir` (or, when `dir`
-/// exists already — another model of the same name — next to it under the model's id, which
-/// the caller's loader then checks): the directory appears whole or not at all.
-fn install(scratch: &Path, dir: &Path, files: Vec<(&str, Vec<u8>)>) -> Result<PathBuf, String> {
-    let _ = std::fs::remove_dir_all(scratch);
-    let written = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(scratch)?;
-        for (name, data) in &files {
-            let path = scratch.join(name);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, data)?;
-        }
-        Ok(())
-    })();
-    let target = if dir.exists() {
-        let (_, id) = kernels::manifest(scratch).map_err(|e| e.to_string())?;
-        dir.with_file_name(id.to_string())
-    } else {
-        dir.to_path_buf()
-    };
-    let moved = written.and_then(|()| std::fs::rename(scratch, &target));
-    if let Err(e) = moved {
-        let _ = std::fs::remove_dir_all(scratch);
-        return Err(format!("writing {}: {e}", target.display()));
-    }
-    Ok(target)
-}
-
 /// Why one provider's copy of a file was not taken.
 enum PartError {
     /// It sent bytes that are not the file (penalised).
@@ -373,33 +364,27 @@ impl Fetcher {
         }
     }
 
-    /// Providers, manifest, files, written under `scratch`, moved to `dir`, loaded.
-    async fn fetch(&self, scratch: &Path, dir: &Path) -> Result<(Model, Fetched), HubError> {
+    /// Providers, manifest, then each file written under `scratch` as it arrives; the model
+    /// is loaded from there (its id checked once more) and only then moved to `dir`. Nothing
+    /// is left behind on failure. Returns the model, its manifest's bytes and what moved.
+    async fn fetch(
+        &self,
+        scratch: &Path,
+        dir: &Path,
+    ) -> Result<(Model, Vec<u8>, Fetched), HubError> {
         let started = Instant::now();
         let providers = self.providers().await?;
         tracing::info!(model = %self.id, providers = providers.len(), "fetching a model from peers");
         let mut rejected = 0u32;
-        let manifest = self.manifest(&providers, &mut rejected).await?;
-        let mut files = Vec::with_capacity(manifest.files.len());
-        let mut bytes = 0u64;
-        for (i, file) in manifest.files.iter().enumerate() {
-            let data = self.file(&providers, i, file, &mut rejected).await?;
-            bytes += data.len() as u64;
-            files.push((file.name, data));
+        let (manifest, manifest_bytes) = self.manifest(&providers, &mut rejected).await?;
+        let _ = std::fs::remove_dir_all(scratch);
+        let result = self
+            .files_into(scratch, dir, &providers, &manifest, &mut rejected)
+            .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(scratch);
         }
-        let (scratch, dir) = (scratch.to_path_buf(), dir.to_path_buf());
-        let dir = tokio::task::spawn_blocking(move || install(&scratch, &dir, files))
-            .await
-            .map_err(|e| self.failed(e.to_string()))?
-            .map_err(|e| self.failed(e))?;
-        let load_dir = dir.clone();
-        let model = tokio::task::spawn_blocking(move || Model::load(&load_dir))
-            .await
-            .map_err(|e| self.failed(e.to_string()))?
-            .map_err(|e| self.failed(format!("the fetched files do not load: {e}")))?;
-        if model.id() != self.id {
-            return Err(self.failed(format!("the files loaded as model {}", model.id())));
-        }
+        let (model, path, bytes) = result?;
         let fetched = Fetched {
             id: self.id,
             already: false,
@@ -407,9 +392,52 @@ impl Fetcher {
             seconds: started.elapsed().as_secs_f64(),
             providers: providers.len(),
             rejected,
-            path: dir,
+            path,
         };
-        Ok((model, fetched))
+        Ok((model, manifest_bytes, fetched))
+    }
+
+    /// Every file of `manifest` into `scratch`, the model loaded from there, then moved to
+    /// `dir` (or, when `dir` exists already — another model of the same name — next to it
+    /// under the model's id).
+    async fn files_into(
+        &self,
+        scratch: &Path,
+        dir: &Path,
+        providers: &[PeerId],
+        manifest: &Manifest,
+        rejected: &mut u32,
+    ) -> Result<(Model, PathBuf, u64), HubError> {
+        let mut bytes = 0u64;
+        for (i, file) in manifest.files.iter().enumerate() {
+            let path = scratch.join(file.name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| self.failed(format!("creating {}: {e}", parent.display())))?;
+            }
+            bytes += self.file(providers, i, file, &path, rejected).await?;
+        }
+        let load_from = scratch.to_path_buf();
+        let model = tokio::task::spawn_blocking(move || Model::load(&load_from))
+            .await
+            .map_err(|e| self.failed(e.to_string()))?
+            .map_err(|e| self.failed(format!("the fetched files do not load here: {e}")))?;
+        if model.id() != self.id {
+            return Err(self.failed(format!("the files loaded as model {}", model.id())));
+        }
+        let target = if dir.exists() {
+            dir.with_file_name(self.id.to_string())
+        } else {
+            dir.to_path_buf()
+        };
+        std::fs::rename(scratch, &target)
+            .map_err(|e| self.failed(format!("moving the files to {}: {e}", target.display())))?;
+        // Named as it would be if loaded from where it now is (unless its config names it).
+        let model = match (model.name().starts_with(".fetch-"), target.file_name()) {
+            (true, Some(name)) => model.renamed(&name.to_string_lossy()),
+            _ => model,
+        };
+        Ok((model, target, bytes))
     }
 
     /// The providers Kademlia names (this node left out), waiting up to [`PROVIDER_WAIT`] for
@@ -457,12 +485,12 @@ impl Fetcher {
         &self,
         providers: &[PeerId],
         rejected: &mut u32,
-    ) -> Result<Manifest, HubError> {
+    ) -> Result<(Manifest, Vec<u8>), HubError> {
         let mut last = String::from("no provider answered");
         for &peer in providers {
             match self.ask(peer, ModelRequest::Manifest(self.id)).await {
                 Ok(ModelReply::Manifest(bytes)) => match Manifest::parse(&bytes) {
-                    Ok(m) if m.id == self.id => return Ok(m),
+                    Ok(m) if m.id == self.id => return Ok((m, bytes)),
                     Ok(m) => {
                         last = format!("{peer} sent the manifest of {}", m.id);
                         self.penalise(peer, "manifest", &last, rejected);
@@ -490,13 +518,14 @@ impl Fetcher {
         providers: &[PeerId],
         index: usize,
         file: &ManifestFile,
+        path: &Path,
         rejected: &mut u32,
-    ) -> Result<Vec<u8>, HubError> {
+    ) -> Result<u64, HubError> {
         let mut last = String::new();
         for k in 0..providers.len() {
             let peer = providers[(index + k) % providers.len()];
-            match self.file_from(peer, file).await {
-                Ok(data) => return Ok(data),
+            match self.file_from(peer, file, path).await {
+                Ok(size) => return Ok(size),
                 Err(PartError::Bad(why)) => {
                     self.penalise(peer, "file", &why, rejected);
                     last = format!("{peer}: {why}");
@@ -513,70 +542,95 @@ impl Fetcher {
         )))
     }
 
-    /// One file from one provider, chunk by chunk, checked against the manifest.
-    async fn file_from(&self, peer: PeerId, file: &ManifestFile) -> Result<Vec<u8>, PartError> {
+    /// One file from one provider, chunk by chunk, written to `path` and hashed as it comes
+    /// (a model is never held in memory whole), checked against the manifest.
+    async fn file_from(
+        &self,
+        peer: PeerId,
+        file: &ManifestFile,
+        path: &Path,
+    ) -> Result<u64, PartError> {
+        use std::io::Write;
         let started = Instant::now();
-        let mut data: Vec<u8> = Vec::new();
+        let mut out = std::fs::File::create(path)
+            .map_err(|e| PartError::Unavailable(format!("{}: {e}", path.display())))?;
+        // Hashed in the kernels crate (optimised in every build): generic hashing code
+        // instantiated here would run unoptimised in a debug build, at about 1 MiB/s.
+        let mut hasher = kernels::KeccakStream::new();
+        let mut got = 0u64;
         let mut size: Option<u64> = None;
-        let mut logged = 0usize;
-        loop {
+        let mut logged = 0u64;
+        let result = loop {
             let request = ModelRequest::Chunk {
                 model: self.id,
                 file: file.name.to_string(),
-                offset: data.len() as u64,
+                offset: got,
             };
             let (claimed, chunk) = match self.ask(peer, request).await {
                 Ok(ModelReply::Chunk { size, data }) => (size, data),
-                Ok(ModelReply::NotFound(why)) => return Err(PartError::Unavailable(why)),
+                Ok(ModelReply::NotFound(why)) => break Err(PartError::Unavailable(why)),
                 Ok(ModelReply::Manifest(_)) => {
-                    return Err(PartError::Bad(
+                    break Err(PartError::Bad(
                         "answered a chunk request with a manifest".into(),
                     ));
                 }
-                Err(e) => return Err(PartError::Unavailable(e)),
+                Err(e) => break Err(PartError::Unavailable(e)),
             };
             // Checked before the bytes are kept: a size past the file's limit, a size that
             // changes, a chunk past the size, or an empty chunk before the end.
             if claimed > file.limit {
-                return Err(PartError::Bad(format!(
+                break Err(PartError::Bad(format!(
                     "{} of {claimed} bytes is past the limit of {}",
                     file.name, file.limit
                 )));
             }
             if size.is_some_and(|s| s != claimed) {
-                return Err(PartError::Bad(format!("{}'s size changed", file.name)));
+                break Err(PartError::Bad(format!("{}'s size changed", file.name)));
             }
             size = Some(claimed);
-            let end = data.len() as u64 + chunk.len() as u64;
+            let end = got + chunk.len() as u64;
             if chunk.len() > MODEL_CHUNK_BYTES || end > claimed {
-                return Err(PartError::Bad(format!(
+                break Err(PartError::Bad(format!(
                     "a chunk of {} runs past the file's {claimed} bytes",
                     file.name
                 )));
             }
             if chunk.is_empty() && end < claimed {
-                return Err(PartError::Bad(format!("an empty chunk of {}", file.name)));
+                break Err(PartError::Bad(format!("an empty chunk of {}", file.name)));
             }
-            data.extend_from_slice(&chunk);
-            if data.len() - logged >= LOG_EVERY_BYTES {
-                logged = data.len();
+            hasher.update(&chunk);
+            if let Err(e) = out.write_all(&chunk) {
+                break Err(PartError::Unavailable(format!("{}: {e}", path.display())));
+            }
+            got = end;
+            if got - logged >= LOG_EVERY_BYTES as u64 {
+                logged = got;
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                tracing::info!(model = %self.id, %peer, file = file.name, bytes = data.len(), of = claimed, mib_per_s = format!("{:.1}", data.len() as f64 / secs / (1 << 20) as f64), "fetching");
+                tracing::info!(model = %self.id, %peer, file = file.name, bytes = got, of = claimed, mib_per_s = format!("{:.1}", got as f64 / secs / (1 << 20) as f64), "fetching");
             }
             if end == claimed {
-                break;
+                break Ok(());
             }
+        };
+        let checked = result.and_then(|()| {
+            if hasher.finalize() == file.keccak {
+                Ok(())
+            } else {
+                Err(PartError::Bad(format!(
+                    "{} does not hash to the manifest's keccak",
+                    file.name
+                )))
+            }
+        });
+        if let Err(e) = checked {
+            drop(out);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
         }
-        if kernels::keccak256(&data) != file.keccak {
-            return Err(PartError::Bad(format!(
-                "{} does not hash to the manifest's keccak",
-                file.name
-            )));
-        }
-        METRICS.model_fetch_bytes.inc_by(data.len() as u64);
+        METRICS.model_fetch_bytes.inc_by(got);
         let secs = started.elapsed().as_secs_f64().max(1e-3);
-        tracing::info!(model = %self.id, %peer, file = file.name, bytes = data.len(), seconds = format!("{secs:.2}"), mib_per_s = format!("{:.1}", data.len() as f64 / secs / (1 << 20) as f64), "file fetched and verified");
-        Ok(data)
+        tracing::info!(model = %self.id, %peer, file = file.name, bytes = got, seconds = format!("{secs:.2}"), mib_per_s = format!("{:.1}", got as f64 / secs / (1 << 20) as f64), "file fetched and verified");
+        Ok(got)
     }
 }
 

@@ -93,6 +93,10 @@ pub struct Inference {
     served: Vec<kernels::ModelId>,
     /// Jobs admitted and not finished, from the moment their checks start.
     in_flight: HashMap<JobId, Running>,
+    /// Jobs executed here that no block has settled yet, with their expiry (unix seconds):
+    /// their prices stay reserved against the client's balance and its grant's cap, which
+    /// the ledger changes only when a block settles them.
+    unsettled: HashMap<JobId, (Running, u64)>,
     /// Jobs executed here: (client, nonce) → (job, expiry in unix seconds).
     recent: HashMap<(Address, u64), (JobId, u64)>,
     recent_order: VecDeque<(Address, u64)>,
@@ -141,6 +145,7 @@ impl Inference {
             attestation,
             served,
             in_flight: HashMap::new(),
+            unsettled: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             faulty,
@@ -289,15 +294,17 @@ impl Inference {
             .as_ref()
             .map(|g| (g.grant.id(self.admission.domain()), g.grant.cap));
         // Reserved from here on: concurrent calls see it in the limits and the balance.
-        let reserved: u128 = self
-            .in_flight
-            .values()
+        self.forget_expired();
+        let reserving = || {
+            self.in_flight
+                .values()
+                .chain(self.unsettled.values().map(|(r, _)| r))
+        };
+        let reserved: u128 = reserving()
             .filter(|r| r.client == client)
             .map(|r| r.price)
             .sum();
-        let grant_reserved: u128 = self
-            .in_flight
-            .values()
+        let grant_reserved: u128 = reserving()
             .filter(|r| r.grant.is_some() && r.grant == grant.map(|(id, _)| id))
             .map(|r| r.price)
             .sum();
@@ -371,6 +378,12 @@ impl Inference {
                     }
                 }),
         )
+    }
+
+    /// Executed jobs past their expiry can no longer be settled: their reservations go.
+    fn forget_expired(&mut self) {
+        let now_s = chain::types::now_ms() / 1000;
+        self.unsettled.retain(|_, (_, expiry)| *expiry > now_s);
     }
 
     /// Keeps an executed job's (client, nonce) until its expiry, within [`RECENT_JOBS`].
@@ -515,9 +528,13 @@ impl Inference {
             Ok::<_, JobReply>((signed, output))
         };
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            act.in_flight.remove(&job_id);
+            let running = act.in_flight.remove(&job_id);
             if let Ok(((record, _), _)) = &res {
                 act.remember(record);
+                if let Some(r) = running {
+                    act.unsettled
+                        .insert(job_id, (r, record.job.request.expiry));
+                }
             }
             match res {
                 Ok(((record, verified), output)) => {
@@ -669,6 +686,17 @@ impl Handler<crate::hub::ServeModel> for Inference {
             self.served.push(id);
             self.advertise();
         }
+    }
+}
+
+impl Handler<crate::mempool::Committed> for Inference {
+    type Result = ();
+    /// A block settled these jobs: the ledger now holds what they cost.
+    fn handle(&mut self, msg: crate::mempool::Committed, _: &mut Self::Context) {
+        for id in &msg.jobs {
+            self.unsettled.remove(id);
+        }
+        self.forget_expired();
     }
 }
 

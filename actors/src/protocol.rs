@@ -14,7 +14,7 @@ use chain::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Version of the envelope and of every message inside it.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Gossipsub topics.
 pub mod topics {
@@ -730,8 +730,7 @@ mod tests {
                     .collect();
                 let mut versioned = bytes.clone();
                 if versioned.len() >= 2 {
-                    versioned[0] = 1;
-                    versioned[1] = 0;
+                    versioned[..2].copy_from_slice(&WIRE_VERSION.to_le_bytes());
                 }
                 for b in [&bytes, &versioned] {
                     assert!(decode_record(b).is_err());

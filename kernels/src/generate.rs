@@ -36,9 +36,10 @@ pub const TEMPLATE_ALLOWANCE: u64 = 256;
 /// above); for any other input: its bytes, the units themselves.
 pub fn units_bound(input: &[u8]) -> u64 {
     match serde_json::from_slice::<GenerateRequest>(input) {
+        // A request asking for more than any job may generate is refused when it runs.
         Ok(req) => (input.len() as u64)
             .saturating_add(TEMPLATE_ALLOWANCE)
-            .saturating_add(req.max_tokens as u64),
+            .saturating_add(req.max_tokens.min(MAX_COMPLETION_TOKENS) as u64),
         Err(_) => input.len() as u64,
     }
 }

@@ -17,6 +17,33 @@ pub fn keccak256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Keccak-256 over data that arrives in pieces (a file received in chunks).
+pub struct KeccakStream(tiny_keccak::Keccak);
+
+impl KeccakStream {
+    pub fn new() -> Self {
+        KeccakStream(tiny_keccak::Keccak::v256())
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use tiny_keccak::Hasher;
+        self.0.update(data);
+    }
+
+    pub fn finalize(self) -> [u8; 32] {
+        use tiny_keccak::Hasher;
+        let mut out = [0u8; 32];
+        self.0.finalize(&mut out);
+        out
+    }
+}
+
+impl Default for KeccakStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `0x` + 64 lowercase hex digits.
 pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -106,6 +133,17 @@ impl<'de> Deserialize<'de> for ModelId {
 
 #[cfg(test)]
 mod tests {
+    /// Pieces hash as the whole.
+    #[test]
+    fn keccak_in_pieces_is_keccak() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut k = super::KeccakStream::new();
+        for piece in data.chunks(333) {
+            k.update(piece);
+        }
+        assert_eq!(k.finalize(), super::keccak256(&data));
+    }
+
     use super::*;
 
     #[test]

@@ -53,7 +53,7 @@ pub use generate::{
     units_bound,
 };
 pub use gguf::with_metadata as gguf_with_metadata;
-pub use id::{ModelId, keccak256};
+pub use id::{KeccakStream, ModelId, keccak256};
 pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
 pub use mlp::{MlpSpec, write_seeded_mlp};
 pub use model::{

@@ -516,9 +516,15 @@ impl Model {
         self.id
     }
 
-    /// The `name` from `config.json`.
+    /// The `name` from `config.json` (else the directory's name).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same model under another name (one loaded from a scratch directory, then moved).
+    pub fn renamed(mut self, name: &str) -> Model {
+        self.name = name.to_string();
+        self
     }
 
     /// Runs the model on `input` and returns its output:

@@ -579,12 +579,20 @@ async fn stream_chat(
         match result {
             Ok(Ok(r)) => {
                 let output: Value = serde_json::from_str(&r.output).unwrap_or(Value::Null);
-                if let Some(rest) = output["text"]
-                    .as_str()
-                    .and_then(|t| t.strip_prefix(streamed.as_str()))
-                    .filter(|rest| !rest.is_empty())
-                {
-                    send(&chunk(json!({"content": rest}), Value::Null));
+                let proven = output["text"].as_str().unwrap_or_default();
+                match proven.strip_prefix(streamed.as_str()) {
+                    Some("") => {}
+                    Some(rest) => {
+                        send(&chunk(json!({"content": rest}), Value::Null));
+                    }
+                    // The node that ran it streamed text its proven output does not hold.
+                    None => {
+                        tracing::warn!(job = %r.job_id, executor = %r.record.executor, "streamed text differs from the proven output");
+                        send(&json!({"error": {
+                            "message": format!("the streamed text differs from the output job {} proves; its text is: {proven:?}", r.job_id),
+                            "type": "server_error", "param": null, "code": "stream_mismatch"}}));
+                        return;
+                    }
                 }
                 let finish = finish_reason(&output);
                 let mut last = chunk(json!({}), finish.into());

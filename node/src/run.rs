@@ -211,12 +211,11 @@ pub fn run(home: &Path) -> Result<()> {
         if let Some(hub) = &hub
             && config.inference.fetch_models
         {
-            let registry = admission.registrations().registry.clone();
-            for (id, m) in registry.models.iter() {
-                if m.active && models.get(id).is_none() {
-                    actix::spawn(fetch_until_held(hub.clone(), *id, m.name.clone()));
-                }
-            }
+            actix::spawn(fetch_registered(
+                hub.clone(),
+                admission.clone(),
+                models.clone(),
+            ));
         }
         let c = &config.consensus;
         let timeouts = TimeoutConfig {
@@ -306,6 +305,9 @@ pub fn run(home: &Path) -> Result<()> {
         settlement.do_send(Subscribe(mempool.clone().recipient()));
         settlement.do_send(Subscribe(gateway.clone().recipient()));
         settlement.do_send(Subscribe(verifier.clone().recipient()));
+        if let Some((inf, _)) = &inference {
+            settlement.do_send(Subscribe(inf.clone().recipient()));
+        }
         network.do_send(SetRoutes(Routes {
             records: verifier.clone().recipient(),
             txs: mempool.clone().recipient(),
@@ -553,28 +555,39 @@ fn same_evm(
     Ok(())
 }
 
-/// Fetches a registered model this node lacks from its providers, trying again (every 5 s,
-/// then less often, up to every 2 minutes) until it is held: providers may join later.
-async fn fetch_until_held(hub: actix::Addr<actors::hub::Hub>, id: kernels::ModelId, name: String) {
-    let mut wait = Duration::from_secs(5);
+/// Fetches every active registered model this node lacks from the peers that provide it: at
+/// start, then every 10 s (providers may join later, and governance registers models while
+/// the node runs). A fetch in progress is not started twice; a failed one is tried again.
+async fn fetch_registered(
+    hub: actix::Addr<actors::hub::Hub>,
+    admission: chain::Admission,
+    models: Models,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
-        let fetch = actors::hub::FetchModel {
-            id,
-            name: Some(name.clone()),
-        };
-        match hub.send(fetch).await {
-            Ok(Ok(f)) => {
-                tracing::info!(model = %id, %name, bytes = f.bytes, seconds = f.seconds, rejected = f.rejected, "registered model now held");
-                return;
+        tick.tick().await;
+        let registry = admission.registrations().registry.clone();
+        for (id, m) in registry.models.iter() {
+            if !m.active || models.get(id).is_some() {
+                continue;
             }
-            Ok(Err(actors::hub::HubError::InProgress(_))) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(model = %id, %name, error = %e, retry_in_s = wait.as_secs(), "cannot fetch a registered model yet")
-            }
-            Err(_) => return,
+            let fetch = hub.send(actors::hub::FetchModel {
+                id: *id,
+                name: Some(m.name.clone()),
+            });
+            let (id, name) = (*id, m.name.clone());
+            actix::spawn(async move {
+                match fetch.await {
+                    Ok(Ok(f)) => {
+                        tracing::info!(model = %id, %name, bytes = f.bytes, seconds = f.seconds, rejected = f.rejected, "registered model now held")
+                    }
+                    Ok(Err(actors::hub::HubError::InProgress(_))) | Err(_) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(model = %id, %name, error = %e, "cannot fetch a registered model yet; trying again in 10 s")
+                    }
+                }
+            });
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(120));
     }
 }
 

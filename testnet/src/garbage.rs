@@ -100,12 +100,13 @@ async fn run(target: Multiaddr, seed: u64) -> Result<GarbageReport> {
 
     let mut report = GarbageReport::default();
     let mut s = seed | 1;
-    let mut payloads: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], vec![1, 0], vec![9, 0, 1, 2, 3]];
+    let version = protocol::WIRE_VERSION.to_le_bytes();
+    let mut payloads: Vec<Vec<u8>> =
+        vec![vec![], vec![0xff; 3], version.to_vec(), vec![9, 0, 1, 2, 3]];
     for len in [17usize, 100, 5000] {
         let mut v: Vec<u8> = (0..len).map(|_| xorshift(&mut s)).collect();
         payloads.push(v.clone());
-        v[0] = 1; // right version, garbage body
-        v[1] = 0;
+        v[..2].copy_from_slice(&version); // right version, garbage body
         payloads.push(v);
     }
     // Interleaved over the topics: the node's peer scoring graylists us after a few rejected

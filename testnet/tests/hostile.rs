@@ -464,7 +464,8 @@ fn stray_stream_text_is_refused(run: &Running) {
         seq: 0,
         text: "injected".into(),
     });
-    for bytes in [stray, vec![1, 0, 0xff, 0xfe, 3]] {
+    let [v0, v1] = protocol::WIRE_VERSION.to_le_bytes();
+    for bytes in [stray, vec![v0, v1, 0xff, 0xfe, 3]] {
         let reply = testnet::garbage::call_stream(&validator.p2p, bytes).unwrap();
         assert!(!protocol::decode::<bool>(&reply, 64).unwrap());
     }
@@ -640,7 +641,7 @@ fn gossiped_transactions_are_relayed_only_once_admitted(run: &Running) {
         topics::TXS,
         vec![
             vec![7u8; protocol::MAX_TX_BYTES * 3],
-            vec![1, 0, 0xee, 0xee],
+            [&protocol::WIRE_VERSION.to_le_bytes()[..], &[0xee, 0xee]].concat(),
         ],
     )
     .unwrap();

@@ -25,6 +25,10 @@ use crate::protocol::{self, topics};
 
 /// Listen addresses taken from one peer's identify message: the rest are not dialed.
 const MAX_IDENTIFY_ADDRS: usize = 8;
+/// How long a gateway waits for an inference node's answer to a job: a long generation on
+/// a CPU (thousands of tokens at a few per second) takes minutes.
+const JOB_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Where an outbound request's answer goes.
 type Reply = oneshot::Sender<Result<Vec<u8>, Failure>>;
 
@@ -284,7 +288,7 @@ fn build_swarm(key: identity::Keypair) -> Result<libp2p::Swarm<Behaviour>, NetEr
                     protocol::JOB_PROTOCOL,
                     protocol::MAX_JOB_BYTES,
                     protocol::MAX_JOB_BYTES,
-                    Duration::from_secs(60),
+                    JOB_TIMEOUT,
                 ),
                 sync: rr(
                     protocol::SYNC_PROTOCOL,
