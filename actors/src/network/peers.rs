@@ -29,6 +29,25 @@ impl Rpc {
         }
     }
 
+    /// Its label in the queue metrics: requests sent, and answers (`respond_…`).
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Rpc::Job => "job",
+            Rpc::Sync => "sync",
+            Rpc::Model => "model",
+            Rpc::Stream => "stream",
+        }
+    }
+
+    pub(super) fn respond_name(self) -> &'static str {
+        match self {
+            Rpc::Job => "respond_job",
+            Rpc::Sync => "respond_sync",
+            Rpc::Model => "respond_model",
+            Rpc::Stream => "respond_stream",
+        }
+    }
+
     pub(super) fn protocol(self) -> &'static str {
         match self {
             Rpc::Job => protocol::JOB_PROTOCOL,

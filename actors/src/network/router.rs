@@ -7,6 +7,7 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId, TopicHash};
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::{mpsc, oneshot};
 
+use super::peers::Rpc;
 use super::swarm::{self, Command, Commands, Event, Failure};
 use super::{
     BlockPeer, FindProviders, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx,
@@ -228,7 +229,12 @@ impl StreamHandler<Event> for Network {
                     let _ = tx.send(a);
                 }
             }
-            Event::JobRequest { id, peer, data } => {
+            Event::Request {
+                rpc: Rpc::Job,
+                id,
+                peer,
+                data,
+            } => {
                 let commands = self.commands.clone();
                 let reply = match protocol::decode::<JobCall>(&data, protocol::MAX_JOB_BYTES) {
                     Err(e) => {
@@ -237,7 +243,8 @@ impl StreamHandler<Event> for Network {
                             .with_label_values(&[protocol::JOB_PROTOCOL, &short(&e)])
                             .inc();
                         tracing::warn!(%peer, error = %e, "malformed job request");
-                        let _ = commands.send(Command::RespondJob {
+                        let _ = commands.send(Command::Respond {
+                            rpc: Rpc::Job,
                             id,
                             data: protocol::encode(&JobReply::Refused {
                                 code: "bad_request".into(),
@@ -253,7 +260,8 @@ impl StreamHandler<Event> for Network {
                     Ok(call) => call,
                 };
                 let Some(jobs) = self.routes.as_ref().and_then(|r| r.jobs.clone()) else {
-                    let _ = commands.send(Command::RespondJob {
+                    let _ = commands.send(Command::Respond {
+                        rpc: Rpc::Job,
                         id,
                         data: protocol::encode(&JobReply::Refused {
                             code: "not_inference".into(),
@@ -271,7 +279,8 @@ impl StreamHandler<Event> for Network {
                                 code: "unavailable".into(),
                                 message: e.to_string(),
                             });
-                        let _ = commands.send(Command::RespondJob {
+                        let _ = commands.send(Command::Respond {
+                            rpc: Rpc::Job,
                             id,
                             data: protocol::encode(&reply),
                         });
@@ -279,10 +288,16 @@ impl StreamHandler<Event> for Network {
                     .into_actor(self),
                 );
             }
-            Event::ModelRequest { id, peer, data } => {
+            Event::Request {
+                rpc: Rpc::Model,
+                id,
+                peer,
+                data,
+            } => {
                 let commands = self.commands.clone();
                 let respond = move |reply: &ModelReply| {
-                    let _ = commands.send(Command::RespondModel {
+                    let _ = commands.send(Command::Respond {
+                        rpc: Rpc::Model,
                         id,
                         data: protocol::encode(reply),
                     });
@@ -321,10 +336,16 @@ impl StreamHandler<Event> for Network {
                     .into_actor(self),
                 );
             }
-            Event::StreamRequest { id, peer, data } => {
+            Event::Request {
+                rpc: Rpc::Stream,
+                id,
+                peer,
+                data,
+            } => {
                 let commands = self.commands.clone();
                 let respond = move |go_on: bool| {
-                    let _ = commands.send(Command::RespondStream {
+                    let _ = commands.send(Command::Respond {
+                        rpc: Rpc::Stream,
                         id,
                         data: protocol::encode(&go_on),
                     });
@@ -363,7 +384,12 @@ impl StreamHandler<Event> for Network {
                     .into_actor(self),
                 );
             }
-            Event::SyncRequest { id, peer, data } => {
+            Event::Request {
+                rpc: Rpc::Sync,
+                id,
+                peer,
+                data,
+            } => {
                 let commands = self.commands.clone();
                 let request = match protocol::decode::<SyncRequest>(&data, 1024) {
                     Ok(r) => r,
@@ -373,7 +399,8 @@ impl StreamHandler<Event> for Network {
                             .with_label_values(&[protocol::SYNC_PROTOCOL, &short(&e)])
                             .inc();
                         tracing::warn!(%peer, error = %e, "malformed sync request");
-                        let _ = commands.send(Command::RespondSync {
+                        let _ = commands.send(Command::Respond {
+                            rpc: Rpc::Sync,
                             id,
                             data: protocol::encode(&SyncReply::Error(e.to_string())),
                         });
@@ -393,7 +420,8 @@ impl StreamHandler<Event> for Network {
                             .send(InboundSync { request, peer })
                             .await
                             .unwrap_or_else(|e| SyncReply::Error(e.to_string()));
-                        let _ = commands.send(Command::RespondSync {
+                        let _ = commands.send(Command::Respond {
+                            rpc: Rpc::Sync,
                             id,
                             data: protocol::encode(&reply),
                         });
@@ -479,7 +507,17 @@ impl Handler<SendJob> for Network {
         let data = protocol::encode(&msg.call);
         let peer = msg.peer;
         Box::pin(async move {
-            let bytes = request(commands, |reply| Command::Job { peer, data, reply }, peer).await?;
+            let bytes = request(
+                commands,
+                |reply| Command::Request {
+                    rpc: Rpc::Job,
+                    peer,
+                    data,
+                    reply,
+                },
+                peer,
+            )
+            .await?;
             Ok(protocol::decode::<JobReply>(
                 &bytes,
                 protocol::MAX_JOB_BYTES,
@@ -495,8 +533,17 @@ impl Handler<SendSync> for Network {
         let data = protocol::encode(&msg.request);
         let peer = msg.peer;
         Box::pin(async move {
-            let bytes =
-                request(commands, |reply| Command::Sync { peer, data, reply }, peer).await?;
+            let bytes = request(
+                commands,
+                |reply| Command::Request {
+                    rpc: Rpc::Sync,
+                    peer,
+                    data,
+                    reply,
+                },
+                peer,
+            )
+            .await?;
             Ok(protocol::decode::<SyncReply>(
                 &bytes,
                 protocol::MAX_SYNC_RESPONSE_BYTES,
@@ -512,8 +559,17 @@ impl Handler<SendModelRequest> for Network {
         let data = protocol::encode(&msg.request);
         let peer = msg.peer;
         Box::pin(async move {
-            let bytes =
-                request(commands, |reply| Command::Model { peer, data, reply }, peer).await?;
+            let bytes = request(
+                commands,
+                |reply| Command::Request {
+                    rpc: Rpc::Model,
+                    peer,
+                    data,
+                    reply,
+                },
+                peer,
+            )
+            .await?;
             Ok(protocol::decode::<ModelReply>(
                 &bytes,
                 protocol::MAX_MODEL_REPLY_BYTES,
@@ -555,7 +611,12 @@ impl Handler<SendStream> for Network {
         Box::pin(async move {
             let bytes = request(
                 commands,
-                |reply| Command::Stream { peer, data, reply },
+                |reply| Command::Request {
+                    rpc: Rpc::Stream,
+                    peer,
+                    data,
+                    reply,
+                },
                 peer,
             )
             .await?;

@@ -53,6 +53,18 @@ struct Behaviour {
     stream: request_response::Behaviour<FrameCodec>,
 }
 
+impl Behaviour {
+    /// The request-response behaviour of `rpc`.
+    fn rr(&mut self, rpc: Rpc) -> &mut request_response::Behaviour<FrameCodec> {
+        match rpc {
+            Rpc::Job => &mut self.job,
+            Rpc::Sync => &mut self.sync,
+            Rpc::Model => &mut self.model,
+            Rpc::Stream => &mut self.stream,
+        }
+    }
+}
+
 pub(super) enum Command {
     Publish {
         topic: &'static str,
@@ -63,39 +75,16 @@ pub(super) enum Command {
         source: PeerId,
         acceptance: MessageAcceptance,
     },
-    Job {
+    /// A request of protocol `rpc` to `peer`; its answer (or failure) goes to `reply`.
+    Request {
+        rpc: Rpc,
         peer: PeerId,
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
+        reply: Reply,
     },
-    RespondJob {
-        id: u64,
-        data: Vec<u8>,
-    },
-    Sync {
-        peer: PeerId,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
-    },
-    RespondSync {
-        id: u64,
-        data: Vec<u8>,
-    },
-    Model {
-        peer: PeerId,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
-    },
-    RespondModel {
-        id: u64,
-        data: Vec<u8>,
-    },
-    Stream {
-        peer: PeerId,
-        data: Vec<u8>,
-        reply: oneshot::Sender<Result<Vec<u8>, Failure>>,
-    },
-    RespondStream {
+    /// The answer to inbound request `id` of protocol `rpc`.
+    Respond {
+        rpc: Rpc,
         id: u64,
         data: Vec<u8>,
     },
@@ -124,14 +113,8 @@ impl Command {
         match self {
             Command::Publish { .. } => "publish",
             Command::Validation { .. } => "validation",
-            Command::Job { .. } => "job",
-            Command::RespondJob { .. } => "respond_job",
-            Command::Sync { .. } => "sync",
-            Command::RespondSync { .. } => "respond_sync",
-            Command::Model { .. } => "model",
-            Command::RespondModel { .. } => "respond_model",
-            Command::Stream { .. } => "stream",
-            Command::RespondStream { .. } => "respond_stream",
+            Command::Request { rpc, .. } => rpc.name(),
+            Command::Respond { rpc, .. } => rpc.respond_name(),
             Command::Provide { .. } => "provide",
             Command::FindProviders { .. } => "find_providers",
             Command::Penalise { .. } => "penalise",
@@ -175,22 +158,9 @@ pub(super) enum Event {
         source: PeerId,
         origin: Option<PeerId>,
     },
-    JobRequest {
-        id: u64,
-        peer: PeerId,
-        data: Vec<u8>,
-    },
-    SyncRequest {
-        id: u64,
-        peer: PeerId,
-        data: Vec<u8>,
-    },
-    ModelRequest {
-        id: u64,
-        peer: PeerId,
-        data: Vec<u8>,
-    },
-    StreamRequest {
+    /// An inbound request of protocol `rpc`; answer it with [`Command::Respond`] and `id`.
+    Request {
+        rpc: Rpc,
         id: u64,
         peer: PeerId,
         data: Vec<u8>,
@@ -354,10 +324,7 @@ pub(super) fn spawn(
         swarm,
         events: ev_tx,
         pending_out: HashMap::new(),
-        job_channels: HashMap::new(),
-        sync_channels: HashMap::new(),
-        model_channels: HashMap::new(),
-        stream_channels: HashMap::new(),
+        channels: HashMap::new(),
         provider_queries: HashMap::new(),
         provided: Vec::new(),
         last_provided: Instant::now(),
@@ -376,10 +343,8 @@ struct SwarmTask {
     /// Outbound requests waiting for their answer, by protocol and request id: each
     /// request-response behaviour numbers its requests from 1, so an id alone is ambiguous.
     pending_out: HashMap<(Rpc, request_response::OutboundRequestId), Reply>,
-    job_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
-    sync_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
-    model_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
-    stream_channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
+    /// Inbound requests waiting for their answer, by the id handed out with them.
+    channels: HashMap<u64, request_response::ResponseChannel<Vec<u8>>>,
     /// Running provider lookups: the providers found so far and who waits for them.
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     /// Keys this node provides, announced again every [`REPROVIDE_EVERY`].
@@ -460,10 +425,7 @@ impl SwarmTask {
         // Inbound requests whose answer will never come (its command dropped on a full queue,
         // or the actor gone): the behaviour closed the channel at the request timeout, and the
         // entry goes with it.
-        self.job_channels.retain(|_, ch| ch.is_open());
-        self.sync_channels.retain(|_, ch| ch.is_open());
-        self.model_channels.retain(|_, ch| ch.is_open());
-        self.stream_channels.retain(|_, ch| ch.is_open());
+        self.channels.retain(|_, ch| ch.is_open());
         // Provider records reach the peers closest to the key that are known when announced:
         // on a young network few are, so announce again while it fills.
         if self.last_provided.elapsed() >= REPROVIDE_EVERY {
@@ -490,40 +452,18 @@ impl SwarmTask {
                 b.gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
             }
-            Command::Job { peer, data, reply } => {
-                let id = b.job.send_request(&peer, data);
-                self.pending_out.insert((Rpc::Job, id), reply);
+            Command::Request {
+                rpc,
+                peer,
+                data,
+                reply,
+            } => {
+                let id = b.rr(rpc).send_request(&peer, data);
+                self.pending_out.insert((rpc, id), reply);
             }
-            Command::Sync { peer, data, reply } => {
-                let id = b.sync.send_request(&peer, data);
-                self.pending_out.insert((Rpc::Sync, id), reply);
-            }
-            Command::RespondJob { id, data } => {
-                if let Some(ch) = self.job_channels.remove(&id) {
-                    let _ = b.job.send_response(ch, data);
-                }
-            }
-            Command::RespondSync { id, data } => {
-                if let Some(ch) = self.sync_channels.remove(&id) {
-                    let _ = b.sync.send_response(ch, data);
-                }
-            }
-            Command::Model { peer, data, reply } => {
-                let id = b.model.send_request(&peer, data);
-                self.pending_out.insert((Rpc::Model, id), reply);
-            }
-            Command::RespondModel { id, data } => {
-                if let Some(ch) = self.model_channels.remove(&id) {
-                    let _ = b.model.send_response(ch, data);
-                }
-            }
-            Command::Stream { peer, data, reply } => {
-                let id = b.stream.send_request(&peer, data);
-                self.pending_out.insert((Rpc::Stream, id), reply);
-            }
-            Command::RespondStream { id, data } => {
-                if let Some(ch) = self.stream_channels.remove(&id) {
-                    let _ = b.stream.send_response(ch, data);
+            Command::Respond { rpc, id, data } => {
+                if let Some(ch) = self.channels.remove(&id) {
+                    let _ = b.rr(rpc).send_response(ch, data);
                 }
             }
             Command::Provide { key } => {
@@ -578,24 +518,12 @@ impl SwarmTask {
                 }
                 self.next_inbound += 1;
                 let id = self.next_inbound;
-                let data = request;
-                let event = match rpc {
-                    Rpc::Job => {
-                        self.job_channels.insert(id, channel);
-                        Event::JobRequest { id, peer, data }
-                    }
-                    Rpc::Sync => {
-                        self.sync_channels.insert(id, channel);
-                        Event::SyncRequest { id, peer, data }
-                    }
-                    Rpc::Model => {
-                        self.model_channels.insert(id, channel);
-                        Event::ModelRequest { id, peer, data }
-                    }
-                    Rpc::Stream => {
-                        self.stream_channels.insert(id, channel);
-                        Event::StreamRequest { id, peer, data }
-                    }
+                self.channels.insert(id, channel);
+                let event = Event::Request {
+                    rpc,
+                    id,
+                    peer,
+                    data: request,
                 };
                 self.emit(event);
             }
@@ -740,21 +668,9 @@ impl SwarmTask {
                     .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
                 "gossip"
             }
-            Event::JobRequest { id, .. } => {
-                self.job_channels.remove(&id);
-                "job"
-            }
-            Event::SyncRequest { id, .. } => {
-                self.sync_channels.remove(&id);
-                "sync"
-            }
-            Event::ModelRequest { id, .. } => {
-                self.model_channels.remove(&id);
-                "model"
-            }
-            Event::StreamRequest { id, .. } => {
-                self.stream_channels.remove(&id);
-                "stream"
+            Event::Request { rpc, id, .. } => {
+                self.channels.remove(&id);
+                rpc.name()
             }
             Event::Peers(_) => "peers",
             Event::Listening(_) => "listening",
@@ -793,10 +709,7 @@ mod tests {
             swarm: build_swarm(identity::Keypair::generate_ed25519()).unwrap(),
             events,
             pending_out: HashMap::new(),
-            job_channels: HashMap::new(),
-            sync_channels: HashMap::new(),
-            model_channels: HashMap::new(),
-            stream_channels: HashMap::new(),
+            channels: HashMap::new(),
             provider_queries: HashMap::new(),
             provided: Vec::new(),
             last_provided: Instant::now(),
@@ -804,31 +717,14 @@ mod tests {
             peers: Peers::new(Vec::new()),
         };
         let mut answers = Vec::new();
-        for make in [
-            |data, reply| Command::Job {
+        for rpc in [Rpc::Job, Rpc::Sync, Rpc::Model, Rpc::Stream] {
+            let (reply, rx) = oneshot::channel();
+            task.command(Command::Request {
+                rpc,
                 peer: PeerId::random(),
-                data,
+                data: vec![1],
                 reply,
-            },
-            |data, reply| Command::Sync {
-                peer: PeerId::random(),
-                data,
-                reply,
-            },
-            |data, reply| Command::Model {
-                peer: PeerId::random(),
-                data,
-                reply,
-            },
-            |data, reply| Command::Stream {
-                peer: PeerId::random(),
-                data,
-                reply,
-            },
-        ] as [fn(Vec<u8>, Reply) -> Command; 4]
-        {
-            let (tx, rx) = oneshot::channel();
-            task.command(make(vec![1], tx));
+            });
             answers.push(rx);
         }
         assert_eq!(task.pending_out.len(), 4);
