@@ -549,7 +549,7 @@ impl Llama {
                 &positions,
                 &self.rope,
             );
-            let mut att = Vec::with_capacity(rows * h);
+            let mut queries = Vec::with_capacity(caches.len());
             let mut first = 0;
             for (cache, toks) in caches.iter_mut().zip(tokens) {
                 let n = toks.len();
@@ -559,17 +559,16 @@ impl Llama {
                     cache.k[l].extend_from_slice(&row[h..h + kvw]);
                     cache.v[l].extend_from_slice(&row[h + kvw..]);
                 }
-                att.extend(backend.attention_causal(
-                    &q,
-                    &cache.k[l],
-                    &cache.v[l],
-                    s.heads,
-                    s.kv_heads,
-                    s.head_dim,
-                    scale,
-                ));
+                queries.push(q);
                 first += n;
             }
+            let seqs: Vec<(&[f32], &[f32], &[f32])> = queries
+                .iter()
+                .zip(caches.iter())
+                .map(|(q, cache)| (&q[..], &cache.k[l][..], &cache.v[l][..]))
+                .collect();
+            let att =
+                backend.attention_causal_batch(&seqs, (s.heads, s.kv_heads, s.head_dim), scale);
             x = backend.gemm_packed_then(&att, &layer.out, None, rows, Epilogue::Residual(&x));
             let mut a = x.clone();
             backend.rmsnorm_rows(&mut a, h, &layer.ffn_norm, s.eps);

@@ -24,6 +24,10 @@ const NR: usize = 16;
 /// GEMMs with more multiply-adds than this (m·n·k) are split over threads by rows. Measured on
 /// the 2-core dev machine: at 1.6M a second thread costs more than it saves, at 9.4M it saves 35%.
 const PARALLEL_WORK: usize = 1 << 22;
+/// Causal attention calls with more multiply-adds than this are split over threads by
+/// (sequence, key-value head). Measured on the 2-core dev machine with SmolLM2: one stream
+/// decoding (about 0.1M) runs faster on one thread, eight streams (0.5M) faster on two.
+const ATTENTION_WORK: usize = 1 << 18;
 /// Element-wise ops over more values than this are split over threads (whole rows each, so
 /// every value is computed exactly as on one thread).
 const PARALLEL_ELEMENTS: usize = 1 << 14;
@@ -319,7 +323,82 @@ impl Backend for CpuBackend {
         head_dim: usize,
         scale: f32,
     ) -> Vec<f32> {
-        attention_causal(self.kernel, q, k, v, heads, kv_heads, head_dim, scale)
+        attention_causal(
+            self.kernel,
+            q,
+            k,
+            v,
+            (heads, kv_heads, head_dim),
+            scale,
+            0..heads,
+        )
+    }
+
+    /// Each sequence's key-value heads (with the query heads that read them) are pieces of
+    /// work on the pool: a decode step's attention of several streams, or of one prompt's
+    /// heads, runs on every core.
+    fn attention_causal_batch(
+        &self,
+        seqs: &[(&[f32], &[f32], &[f32])],
+        shape: (usize, usize, usize),
+        scale: f32,
+    ) -> Vec<f32> {
+        let (heads, kv_heads, head_dim) = shape;
+        for &(q, k, v) in seqs {
+            super::ops::check_causal_shapes(q.len(), k.len(), v.len(), heads, kv_heads, head_dim);
+        }
+        // Whole groups (checked above whenever there is a sequence).
+        let group = heads.checked_div(kv_heads).unwrap_or(heads);
+        let pieces: Vec<(usize, usize)> = (0..seqs.len())
+            .flat_map(|s| (0..kv_heads).map(move |g| (s, g)))
+            .collect();
+        let run = |&(s, g): &(usize, usize)| {
+            let (q, k, v) = seqs[s];
+            attention_causal(
+                self.kernel,
+                q,
+                k,
+                v,
+                shape,
+                scale,
+                g * group..(g + 1) * group,
+            )
+        };
+        // Multiply-adds of the scores and the weighted values, about: a short sequence's
+        // attention (one stream decoding) costs less than waking the pool.
+        let work: usize = seqs
+            .iter()
+            .map(|(q, k, _)| 2 * q.len() * (k.len() / (kv_heads * head_dim).max(1)))
+            .sum();
+        let parts: Vec<Vec<f32>> = if self.threads > 1 && pieces.len() > 1 && work > ATTENTION_WORK
+        {
+            let slots: Vec<std::sync::Mutex<Vec<f32>>> =
+                pieces.iter().map(|_| Default::default()).collect();
+            pool::each(pieces.len(), |i| {
+                let part = run(&pieces[i]);
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = part;
+            });
+            slots
+                .into_iter()
+                .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .collect()
+        } else {
+            pieces.iter().map(run).collect()
+        };
+        // Each sequence's rows, each row its heads in order (one piece per key-value head).
+        let width = heads * head_dim;
+        let piece_width = group * head_dim;
+        let mut out = Vec::with_capacity(seqs.iter().map(|(q, ..)| q.len()).sum());
+        for (s, &(q, ..)) in seqs.iter().enumerate() {
+            let queries = q.len() / width.max(1);
+            let mine = &parts[s * kv_heads..(s + 1) * kv_heads];
+            for i in 0..queries {
+                for part in mine {
+                    out.extend_from_slice(&part[i * piece_width..(i + 1) * piece_width]);
+                }
+            }
+        }
+        out
     }
 
     fn attention(
@@ -588,14 +667,13 @@ per_kernel! {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        shape: (usize, usize, usize),
         scale: f32,
+        hs: std::ops::Range<usize>,
     ) -> Vec<f32> {
-        portable: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
-        avx2: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
-        avx512: super::ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale),
+        portable: super::ops::attention_causal_heads(q, k, v, shape, scale, hs),
+        avx2: super::ops::attention_causal_heads(q, k, v, shape, scale, hs),
+        avx512: super::ops::attention_causal_heads(q, k, v, shape, scale, hs),
     }
 }
 
@@ -1012,6 +1090,14 @@ trait Panels {
     fn gemv(&mut self, _gemm: &Gemm<'_>, _out: &mut [f32]) -> bool {
         false
     }
+
+    /// The quantised weights these panels read and the index of panel 0 among them, where
+    /// the weights are kept quantised (a kernel that dequantises in registers reads them
+    /// directly).
+    #[inline(always)]
+    fn quantized(&self) -> Option<(&Quantized, usize)> {
+        None
+    }
 }
 
 /// Panels packed once ([`PackedMatrix`], or a head's keys and values in attention).
@@ -1044,6 +1130,14 @@ impl Panels for WeightPanels<'_> {
                 q.panel_into(*first + jp, *k, buf);
                 buf
             }
+        }
+    }
+
+    #[inline(always)]
+    fn quantized(&self) -> Option<(&Quantized, usize)> {
+        match self {
+            WeightPanels::F32(_) => None,
+            WeightPanels::Quant { q, first, .. } => Some((q, *first)),
         }
     }
 
@@ -1170,8 +1264,178 @@ per_kernel! {
     /// (AVX-512).
     fn rows<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
         portable: rows_body::<P, 4>(gemm, panels, out),
-        avx2: rows_body::<P, 4>(gemm, panels, out),
+        avx2: rows_avx2(gemm, panels, out),
         avx512: rows_body_with::<P, Avx512Tile, 8>(gemm, panels, out),
+    }
+}
+
+/// The AVX2 variant's rows: several rows on quantised weights dequantise in registers
+/// ([`quant_rows_avx2`]), everything else goes through [`rows_body`]. Same bits either way.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn rows_avx2<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
+    if out.len() > gemm.n
+        && let Some((q, first)) = panels.quantized()
+    {
+        // SAFETY: only the AVX2 variant of `rows` (run where `CpuKernel::Avx2.available()`,
+        // or AVX-512's superset) calls this.
+        unsafe { quant_rows_avx2(gemm, q, first, out) };
+        return;
+    }
+    rows_body::<P, 4>(gemm, panels, out);
+}
+
+/// All rows of `gemm` (two or more; the one-row case has [`Panels::gemv`]) against quantised
+/// panels from `first` on, in AVX2 registers: each panel's 16 columns as two halves of 8 (one
+/// 256-bit vector each), in tiles of up to 8 rows. Each step dequantises one row of the half
+/// from its bytes in registers (`q·d + m` fused for Q4_1, `q·d` for Q8_0: the bits of
+/// [`Quantized::panel_into`]) and does one fused multiply-add per tile row, so every element
+/// accumulates `p = 0..k` in order exactly as [`tile`] on the dequantised panel does, with no
+/// buffer between: at 8 rows a dequantised value is used 8 times from a register. Tiles of 4
+/// rows or fewer take both halves at once (two accumulator chains per row hide the
+/// multiply-add's latency).
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quant_rows_avx2(gemm: &Gemm<'_>, q: &Quantized, first: usize, out: &mut [f32]) {
+    let (a, k, n) = (gemm.a, gemm.k, gemm.n);
+    let m = out.len() / n;
+    let row = |i: usize| &a[i * k..(i + 1) * k];
+    for (jp, j0) in (0..n).step_by(NR).enumerate() {
+        let width = NR.min(n - j0);
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(4);
+            macro_rules! tiles {
+                ($($r:literal)*) => {
+                    match rows {
+                        $($r => {
+                            let arows: [&[f32]; $r] = std::array::from_fn(|r| row(i0 + r));
+                            let acc = quant_tile_avx2::<$r>(q, k, first + jp, arows);
+                            store(&acc, gemm, out, i0, j0, width);
+                        })*
+                        _ => unreachable!("tiles of 1 to 8 rows"),
+                    }
+                };
+            }
+            tiles!(1 2 3 4 5 6 7 8);
+            i0 += rows;
+        }
+    }
+}
+
+/// `R` rows of `a` against quantised panel `jp` (all 16 columns), dequantising in registers:
+/// see [`quant_rows_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quant_tile_avx2<const R: usize>(
+    q: &Quantized,
+    k: usize,
+    jp: usize,
+    arows: [&[f32]; R],
+) -> [[f32; NR]; R] {
+    let mut out = [[0.0f32; NR]; R];
+    if R <= 4 {
+        match q.kind {
+            QuantKind::Q4_1 => quant_half_tiles::<R, 2, true>(q, k, jp, 0, &arows, &mut out),
+            QuantKind::Q8_0 => quant_half_tiles::<R, 2, false>(q, k, jp, 0, &arows, &mut out),
+        }
+    } else {
+        for h in 0..2 {
+            match q.kind {
+                QuantKind::Q4_1 => quant_half_tiles::<R, 1, true>(q, k, jp, h, &arows, &mut out),
+                QuantKind::Q8_0 => quant_half_tiles::<R, 1, false>(q, k, jp, h, &arows, &mut out),
+            }
+        }
+    }
+    out
+}
+
+/// `R` rows against `H` halves (8 columns each) of quantised panel `jp` from half `h0`,
+/// accumulated into `out`'s columns `8·h0..8·(h0 + H)`. `MIN`: Q4_1, else Q8_0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quant_half_tiles<const R: usize, const H: usize, const MIN: bool>(
+    q: &Quantized,
+    k: usize,
+    jp: usize,
+    h0: usize,
+    arows: &[&[f32]; R],
+    out: &mut [[f32; NR]; R],
+) {
+    use std::arch::x86_64::{
+        __m128i, __m256, _mm_loadl_epi64, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps,
+        _mm256_cvtepu8_epi32, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let nb = k / QK;
+    let qs = &q.q[jp * k..(jp + 1) * k];
+    let ds = &q.d[jp * nb..(jp + 1) * nb];
+    let ms = if MIN {
+        &q.m[jp * nb..(jp + 1) * nb]
+    } else {
+        ds
+    };
+    assert!(h0 + H <= 2, "a panel has two halves");
+    assert!(
+        arows.iter().all(|r| r.len() >= k),
+        "quant tile: a row shorter than k"
+    );
+    let mut acc = [[_mm256_setzero_ps(); H]; R];
+    for b in 0..nb {
+        let mut d = [_mm256_setzero_ps(); H];
+        let mut mins = [_mm256_setzero_ps(); H];
+        for h in 0..H {
+            let c = 8 * (h0 + h);
+            // SAFETY: each block's scales and minimums are 16 floats; c + 8 <= 16.
+            unsafe {
+                d[h] = _mm256_loadu_ps(ds[b][c..].as_ptr());
+                if MIN {
+                    mins[h] = _mm256_loadu_ps(ms[b][c..].as_ptr());
+                }
+            }
+        }
+        for p in b * QK..(b + 1) * QK {
+            let mut w: [__m256; H] = [_mm256_setzero_ps(); H];
+            for h in 0..H {
+                // SAFETY: p < k = qs.len() (b < nb = k / 32); each row holds 16 bytes and
+                // 8·(h0 + h) + 8 <= 16, so the 8-byte load stays inside it.
+                let bytes = unsafe {
+                    _mm_loadl_epi64(
+                        qs.get_unchecked(p)[8 * (h0 + h)..]
+                            .as_ptr()
+                            .cast::<__m128i>(),
+                    )
+                };
+                w[h] = if MIN {
+                    _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)),
+                        d[h],
+                        mins[h],
+                    )
+                } else {
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), d[h])
+                };
+            }
+            for (acc, arow) in acc.iter_mut().zip(arows) {
+                // SAFETY: every row holds at least k > p values (checked above).
+                let x = _mm256_set1_ps(unsafe { *arow.get_unchecked(p) });
+                for h in 0..H {
+                    acc[h] = _mm256_fmadd_ps(x, w[h], acc[h]);
+                }
+            }
+        }
+    }
+    for (dst, acc) in out.iter_mut().zip(acc) {
+        for h in 0..H {
+            // SAFETY: `dst` is 16 floats and 8·(h0 + h) + 8 <= 16.
+            unsafe { _mm256_storeu_ps(dst[8 * (h0 + h)..].as_mut_ptr(), acc[h]) };
+        }
     }
 }
 
@@ -1570,6 +1834,104 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// Causal grouped-query attention by its definition, one score and one output at a time.
+    fn causal_by_definition(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (heads, kv_heads, hd): (usize, usize, usize),
+        scale: f32,
+    ) -> Vec<f32> {
+        let (width, kv_width) = (heads * hd, kv_heads * hd);
+        let (queries, keys) = (q.len() / width, k.len() / kv_width);
+        let mut out = vec![0.0f32; queries * width];
+        for i in 0..queries {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let mut scores: Vec<f32> = (0..keys - queries + i + 1)
+                    .map(|j| {
+                        let mut acc = 0.0f32;
+                        for d in 0..hd {
+                            acc = q[i * width + h * hd + d]
+                                .mul_add(k[j * kv_width + g * hd + d], acc);
+                        }
+                        acc * scale
+                    })
+                    .collect();
+                crate::math::softmax_row(&mut scores);
+                for d in 0..hd {
+                    let mut acc = 0.0f32;
+                    for (j, &p) in scores.iter().enumerate() {
+                        acc = p.mul_add(v[j * kv_width + g * hd + d], acc);
+                    }
+                    out[i * width + h * hd + d] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    /// Several sequences' causal attention in one call (decode steps of several streams,
+    /// prompts of several lengths; key counts on and off the 8-key blocks; small enough for
+    /// one thread and big enough for the pool) gives each sequence the bits of its definition,
+    /// under every kernel variant and thread count.
+    #[test]
+    fn batched_causal_attention_gives_each_sequences_definition() {
+        let shape = (6, 2, 24);
+        let (width, kv_width) = (6 * 24, 2 * 24);
+        let scale = 0.204_124_15;
+        for lens in [
+            vec![(1, 1), (1, 9), (3, 16)],
+            vec![(1, 300), (1, 301), (1, 7), (1, 64), (5, 40)],
+            vec![(41, 41), (2, 130)],
+        ] {
+            let data: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens
+                .iter()
+                .enumerate()
+                .map(|(s, &(queries, keys))| {
+                    let seed = 1000 + 3 * s as u64;
+                    let q: Vec<f32> = random(seed, queries * width)
+                        .iter()
+                        .map(|x| x * 4.0)
+                        .collect();
+                    (
+                        q,
+                        random(seed + 1, keys * kv_width),
+                        random(seed + 2, keys * kv_width),
+                    )
+                })
+                .collect();
+            let seqs: Vec<(&[f32], &[f32], &[f32])> = data
+                .iter()
+                .map(|(q, k, v)| (&q[..], &k[..], &v[..]))
+                .collect();
+            let want: Vec<u32> = seqs
+                .iter()
+                .flat_map(|&(q, k, v)| bits(&causal_by_definition(q, k, v, shape, scale)))
+                .collect();
+            for cpu in CpuBackend::every_variant() {
+                let got = cpu.attention_causal_batch(&seqs, shape, scale);
+                assert_eq!(
+                    bits(&got),
+                    want,
+                    "{lens:?} {:?} threads {}",
+                    cpu.kernel,
+                    cpu.threads
+                );
+                for (s, &(q, k, v)) in seqs.iter().enumerate() {
+                    let one = cpu.attention_causal(q, k, v, 6, 2, 24, scale);
+                    let want = bits(&causal_by_definition(q, k, v, shape, scale));
+                    assert_eq!(
+                        bits(&one),
+                        want,
+                        "sequence {s} of {lens:?} {:?}",
+                        cpu.kernel
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn gemm_rows_are_batch_invariant() {
         let (m, k, n) = (21, 37, 29);
@@ -1884,7 +2246,11 @@ mod tests {
                     (1, 64, 33),
                     (1, 576, 960),
                     (2, 96, 40),
+                    (3, 64, 17),
+                    (5, 96, 33),
+                    (8, 64, 40),
                     (9, 64, 50),
+                    (20, 128, 48),
                     (1, 1536, 576),
                 ] {
                     let blocks: Vec<(f32, f32, [u8; QK])> = (0..n * k / QK)

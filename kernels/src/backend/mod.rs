@@ -324,4 +324,25 @@ pub trait Backend: Send + Sync {
     ) -> Vec<f32> {
         ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale)
     }
+
+    /// [`Backend::attention_causal`] of several sequences, each `(q, k, v)`, their outputs
+    /// one after another: each sequence's bits are those of its own call (the default makes
+    /// exactly those calls), so a backend may spread the sequences and heads over its cores.
+    ///
+    /// # Panics
+    ///
+    /// As [`Backend::attention_causal`], for any sequence.
+    fn attention_causal_batch(
+        &self,
+        seqs: &[(&[f32], &[f32], &[f32])],
+        shape: (usize, usize, usize),
+        scale: f32,
+    ) -> Vec<f32> {
+        let (heads, kv_heads, head_dim) = shape;
+        let mut out = Vec::new();
+        for &(q, k, v) in seqs {
+            out.extend(self.attention_causal(q, k, v, heads, kv_heads, head_dim, scale));
+        }
+        out
+    }
 }

@@ -407,42 +407,63 @@ pub(crate) fn attention_causal(
     head_dim: usize,
     scale: f32,
 ) -> Vec<f32> {
+    attention_causal_heads(q, k, v, (heads, kv_heads, head_dim), scale, 0..heads)
+}
+
+/// [`attention_causal`] of the query heads `hs` only: `[queries][hs.len()·head_dim]`, each
+/// head's values the bits of the whole call's. `shape` is `(heads, kv_heads, head_dim)`.
+#[inline(always)]
+pub(crate) fn attention_causal_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: (usize, usize, usize),
+    scale: f32,
+    hs: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let (heads, kv_heads, head_dim) = shape;
     let (queries, keys) = check_causal_shapes(q.len(), k.len(), v.len(), heads, kv_heads, head_dim);
+    assert!(hs.end <= heads, "attention_causal: heads {hs:?} of {heads}");
     let (width, kv_width, group) = (heads * head_dim, kv_heads * head_dim, heads / kv_heads);
-    let mut out = vec![0.0f32; queries * width];
+    let out_width = hs.len() * head_dim;
+    let mut out = vec![0.0f32; queries * out_width];
     let mut scores = Vec::with_capacity(keys);
-    for i in 0..queries {
-        let visible = keys - queries + i + 1;
-        for h in 0..heads {
-            let g = h / group;
+    // The keys of one key-value head transposed, dimension-major, in blocks of 8 keys (zero
+    // past the last): `kt[(j / 8)·head_dim·8 + d·8 + j % 8]`. Eight keys' scores then take one
+    // vector multiply-add per dimension, each lane still one key's own chain over d in order.
+    let blocks = keys.div_ceil(8);
+    let mut kt = vec![0.0f32; blocks * head_dim * 8];
+    let mut transposed = None;
+    for h in hs.clone() {
+        let g = h / group;
+        if transposed != Some(g) {
+            kt.fill(0.0);
+            for j in 0..keys {
+                let key = &k[j * kv_width + g * head_dim..][..head_dim];
+                let block = &mut kt[(j / 8) * head_dim * 8..][..head_dim * 8];
+                for (d, &x) in key.iter().enumerate() {
+                    block[d * 8 + j % 8] = x;
+                }
+            }
+            transposed = Some(g);
+        }
+        for i in 0..queries {
+            let visible = keys - queries + i + 1;
             let qi = &q[i * width + h * head_dim..][..head_dim];
-            let key = |j: usize| &k[j * kv_width + g * head_dim..][..head_dim];
             scores.clear();
-            // Eight keys at a time: eight independent accumulator chains, each still summing
-            // its d in order.
-            let mut j = 0;
-            while j + 8 <= visible {
-                let keys: [&[f32]; 8] = std::array::from_fn(|t| key(j + t));
+            for block in kt.chunks_exact(head_dim * 8).take(visible.div_ceil(8)) {
                 let mut acc = [0.0f32; 8];
-                for d in 0..head_dim {
+                for (&x, lanes) in qi.iter().zip(block.chunks_exact(8)) {
                     for t in 0..8 {
-                        acc[t] = qi[d].mul_add(keys[t][d], acc[t]);
+                        acc[t] = x.mul_add(lanes[t], acc[t]);
                     }
                 }
-                scores.extend(acc.iter().map(|&a| a * scale));
-                j += 8;
-            }
-            for j in j..visible {
-                let kj = key(j);
-                let mut acc = 0.0f32;
-                for d in 0..head_dim {
-                    acc = qi[d].mul_add(kj[d], acc);
-                }
-                scores.push(acc * scale);
+                let take = (visible - scores.len()).min(8);
+                scores.extend(acc[..take].iter().map(|&a| a * scale));
             }
             math::softmax_row(&mut scores);
             // Keys outer, dimensions inner: each output still accumulates its keys in order.
-            let o = &mut out[i * width + h * head_dim..][..head_dim];
+            let o = &mut out[i * out_width + (h - hs.start) * head_dim..][..head_dim];
             for (j, &p) in scores.iter().enumerate() {
                 let vj = &v[j * kv_width + g * head_dim..][..head_dim];
                 for (o, &x) in o.iter_mut().zip(vj) {
