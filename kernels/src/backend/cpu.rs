@@ -708,15 +708,19 @@ pub(crate) enum QuantKind {
     Q8_0,
 }
 
-/// Quantised panels: per panel `jp`, `k` rows of 16 quant bytes (`q[jp·k + p][c]`) and, per
-/// block of 32 rows, 16 scales and 16 minimums (`d[jp·k/32 + b][c]`; `m` likewise, empty for
-/// Q8_0). Columns past `n` have `d = m = 0` (value 0, as the f32 panels' zero fill). One byte
-/// per value plus 8 bytes per 32: about 1.25 bytes per weight against 4 for f32, which is what
-/// bounds a decoder's speed at batch 1.
+/// Quantised panels: per panel `jp`, `k` rows of the panel's 16 quant values and, per block
+/// of 32 rows, 16 scales and 16 minimums (`d[jp·k/32 + b][c]`; `m` likewise, empty for Q8_0).
+/// Q8_0 keeps one byte per value (`q8[jp·k + p][c]`); Q4_1 two per byte (`q4[jp·k + p][c]`
+/// holds column `c` in its low nibble and column `c + 8` in its high one, so one 8-byte load
+/// unpacks into a panel row's two vectors). Columns past `n` have `d = m = 0` (value 0, as the
+/// f32 panels' zero fill). Q4_1 takes about 0.75 bytes per weight against 4 for f32 (1.25 with
+/// a byte per value): memory traffic is what bounds a decoder's speed at batch 1, and on two
+/// cores at 8 streams as well.
 #[derive(Debug, Clone)]
 struct Quantized {
     kind: QuantKind,
-    q: Vec<[u8; NR]>,
+    q8: Vec<[u8; NR]>,
+    q4: Vec<[u8; NR / 2]>,
     d: Vec<[f32; NR]>,
     m: Vec<[f32; NR]>,
 }
@@ -730,21 +734,24 @@ impl Quantized {
     #[inline(always)]
     fn panel_into(&self, jp: usize, k: usize, out: &mut [[f32; NR]]) {
         let nb = k / QK;
-        let q = &self.q[jp * k..(jp + 1) * k];
         let d = &self.d[jp * nb..(jp + 1) * nb];
         match self.kind {
             QuantKind::Q4_1 => {
+                let q = &self.q4[jp * k..(jp + 1) * k];
                 let m = &self.m[jp * nb..(jp + 1) * nb];
                 for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
                     let (d, m) = (&d[b], &m[b]);
                     // One row of 16 at a time, written whole (so the compiler vectorises
                     // along the row, not across rows with scattered stores).
                     for (dst, src) in out.iter_mut().zip(q) {
-                        *dst = std::array::from_fn(|c| f32::from(src[c]).mul_add(d[c], m[c]));
+                        *dst = std::array::from_fn(|c| {
+                            f32::from(q4_value(src, c)).mul_add(d[c], m[c])
+                        });
                     }
                 }
             }
             QuantKind::Q8_0 => {
+                let q = &self.q8[jp * k..(jp + 1) * k];
                 for (b, (out, q)) in out.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
                     let d = &d[b];
                     for (dst, src) in out.iter_mut().zip(q) {
@@ -753,6 +760,17 @@ impl Quantized {
                 }
             }
         }
+    }
+}
+
+/// Column `c` (0..16) of a Q4_1 panel row: the low nibble of byte `c`, or the high nibble of
+/// byte `c − 8`.
+#[inline(always)]
+fn q4_value(row: &[u8; NR / 2], c: usize) -> u8 {
+    if c < NR / 2 {
+        row[c] & 15
+    } else {
+        row[c - NR / 2] >> 4
     }
 }
 
@@ -841,7 +859,14 @@ impl PackedMatrix {
             "PackedMatrix: k = {k} is not whole blocks"
         );
         let (panels, nb) = (n.div_ceil(NR), k / QK);
-        let mut q = vec![[0u8; NR]; panels * k];
+        let mut q8 = match kind {
+            QuantKind::Q4_1 => Vec::new(),
+            QuantKind::Q8_0 => vec![[0u8; NR]; panels * k],
+        };
+        let mut q4 = match kind {
+            QuantKind::Q4_1 => vec![[0u8; NR / 2]; panels * k],
+            QuantKind::Q8_0 => Vec::new(),
+        };
         let mut d = vec![[0.0f32; NR]; panels * nb];
         let mut m = match kind {
             QuantKind::Q4_1 => vec![[0.0f32; NR]; panels * nb],
@@ -856,7 +881,13 @@ impl PackedMatrix {
                     row[c] = min;
                 }
                 for (r, &v) in values.iter().enumerate() {
-                    q[jp * k + b * QK + r][c] = v;
+                    let p = jp * k + b * QK + r;
+                    match kind {
+                        QuantKind::Q8_0 => q8[p][c] = v,
+                        // Values above 15 are not Q4_1 (the GGUF reader gives nibbles).
+                        QuantKind::Q4_1 if c < NR / 2 => q4[p][c] |= v & 15,
+                        QuantKind::Q4_1 => q4[p][c - NR / 2] |= (v & 15) << 4,
+                    }
                 }
             }
         }
@@ -864,7 +895,7 @@ impl PackedMatrix {
             id: Self::next_id(),
             k,
             n,
-            values: Values::Quant(Quantized { kind, q, d, m }),
+            values: Values::Quant(Quantized { kind, q8, q4, d, m }),
         }
     }
 
@@ -877,7 +908,9 @@ impl PackedMatrix {
     pub fn bytes(&self) -> usize {
         match &self.values {
             Values::F32(p) => p.len() * NR * 4,
-            Values::Quant(q) => (q.q.len() + 4 * (q.d.len() + q.m.len())) * NR,
+            Values::Quant(q) => {
+                q.q8.len() * NR + q.q4.len() * NR / 2 + 4 * (q.d.len() + q.m.len()) * NR
+            }
         }
     }
 
@@ -1196,17 +1229,30 @@ fn dot_panels<const G: usize, const MIN: bool>(
                 [0.0; NR]
             }
         });
-        let qs: [&[[u8; NR]]; G] = std::array::from_fn(|g| &q.q[(jp + g) * k + b * QK..][..QK]);
-        for (r, &x) in a.iter().enumerate() {
-            for g in 0..G {
-                let row = &qs[g][r];
-                for c in 0..NR {
-                    let w = if MIN {
-                        f32::from(row[c]).mul_add(d[g][c], m[g][c])
-                    } else {
-                        f32::from(row[c] as i8) * d[g][c]
-                    };
-                    acc[g][c] = x.mul_add(w, acc[g][c]);
+        let rows = |g: usize| (jp + g) * k + b * QK..(jp + g) * k + (b + 1) * QK;
+        if MIN {
+            let qs: [&[[u8; NR / 2]]; G] = std::array::from_fn(|g| &q.q4[rows(g)]);
+            for (r, &x) in a.iter().enumerate() {
+                for g in 0..G {
+                    let row = &qs[g][r];
+                    // Low nibbles are columns 0..8, high ones 8..16.
+                    for c in 0..NR / 2 {
+                        let lo = f32::from(row[c] & 15).mul_add(d[g][c], m[g][c]);
+                        let hi = f32::from(row[c] >> 4).mul_add(d[g][c + 8], m[g][c + 8]);
+                        acc[g][c] = x.mul_add(lo, acc[g][c]);
+                        acc[g][c + 8] = x.mul_add(hi, acc[g][c + 8]);
+                    }
+                }
+            }
+        } else {
+            let qs: [&[[u8; NR]]; G] = std::array::from_fn(|g| &q.q8[rows(g)]);
+            for (r, &x) in a.iter().enumerate() {
+                for g in 0..G {
+                    let row = &qs[g][r];
+                    for c in 0..NR {
+                        let w = f32::from(row[c] as i8) * d[g][c];
+                        acc[g][c] = x.mul_add(w, acc[g][c]);
+                    }
                 }
             }
         }
@@ -1310,7 +1356,10 @@ fn rows_avx2<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
 /// element accumulates `p = 0..k` in order exactly as [`tile`] on the dequantised panel does,
 /// with no buffer between. Measured with SmolLM2 decoding 8 streams on the 2-core dev machine:
 /// 84 tokens/s through the buffer, 107 with 8-row tiles of half a panel (each dequantised value
-/// used 8 times, but 11 loads per 8 multiply-adds), 114 with these (6 loads per 8).
+/// used 8 times, but 11 loads per 8 multiply-adds), 114 with these (6 loads per 8); each
+/// 32-row block dequantised once into an L1 buffer for all rows' 4-row tiles (fewer
+/// floating-point operations, sums kept between blocks) was slower again (110 against 125 in
+/// alternating runs).
 ///
 /// # Safety
 ///
@@ -1361,12 +1410,23 @@ fn quant_tile_avx2<const R: usize, const MIN: bool>(
     arows: &[&[f32]; R],
 ) -> [[f32; NR]; R] {
     use std::arch::x86_64::{
-        __m128i, _mm_loadl_epi64, _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32,
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
+        __m128i, _mm_loadl_epi64, _mm_loadu_si128, _mm_srli_si128, _mm256_and_si256,
+        _mm256_cvtepi8_epi32, _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_srli_epi32, _mm256_storeu_ps,
     };
     let nb = k / QK;
-    let qs = &q.q[jp * k..(jp + 1) * k];
+    let q8 = if MIN {
+        &[][..]
+    } else {
+        &q.q8[jp * k..(jp + 1) * k]
+    };
+    let q4 = if MIN {
+        &q.q4[jp * k..(jp + 1) * k]
+    } else {
+        &[][..]
+    };
+    let nibble = _mm256_set1_epi32(15);
     let ds = &q.d[jp * nb..(jp + 1) * nb];
     let ms = if MIN {
         &q.m[jp * nb..(jp + 1) * nb]
@@ -1393,24 +1453,25 @@ fn quant_tile_avx2<const R: usize, const MIN: bool>(
             )
         };
         for p in b * QK..(b + 1) * QK {
-            // SAFETY: p < k = qs.len() (b < nb = k / 32); each row holds 16 bytes, read as
-            // two halves of 8.
-            let bytes = unsafe {
-                let row = qs.get_unchecked(p);
+            let w = if MIN {
+                // SAFETY: p < k = q4.len() (b < nb = k / 32); a row is 8 bytes.
+                let bytes =
+                    unsafe { _mm_loadl_epi64(q4.get_unchecked(p).as_ptr().cast::<__m128i>()) };
+                let both = _mm256_cvtepu8_epi32(bytes);
+                let lo = _mm256_cvtepi32_ps(_mm256_and_si256(both, nibble));
+                let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(both));
                 [
-                    _mm_loadl_epi64(row[..8].as_ptr().cast::<__m128i>()),
-                    _mm_loadl_epi64(row[8..].as_ptr().cast::<__m128i>()),
+                    _mm256_fmadd_ps(lo, d[0], mins[0]),
+                    _mm256_fmadd_ps(hi, d[1], mins[1]),
                 ]
+            } else {
+                // SAFETY: p < k = q8.len() (b < nb = k / 32); a row is 16 bytes.
+                let bytes =
+                    unsafe { _mm_loadu_si128(q8.get_unchecked(p).as_ptr().cast::<__m128i>()) };
+                let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(bytes)));
+                [_mm256_mul_ps(lo, d[0]), _mm256_mul_ps(hi, d[1])]
             };
-            let mut w = [_mm256_setzero_ps(); 2];
-            for h in 0..2 {
-                w[h] = if MIN {
-                    let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes[h]));
-                    _mm256_fmadd_ps(v, d[h], mins[h])
-                } else {
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes[h])), d[h])
-                };
-            }
             for (acc, arow) in acc.iter_mut().zip(arows) {
                 // SAFETY: every row holds at least k > p values (checked above).
                 let x = _mm256_set1_ps(unsafe { *arow.get_unchecked(p) });
