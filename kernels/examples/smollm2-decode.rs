@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! cargo run --release -p kernels --example smollm2-decode -- --model DIR|FILE.gguf \
-//!     --streams 1 --tokens 64
+//!     --streams 1 --tokens 64 [--temperature 1.0]
 //! ```
+//!
+//! Greedy by default; `--temperature T` samples (seeded per stream, the full vocabulary
+//! ranked each token, as a client that leaves `top_k` and `top_p` unset asks).
 //!
 //! Prints one JSON line: `{"system":"proofmesh","streams":S,"prompt_tokens":P (all streams),
 //! "ttft_s":..,"decode_tokens":N,"decode_s":..,"tokens_per_s":..}` where `tokens_per_s`
@@ -18,7 +21,7 @@ use kernels::{CpuBackend, GenerateRequest, Model};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut model = None;
-    let (mut streams, mut tokens) = (1usize, 64usize);
+    let (mut streams, mut tokens, mut temperature) = (1usize, 64usize, 0.0f64);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
@@ -26,6 +29,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             "--model" => model = Some(value()?),
             "--streams" => streams = value()?.parse()?,
             "--tokens" => tokens = value()?.parse()?,
+            "--temperature" => temperature = value()?.parse()?,
             _ => return Err(format!("unknown argument {a}").into()),
         }
     }
@@ -35,6 +39,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         let json = serde_json::json!({
             "messages": [{"role": "user", "content": format!("Tell me a long story about the number {i}.")}],
             "max_tokens": tokens,
+            "temperature": temperature,
+            "seed": i,
         });
         Ok(GenerateRequest::parse(json.to_string().as_bytes())?)
     };

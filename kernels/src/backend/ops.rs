@@ -387,10 +387,18 @@ pub(crate) fn swiglu(gate_up: &[f32], cols: usize) -> Vec<f32> {
     if !has_rows("swiglu", gate_up.len(), 2 * cols) {
         return Vec::new();
     }
-    let mut out = Vec::with_capacity(gate_up.len() / 2);
-    for row in gate_up.chunks_exact(2 * cols) {
+    let mut out = vec![0.0f32; gate_up.len() / 2];
+    // Plain loops, not `extend` over a mapped iterator: the iterator's `fold` is a function of
+    // its own that need not be inlined, and outside the kernel variant's target features
+    // `exp`'s `mul_add`s become calls to a software fused multiply-add (9% of a decode step).
+    for (row, dst) in gate_up
+        .chunks_exact(2 * cols)
+        .zip(out.chunks_exact_mut(cols))
+    {
         let (gate, up) = row.split_at(cols);
-        out.extend(gate.iter().zip(up).map(|(&g, &u)| math::silu(g) * u));
+        for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+            *d = math::silu(g) * u;
+        }
     }
     out
 }
