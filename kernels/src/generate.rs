@@ -398,16 +398,31 @@ impl<'m> Generator<'m> {
                 return Err(e);
             }
         };
-        let mut done = Vec::new();
-        let mut keep = Vec::with_capacity(self.active.len());
-        for (mut a, row) in std::mem::take(&mut self.active)
-            .into_iter()
-            .zip(logits.chunks_exact(vocab))
-        {
+        for (a, row) in self.active.iter_mut().zip(logits.chunks_exact(vocab)) {
             a.decoder.logits.clear();
             a.decoder.logits.extend_from_slice(row);
+        }
+        // Each sequence's next token is a function of its own logits, position and sampling:
+        // sampled ones (a whole vocabulary ranked each) are drawn on every core.
+        let tokens: Vec<std::sync::atomic::AtomicU32> =
+            self.active.iter().map(|_| Default::default()).collect();
+        let draw = |i: usize| {
+            let token = self.active[i].decoder.next_token();
+            tokens[i].store(token, std::sync::atomic::Ordering::Relaxed);
+        };
+        if self.active.iter().filter(|a| a.decoder.samples()).count() > 1 {
+            crate::pool::each(self.active.len(), draw);
+        } else {
+            (0..self.active.len()).for_each(draw);
+        }
+        let mut done = Vec::new();
+        let mut keep = Vec::with_capacity(self.active.len());
+        for (mut a, token) in std::mem::take(&mut self.active).into_iter().zip(tokens) {
             let key = a.key;
-            match a.decoder.step(self.model, &mut |s| on_step(key, s)) {
+            match a
+                .decoder
+                .step(self.model, token.into_inner(), &mut |s| on_step(key, s))
+            {
                 Some(token) => {
                     a.feed = vec![token];
                     keep.push(a);
@@ -472,15 +487,25 @@ impl Decoder {
         }
     }
 
-    /// Chooses the next token from `logits` and hands it out; returns the token to feed
-    /// back, or `None` when the sequence has finished.
+    /// The next token from `logits`: its draw at this position (argmax when greedy).
+    pub(crate) fn next_token(&self) -> u32 {
+        let position = (self.prompt.len() + self.tokens.len()) as u64;
+        self.sampling.choose(&self.logits, position)
+    }
+
+    /// Whether tokens are drawn (not greedy): the draw ranks the whole vocabulary.
+    pub(crate) fn samples(&self) -> bool {
+        self.sampling.temperature != 0.0
+    }
+
+    /// Hands out `token` ([`Decoder::next_token`] of the current `logits`); returns the token
+    /// to feed back, or `None` when the sequence has finished.
     pub(crate) fn step(
         &mut self,
         model: &Llama,
+        token: u32,
         on_step: &mut dyn FnMut(&Step<'_>) -> bool,
     ) -> Option<u32> {
-        let position = (self.prompt.len() + self.tokens.len()) as u64;
-        let token = self.sampling.choose(&self.logits, position);
         let norm = self
             .logprobs
             .then(|| crate::sample::LogSoftmax::new(&self.logits));
