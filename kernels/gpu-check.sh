@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the CUDA backend on a GPU machine: CPU-vs-CUDA bit identity of every op, GEMM
-# throughput against cuBLAS, and (with MODEL_DIR) MiniLM sentences/s, next to PyTorch's numbers
-# when torch is installed. Prints markdown tables and one summary table.
+# throughput against cuBLAS, MiniLM sentences/s (next to PyTorch's numbers when torch is
+# installed), and SmolLM2 decode tokens/s at 1 and 8 streams with the CPU's and CUDA's tokens
+# compared. Prints markdown tables and one summary table.
 #
 #   kernels/gpu-check.sh build   # where Rust is: release-builds the gpu-check binary and the
 #                                # kernels unit-test binary and copies both into .device/
@@ -10,6 +11,8 @@
 #                                # and the PyTorch comparison; n/a wherever something is missing
 #
 # MODEL_DIR: a model directory (scripts/fetch-minilm prints one) for the MiniLM rows.
+# SMOLLM2_DIR: SmolLM2-135M-Instruct (scripts/fetch-smollm2 prints it) for the decode rows;
+# without either, models of the same shapes with seeded weights stand in (same cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE_DIR=.device

@@ -54,7 +54,9 @@ pub use generate::{
 };
 pub use gguf::with_metadata as gguf_with_metadata;
 pub use id::{KeccakStream, ModelId, keccak256};
-pub use llama::{ChatMessage, KvCache, LlamaSpec, seeded_llama_gguf};
+pub use llama::{
+    ChatMessage, KvCache, LlamaSpec, SeededShape, seeded_llama_gguf, seeded_llama_gguf_shaped,
+};
 pub use mlp::{MlpSpec, write_seeded_mlp};
 pub use model::{
     MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, MAX_ROWS, MAX_TOKENIZER_BYTES, MAX_WEIGHTS_BYTES,

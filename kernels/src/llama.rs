@@ -613,7 +613,62 @@ impl Llama {
 /// ChatML template, context 256. Its text is noise; it exercises every path of a generation
 /// job (demos, tests, fuzzing seeds) without the real weights.
 pub fn seeded_llama_gguf(seed: u64, layers: usize) -> Vec<u8> {
-    let (h, ffn, kv) = (64usize, 96usize, 32usize);
+    seeded_llama_gguf_shaped(seed, &SeededShape::tiny(layers))
+}
+
+/// The shape of a [`seeded_llama_gguf_shaped`] file.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// At least 300 (the byte tokens, the specials and a few merges; the rest unused).
+    pub vocab: usize,
+    pub context: u32,
+    pub rope_base: f32,
+}
+
+impl SeededShape {
+    /// [`seeded_llama_gguf`]'s shape.
+    pub fn tiny(layers: usize) -> SeededShape {
+        SeededShape {
+            layers,
+            hidden: 64,
+            ffn: 96,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 300,
+            context: 256,
+            rope_base: 10_000.0,
+        }
+    }
+
+    /// SmolLM2-135M-Instruct's shapes and encodings (30 layers, width 576, 9 query and 3
+    /// key-value heads of 64, FFN 1536, vocabulary 49152, context 8192): the same work per
+    /// token as the real model, for measuring speed and bit identity where its weights are not
+    /// (`gpu-check`).
+    pub fn smollm2() -> SeededShape {
+        SeededShape {
+            layers: 30,
+            hidden: 576,
+            ffn: 1536,
+            heads: 9,
+            kv_heads: 3,
+            vocab: 49_152,
+            context: 8192,
+            rope_base: 100_000.0,
+        }
+    }
+}
+
+/// A random Llama GGUF file of `shape` whose bytes depend only on the arguments (see
+/// [`seeded_llama_gguf`], which is this at [`SeededShape::tiny`]).
+pub fn seeded_llama_gguf_shaped(seed: u64, shape: &SeededShape) -> Vec<u8> {
+    let (h, ffn, layers) = (shape.hidden, shape.ffn, shape.layers);
+    let head_dim = h / shape.heads.max(1);
+    let kv = shape.kv_heads * head_dim;
     let mut rng = SplitMix64::new(seed);
     let mut q4_1 = |rows: usize, cols: usize, scale: f32| -> Vec<u8> {
         let mut out = Vec::new();
@@ -650,7 +705,7 @@ pub fn seeded_llama_gguf(seed: u64, layers: usize) -> Vec<u8> {
             tensors.push((p(name), vec![k as u64, n as u64], TensorType::Q4_1, bytes));
         }
     }
-    let vocab = 300usize;
+    let vocab = shape.vocab.max(300);
     let mut embd = Vec::new();
     for _ in 0..vocab * h / 32 {
         embd.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
@@ -687,14 +742,14 @@ pub fn seeded_llama_gguf(seed: u64, layers: usize) -> Vec<u8> {
     let meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.block_count", Value::U32(layers as u32)),
-        ("llama.context_length", Value::U32(256)),
+        ("llama.context_length", Value::U32(shape.context)),
         ("llama.embedding_length", Value::U32(h as u32)),
         ("llama.feed_forward_length", Value::U32(ffn as u32)),
-        ("llama.attention.head_count", Value::U32(4)),
-        ("llama.attention.head_count_kv", Value::U32(2)),
-        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        ("llama.attention.head_count", Value::U32(shape.heads as u32)),
+        ("llama.attention.head_count_kv", Value::U32(shape.kv_heads as u32)),
+        ("llama.rope.freq_base", Value::F32(shape.rope_base)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.dimension_count", Value::U32(16)),
+        ("llama.rope.dimension_count", Value::U32(head_dim as u32)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("smollm".into())),
         ("tokenizer.ggml.tokens", Value::Array(tokens)),

@@ -9,6 +9,12 @@
 //!    both give the same output hash: all-MiniLM-L6-v2 from `MODEL_DIR`, or without it a BERT
 //!    of MiniLM's exact shapes with seeded weights (`write_seeded_bert`).
 //!
+//! 4. SmolLM2 decode on the CPU and CUDA backends: time to the first tokens and decode
+//!    tokens/s of 1 and 8 streams decoded together (continuous batching, greedy, 32 tokens
+//!    each), and whether both backends generate the same tokens: SmolLM2-135M-Instruct from
+//!    `SMOLLM2_DIR` (a directory or GGUF file), or without it a seeded GGUF of its exact shapes
+//!    and encodings (`SeededShape::smollm2`), which costs the same per token.
+//!
 //! `--summary PATH` also appends `section⇥row⇥column⇥value` lines to PATH, which
 //! kernels/gpu-check.sh merges with its PyTorch numbers into one table. Exits 1 if any value
 //! differs, 2 if there is no usable GPU.
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+    decode(&cuda, &mut summary);
     if cuda.fallbacks() > 0 {
         println!("warning: {} ops fell back to the CPU", cuda.fallbacks());
     }
@@ -219,4 +226,125 @@ fn minilm(cuda: &CudaBackend, dir: &Path, summary: &mut Summary) {
         }
     }
     println!();
+}
+
+/// Table 4.
+fn decode(cuda: &CudaBackend, summary: &mut Summary) {
+    let (what, model) = match std::env::var_os("SMOLLM2_DIR") {
+        Some(dir) => (
+            format!("SmolLM2-135M-Instruct from {}", Path::new(&dir).display()),
+            Model::load(Path::new(&dir)),
+        ),
+        None => (
+            "a seeded GGUF of SmolLM2's shapes".to_string(),
+            Model::from_gguf_bytes(
+                "seeded-smollm2",
+                kernels::seeded_llama_gguf_shaped(7, &kernels::SeededShape::smollm2()),
+            ),
+        ),
+    };
+    println!("## SmolLM2 decode ({what})\n");
+    let model = match model {
+        Ok(model) => model,
+        Err(err) => {
+            println!("n/a: cannot load the model: {err}\n");
+            return;
+        }
+    };
+    let cpu = CpuBackend::new();
+    let backends: [(&str, &dyn Backend); 2] = [("cpu", &cpu), ("cuda", cuda)];
+    println!(
+        "| streams | backend | first tokens, ms | decode tokens/s | tokens |\n| ---: | --- | ---: | ---: | --- |"
+    );
+    for streams in [1usize, 8] {
+        let mut outputs = Vec::new();
+        for (name, backend) in backends {
+            match generate(&model, backend, streams, 32) {
+                Ok((first, rate, tokens)) => {
+                    println!(
+                        "| {streams} | {name} | {:.1} | {rate:.1} | {} |",
+                        1000.0 * first,
+                        tokens.iter().map(Vec::len).sum::<usize>()
+                    );
+                    summary.add(
+                        "SmolLM2 decode tokens/s",
+                        &format!("{streams} streams"),
+                        &format!("proofmesh {name}"),
+                        format!("{rate:.1}"),
+                    );
+                    outputs.push(tokens);
+                }
+                Err(err) => println!("| {streams} | {name} | n/a | n/a | {err} |"),
+            }
+        }
+        if let [a, b] = &outputs[..] {
+            summary.add(
+                "SmolLM2 decode tokens/s",
+                &format!("{streams} streams"),
+                "cpu = cuda tokens",
+                if a == b { "yes" } else { "NO" },
+            );
+        }
+    }
+    println!();
+}
+
+/// Decodes `streams` chats together, greedy, `tokens` each: (seconds to every stream's first
+/// token, decode tokens/s after it, each stream's tokens in order of its key).
+fn generate(
+    model: &Model,
+    backend: &dyn Backend,
+    streams: usize,
+    tokens: usize,
+) -> Result<(f64, f64, Vec<Vec<u32>>), kernels::Error> {
+    let mut batch = model.generator()?;
+    for i in 0..streams {
+        let json = serde_json::json!({
+            "messages": [{"role": "user", "content": format!("Tell me a long story about the number {i}.")}],
+            "max_tokens": tokens,
+        });
+        batch.add(
+            i as u64,
+            &kernels::GenerateRequest::parse(json.to_string().as_bytes())?,
+        )?;
+    }
+    let start = Instant::now();
+    let mut produced = 0usize;
+    let mut count = |_: u64, _: &kernels::Step<'_>| {
+        produced += 1;
+        true
+    };
+    let mut done = batch.step(backend, &mut count)?;
+    let first = start.elapsed().as_secs_f64();
+    let decoding = Instant::now();
+    while !batch.is_empty() {
+        done.extend(batch.step(backend, &mut count)?);
+    }
+    let secs = decoding.elapsed().as_secs_f64();
+    done.sort_by_key(|(key, _)| *key);
+    let rate = produced.saturating_sub(streams) as f64 / secs.max(1e-9);
+    Ok((
+        first,
+        rate,
+        done.into_iter().map(|(_, c)| c.tokens).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decode table's helper on the CPU: every stream's tokens, in key order, the same
+    /// whether decoded alone or with the others.
+    #[test]
+    fn generate_returns_each_streams_tokens() {
+        let model = Model::from_gguf_bytes("seeded", kernels::seeded_llama_gguf(3, 2)).unwrap();
+        let cpu = CpuBackend::new();
+        let (first, rate, together) = generate(&model, &cpu, 3, 6).unwrap();
+        assert!(first > 0.0 && rate > 0.0);
+        assert_eq!(together.len(), 3);
+        let (_, _, alone) = generate(&model, &cpu, 1, 6).unwrap();
+        assert_eq!(alone[0], together[0]);
+        assert!(together.iter().all(|t| !t.is_empty() && t.len() <= 6));
+    }
 }

@@ -459,3 +459,50 @@ fn smollm2_logits_are_pinned() {
 
 const PINNED_PREFILL: &str = "0xafb5cc07c1d0df942eed9165b11767847154ac2a6209136400787de573235683";
 const PINNED_STEPS: &str = "0xe5400bc7528396222d2c76271aca935f08f44d755c9bf59cffd5355196e2060f";
+
+/// The seeded files' bytes are part of other tests' and the fuzz corpus's expectations (model
+/// ids, seeds): shaping the generator must not move them.
+#[test]
+fn seeded_files_keep_their_bytes() {
+    for (seed, layers, id) in [
+        (
+            1u64,
+            1usize,
+            "e7cea745f275612d638c04d2e90084861550acccef10e9c81aa434b5f48d533d",
+        ),
+        (
+            1,
+            2,
+            "d028d2ace6a8c874bf12ef97a969895d005c8e4c0a3fb5dd08b7053b9f7909aa",
+        ),
+        (
+            3,
+            2,
+            "2bd50dae11632bdd7f249191c25b88359b9576d985f92f0ead63ce854f12a5d4",
+        ),
+        (
+            4,
+            1,
+            "2219fb2fc9eccf88dbe6ede2a4c8474f4423e9a3120772fbfd9081f536843358",
+        ),
+    ] {
+        let hash = crate::keccak256(&seeded_llama_gguf(seed, layers));
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, id, "seed {seed}, {layers} layers");
+    }
+}
+
+/// A seeded file of SmolLM2's shapes loads with SmolLM2's architecture.
+#[test]
+fn seeded_smollm2_shapes_load() {
+    let mut shape = crate::SeededShape::smollm2();
+    shape.layers = 2;
+    let model = Llama::from_gguf(&crate::seeded_llama_gguf_shaped(9, &shape)).unwrap();
+    let s = model.spec();
+    assert_eq!(
+        (
+            s.hidden, s.ffn, s.heads, s.kv_heads, s.head_dim, s.vocab, s.context
+        ),
+        (576, 1536, 9, 3, 64, 49_152, 8192)
+    );
+}
