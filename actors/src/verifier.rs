@@ -311,21 +311,37 @@ impl Checker {
 /// that run cut short by its client (a stream left: fewer tokens, finish `cancelled`) gives
 /// the record's own — the cut is the record's units, and its tokens a proper prefix of the
 /// run's — so a client leaving is never taken for fraud, nor fraud for a client leaving.
+///
+/// A record counting fewer tokens than the job allowed is first checked against a run of
+/// one token more than it kept ([`kernels::Model::run_for_units`]): a true cancellation is
+/// settled there, without decoding the `max_tokens` its client asked for and left. Every
+/// other outcome is decided on the whole run, as before, so the hash this returns (what a
+/// fraud claim names) is always the whole run's.
 fn recompute(
     model: &kernels::Model,
     backend: &dyn Backend,
     record: &InferenceRecord,
 ) -> Result<(B256, u64), kernels::Error> {
-    let output = model.run(backend, record.input.as_bytes())?;
-    let full = B256::from(output.hash());
-    if full != record.output_hash
-        && output
+    let input = record.input.as_bytes();
+    let (output, cut) = model.run_for_units(backend, input, record.units)?;
+    let cancelled = |output: &kernels::Output| {
+        output
             .cancelled_hash(record.units)
             .is_some_and(|cut| B256::from(cut) == record.output_hash)
-    {
+    };
+    if cut && cancelled(&output) {
         return Ok((record.output_hash, record.units));
     }
-    Ok((full, output.units(record.input.len())))
+    let output = if cut {
+        model.run(backend, input)?
+    } else {
+        output
+    };
+    let full = B256::from(output.hash());
+    if full != record.output_hash && cancelled(&output) {
+        return Ok((record.output_hash, record.units));
+    }
+    Ok((full, output.units(input.len())))
 }
 
 /// Deterministic sample: the first two bytes of the job id against the rate.
@@ -794,6 +810,71 @@ mod tests {
                 .unwrap()
         };
         (models, (truth, units), record)
+    }
+
+    /// Re-executing a generation record: the whole run's record and a record of that run cut
+    /// short by its client (after 0, 1 or 3 tokens, checked on one token more) are the record's
+    /// own; a "cancelled" record whose tokens are not the run's, whose count is not where its
+    /// tokens end, or that claims a cut at or past the run's end gives the whole run's hash
+    /// and units, which the caller then reports.
+    #[test]
+    fn cancelled_generation_records_are_checked_on_their_tokens() {
+        let model =
+            kernels::Model::from_gguf_bytes("seeded", kernels::seeded_llama_gguf(3, 2)).unwrap();
+        let cpu = kernels::CpuBackend::new();
+        let input = r#"{"messages": [{"role": "user", "content": "the cat"}], "max_tokens": 20}"#;
+        let full = model.run(&cpu, input.as_bytes()).unwrap();
+        let c = full.completion.clone().unwrap();
+        let (prompt, n) = (c.prompt_tokens.len() as u64, c.tokens.len() as u64);
+        let whole = (B256::from(full.hash()), prompt + n);
+        let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
+        let domain = tee_fixture().0.domain();
+        let record = |output: B256, units: u64| {
+            let job = JobRequest {
+                client: client.address(),
+                model_id: chain::types::ModelId([7; 32]),
+                input_hash: alloy::primitives::keccak256(input.as_bytes()),
+                max_fee: 1,
+                nonce: 1,
+                expiry: u64::MAX,
+            }
+            .sign(&client, &domain)
+            .unwrap();
+            InferenceRecord::create(
+                job,
+                input.into(),
+                (output, units),
+                Proof::Reexec,
+                &exec,
+                &domain,
+            )
+            .unwrap()
+        };
+        let check =
+            |output: B256, units: u64| recompute(&model, &cpu, &record(output, units)).unwrap();
+        assert_eq!(check(whole.0, whole.1), whole);
+        for kept in [0, 1, 3] {
+            let units = prompt + kept;
+            let cut = B256::from(full.cancelled_hash(units).unwrap());
+            assert_eq!(check(cut, units), (cut, units), "left after {kept}");
+            // The same cut counted one token more or less is not what those tokens cost.
+            assert_eq!(check(cut, units + 1), whole);
+            assert_eq!(check(cut, units - 1), whole);
+        }
+        // Other tokens, cut at 3.
+        let mut other = c.clone();
+        other.tokens[1] ^= 1;
+        let forged = kernels::Output::completion(other)
+            .cancelled_hash(prompt + 3)
+            .unwrap();
+        assert_eq!(check(B256::from(forged), prompt + 3), whole);
+        // "Cancelled" at the run's own end (not a cut: the run ends there by itself).
+        let mut at_end = c.clone();
+        at_end.finish = kernels::FinishReason::Cancelled;
+        let at_end = B256::from(at_end.hash());
+        assert_eq!(check(at_end, prompt + n), whole);
+        // The whole run's hash under a smaller count.
+        assert_eq!(check(whole.0, prompt + 2), whole);
     }
 
     /// A fraud claim is re-executed: only the output (or units) this node computes, when it

@@ -174,7 +174,7 @@ impl GenerateRequest {
         }
     }
 
-    fn chat(&self) -> Vec<ChatMessage> {
+    pub(crate) fn chat(&self) -> Vec<ChatMessage> {
         self.messages
             .iter()
             .map(|m| ChatMessage {

@@ -527,6 +527,45 @@ impl Model {
         self
     }
 
+    /// [`Model::run`] for checking a record that counts `units` units, stopping a generation
+    /// early where that settles the check: a record of a generation cut short by its client
+    /// (prompt plus `k` tokens, fewer than `max_tokens`) needs only the first `k + 1` tokens —
+    /// the `k` it kept, and one more to show that the whole run goes on past them. Returns the
+    /// output and whether it was so cut (its hash is then not the whole run's; its
+    /// [`Output::cancelled_hash`] at `units` is). Anything else runs whole. The request is
+    /// checked against its own `max_tokens` (the context) exactly as [`Model::run`] does, and
+    /// the tokens a run cut this way gives are the whole run's first tokens: the draws depend on
+    /// the seed and position only. So a client that leaves a stream at once costs every
+    /// validator one token more than it paid for, not the `max_tokens` it asked.
+    pub fn run_for_units(
+        &self,
+        backend: &dyn Backend,
+        input: &[u8],
+        units: u64,
+    ) -> Result<(Output, bool), Error> {
+        let Network::Llama(llama) = &self.net else {
+            return Ok((self.run(backend, input)?, false));
+        };
+        let req = GenerateRequest::parse(input)?;
+        req.check()?;
+        let prompt = llama.chat_prompt(&req.chat())?;
+        crate::generate::check_context(llama, prompt.len(), req.max_tokens)?;
+        let kept = usize::try_from(units)
+            .ok()
+            .and_then(|u| u.checked_sub(prompt.len()));
+        let cap = match kept {
+            Some(k) if k + 1 < req.max_tokens => k + 1,
+            _ => req.max_tokens,
+        };
+        let capped = GenerateRequest {
+            max_tokens: cap,
+            ..req.clone()
+        };
+        let c = crate::generate::generate(llama, backend, &capped, &mut |_| true)?;
+        let cut = cap < req.max_tokens && c.finish == crate::FinishReason::Length;
+        Ok((Output::completion(c), cut))
+    }
+
     /// Runs the model on `input` and returns its output:
     ///
     /// - MLP: JSON `{"inputs": [[f32; input_dim], ...]}` with 1 to [`MAX_ROWS`] rows → class

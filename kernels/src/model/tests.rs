@@ -650,3 +650,57 @@ fn manifests_from_peers_are_checked() {
     let m = Manifest::parse(gguf.as_bytes()).unwrap();
     assert_eq!(m.id, ModelId(keccak256(gguf.as_bytes())));
 }
+
+/// A record of a generation its client left after `k` tokens is checked on `k + 1` tokens:
+/// the cut run's tokens are the whole run's first ones (greedy and sampled), so its cancelled
+/// hash is the whole run's; a count at or past the whole run's end, or under the prompt, runs
+/// whole; a bad request fails as `run` fails.
+#[test]
+fn runs_for_units_stop_one_token_past_a_cancellation() {
+    let model = Model::from_gguf_bytes("seeded", crate::seeded_llama_gguf(3, 2)).unwrap();
+    let cpu = CpuBackend::new();
+    for input in [
+        r#"{"messages": [{"role": "user", "content": "the cat"}], "max_tokens": 20}"#,
+        r#"{"messages": [{"role": "user", "content": "a dog"}], "max_tokens": 20,
+            "temperature": 0.9, "top_p": 0.9, "seed": 5}"#,
+    ] {
+        let full = model.run(&cpu, input.as_bytes()).unwrap();
+        let c = full.completion.as_ref().unwrap();
+        let (prompt, n) = (c.prompt_tokens.len() as u64, c.tokens.len() as u64);
+        assert!(n > 4, "a long enough run: {n} tokens");
+        for kept in [0, 1, 3, n - 2] {
+            let units = prompt + kept;
+            let (cut, was_cut) = model.run_for_units(&cpu, input.as_bytes(), units).unwrap();
+            assert!(was_cut, "{kept} of {n}");
+            assert_eq!(
+                cut.completion.as_ref().unwrap().tokens.len() as u64,
+                kept + 1
+            );
+            assert_eq!(cut.cancelled_hash(units), full.cancelled_hash(units));
+            assert!(full.cancelled_hash(units).is_some());
+        }
+        for units in [
+            prompt + n - 1,
+            prompt + n,
+            prompt + n + 5,
+            prompt - 1,
+            0,
+            u64::MAX,
+        ] {
+            let (whole, was_cut) = model.run_for_units(&cpu, input.as_bytes(), units).unwrap();
+            assert!(!was_cut, "units {units}");
+            assert_eq!(whole.hash(), full.hash(), "units {units}");
+        }
+    }
+    let too_long = r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}"#;
+    assert_eq!(
+        model
+            .run_for_units(&cpu, too_long.as_bytes(), 10)
+            .unwrap_err()
+            .to_string(),
+        model
+            .run(&cpu, too_long.as_bytes())
+            .unwrap_err()
+            .to_string()
+    );
+}
