@@ -791,25 +791,40 @@ mod tests {
                 .unwrap()
                 .hash(),
         );
+        let units = input.len() as u64;
+        let record = move |output, units| reexec_record(&input, model_id, output, units);
+        (models, (truth, units), record)
+    }
+
+    /// A re-execution record of `input` on `model_id` claiming `output` and `units`, signed by
+    /// seeded client and executor keys.
+    fn reexec_record(
+        input: &str,
+        model_id: kernels::ModelId,
+        output: B256,
+        units: u64,
+    ) -> InferenceRecord {
         let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
         let domain = tee_fixture().0.domain();
-        let units = input.len() as u64;
-        let record = move |output, units| {
-            let job = JobRequest {
-                client: client.address(),
-                model_id,
-                input_hash: alloy::primitives::keccak256(input.as_bytes()),
-                max_fee: 1,
-                nonce: 1,
-                expiry: u64::MAX,
-            }
-            .sign(&client, &domain)
-            .unwrap();
-            let input = input.clone();
-            InferenceRecord::create(job, input, (output, units), Proof::Reexec, &exec, &domain)
-                .unwrap()
-        };
-        (models, (truth, units), record)
+        let job = JobRequest {
+            client: client.address(),
+            model_id,
+            input_hash: alloy::primitives::keccak256(input.as_bytes()),
+            max_fee: 1,
+            nonce: 1,
+            expiry: u64::MAX,
+        }
+        .sign(&client, &domain)
+        .unwrap();
+        InferenceRecord::create(
+            job,
+            input.into(),
+            (output, units),
+            Proof::Reexec,
+            &exec,
+            &domain,
+        )
+        .unwrap()
     }
 
     /// Re-executing a generation record: the whole run's record and a record of that run cut
@@ -827,31 +842,10 @@ mod tests {
         let c = full.completion.clone().unwrap();
         let (prompt, n) = (c.prompt_tokens.len() as u64, c.tokens.len() as u64);
         let whole = (B256::from(full.hash()), prompt + n);
-        let (client, exec) = (seeded_key(3, 1), seeded_key(3, 2));
-        let domain = tee_fixture().0.domain();
-        let record = |output: B256, units: u64| {
-            let job = JobRequest {
-                client: client.address(),
-                model_id: chain::types::ModelId([7; 32]),
-                input_hash: alloy::primitives::keccak256(input.as_bytes()),
-                max_fee: 1,
-                nonce: 1,
-                expiry: u64::MAX,
-            }
-            .sign(&client, &domain)
-            .unwrap();
-            InferenceRecord::create(
-                job,
-                input.into(),
-                (output, units),
-                Proof::Reexec,
-                &exec,
-                &domain,
-            )
-            .unwrap()
+        let check = |output: B256, units: u64| {
+            let record = reexec_record(input, kernels::ModelId([7; 32]), output, units);
+            recompute(&model, &cpu, &record).unwrap()
         };
-        let check =
-            |output: B256, units: u64| recompute(&model, &cpu, &record(output, units)).unwrap();
         assert_eq!(check(whole.0, whole.1), whole);
         for kept in [0, 1, 3] {
             let units = prompt + kept;
