@@ -406,14 +406,23 @@ impl<'m> Generator<'m> {
         // sampled ones (a whole vocabulary ranked each) are drawn on every core.
         let tokens: Vec<std::sync::atomic::AtomicU32> =
             self.active.iter().map(|_| Default::default()).collect();
-        let draw = |i: usize| {
-            let token = self.active[i].decoder.next_token();
-            tokens[i].store(token, std::sync::atomic::Ordering::Relaxed);
-        };
-        if self.active.iter().filter(|a| a.decoder.samples()).count() > 1 {
-            crate::pool::each(self.active.len(), draw);
+        let n = self.active.len();
+        let tasks = if self.active.iter().filter(|a| a.decoder.samples()).count() > 1 {
+            backend.parallelism().clamp(1, n)
         } else {
-            (0..self.active.len()).for_each(draw);
+            1
+        };
+        // Task `t` draws every `tasks`-th sequence from `t`.
+        let draw = |t: usize| {
+            for i in (t..n).step_by(tasks) {
+                let token = self.active[i].decoder.next_token();
+                tokens[i].store(token, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        if tasks > 1 {
+            crate::pool::each(tasks, draw);
+        } else {
+            draw(0);
         }
         let mut done = Vec::new();
         let mut keep = Vec::with_capacity(self.active.len());

@@ -665,7 +665,23 @@ impl SeededShape {
 
 /// A random Llama GGUF file of `shape` whose bytes depend only on the arguments (see
 /// [`seeded_llama_gguf`], which is this at [`SeededShape::tiny`]).
+///
+/// # Panics
+///
+/// When the shape is not one a Llama file can have: `hidden` not a multiple of 32 or of
+/// `heads`, `heads` not a multiple of `kv_heads`, `ffn` not a multiple of 32, or a vocabulary
+/// under 300 (its byte tokens, specials and merges).
 pub fn seeded_llama_gguf_shaped(seed: u64, shape: &SeededShape) -> Vec<u8> {
+    assert!(
+        shape.heads > 0
+            && shape.kv_heads > 0
+            && shape.heads.is_multiple_of(shape.kv_heads)
+            && shape.hidden.is_multiple_of(shape.heads)
+            && shape.hidden.is_multiple_of(32)
+            && shape.ffn.is_multiple_of(32)
+            && shape.vocab >= 300,
+        "seeded_llama_gguf_shaped: {shape:?} is not a Llama shape"
+    );
     let (h, ffn, layers) = (shape.hidden, shape.ffn, shape.layers);
     let head_dim = h / shape.heads.max(1);
     let kv = shape.kv_heads * head_dim;
@@ -705,7 +721,7 @@ pub fn seeded_llama_gguf_shaped(seed: u64, shape: &SeededShape) -> Vec<u8> {
             tensors.push((p(name), vec![k as u64, n as u64], TensorType::Q4_1, bytes));
         }
     }
-    let vocab = shape.vocab.max(300);
+    let vocab = shape.vocab;
     let mut embd = Vec::new();
     for _ in 0..vocab * h / 32 {
         embd.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());

@@ -298,6 +298,9 @@ mod tests {
             1.0,
             f32::MAX,
             f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7fc0_1234),
         ];
         for a in specials {
             assert_eq!(

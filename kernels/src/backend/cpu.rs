@@ -334,6 +334,10 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn parallelism(&self) -> usize {
+        self.threads
+    }
+
     /// Each sequence's key-value heads (with the query heads that read them) are pieces of
     /// work on the pool: a decode step's attention of several streams, or of one prompt's
     /// heads, runs on every core.
@@ -374,9 +378,14 @@ impl Backend for CpuBackend {
         {
             let slots: Vec<std::sync::Mutex<Vec<f32>>> =
                 pieces.iter().map(|_| Default::default()).collect();
-            pool::each(pieces.len(), |i| {
-                let part = run(&pieces[i]);
-                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = part;
+            // At most `threads` tasks (this backend's share of the cores), each taking every
+            // `tasks`-th piece.
+            let tasks = self.threads.min(pieces.len());
+            pool::each(tasks, |t| {
+                for i in (t..pieces.len()).step_by(tasks) {
+                    let part = run(&pieces[i]);
+                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = part;
+                }
             });
             slots
                 .into_iter()
@@ -841,9 +850,9 @@ impl PackedMatrix {
     }
 
     /// Packs quantised blocks without dequantising them: `block(j, b)` gives column `j`'s
-    /// block `b` (rows `32b..32b+32`) as `(d, m, q)` (`m` ignored for Q8_0, `q` the raw byte
-    /// of each value). The GEMM dequantises each panel as it reaches it: the bits of
-    /// [`PackedMatrix::new`] on the dequantised values.
+    /// block `b` (rows `32b..32b+32`) as `(d, m, q)` (`m` ignored for Q8_0; `q` the raw byte
+    /// of each value, for Q4_1 the value itself, below 16). The GEMM dequantises each panel as
+    /// it reaches it: the bits of [`PackedMatrix::new`] on the dequantised values.
     ///
     /// # Panics
     ///
@@ -884,8 +893,10 @@ impl PackedMatrix {
                     let p = jp * k + b * QK + r;
                     match kind {
                         QuantKind::Q8_0 => q8[p][c] = v,
-                        // Values above 15 are not Q4_1 (the GGUF reader gives nibbles).
-                        QuantKind::Q4_1 if c < NR / 2 => q4[p][c] |= v & 15,
+                        QuantKind::Q4_1 if c < NR / 2 => {
+                            debug_assert!(v < 16, "a Q4_1 value of {v}");
+                            q4[p][c] |= v & 15
+                        }
                         QuantKind::Q4_1 => q4[p][c - NR / 2] |= (v & 15) << 4,
                     }
                 }
@@ -1315,38 +1326,43 @@ per_kernel! {
     }
 }
 
-/// The AVX-512 variant's rows: several rows on quantised weights take the AVX2 register
+/// The AVX-512 variant's rows: a few rows on quantised weights take the AVX2 register
 /// dequantisation too ([`quant_rows_avx2`]; the CPU has AVX2 and FMA), everything else the
 /// 8-row tiles in 512-bit registers. Same bits either way.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
 fn rows_avx512<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
-    if out.len() > gemm.n
+    if (2..=REGISTER_ROWS).contains(&(out.len() / gemm.n))
         && let Some((q, first)) = panels.quantized()
     {
-        // SAFETY: only the AVX-512 variant of `rows` (run where `CpuKernel::Avx512
-        // .available()`, which requires AVX2 and FMA as well) calls this.
+        // SAFETY: this function's target features include AVX2 and FMA.
         unsafe { quant_rows_avx2(gemm, q, first, out) };
         return;
     }
     rows_body_with::<P, Avx512Tile, 8>(gemm, panels, out);
 }
 
-/// The AVX2 variant's rows: several rows on quantised weights dequantise in registers
+/// The AVX2 variant's rows: a few rows on quantised weights dequantise in registers
 /// ([`quant_rows_avx2`]), everything else goes through [`rows_body`]. Same bits either way.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
 fn rows_avx2<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
-    if out.len() > gemm.n
+    if (2..=REGISTER_ROWS).contains(&(out.len() / gemm.n))
         && let Some((q, first)) = panels.quantized()
     {
-        // SAFETY: only the AVX2 variant of `rows` (run where `CpuKernel::Avx2.available()`,
-        // or AVX-512's superset) calls this.
+        // SAFETY: this function's target features are the ones it needs.
         unsafe { quant_rows_avx2(gemm, q, first, out) };
         return;
     }
     rows_body::<P, 4>(gemm, panels, out);
 }
+
+/// Most rows a quantised GEMM piece dequantises in registers ([`quant_rows_avx2`], once per
+/// 4-row tile); more rows dequantise each panel once into a buffer that all their tiles read
+/// (a prompt's prefill: 2x faster there at 64 and 256 rows, slower at 2 to 16).
+const REGISTER_ROWS: usize = 16;
 
 /// All rows of `gemm` (two or more; the one-row case has [`Panels::gemv`]) against quantised
 /// panels from `first` on, in AVX2 registers, in tiles of up to 4 rows by a panel's 16 columns
@@ -2303,6 +2319,12 @@ mod tests {
                     (8, 64, 40),
                     (9, 64, 50),
                     (20, 128, 48),
+                    // A few rows over enough panels to be split by columns (three pieces).
+                    (3, 64, 160),
+                    (2, 32, 70),
+                    // A prompt's many rows (the buffered path).
+                    (64, 64, 48),
+                    (256, 32, 40),
                     (1, 1536, 576),
                 ] {
                     let blocks: Vec<(f32, f32, [u8; QK])> = (0..n * k / QK)

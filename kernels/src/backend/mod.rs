@@ -325,6 +325,13 @@ pub trait Backend: Send + Sync {
         ops::attention_causal(q, k, v, heads, kv_heads, head_dim, scale)
     }
 
+    /// Most pieces of host work (such as drawing several sequences' next tokens) this
+    /// backend's caller should run at once on the process's CPU pool: a CPU backend's thread
+    /// share, 1 where the host only feeds a device.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
     /// [`Backend::attention_causal`] of several sequences, each `(q, k, v)`, their outputs
     /// one after another: each sequence's bits are those of its own call (the default makes
     /// exactly those calls), so a backend may spread the sequences and heads over its cores.

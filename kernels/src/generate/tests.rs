@@ -340,3 +340,49 @@ fn a_cancelled_generation_is_derived_from_the_whole_run() {
     assert_eq!(full.cancelled_hash(prompt as u64 - 1), None);
     assert_eq!(full.cancelled_hash(u64::MAX), None);
 }
+
+/// Continuous batching: sampled and greedy generations decoded together (one joining two
+/// steps late), their next tokens drawn on the pool, each give what they give alone, under
+/// every kernel variant and thread count.
+#[test]
+fn generations_batched_together_give_what_they_give_alone() {
+    let model = tiny();
+    let reqs: Vec<GenerateRequest> = [
+        serde_json::json!({"messages": user("the cat"), "max_tokens": 12, "temperature": 0.9, "seed": 5}),
+        serde_json::json!({"messages": user("a dog"), "max_tokens": 9, "temperature": 1.3, "seed": 6, "top_k": 7}),
+        serde_json::json!({"messages": user("the"), "max_tokens": 10}),
+        serde_json::json!({"messages": user("in the"), "max_tokens": 12, "temperature": 0.7, "top_p": 0.8, "seed": 7}),
+        serde_json::json!({"messages": user("on"), "max_tokens": 8, "temperature": 1.0, "seed": 8}),
+    ]
+    .into_iter()
+    .map(|j| request(j).unwrap())
+    .collect();
+    let alone: Vec<Completion> = reqs
+        .iter()
+        .map(|r| generate(&model, &CpuBackend::portable(), r, &mut |_| true).unwrap())
+        .collect();
+    for backend in CpuBackend::every_variant() {
+        let mut batch = Generator::new(&model);
+        for (key, r) in reqs.iter().enumerate().take(4) {
+            batch.add(key as u64, r).unwrap();
+        }
+        let mut done = Vec::new();
+        let mut steps = 0;
+        while !batch.is_empty() || steps < 3 {
+            if steps == 2 {
+                batch.add(4, &reqs[4]).unwrap();
+            }
+            done.extend(batch.step(&backend, &mut |_, _| true).unwrap());
+            steps += 1;
+        }
+        done.sort_by_key(|(key, _)| *key);
+        let got: Vec<Completion> = done.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            got,
+            alone,
+            "{:?} threads {}",
+            backend.kernel(),
+            backend.threads()
+        );
+    }
+}
