@@ -139,6 +139,14 @@ fn from_total_order_bits(k: u32) -> f32 {
 /// FMA the loop is compiled to use the instruction (the software routine made sampling over a
 /// whole vocabulary cost as much as a decode step).
 fn exp_all(x: &[f32]) -> Vec<f32> {
+    #[inline(always)]
+    fn each(x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = math::exp(v);
+        }
+        out
+    }
     #[cfg(target_arch = "x86_64")]
     {
         /// # Safety
@@ -146,22 +154,14 @@ fn exp_all(x: &[f32]) -> Vec<f32> {
         /// The CPU must support FMA.
         #[target_feature(enable = "fma")]
         unsafe fn with_fma(x: &[f32]) -> Vec<f32> {
-            let mut out = vec![0.0f32; x.len()];
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = math::exp(v);
-            }
-            out
+            each(x)
         }
         if std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has FMA (checked just above).
             return unsafe { with_fma(x) };
         }
     }
-    let mut out = vec![0.0f32; x.len()];
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = math::exp(v);
-    }
-    out
+    each(x)
 }
 
 /// The index of the largest logit, the first one on ties (NaN never wins).

@@ -8,7 +8,7 @@ use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::{mpsc, oneshot};
 
 use super::peers::Rpc;
-use super::swarm::{self, Command, Commands, Event, Failure};
+use super::swarm::{self, Command, Commands, Event};
 use super::{
     BlockPeer, FindProviders, GetPeers, GossipCapability, GossipConsensus, GossipRecord, GossipTx,
     InboundJob, InboundModel, InboundStream, InboundSync, MAX_PENDING_VERDICTS, NetError,
@@ -488,93 +488,70 @@ impl Handler<GetPeers> for Network {
     }
 }
 
-async fn request(
+/// Sends `data` to `peer` over `rpc`'s request-response protocol and decodes the answer as
+/// `T`, refusing one over `limit` bytes.
+fn call<T: serde::de::DeserializeOwned + 'static>(
     commands: Commands,
-    make: impl FnOnce(oneshot::Sender<Result<Vec<u8>, Failure>>) -> Command,
+    rpc: Rpc,
     peer: PeerId,
-) -> Result<Vec<u8>, NetError> {
-    let (tx, rx) = oneshot::channel();
-    commands.send(make(tx))?;
-    rx.await
-        .map_err(|_| NetError::Stopped)?
-        .map_err(|f| f.into_error(peer))
+    data: Vec<u8>,
+    limit: usize,
+) -> ResponseFuture<Result<T, NetError>> {
+    Box::pin(async move {
+        let (reply, rx) = oneshot::channel();
+        commands.send(Command::Request {
+            rpc,
+            peer,
+            data,
+            reply,
+        })?;
+        let bytes = rx
+            .await
+            .map_err(|_| NetError::Stopped)?
+            .map_err(|f| f.into_error(peer))?;
+        Ok(protocol::decode::<T>(&bytes, limit)?)
+    })
 }
 
 impl Handler<SendJob> for Network {
     type Result = ResponseFuture<Result<JobReply, NetError>>;
     fn handle(&mut self, msg: SendJob, _: &mut Self::Context) -> Self::Result {
-        let commands = self.commands.clone();
         let data = protocol::encode(&msg.call);
-        let peer = msg.peer;
-        Box::pin(async move {
-            let bytes = request(
-                commands,
-                |reply| Command::Request {
-                    rpc: Rpc::Job,
-                    peer,
-                    data,
-                    reply,
-                },
-                peer,
-            )
-            .await?;
-            Ok(protocol::decode::<JobReply>(
-                &bytes,
-                protocol::MAX_JOB_BYTES,
-            )?)
-        })
+        call(
+            self.commands.clone(),
+            Rpc::Job,
+            msg.peer,
+            data,
+            protocol::MAX_JOB_BYTES,
+        )
     }
 }
 
 impl Handler<SendSync> for Network {
     type Result = ResponseFuture<Result<SyncReply, NetError>>;
     fn handle(&mut self, msg: SendSync, _: &mut Self::Context) -> Self::Result {
-        let commands = self.commands.clone();
         let data = protocol::encode(&msg.request);
-        let peer = msg.peer;
-        Box::pin(async move {
-            let bytes = request(
-                commands,
-                |reply| Command::Request {
-                    rpc: Rpc::Sync,
-                    peer,
-                    data,
-                    reply,
-                },
-                peer,
-            )
-            .await?;
-            Ok(protocol::decode::<SyncReply>(
-                &bytes,
-                protocol::MAX_SYNC_RESPONSE_BYTES,
-            )?)
-        })
+        call(
+            self.commands.clone(),
+            Rpc::Sync,
+            msg.peer,
+            data,
+            protocol::MAX_SYNC_RESPONSE_BYTES,
+        )
     }
 }
 
 impl Handler<SendModelRequest> for Network {
     type Result = ResponseFuture<Result<ModelReply, NetError>>;
     fn handle(&mut self, msg: SendModelRequest, _: &mut Self::Context) -> Self::Result {
-        let commands = self.commands.clone();
         let data = protocol::encode(&msg.request);
-        let peer = msg.peer;
-        Box::pin(async move {
-            let bytes = request(
-                commands,
-                |reply| Command::Request {
-                    rpc: Rpc::Model,
-                    peer,
-                    data,
-                    reply,
-                },
-                peer,
-            )
-            .await?;
-            Ok(protocol::decode::<ModelReply>(
-                &bytes,
-                protocol::MAX_MODEL_REPLY_BYTES,
-            )?)
-        })
+        call(
+            self.commands.clone(),
+            Rpc::Model,
+            msg.peer,
+            data,
+            protocol::MAX_MODEL_REPLY_BYTES,
+        )
     }
 }
 
@@ -605,22 +582,7 @@ impl Handler<FindProviders> for Network {
 impl Handler<SendStream> for Network {
     type Result = ResponseFuture<Result<bool, NetError>>;
     fn handle(&mut self, msg: SendStream, _: &mut Self::Context) -> Self::Result {
-        let commands = self.commands.clone();
         let data = protocol::encode(&msg.chunk);
-        let peer = msg.peer;
-        Box::pin(async move {
-            let bytes = request(
-                commands,
-                |reply| Command::Request {
-                    rpc: Rpc::Stream,
-                    peer,
-                    data,
-                    reply,
-                },
-                peer,
-            )
-            .await?;
-            Ok(protocol::decode::<bool>(&bytes, 64)?)
-        })
+        call(self.commands.clone(), Rpc::Stream, msg.peer, data, 64)
     }
 }

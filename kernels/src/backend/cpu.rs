@@ -1333,9 +1333,7 @@ per_kernel! {
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 fn rows_avx512<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
-    if (2..=REGISTER_ROWS).contains(&(out.len() / gemm.n))
-        && let Some((q, first)) = panels.quantized()
-    {
+    if let Some((q, first)) = register_rows(gemm, panels, out) {
         // SAFETY: this function's target features include AVX2 and FMA.
         unsafe { quant_rows_avx2(gemm, q, first, out) };
         return;
@@ -1349,14 +1347,27 @@ fn rows_avx512<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn rows_avx2<P: Panels>(gemm: &Gemm<'_>, panels: &mut P, out: &mut [f32]) {
-    if (2..=REGISTER_ROWS).contains(&(out.len() / gemm.n))
-        && let Some((q, first)) = panels.quantized()
-    {
+    if let Some((q, first)) = register_rows(gemm, panels, out) {
         // SAFETY: this function's target features are the ones it needs.
         unsafe { quant_rows_avx2(gemm, q, first, out) };
         return;
     }
     rows_body::<P, 4>(gemm, panels, out);
+}
+
+/// The quantised weights (and first panel) of a piece that [`quant_rows_avx2`] computes: 2 to
+/// [`REGISTER_ROWS`] rows on quantised panels.
+#[inline(always)]
+fn register_rows<'p, P: Panels>(
+    gemm: &Gemm<'_>,
+    panels: &'p P,
+    out: &[f32],
+) -> Option<(&'p Quantized, usize)> {
+    if (2..=REGISTER_ROWS).contains(&(out.len() / gemm.n)) {
+        panels.quantized()
+    } else {
+        None
+    }
 }
 
 /// Most rows a quantised GEMM piece dequantises in registers ([`quant_rows_avx2`], once per
